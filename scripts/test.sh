@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the whole test suite: lint, types, stub drift, then pytest.
+#   scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if [[ -z ${HIVEMIND_NO_DOCKER:-} ]]; then
+  scripts/start-docker.sh
+  if [[ -x .venv/bin/hivemind-worker ]] && .venv/bin/hivemind-worker image build --help >/dev/null 2>&1; then
+    .venv/bin/hivemind-worker image build --bootstrap --if-missing
+  fi
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "==> ruff"
+ruff check .
+echo "==> mypy"
+mypy
+echo "==> generated stubs"
+python scripts/gen_proto.py --check
+
+echo "==> pytest"
+status=0
+python -m pytest "$@" || status=$?
+if [[ $status == 5 ]]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+fi
+exit $status

@@ -1,0 +1,300 @@
+"""PoolClient: the one typed client of the NodePool, used by the CLIs, the worker and Jupyter.
+
+Nobody else builds raw stubs. Every failed call raises a `HiveMindError` subclass (see errors.py),
+never a bare `grpc.RpcError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, ParamSpec, TypeVar, cast
+
+import grpc
+
+from . import credentials as credentials_file
+from .channel import CHUNK_SIZE, create_channel
+from .errors import HiveMindError, PoolUnavailable, from_rpc_error
+from .proto import nodepool_pb2 as pb
+from .proto import nodepool_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_TIMEOUT = 30.0
+TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT, pb.LOST})
+
+
+def state_name(state: int) -> str:
+    """'RUNNING' for pb.RUNNING."""
+    return pb.TaskState.Name(state)  # type: ignore[arg-type]
+
+
+class PoolClient:
+    """A connection to one pool, optionally signed in with a user token or a worker credential."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        ca_file: str | Path | None = None,
+        insecure: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self._channel = create_channel(address, ca_file=ca_file, insecure=insecure)
+        self._pool = pb_grpc.NodePoolStub(self._channel)
+        self._gateway = pb_grpc.WorkerGatewayStub(self._channel)
+
+    @classmethod
+    def from_saved_credential(cls, directory: Path | None = None) -> PoolClient:
+        """A client for the pool the user signed in to with `hivemind login`."""
+        saved = credentials_file.require(directory)
+        return cls(saved.pool, token=saved.token, ca_file=saved.ca_file, insecure=saved.insecure)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PoolClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def _unary(self, method: Callable[..., R], request: object, timeout: float | None = None) -> R:
+        try:
+            return method(request, metadata=self._metadata(), timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.address) from None
+
+    def _stream(self, method: Callable[..., Iterable[R]], request: object,
+                timeout: float | None = None) -> Iterator[R]:
+        try:
+            yield from method(request, metadata=self._metadata(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.address) from None
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects, or raise PoolUnavailable."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise PoolUnavailable(
+                f"cannot reach the HiveMind pool at {self.address} within {timeout:.0f}s. "
+                "Check that `hivemind-nodepool serve` is running and the address is right."
+            ) from None
+
+    # -- users ----------------------------------------------------------------------------------
+
+    def login(self, username: str, password: str, ttl_seconds: int = 0) -> pb.LoginResponse:
+        """Sign in; the client uses the new token from now on."""
+        answer = self._unary(self._pool.Login, pb.LoginRequest(
+            username=username, password=password, ttl_seconds=ttl_seconds))
+        self.token = answer.token
+        return answer
+
+    def logout(self) -> None:
+        self._unary(self._pool.Logout, pb.Empty())
+        self.token = None
+
+    def whoami(self) -> pb.User:
+        return self._unary(self._pool.WhoAmI, pb.Empty())
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def submit(self, manifest: pb.Manifest, bundle: str | Path | BinaryIO,
+               chunk_size: int = CHUNK_SIZE,
+               on_progress: Callable[[int], None] | None = None) -> pb.Task:
+        """Stream a bundle ZIP with its manifest; the answer is the accepted (durable) task."""
+
+        def parts(handle: BinaryIO) -> Iterator[pb.SubmitRequest]:
+            yield pb.SubmitRequest(manifest=manifest)
+            digest = hashlib.sha256()
+            sent = 0
+            while block := handle.read(chunk_size):
+                digest.update(block)
+                sent += len(block)
+                if on_progress:
+                    on_progress(sent)
+                yield pb.SubmitRequest(chunk=block)
+            yield pb.SubmitRequest(sha256=digest.hexdigest())
+
+        if isinstance(bundle, (str, Path)):
+            with open(bundle, "rb") as handle:
+                return self._unary(self._pool.SubmitTask, parts(handle), timeout=3600)
+        return self._unary(self._pool.SubmitTask, parts(bundle), timeout=3600)
+
+    def get_task(self, task_id: str) -> pb.Task:
+        return self._unary(self._pool.GetTask, pb.TaskRef(task_id=task_id))
+
+    def list_tasks(self, states: Iterable[int] = (), page_size: int = 0, page_token: str = "",
+                   all_users: bool = False) -> pb.ListTasksResponse:
+        wanted = cast("list[pb.TaskState.ValueType]", list(states))
+        return self._unary(self._pool.ListTasks, pb.ListTasksRequest(
+            states=wanted, page_size=page_size, page_token=page_token, all_users=all_users))
+
+    def iter_tasks(self, states: Iterable[int] = (), all_users: bool = False) -> Iterator[pb.Task]:
+        """Every matching task, newest first, following pages."""
+        token = ""
+        wanted = list(states)
+        while True:
+            page = self.list_tasks(wanted, page_size=500, page_token=token, all_users=all_users)
+            yield from page.tasks
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel_task(self, task_id: str) -> pb.Task:
+        return self._unary(self._pool.CancelTask, pb.TaskRef(task_id=task_id))
+
+    def retry_task(self, task_id: str) -> pb.Task:
+        return self._unary(self._pool.RetryTask, pb.TaskRef(task_id=task_id))
+
+    def watch(self, task_id: str, after_seq: int = 0, follow: bool = True,
+              reconnect_for: float = 60.0) -> Iterator[pb.TaskEvent]:
+        """A task's events from after_seq on, in order, each once.
+
+        With follow the stream lasts until the task ends. When the pool goes away, the watch
+        reconnects from the last event it yielded for up to `reconnect_for` seconds.
+        """
+        last = after_seq
+        down_since: float | None = None
+        while True:
+            try:
+                stream = self._pool.WatchTask(
+                    pb.WatchRequest(task_id=task_id, after_seq=last, follow=follow),
+                    metadata=self._metadata())
+                for event in stream:
+                    down_since = None
+                    if event.seq and event.seq <= last:
+                        continue  # never yield an event twice
+                    if event.seq:
+                        last = event.seq
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, self.address)
+                if not isinstance(error, PoolUnavailable):
+                    raise error from None
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > reconnect_for:
+                    raise error from None
+                log.info("watch of %s interrupted; resuming after event %d", task_id, last)
+                time.sleep(0.5)
+
+    def wait(self, task_id: str, timeout: float | None = None) -> pb.Task:
+        """Block until the task ends; return it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for event in self.watch(task_id, follow=True):
+            if event.kind == pb.TaskEvent.STATE and event.state in TERMINAL_STATES:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        return self.get_task(task_id)
+
+    def fetch_result(self, task_id: str, destination: str | Path) -> Path:
+        """Download the task's result ZIP to destination (written whole, then renamed)."""
+        target = Path(destination)
+        partial = target.with_name(target.name + ".part")
+        with open(partial, "wb") as handle:
+            for chunk in self._stream(self._pool.FetchResult, pb.TaskRef(task_id=task_id)):
+                handle.write(chunk.data)
+        partial.replace(target)
+        return target
+
+    # -- the pool -------------------------------------------------------------------------------
+
+    def list_workers(self) -> list[pb.Worker]:
+        return list(self._unary(self._pool.ListWorkers, pb.Empty()).workers)
+
+    def pool_status(self) -> pb.PoolStatus:
+        return self._unary(self._pool.GetPoolStatus, pb.Empty())
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def create_user(self, name: str, password: str, admin: bool = False) -> pb.User:
+        return self._unary(self._pool.CreateUser, pb.CreateUserRequest(name=name, password=password,
+                                                                       admin=admin))
+
+    def list_users(self) -> list[pb.User]:
+        return list(self._unary(self._pool.ListUsers, pb.Empty()).users)
+
+    def disable_user(self, name: str) -> pb.User:
+        return self._unary(self._pool.DisableUser, pb.UserRef(name=name))
+
+    def create_join_token(self, ttl_seconds: int = 0) -> pb.JoinToken:
+        return self._unary(self._pool.CreateJoinToken, pb.CreateJoinTokenRequest(ttl_seconds=ttl_seconds))
+
+    def list_join_tokens(self) -> list[pb.JoinToken]:
+        return list(self._unary(self._pool.ListJoinTokens, pb.Empty()).tokens)
+
+    def revoke_join_token(self, token_id: str) -> pb.JoinToken:
+        return self._unary(self._pool.RevokeJoinToken, pb.JoinTokenRef(id=token_id))
+
+    def drain_worker(self, worker_id: str) -> pb.Worker:
+        return self._unary(self._pool.DrainWorker, pb.WorkerRef(worker_id=worker_id))
+
+    # -- the worker's side ----------------------------------------------------------------------
+
+    def register_worker(self, join_token: str, name: str, facts: pb.MachineFacts) -> pb.RegisterResponse:
+        """Join the pool; the client uses the worker's new credential from now on."""
+        answer = self._unary(self._gateway.Register, pb.RegisterRequest(
+            join_token=join_token, name=name, facts=facts))
+        self.token = answer.credential
+        return answer
+
+    def connect(self, messages: Iterator[pb.WorkerMessage]) -> grpc.Future:
+        """Open the worker's Connect stream. Iterate the result for PoolMessages; it raises
+        `grpc.RpcError` when the stream breaks (use `errors.from_rpc_error`); `.cancel()` closes it."""
+        return self._gateway.Connect(messages, metadata=self._metadata())  # type: ignore[return-value]
+
+    def fetch_bundle(self, task_id: str, attempt: int, destination: str | Path) -> Path:
+        """Download an attempt's bundle to destination (written whole, then renamed)."""
+        target = Path(destination)
+        partial = target.with_name(target.name + f".{attempt}.part")
+        with open(partial, "wb") as handle:
+            for chunk in self._stream(self._gateway.FetchBundle,
+                                      pb.AttemptRef(task_id=task_id, attempt=attempt)):
+                handle.write(chunk.data)
+        partial.replace(target)
+        return target
+
+    def report_status(self, report: pb.StatusReport) -> None:
+        self._unary(self._gateway.ReportStatus, report)
+
+    def report_events(self, batch: pb.EventBatch) -> int:
+        """Send numbered events; returns the highest number the pool has stored."""
+        return self._unary(self._gateway.ReportEvents, batch).acked
+
+    def upload_result(self, header: pb.ResultHeader, result: str | Path | None,
+                      chunk_size: int = CHUNK_SIZE) -> pb.Task:
+        """Send an attempt's outcome and, when there is one, its result ZIP."""
+
+        def parts() -> Iterator[pb.UploadResultRequest]:
+            yield pb.UploadResultRequest(header=header)
+            if result is None:
+                yield pb.UploadResultRequest(sha256="")
+                return
+            digest = hashlib.sha256()
+            with open(result, "rb") as handle:
+                while block := handle.read(chunk_size):
+                    digest.update(block)
+                    yield pb.UploadResultRequest(chunk=block)
+            yield pb.UploadResultRequest(sha256=digest.hexdigest())
+
+        return self._unary(self._gateway.UploadResult, parts(), timeout=3600)
+
+
+__all__ = ["TERMINAL_STATES", "HiveMindError", "PoolClient", "pb", "state_name"]
