@@ -1353,6 +1353,35 @@ class CancelOrder(_message.Message):
 Global___CancelOrder: _TypeAlias = CancelOrder  # noqa: Y015
 
 @_typing.final
+class Welcome(_message.Message):
+    """The pool's first message on every Connect stream, right after it accepted the worker's Hello."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    heartbeat_interval_seconds: _builtins.float
+    """send a Heartbeat this often"""
+    heartbeat_timeout_seconds: _builtins.float
+    """silent this long, the worker is declared lost"""
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        heartbeat_interval_seconds: _builtins.float = ...,
+        heartbeat_timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "heartbeat_timeout_seconds", b"heartbeat_timeout_seconds", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
+
+@_typing.final
 class PoolMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1360,6 +1389,7 @@ class PoolMessage(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    WELCOME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assignment(self) -> Global___Assignment: ...
     @_builtins.property
@@ -1372,6 +1402,10 @@ class PoolMessage(_message.Message):
     def drain(self) -> Global___Empty:
         """the admin asked this worker to drain"""
 
+    @_builtins.property
+    def welcome(self) -> Global___Welcome:
+        """first, once per stream"""
+
     def __init__(
         self,
         *,
@@ -1379,12 +1413,13 @@ class PoolMessage(_message.Message):
         cancel: Global___CancelOrder | None = ...,
         ack: Global___Heartbeat | None = ...,
         drain: Global___Empty | None = ...,
+        welcome: Global___Welcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["assignment", "cancel", "ack", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["assignment", "cancel", "ack", "drain", "welcome"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

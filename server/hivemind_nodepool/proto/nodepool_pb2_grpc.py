@@ -193,7 +193,12 @@ class NodePoolServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every stored event with seq > after_seq, in order, each once. STATE events are stored events
+        too (one per transition, the first is QUEUED at seq 1), so a watcher replays the timeline and
+        the live output in one stream and resumes after a reconnect from the last seq it saw, with no
+        gaps and no duplicates. With follow the stream stays open and ends right after the terminal
+        STATE event; without it, it ends after the events stored so far.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -53,6 +53,12 @@ class NodePoolStub:
     CancelTask: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Task]
     RetryTask: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Task]
     WatchTask: _grpc.UnaryStreamMultiCallable[_nodepool_pb2.WatchRequest, _nodepool_pb2.TaskEvent]
+    """Every stored event with seq > after_seq, in order, each once. STATE events are stored events
+    too (one per transition, the first is QUEUED at seq 1), so a watcher replays the timeline and
+    the live output in one stream and resumes after a reconnect from the last seq it saw, with no
+    gaps and no duplicates. With follow the stream stays open and ends right after the terminal
+    STATE event; without it, it ends after the events stored so far.
+    """
     FetchResult: _grpc.UnaryStreamMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Chunk]
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListWorkersResponse]
     GetPoolStatus: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.PoolStatus]
@@ -84,6 +90,12 @@ class NodePoolAsyncStub(NodePoolStub):
     CancelTask: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Task]  # type: ignore[assignment]
     RetryTask: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Task]  # type: ignore[assignment]
     WatchTask: _aio.UnaryStreamMultiCallable[_nodepool_pb2.WatchRequest, _nodepool_pb2.TaskEvent]  # type: ignore[assignment]
+    """Every stored event with seq > after_seq, in order, each once. STATE events are stored events
+    too (one per transition, the first is QUEUED at seq 1), so a watcher replays the timeline and
+    the live output in one stream and resumes after a reconnect from the last seq it saw, with no
+    gaps and no duplicates. With follow the stream stays open and ends right after the terminal
+    STATE event; without it, it ends after the events stored so far.
+    """
     FetchResult: _aio.UnaryStreamMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Chunk]  # type: ignore[assignment]
     ListWorkers: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListWorkersResponse]  # type: ignore[assignment]
     GetPoolStatus: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.PoolStatus]  # type: ignore[assignment]
@@ -165,7 +177,13 @@ class NodePoolServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _nodepool_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_nodepool_pb2.TaskEvent], _abc.AsyncIterator[_nodepool_pb2.TaskEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_nodepool_pb2.TaskEvent], _abc.AsyncIterator[_nodepool_pb2.TaskEvent]]:
+        """Every stored event with seq > after_seq, in order, each once. STATE events are stored events
+        too (one per transition, the first is QUEUED at seq 1), so a watcher replays the timeline and
+        the live output in one stream and resumes after a reconnect from the last seq it saw, with no
+        gaps and no duplicates. With follow the stream stays open and ends right after the terminal
+        STATE event; without it, it ends after the events stored so far.
+        """
 
     @_abc_1.abstractmethod
     def FetchResult(
