@@ -82,7 +82,8 @@ def check_entries(archive: zipfile.ZipFile, limits: BundleLimits = BundleLimits(
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise BundleError(f"entry {info.filename!r} is a symbolic link; links are not allowed")
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = stat.S_IFMT(mode)  # 0 when the archiver recorded permissions only
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             raise BundleError(f"entry {info.filename!r} is not a regular file or folder")
         if info.flag_bits & 0x1:
             raise BundleError(f"entry {info.filename!r} is encrypted")

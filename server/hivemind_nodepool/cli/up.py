@@ -1,0 +1,187 @@
+"""`hivemind up`: a whole pool on this machine (pool, worker, JupyterLab) for a first try.
+
+Everything lives under one data folder: the pool's database and blobs, the worker's state, and
+a local admin user whose password is kept there (0600) so `up` can sign in again next time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .. import credentials
+from ..client import PoolClient
+from ..errors import HiveMindError, PoolUnavailable
+from ..proto import nodepool_pb2 as pb
+
+
+def _say(message: str) -> None:
+    print(f"[hivemind up] {message}", file=sys.stderr, flush=True)
+
+
+def _tool(name: str) -> str:
+    """A console script next to this Python, so `up` works from a venv without activating it."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def docker_ready() -> bool:
+    """True when a Docker engine answers and the runtime image is there."""
+    try:
+        from hivemind_worker.image import runtime_image_exists
+    except ImportError:
+        return False
+    try:
+        return bool(runtime_image_exists())
+    except Exception:
+        return False
+
+
+def _wait_for_file(path: Path, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise HiveMindError(f"{what} exited with status {process.returncode}; see its log above")
+        if time.monotonic() > deadline:
+            raise HiveMindError(f"{what} did not start within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _local_admin(data_dir: Path, pool_dir: Path) -> tuple[str, str]:
+    """The local admin's name and password, created on first use."""
+    secret_file = data_dir / "local-admin.json"
+    if secret_file.exists():
+        saved = json.loads(secret_file.read_text())
+        return saved["name"], saved["password"]
+    name = os.environ.get("USER") or "me"
+    password = secrets.token_urlsafe(18)
+    subprocess.run([_tool("hivemind-nodepool"), "user", "add", name, "--admin", "--password-stdin",
+                    "--data-dir", str(pool_dir)], input=password.encode(), check=True,
+                   stdout=subprocess.DEVNULL)
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"name": name, "password": password}, handle)
+    return name, password
+
+
+@contextlib.contextmanager
+def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Started processes, stopped (SIGTERM, then SIGKILL) in reverse order on the way out."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for process in reversed(started):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def _wait_for_worker(client: PoolClient, timeout: float = 60) -> pb.Worker:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        online = [w for w in client.list_workers() if w.state == pb.WORKER_ONLINE]
+        if online:
+            return online[0]
+        time.sleep(0.3)
+    raise HiveMindError(f"the worker did not join within {timeout:.0f}s; see its log above")
+
+
+def run_notebook(path: Path) -> int:
+    """Execute a notebook headlessly with a real kernel and print what each cell returned."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    notebook = nbformat.read(path, as_version=4)
+    runner = NotebookClient(notebook, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    status = 0
+    try:
+        runner.execute()
+    except CellExecutionError as exc:
+        _say(f"a cell failed: {str(exc).splitlines()[0] if str(exc) else exc}")
+        status = 1
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        print(f"--- cell {index}: {cell.source.splitlines()[0] if cell.source else ''}")
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                print(output.text, end="")
+            elif output.output_type == "error":
+                print(f"{output.ename}: {output.evalue}")
+            else:
+                data = output.get("data", {})
+                kinds = ", ".join(sorted(data))
+                text = data.get("text/plain", "")
+                print(f"[{kinds}] {text}" if text else f"[{kinds}]")
+    executed = path.with_name(path.stem + ".executed.ipynb")
+    nbformat.write(notebook, executed)
+    _say(f"executed notebook saved as {executed}")
+    return status
+
+
+def run_up(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    pool_dir, worker_dir = data_dir / "pool", data_dir / "worker"
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    executor = args.executor
+    if executor == "auto":
+        executor = "docker" if docker_ready() else "local"
+        if executor == "local":
+            _say("no Docker engine with the runtime image answers, so the worker uses the LOCAL "
+                 "executor: tasks run as your user, NOT isolated. (scripts/start-docker.sh and "
+                 "`hivemind-worker image build --bootstrap` give you the Docker sandbox.)")
+    address = f"127.0.0.1:{args.port}"
+    with _processes() as started:
+        (pool_dir / "pool.json").unlink(missing_ok=True)
+        _say(f"starting the pool on {address} (data in {pool_dir})")
+        started.append(subprocess.Popen([_tool("hivemind-nodepool"), "serve", "--listen", address,
+                                         "--data-dir", str(pool_dir)]))
+        _wait_for_file(pool_dir / "pool.json", started[-1], "the pool")
+        name, password = _local_admin(data_dir, pool_dir)
+        client = PoolClient(address)
+        try:
+            client.wait_ready(timeout=30)
+            login = client.login(name, password)
+        except PoolUnavailable:
+            raise
+        credentials.save(credentials.Credential(pool=address, user=name, token=login.token,
+                                                expires_at=login.expires_at))
+        _say(f"signed in as {name} (credential in {credentials.config_dir()})")
+        token = client.create_join_token(ttl_seconds=3600).token
+        _say(f"starting a worker with the {executor} executor")
+        started.append(subprocess.Popen([_tool("hivemind-worker"), "run", "--pool", address,
+                                         "--join-token", token, "--executor", executor,
+                                         "--state-dir", str(worker_dir)]))
+        worker = _wait_for_worker(client)
+        cap = worker.capacity
+        _say(f"worker {worker.name} is online: {cap.cpus:g} CPUs, "
+             f"{cap.memory_bytes / 1024**3:.1f} GiB, {cap.gpus} GPUs")
+        if args.run:
+            return run_notebook(Path(args.run))
+        if args.no_lab:
+            _say("pool and worker are running; press Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                started[0].wait()
+            return 0
+        _say("starting JupyterLab; open the HiveMind panel in the left sidebar. Ctrl-C stops everything.")
+        lab = subprocess.Popen([_tool("jupyter"), "lab", "--no-browser"])
+        started.append(lab)
+        with contextlib.suppress(KeyboardInterrupt):
+            lab.wait()
+    return 0

@@ -1,0 +1,275 @@
+"""`hivemind`: the command line of a pool's users (sign in, submit, follow, fetch)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .. import credentials
+from ..bundle import safe_extract
+from ..client import PoolClient, state_name
+from ..errors import HiveMindError, InvalidInput
+from ..proto import nodepool_pb2 as pb
+from ..submission import TaskRequest, package_path, parse_assignment, parse_labels
+from ..units import format_size
+from .output import as_dict, print_event, print_task, print_tasks, print_workers
+
+log = logging.getLogger(__name__)
+
+
+def _client() -> PoolClient:
+    return PoolClient.from_saved_credential()
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
+        f"Password for {args.user} at {args.pool}: ")
+    with PoolClient(args.pool, ca_file=args.ca, insecure=args.insecure) as client:
+        answer = client.login(args.user, password)
+    path = credentials.save(credentials.Credential(
+        pool=args.pool, user=answer.user.name, token=answer.token, expires_at=answer.expires_at,
+        ca_file=str(Path(args.ca).resolve()) if args.ca else None, insecure=args.insecure))
+    role = " (admin)" if answer.user.admin else ""
+    print(f"signed in to {args.pool} as {answer.user.name}{role}; credential saved in {path}")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    saved = credentials.load()
+    if saved is None:
+        print("not signed in")
+        return 0
+    try:
+        with _client() as client:
+            client.logout()
+    except HiveMindError as exc:
+        log.warning("the pool did not confirm the sign-out (%s); the local credential is removed", exc)
+    credentials.clear()
+    print(f"signed out of {saved.pool}")
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    with _client() as client:
+        user = client.whoami()
+    print(f"{user.name}{' (admin)' if user.admin else ''} at {client.address}")
+    return 0
+
+
+def _request(args: argparse.Namespace) -> TaskRequest:
+    return TaskRequest(
+        cpus=args.cpus, memory=args.memory, gpus=args.gpus,
+        parameters=dict(parse_assignment(item) for item in args.parameter or []),
+        timeout=args.timeout, max_retries=args.retries, name=args.name or "",
+        labels=parse_labels(args.label), priority=args.priority,
+    )
+
+
+def _follow(client: PoolClient, task_id: str, after: int = 0) -> pb.Task:
+    for event in client.watch(task_id, after_seq=after, follow=True):
+        print_event(event)
+    return client.get_task(task_id)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    request = _request(args)
+    with tempfile.TemporaryDirectory(prefix="hivemind-submit-") as workdir:
+        manifest, packed = package_path(args.path, request, entry=args.entry, workdir=workdir)
+        print(f"packaged {packed.files} files ({format_size(packed.unpacked_bytes)}, "
+              f"{format_size(packed.packed_bytes)} zipped)", file=sys.stderr)
+        with _client() as client:
+            task = client.submit(manifest, packed.path, on_progress=_upload_progress(packed.packed_bytes))
+            print(task.id)
+            if not args.wait:
+                return 0
+            final = _follow(client, task.id)
+    print_task(final, out=sys.stderr)
+    return 0 if final.state == pb.SUCCEEDED else 1
+
+
+def _upload_progress(total: int) -> Callable[[int], None] | None:
+    """A progress line on stderr for uploads big enough to notice."""
+    if total < 8 * 1024 * 1024 or not sys.stderr.isatty():
+        return None
+
+    def show(sent: int) -> None:
+        done = int(30 * sent / total)
+        sys.stderr.write(f"\ruploading [{'#' * done}{'.' * (30 - done)}] {format_size(sent)}")
+        if sent >= total:
+            sys.stderr.write("\n")
+
+    return show
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    states = [pb.TaskState.Value(s.upper()) for s in args.state or []]
+    with _client() as client:
+        page = client.list_tasks(states, page_size=args.limit, all_users=args.all)
+    if args.json:
+        print(json.dumps([as_dict(task) for task in page.tasks], indent=2))
+    else:
+        print_tasks(list(page.tasks))
+        if page.total > len(page.tasks):
+            print(f"({len(page.tasks)} of {page.total} shown; use --limit)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client() as client:
+        task = client.get_task(args.task_id)
+    if args.json:
+        print(json.dumps(as_dict(task), indent=2))
+    else:
+        print_task(task)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _client() as client:
+        for event in client.watch(args.task_id, follow=args.follow):
+            print_event(event)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client() as client:
+        task = client.cancel_task(args.task_id)
+    print(f"{task.id}: {state_name(task.state)}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with _client() as client:
+        task = client.retry_task(args.task_id)
+    print(task.id)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    target = Path(args.to)
+    if target.exists() and any(target.iterdir()):
+        raise InvalidInput(f"{target} is not empty; choose a new folder with --to")
+    with _client() as client, tempfile.TemporaryDirectory(prefix="hivemind-fetch-") as tmp:
+        archive = client.fetch_result(args.task_id, Path(tmp) / "result.zip")
+        written = safe_extract(archive, target)
+    print(f"result of {args.task_id} unpacked into {target} ({format_size(written)})")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _client() as client:
+        workers = client.list_workers()
+    if args.json:
+        print(json.dumps([as_dict(worker) for worker in workers], indent=2))
+    else:
+        print_workers(workers)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .up import run_up
+
+    return run_up(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hivemind", description="Use a HiveMind pool: sign in, submit notebooks, follow and fetch them.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    Handler = Callable[[argparse.Namespace], int]
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = add("login", cmd_login, "sign in to a pool and keep the credential (0600) for later commands")
+    sub.add_argument("--pool", required=True, help="HOST:PORT of the pool, e.g. localhost:50051")
+    sub.add_argument("--user", required=True, help="your user name on the pool")
+    sub.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    sub.add_argument("--ca", help="the lab's CA certificate (PEM) for a TLS pool")
+    sub.add_argument("--insecure", action="store_true", help="allow plaintext to a non-loopback pool")
+
+    add("logout", cmd_logout, "revoke the saved token and forget it")
+    add("whoami", cmd_whoami, "show who is signed in, and where")
+
+    sub = add("submit", cmd_submit, "run a notebook (with its folder) or a folder on the pool")
+    sub.add_argument("path", help="a notebook (.ipynb) or a folder")
+    sub.add_argument("--entry", help="the notebook to run when PATH is a folder with several")
+    sub.add_argument("--cpus", type=float, default=1.0, help="CPU cores (default 1)")
+    sub.add_argument("--memory", default="2G", help="memory, e.g. 512M or 8G (default 2G)")
+    sub.add_argument("--gpus", type=int, default=0, help="GPUs (default 0)")
+    sub.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE",
+                     help="a papermill parameter; VALUE is JSON or a string (repeatable)")
+    sub.add_argument("--label", action="append", metavar="KEY=VALUE",
+                     help="only run on workers carrying this label (repeatable)")
+    sub.add_argument("--timeout", help="stop the task after this long, e.g. 30m or 2h")
+    sub.add_argument("--retries", type=int, default=-1, help="retries after a lost worker (default: pool's)")
+    sub.add_argument("--priority", type=int, default=0, help="higher runs first among your own tasks")
+    sub.add_argument("--name", help="a name to show (default: the notebook's)")
+    sub.add_argument("--wait", action="store_true",
+                     help="follow the task's output; exit 0 only if it SUCCEEDED")
+
+    sub = add("tasks", cmd_tasks, "list your tasks, newest first")
+    sub.add_argument("--state", action="append", help="only tasks in this state (repeatable)")
+    sub.add_argument("--all", action="store_true", help="every user's tasks (admins)")
+    sub.add_argument("--limit", type=int, default=50, help="how many to show (default 50)")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("show", cmd_show, "show one task with its timeline")
+    sub.add_argument("task_id")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("logs", cmd_logs, "print a task's output")
+    sub.add_argument("task_id")
+    sub.add_argument("-f", "--follow", action="store_true", help="keep following until the task ends")
+
+    sub = add("cancel", cmd_cancel, "cancel a task")
+    sub.add_argument("task_id")
+    sub = add("retry", cmd_retry, "run a finished task again (a new task, same bundle)")
+    sub.add_argument("task_id")
+
+    sub = add("fetch", cmd_fetch, "download a task's result (executed notebook, outputs/) into a folder")
+    sub.add_argument("task_id")
+    sub.add_argument("--to", required=True, help="an empty or new folder")
+
+    sub = add("workers", cmd_workers, "list the pool's workers with their free and total resources")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("up", cmd_up, "start a pool, a worker and JupyterLab on this machine, for a first try")
+    sub.add_argument("--data-dir", default=".hivemind", help="where the local pool keeps its state")
+    sub.add_argument("--port", type=int, default=50051, help="the local pool's port")
+    sub.add_argument("--executor", choices=["auto", "docker", "local"], default="auto",
+                     help="how the local worker runs tasks (auto: Docker when the engine answers)")
+    sub.add_argument("--no-lab", action="store_true", help="do not start JupyterLab")
+    sub.add_argument("--run", metavar="NOTEBOOK",
+                     help="execute this notebook headlessly against the local pool, print what came "
+                          "back, and stop everything")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except HiveMindError as exc:
+        print(f"hivemind: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hivemind: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

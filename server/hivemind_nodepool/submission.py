@@ -1,0 +1,133 @@
+"""Turning a notebook or a folder on disk into a task: the manifest and the bundle ZIP.
+
+Used by the `hivemind submit` command and by the Jupyter server extension, so both package work
+the same way: the notebook's folder (or the chosen folder) honouring .gitignore/.hivemindignore,
+plus `hivemind.json`, the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from .bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
+from .errors import InvalidInput
+from .proto import nodepool_pb2 as pb
+from .units import parse_duration, parse_size
+
+DEFAULT_MAX_BUNDLE_BYTES = 2 * 1024**3
+
+
+@dataclass
+class TaskRequest:
+    """What a person asks for, in their own units (strings like '4G' and '30m' are welcome)."""
+
+    cpus: float = 1.0
+    memory: str | int = "2G"
+    gpus: int = 0
+    parameters: Mapping[str, object] | None = None
+    timeout: str | float | None = None
+    max_retries: int = -1
+    name: str = ""
+    labels: Mapping[str, str] | None = None
+    priority: int = 0
+    outputs: tuple[str, ...] = ()
+    pull_variables: tuple[str, ...] = ()
+    allow_network: bool = False
+
+    def to_manifest(self, entry_notebook: str) -> pb.Manifest:
+        if self.cpus <= 0:
+            raise InvalidInput(f"--cpus must be more than 0, not {self.cpus}")
+        if self.gpus < 0:
+            raise InvalidInput(f"--gpus cannot be negative ({self.gpus})")
+        try:
+            parameters_json = json.dumps(dict(self.parameters or {}))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"parameters must be JSON values: {exc}") from None
+        return pb.Manifest(
+            name=self.name or Path(entry_notebook).stem,
+            entry_notebook=entry_notebook,
+            parameters_json=parameters_json,
+            resources=pb.Resources(cpus=self.cpus, memory_bytes=parse_size(self.memory), gpus=self.gpus),
+            labels=dict(self.labels or {}),
+            timeout_seconds=int(parse_duration(self.timeout)) if self.timeout else 0,
+            max_retries=self.max_retries,
+            outputs=list(self.outputs),
+            pull_variables=list(self.pull_variables),
+            priority=self.priority,
+            allow_network=self.allow_network,
+        )
+
+
+def manifest_json(manifest: pb.Manifest) -> bytes:
+    """The manifest as the bundle's hivemind.json."""
+    return json_format.MessageToJson(manifest, preserving_proto_field_name=True, indent=2).encode()
+
+
+def find_entry(folder: Path, entry: str | None) -> str:
+    """The entry notebook's name inside folder: the one given, or the folder's only notebook."""
+    if entry:
+        if not (folder / entry).is_file():
+            raise InvalidInput(f"there is no notebook {entry!r} in {folder}")
+        return Path(entry).as_posix()
+    notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
+    if len(notebooks) == 1:
+        return notebooks[0]
+    if not notebooks:
+        raise InvalidInput(f"{folder} holds no notebook (.ipynb) to run")
+    raise InvalidInput(f"{folder} holds {len(notebooks)} notebooks; say which one to run with --entry")
+
+
+def package_path(
+    path: str | Path,
+    request: TaskRequest,
+    entry: str | None = None,
+    workdir: str | Path | None = None,
+    max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+) -> tuple[pb.Manifest, PackedBundle]:
+    """Package a notebook (with its folder) or a folder into a bundle ZIP in workdir."""
+    source = Path(path).expanduser()
+    if source.is_file():
+        if source.suffix != ".ipynb":
+            raise InvalidInput(f"{source} is not a notebook (.ipynb) or a folder")
+        folder, entry_name = source.parent, source.name
+    elif source.is_dir():
+        folder, entry_name = source, find_entry(source, entry)
+    else:
+        raise InvalidInput(f"{source} does not exist")
+    manifest = request.to_manifest(entry_name)
+    files = [(name, file) for name, file, _ in collect_files(folder) if name != MANIFEST_NAME]
+    target_dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hivemind-bundle-"))
+    packed = pack(target_dir / "bundle.zip", files, {MANIFEST_NAME: manifest_json(manifest)},
+                  max_bytes=max_bytes)
+    return manifest, packed
+
+
+def parse_assignment(text: str, what: str = "parameter") -> tuple[str, object]:
+    """('alpha', 0.5) from 'alpha=0.5'. Values are JSON when they parse as JSON, else strings."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise InvalidInput(f"a {what} is NAME=VALUE with NAME a Python identifier, not {text!r}")
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name, value
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    """{'gpu': 'a100'} from ['gpu=a100'] or ['gpu=a100,site=b']."""
+    labels: dict[str, str] = {}
+    for item in items or []:
+        for pair in filter(None, item.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise InvalidInput(f"a label is KEY=VALUE, not {pair!r}")
+            labels[key.strip()] = value.strip()
+    return labels
