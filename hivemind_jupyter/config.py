@@ -1,0 +1,76 @@
+"""Settings shared by the server extension and the magics: one traitlets class, `HiveMind`.
+
+`c.HiveMind.pool_address = ...` works in `jupyter_server_config.py` (the extension) and in
+`ipython_config.py` (the magics), and `%config HiveMind.interrupt_action = 'detach'` in a kernel.
+"""
+
+from __future__ import annotations
+
+import os
+
+from traitlets import Bool, Enum, Float, Int, Unicode, default, validate
+from traitlets.config import Configurable
+
+from hivemind_nodepool.errors import InvalidInput
+from hivemind_nodepool.units import parse_size
+
+
+class HiveMind(Configurable):
+    """HiveMind for Jupyter: where the pool is and what a task asks for by default."""
+
+    pool_address = Unicode(
+        "", config=True, help="The NodePool's HOST:PORT used when signing in without one ($HIVEMIND_POOL).")
+    ca_file = Unicode(
+        "", config=True, help="A CA certificate (PEM) for TLS to the pool ($HIVEMIND_CA_FILE).")
+    insecure = Bool(False, config=True, help="Allow plaintext gRPC to a pool off loopback.")
+    results_dir = Unicode(
+        "hivemind-results", config=True,
+        help="Folder for fetched results, relative to the contents root (server) or working dir (kernel).")
+    default_cpus = Float(1.0, config=True, help="CPU cores a task asks for when it does not say.")
+    default_memory = Unicode("2G", config=True, help="Memory a task asks for when it does not say.")
+    default_gpus = Int(0, config=True, help="GPUs a task asks for when it does not say.")
+    max_bundle_size = Unicode("1G", config=True, help="The cap on a task's files before compression.")
+    interrupt_action = Enum(
+        ["cancel", "detach"], "cancel", config=True,
+        help="Interrupting a waiting %%hivemind cell cancels the remote task, or only detaches from it.")
+    poll_interval = Float(
+        1.0, config=True, help="Seconds between the server's shared task-watcher queries to the pool.")
+
+    @default("pool_address")
+    def _pool_address_default(self) -> str:
+        return os.environ.get("HIVEMIND_POOL", "")
+
+    @default("ca_file")
+    def _ca_file_default(self) -> str:
+        return os.environ.get("HIVEMIND_CA_FILE", "")
+
+    @validate("default_memory", "max_bundle_size")
+    def _check_size(self, proposal: dict) -> str:
+        value = str(proposal["value"])
+        try:
+            parse_size(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @validate("default_cpus", "poll_interval")
+    def _check_positive(self, proposal: dict) -> float:
+        value = float(proposal["value"])
+        if value <= 0:
+            raise ValueError(f"{proposal['trait'].name} must be positive, not {value}")
+        return value
+
+    @validate("default_gpus")
+    def _check_gpus(self, proposal: dict) -> int:
+        value = int(proposal["value"])
+        if value < 0:
+            raise ValueError(f"default_gpus cannot be negative: {value}")
+        return value
+
+    @property
+    def default_memory_bytes(self) -> int:
+        return parse_size(self.default_memory)
+
+    @property
+    def max_bundle_bytes(self) -> int:
+        return parse_size(self.max_bundle_size)

@@ -1,0 +1,187 @@
+"""Turning a cell, a notebook or a folder into a task: its bundle ZIP and its manifest.
+
+A cell becomes a notebook of up to four cells, each tagged so the result can be read back:
+`hivemind-push` (loads pushed variables), `parameters` (papermill's defaults), `hivemind-cell`
+(the user's code) and `hivemind-pull` (saves pulled variables to `_hivemind/pull.pickle`, which
+the manifest's outputs bring back). See docs/internals.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import keyword
+import pickle
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from hivemind_nodepool.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
+from hivemind_nodepool.errors import InvalidInput
+from hivemind_nodepool.manifest import to_json, validate
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.submission import DEFAULT_MAX_BUNDLE_BYTES, TaskRequest, package_path
+
+CELL_ENTRY = "main.ipynb"
+PUSH_DIR = "_hivemind/push"
+PULL_FILE = "_hivemind/pull.pickle"
+DEFAULT_OUTPUTS = ("outputs/**",)
+HIVEMIND_OUTPUTS = ("_hivemind/pull.pickle",)
+TAG_PUSH = "hivemind-push"
+TAG_PARAMETERS = "parameters"
+TAG_CELL = "hivemind-cell"
+TAG_PULL = "hivemind-pull"
+MAX_REQUIREMENTS_BYTES = 1024 * 1024
+
+
+def check_identifier(name: str, what: str = "variable") -> str:
+    """A Python identifier that is not a keyword, or InvalidInput."""
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise InvalidInput(f"{name!r} is not a valid Python {what} name")
+    if name.startswith("_hm_"):
+        raise InvalidInput(f"{name!r}: names starting with _hm_ are reserved by HiveMind")
+    return name
+
+
+def parse_value(text: str) -> Any:
+    """A parameter's value: a Python literal when it is one (3, 0.1, [1, 2], 'x'), else the text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def spec_manifest(request: TaskRequest, entry: str) -> pb.Manifest:
+    """The manifest for a request, with the outputs HiveMind needs, checked as the pool will."""
+    outputs = list(request.outputs or DEFAULT_OUTPUTS)
+    outputs += [pattern for pattern in HIVEMIND_OUTPUTS if pattern not in outputs]
+    built = replace(request, outputs=tuple(outputs)).to_manifest(entry)
+    validate(built)
+    return built
+
+
+def _code_cell(source: str, tag: str) -> dict[str, Any]:
+    return {"cell_type": "code", "execution_count": None, "id": tag, "metadata": {"tags": [tag]},
+            "outputs": [], "source": source}
+
+
+def _push_source(names: list[str]) -> str:
+    return (
+        "# Variables sent from the calling notebook (--push).\n"
+        "import pickle as _hm_pickle\n"
+        f"for _hm_name in {names!r}:\n"
+        f"    with open('{PUSH_DIR}/' + _hm_name + '.pickle', 'rb') as _hm_file:\n"
+        "        globals()[_hm_name] = _hm_pickle.load(_hm_file)\n"
+        "del _hm_pickle, _hm_name, _hm_file\n"
+    )
+
+
+def _pull_source(names: list[str]) -> str:
+    return (
+        "# Variables read back by the calling notebook (--pull).\n"
+        "import os as _hm_os, pickle as _hm_pickle\n"
+        "_hm_found, _hm_problems = {}, {}\n"
+        f"for _hm_name in {names!r}:\n"
+        "    if _hm_name not in globals():\n"
+        "        _hm_problems[_hm_name] = 'not defined on the worker'\n"
+        "        continue\n"
+        "    try:\n"
+        "        _hm_found[_hm_name] = _hm_pickle.dumps(globals()[_hm_name])\n"
+        "    except Exception as _hm_error:\n"
+        "        _hm_problems[_hm_name] = f'cannot be pickled: {_hm_error}'\n"
+        f"_hm_os.makedirs({str(PurePosixPath(PULL_FILE).parent)!r}, exist_ok=True)\n"
+        f"with open({PULL_FILE!r}, 'wb') as _hm_file:\n"
+        "    _hm_pickle.dump({'values': _hm_found, 'problems': _hm_problems}, _hm_file)\n"
+        "del _hm_os, _hm_pickle, _hm_found, _hm_problems, _hm_name, _hm_file\n"
+    )
+
+
+def cell_notebook(code: str, parameters: Mapping[str, Any] | None = None,
+                  push: list[str] | None = None, pull: list[str] | None = None) -> dict[str, Any]:
+    """The notebook (nbformat 4 as a dict) that runs one cell on the pool."""
+    cells: list[dict[str, Any]] = []
+    if push:
+        cells.append(_code_cell(_push_source(list(push)), TAG_PUSH))
+    lines = ["# Parameters (papermill injects the task's values after this cell)."]
+    for name, value in (parameters or {}).items():
+        check_identifier(name, "parameter")
+        lines.append(f"{name} = {value!r}")
+    cells.append(_code_cell("\n".join(lines) + "\n", TAG_PARAMETERS))
+    cells.append(_code_cell(code, TAG_CELL))
+    if pull:
+        cells.append(_code_cell(_pull_source(list(pull)), TAG_PULL))
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+            "hivemind": {"generated": True},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def pickle_pushed(values: Mapping[str, Any]) -> dict[str, bytes]:
+    """Bundle entries for pushed variables; InvalidInput names any that cannot be pickled."""
+    entries: dict[str, bytes] = {}
+    for name, value in values.items():
+        check_identifier(name)
+        try:
+            entries[f"{PUSH_DIR}/{name}.pickle"] = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise InvalidInput(
+                f"cannot send variable {name!r} with --push: it cannot be pickled ({exc})") from None
+    return entries
+
+
+def read_requirements(path: Path) -> bytes:
+    if not path.is_file():
+        raise InvalidInput(f"requirements file {path} does not exist")
+    if path.stat().st_size > MAX_REQUIREMENTS_BYTES:
+        raise InvalidInput(f"requirements file {path} is larger than 1 MiB")
+    return path.read_bytes()
+
+
+def _folder_files(folder: Path | None) -> list[tuple[str, Path]]:
+    if folder is None:
+        return []
+    if not folder.is_dir():
+        raise InvalidInput(f"--dir {folder}: not a folder")
+    return [(name, path) for name, path, _ in collect_files(folder)]
+
+
+def pack_cell(code: str, request: TaskRequest, destination: Path, *, folder: Path | None = None,
+              requirements: Path | None = None, push: Mapping[str, Any] | None = None,
+              max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> tuple[pb.Manifest, PackedBundle]:
+    """A cell (plus an optional folder) as a bundle at destination, and its manifest."""
+    files = _folder_files(folder)
+    taken = {name for name, _ in files}
+    entry = CELL_ENTRY
+    counter = 1
+    while entry in taken:
+        entry = f"main-hivemind-{counter}.ipynb"
+        counter += 1
+    push_values = dict(push or {})
+    manifest = spec_manifest(replace(request, name=request.name or "cell"), entry)
+    notebook = cell_notebook(code, dict(request.parameters or {}), sorted(push_values),
+                             list(manifest.pull_variables))
+    extra = {entry: json.dumps(notebook, indent=1).encode(), MANIFEST_NAME: to_json(manifest).encode()}
+    extra.update(pickle_pushed(push_values))
+    if requirements is not None:
+        extra["requirements.txt"] = read_requirements(requirements)
+    return manifest, pack(destination, files, extra, max_bytes=max_bytes)
+
+
+def pack_path(target: Path, request: TaskRequest, workdir: Path, *, entry: str | None = None,
+              max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> tuple[pb.Manifest, PackedBundle]:
+    """A notebook (sent with its folder) or a folder (with its entry notebook), as `hivemind submit`
+    packages it; the entry must be a notebook inside the folder."""
+    if entry is not None:
+        clean = PurePosixPath(entry)
+        if not target.is_dir():
+            raise InvalidInput("give `entry` only with a folder")
+        if not entry or clean.is_absolute() or ".." in clean.parts or "\\" in entry:
+            raise InvalidInput(f"entry {entry!r} must be a notebook path inside the folder")
+    return package_path(target, request, entry=entry, workdir=workdir, max_bytes=max_bytes)
