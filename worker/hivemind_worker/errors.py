@@ -1,0 +1,13 @@
+"""The worker's exceptions: one root, under HiveMind's root error."""
+
+from __future__ import annotations
+
+from hivemind_nodepool.errors import HiveMindError
+
+
+class WorkerError(HiveMindError):
+    """Something the worker cannot do, with a message that says what to fix."""
+
+
+class EnvironmentBuildError(WorkerError):
+    """A task's requirements could not be installed; the message carries pip's last lines."""

@@ -1,0 +1,164 @@
+"""What every executor offers: run the in-container runner on a prepared task folder, stream its
+events, and stop it on cancel, timeout or drain."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RunnerEvent = dict[str, Any]
+EventSink = Callable[[RunnerEvent], None]
+
+# How a run ended, as the executor saw it (the attempt maps these to task states).
+OK = "ok"                    # the notebook ran to the end
+NOTEBOOK_ERROR = "error"     # a cell raised; traceback attached
+KERNEL_DIED = "kernel_died"
+OUT_OF_MEMORY = "oom"
+DIED = "died"                # the container or process ended without reporting an end
+RUNNER_ERROR = "runner_error"
+TIMED_OUT = "timed_out"
+STOPPED = "stopped"          # cancelled or handed back: Stopper.kind says which
+
+
+@dataclass
+class RunSpec:
+    """Everything one run needs. Paths are on the host."""
+
+    name: str                   # unique per attempt, e.g. hivemind-<task>-<attempt>
+    task_dir: Path              # the unpacked bundle; the notebook's working folder
+    out_dir: Path               # where the runner writes executed.ipynb and variables.json
+    notebook: str               # relative to task_dir
+    parameters: dict[str, Any]
+    pull_variables: list[str]
+    environment: str            # an image tag (docker) or a Python interpreter (local)
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    gpus: int = 0
+    timeout: float = 0.0
+    allow_network: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    error: str = ""
+    traceback: str = ""
+    exit_code: int | None = None
+    cpu_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+
+
+class Stopper:
+    """Asks a running task to stop: why (cancel, timeout, requeue) and the message to report."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.kind = ""
+        self.reason = ""
+
+    def stop(self, kind: str, reason: str) -> None:
+        if not self.event.is_set():
+            self.kind, self.reason = kind, reason
+            self.event.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self.event.is_set()
+
+
+class LineParser:
+    """Turns the runner's byte stream into events; a line that is not an event becomes stderr."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+        self._pending = b""
+        self.end: RunnerEvent | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        if self._pending:
+            self._line(self._pending)
+            self._pending = b""
+
+    def _line(self, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            event = json.loads(raw)
+            if not isinstance(event, dict) or "t" not in event:
+                raise ValueError("not an event")
+        except ValueError:
+            event = {"t": "stderr", "text": raw.decode("utf-8", "replace") + "\n"}
+        if event["t"] == "end":
+            self.end = event
+            return
+        try:
+            self._sink(event)
+        except Exception:
+            log.exception("an event sink failed")
+
+
+def outcome_from_end(end: RunnerEvent | None, exit_code: int | None) -> RunOutcome:
+    """The outcome a runner reported, or DIED when it reported none."""
+    if end is None:
+        return RunOutcome(DIED, error=f"the task's process ended without a result (exit code {exit_code})",
+                          exit_code=exit_code)
+    metrics = end.get("metrics") or {}
+    return RunOutcome(
+        status=str(end.get("status", RUNNER_ERROR)), error=str(end.get("error") or ""),
+        traceback=str(end.get("traceback") or ""), exit_code=exit_code,
+        cpu_seconds=float(metrics.get("cpu_seconds") or 0.0),
+        peak_memory_bytes=int(metrics.get("peak_memory_bytes") or 0))
+
+
+def write_request(spec: RunSpec, task_dir_inside: str, out_dir_inside: str) -> Path:
+    """The runner's request file, in the output folder; returns its host path."""
+    request = {
+        "notebook": spec.notebook, "cwd": task_dir_inside, "out_dir": out_dir_inside,
+        "parameters": spec.parameters, "pull_variables": spec.pull_variables, "kernel": "python3",
+    }
+    path = spec.out_dir / "request.json"
+    path.write_text(json.dumps(request))
+    path.chmod(0o644)
+    return path
+
+
+class Executor(ABC):
+    """Runs tasks in one kind of sandbox and keeps their environments."""
+
+    name: str = ""
+    isolated: bool = True
+
+    @abstractmethod
+    def environment_for(self, requirements: bytes | None, on_notice: Callable[[str], None]) -> Any:
+        """A context manager yielding the environment string for RunSpec.environment; it builds
+        the environment the first time and keeps it in use while the context is open."""
+
+    @abstractmethod
+    def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
+        """Run the task to its end (or until stopper fires); always leaves nothing running."""
+
+    def prepare_dirs(self, spec: RunSpec) -> None:  # noqa: B027 - optional hook
+        """Make the task and output folders usable by the sandbox's user."""
+
+    def reap_leftovers(self, keep: set[str]) -> list[str]:
+        """Stop sandboxes this worker started earlier (e.g. before a crash) whose names are not in
+        keep; returns their names."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the executor holds."""

@@ -1,0 +1,184 @@
+"""The runtime image: building it from worker/runtime/Dockerfile, and bootstrapping an offline base.
+
+Labs with a registry build from the Dockerfile's default `FROM python:3.12-slim`. Air-gapped labs (and
+machines like the ones this project is tested on) cannot pull it, so `--bootstrap` first builds a
+Debian base with debootstrap from the distribution's package mirror and imports it with
+`docker import`. Both paths end in the same image, tagged with the project's version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from . import __version__
+from .errors import WorkerError
+
+log = logging.getLogger(__name__)
+
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+DOCKERFILE = RUNTIME_DIR / "Dockerfile"
+RUNNER = RUNTIME_DIR / "runner.py"
+RUNTIME_REPOSITORY = "hivemind-runtime"
+BOOTSTRAP_TAG = "hivemind-base:bookworm"
+BOOTSTRAP_SUITE = "bookworm"
+BOOTSTRAP_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+
+
+def runtime_tag(version: str = __version__) -> str:
+    """The runtime image's tag for this version of the project, e.g. hivemind-runtime:0.1.0."""
+    return f"{RUNTIME_REPOSITORY}:{version}"
+
+
+@dataclass
+class BuildOptions:
+    tag: str = ""
+    base_image: str = ""            # empty: the Dockerfile's default (python:3.12-slim)
+    bootstrap: bool = False         # make the base with debootstrap when it is missing
+    network: str | None = None      # the build steps' network mode; None: see default_build_network
+    ca_bundle: Path | None = None   # an extra CA bundle for pip; None: the host's (Path("none"): no)
+    if_missing: bool = False        # do nothing when the tag already exists
+    mirror: str | None = None       # debootstrap's mirror; None: debootstrap's default
+
+    def resolved_tag(self) -> str:
+        return self.tag or runtime_tag()
+
+
+def docker_client() -> docker.DockerClient:
+    """A client of the local Docker engine, or WorkerError saying how to get one."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except docker.errors.DockerException as exc:
+        raise WorkerError(
+            f"the Docker engine does not answer ({exc}). Start Docker (scripts/start-docker.sh "
+            "on these machines) or run the worker with --executor local.") from None
+
+
+def default_build_network(client: docker.DockerClient) -> str | None:
+    """None (Docker's default) where the engine has a bridge network; "host" where it has none, as
+    on engines started with --bridge=none, whose default network reaches nothing."""
+    try:
+        if client.networks.list(names=["bridge"]):
+            return None
+    except docker.errors.DockerException:
+        return None
+    return "host"
+
+
+def default_ca_bundle() -> Path | None:
+    """The CA bundle this host's pip trusts (PIP_CERT, then SSL_CERT_FILE, REQUESTS_CA_BUNDLE), so a
+    build behind a TLS-inspecting proxy trusts what the host trusts."""
+    for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        value = os.environ.get(name)
+        if value and os.path.isfile(value):
+            return Path(value)
+    return None
+
+
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror: str | None = None,
+                   say: Callable[[str], None] = print) -> str:
+    """Build a minimal Debian with Python by debootstrap and import it into Docker as `tag`."""
+    if os.geteuid() != 0:
+        raise WorkerError("--bootstrap runs debootstrap, which needs root")
+    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not os.path.exists(debootstrap):
+        raise WorkerError("--bootstrap needs debootstrap: apt-get install debootstrap")
+    with tempfile.TemporaryDirectory(prefix="hivemind-rootfs-") as tmp:
+        root = Path(tmp) / "rootfs"
+        command = [debootstrap, "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES),
+                   BOOTSTRAP_SUITE, str(root)]
+        if mirror:
+            command.append(mirror)
+        say(f"bootstrapping a {BOOTSTRAP_SUITE} base with debootstrap (about a minute)")
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise WorkerError(f"debootstrap failed (exit {result.returncode}):\n{tail}")
+        # Package caches and docs only make the image bigger.
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+            shutil.rmtree(root / junk, ignore_errors=True)
+        say(f"importing the base into Docker as {tag}")
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        assert tar.stdout is not None
+        try:
+            client.api.import_image_from_stream(tar.stdout, repository=tag.split(":")[0],
+                                                tag=tag.partition(":")[2] or "latest")
+        finally:
+            tar.stdout.close()
+            tar.wait()
+        if tar.returncode != 0:
+            raise WorkerError(f"tar of the bootstrapped root failed (exit {tar.returncode})")
+    return tag
+
+
+def build_runtime(options: BuildOptions, client: docker.DockerClient | None = None,
+                  say: Callable[[str], None] = print) -> str:
+    """Build (or, with if_missing, find) the runtime image; returns its tag."""
+    client = client or docker_client()
+    tag = options.resolved_tag()
+    if options.if_missing and image_exists(client, tag):
+        say(f"{tag} is already built")
+        return tag
+    base = options.base_image
+    if options.bootstrap:
+        base = base or BOOTSTRAP_TAG
+        if not image_exists(client, base):
+            bootstrap_base(client, base, options.mirror, say)
+    build_args = {"HIVEMIND_VERSION": __version__}
+    if base:
+        build_args["BASE_IMAGE"] = base
+    with tempfile.TemporaryDirectory(prefix="hivemind-build-") as tmp:
+        context = Path(tmp)
+        shutil.copy(DOCKERFILE, context / "Dockerfile")
+        ca = context / "build-ca.pem"
+        ca_bundle = options.ca_bundle if options.ca_bundle is not None else default_ca_bundle()
+        if ca_bundle and str(ca_bundle) != "none":
+            try:
+                shutil.copy(ca_bundle, ca)
+            except OSError as exc:
+                raise WorkerError(f"cannot read the CA bundle {ca_bundle}: {exc.strerror}") from None
+        else:
+            ca.write_bytes(b"")
+        say(f"building {tag}" + (f" from {base}" if base else ""))
+        network = options.network if options.network is not None else default_build_network(client)
+        stream = client.api.build(path=str(context), tag=tag, buildargs=build_args, rm=True,
+                                  forcerm=True, pull=False, network_mode=network, decode=True)
+        tail: list[str] = []
+        for line in stream:
+            if "error" in line:
+                raise WorkerError(f"building {tag} failed: {line['error'].strip()}\n" + "".join(tail[-15:]))
+            text = line.get("stream", "")
+            if text:
+                tail.append(text)
+                log.debug("build: %s", text.rstrip())
+    say(f"built {tag}")
+    return tag
+
+
+def image_id(client: docker.DockerClient, tag: str) -> str:
+    """The image's content id (sha256:...), or WorkerError saying how to build it."""
+    try:
+        return str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        raise WorkerError(
+            f"the runtime image {tag} is missing: run `hivemind-worker image build` "
+            "(add --bootstrap where no registry is reachable)") from None
