@@ -1,0 +1,130 @@
+"""What every HiveMind REST handler shares: auth, JSON errors, pool calls off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+
+from hivemind_nodepool.client import PoolClient
+from hivemind_nodepool.errors import (
+    AlreadyExists,
+    Conflict,
+    DeadlineExceeded,
+    HiveMindError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    PoolUnavailable,
+    RateLimited,
+    Unauthenticated,
+)
+
+from ..config import HiveMind
+from ..pool import PoolConnector
+
+log = logging.getLogger(__name__)
+
+AUTH_RESOURCE = "hivemind"
+MAX_BODY_BYTES = 1024 * 1024
+T = TypeVar("T")
+
+_STATUS: list[tuple[type[HiveMindError], int]] = [
+    (InvalidInput, 400),
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (Conflict, 409),
+    (RateLimited, 429),
+    (PoolUnavailable, 502),
+    (DeadlineExceeded, 504),
+]
+
+
+def http_status(error: HiveMindError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(error, cls):
+            return status
+    return 502  # any other failure came from the pool's side
+
+
+class ApiError(web.HTTPError):
+    """An HTTP error whose message is shown to the person as it is."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, log_message=message.replace("%", "%%"))
+        self.message = message
+
+
+class HiveMindHandler(ExtensionHandlerMixin, APIHandler):
+    """Base of the REST handlers: every answer is JSON, errors too."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def hivemind(self) -> HiveMind:
+        return self.settings["hivemind_settings"]
+
+    @property
+    def connector(self) -> PoolConnector:
+        return self.settings["hivemind_connector"]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            message = exc.message
+        elif isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        else:
+            message = self._reason
+            if status_code >= 500 and exc is not None:
+                message = f"{message}: {exc.__class__.__name__}"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message, "status": status_code}))
+
+    def reply(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def json_body(self, allowed: set[str]) -> dict[str, Any]:
+        """The request body as a JSON object with only known fields, or a 400."""
+        raw = self.request.body or b""
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(400, "the request body is larger than 1 MiB")
+        try:
+            data = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}; "
+                                f"allowed: {', '.join(sorted(allowed))}")
+        return data
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call (a pool RPC, a ZIP) in the extension's threads; map its errors."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self.settings["hivemind_executor"], functools.partial(fn, *args, **kwargs))
+        except HiveMindError as exc:
+            raise ApiError(http_status(exc), str(exc) or exc.__class__.__name__) from None
+
+    async def pool(self, call: Callable[[PoolClient], T]) -> T:
+        """call(client) with the signed-in client, off the event loop."""
+
+        def run() -> T:
+            return call(self.connector.client())
+
+        return await self.blocking(run)

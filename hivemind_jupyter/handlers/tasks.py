@@ -1,0 +1,240 @@
+"""/hivemind/api/tasks: list, get, submit, cancel, retry, fetch the result, read events."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from hivemind_nodepool.client import PoolClient
+from hivemind_nodepool.errors import InvalidInput
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.submission import TaskRequest
+from hivemind_nodepool.units import parse_duration, parse_size
+
+from ..jsonify import to_dict
+from ..packaging import pack_path
+from ..results import fetch_into, public_files
+from .base import ApiError, HiveMindHandler
+
+T = TypeVar("T")
+TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+SUBMIT_FIELDS = {"path", "entry", "name", "cpus", "memory", "gpus", "parameters", "timeout", "labels",
+                 "retries"}
+MAX_EVENTS = 10_000
+STATE_NAMES = frozenset(pb.TaskState.DESCRIPTOR.values_by_name) - {"TASK_STATE_UNSPECIFIED"}
+
+
+def _number(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{key} must be a number")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{key} must be a whole number")
+    return value
+
+
+def _string(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{key} must be a string")
+    return value
+
+
+class TaskBase(HiveMindHandler):
+    def check_id(self, task_id: str) -> str:
+        if not TASK_ID.match(task_id):
+            raise ApiError(400, "not a task id")
+        return task_id
+
+    async def task_call(self, task_id: str, call: Callable[[PoolClient], T]) -> T:
+        """A call about one task: another user's task reads as unknown (404), never 403."""
+        self.check_id(task_id)
+        try:
+            return await self.pool(call)
+        except ApiError as exc:
+            if exc.status_code in (403, 404):
+                raise ApiError(404, f"no task {task_id} (it does not exist or is not yours)") from None
+            raise
+
+    def contents_root(self) -> Path:
+        root = getattr(self.contents_manager, "root_dir", None) or self.serverapp.root_dir
+        return Path(root).resolve()
+
+    def resolve_path(self, relative: str) -> Path:
+        """A contents-relative path, refused when it leaves the contents root."""
+        if not relative or "\x00" in relative or PurePosixPath(relative).is_absolute() or "\\" in relative:
+            raise InvalidInput("path must be a notebook or folder relative to the Jupyter root")
+        if ".." in PurePosixPath(relative).parts:
+            raise InvalidInput("path may not contain '..'")
+        root = self.contents_root()
+        target = (root / relative).resolve()
+        if target != root and root not in target.parents:
+            raise InvalidInput(f"{relative} lies outside the Jupyter root")
+        if not target.exists():
+            raise InvalidInput(f"{relative} does not exist")
+        return target
+
+
+class TasksHandler(TaskBase):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        states = []
+        for name in self.get_query_arguments("state"):
+            if name not in STATE_NAMES:
+                raise ApiError(400, f"unknown state {name!r}; use e.g. RUNNING, QUEUED, SUCCEEDED")
+            states.append(pb.TaskState.Value(name))
+        try:
+            limit = int(self.get_query_argument("limit", "50"))
+        except ValueError:
+            raise ApiError(400, "limit must be a whole number") from None
+        if not 1 <= limit <= 500:
+            raise ApiError(400, "limit must be between 1 and 500")
+        token = self.get_query_argument("page_token", "")
+        if len(token) > 1024:
+            raise ApiError(400, "page_token is too long")
+        page = await self.pool(lambda c: c.list_tasks(states, page_size=limit, page_token=token))
+        self.reply({"tasks": [to_dict(t) for t in page.tasks], "next_page_token": page.next_page_token,
+                    "total": page.total})
+
+    def _request(self, body: dict[str, Any]) -> TaskRequest:
+        settings = self.hivemind
+        cpus = _number(body, "cpus")
+        gpus = _integer(body, "gpus")
+        retries = _integer(body, "retries")
+        memory = body.get("memory")
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (str, int))):
+            raise InvalidInput("memory must be a size like \"8G\" or a number of bytes")
+        timeout = body.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (str, int, float))):
+            raise InvalidInput("timeout must be a duration like \"30m\" or a number of seconds")
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("parameters must be a JSON object")
+        labels = body.get("labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise InvalidInput("labels must be an object of strings")
+        return TaskRequest(
+            cpus=settings.default_cpus if cpus is None else cpus,
+            memory=parse_size(memory if memory is not None else settings.default_memory),
+            gpus=settings.default_gpus if gpus is None else gpus,
+            parameters=parameters,
+            timeout=parse_duration(timeout) if timeout is not None else None,
+            max_retries=-1 if retries is None else retries,
+            name=_string(body, "name") or "",
+            labels=labels,
+        )
+
+    def _package_and_submit(self, target: Path, request: TaskRequest, entry: str | None) -> pb.Task:
+        client = self.connector.client()  # fail fast (401) before packaging a big folder
+        workdir = Path(tempfile.mkdtemp(prefix="hivemind-submit-"))
+        try:
+            manifest, packed = pack_path(target, request, workdir, entry=entry,
+                                         max_bytes=self.hivemind.max_bundle_bytes)
+            return client.submit(manifest, packed.path)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.json_body(SUBMIT_FIELDS)
+
+        def prepare() -> tuple[Path, TaskRequest, str | None]:
+            path = _string(body, "path")
+            if not path:
+                raise InvalidInput("path is required: a notebook or folder relative to the Jupyter root")
+            return self.resolve_path(path), self._request(body), _string(body, "entry")
+
+        target, request, entry = await self.blocking(prepare)
+        task = await self.blocking(self._package_and_submit, target, request, entry)
+        self.reply(to_dict(task), status=201)
+
+
+class TaskHandler(TaskBase):
+    @web.authenticated
+    @authorized
+    async def get(self, task_id: str) -> None:
+        task = await self.task_call(task_id, lambda c: c.get_task(task_id))
+        self.reply(to_dict(task))
+
+
+class CancelHandler(TaskBase):
+    @web.authenticated
+    @authorized
+    async def post(self, task_id: str) -> None:
+        task = await self.task_call(task_id, lambda c: c.cancel_task(task_id))
+        self.reply(to_dict(task))
+
+
+class RetryHandler(TaskBase):
+    @web.authenticated
+    @authorized
+    async def post(self, task_id: str) -> None:
+        task = await self.task_call(task_id, lambda c: c.retry_task(task_id))
+        self.reply(to_dict(task), status=201)
+
+
+class ResultHandler(TaskBase):
+    @web.authenticated
+    @authorized
+    async def post(self, task_id: str) -> None:
+        root = self.contents_root()
+        results_root = (root / self.hivemind.results_dir).resolve()
+        if root not in results_root.parents:
+            raise ApiError(500, "c.HiveMind.results_dir must be a folder inside the Jupyter root")
+
+        def fetch(client: PoolClient) -> dict[str, Any]:
+            task = client.get_task(task_id)
+            result = fetch_into(client, task, results_root)
+
+            def rel(path: Path) -> str:
+                return path.relative_to(root).as_posix()
+
+            return {"folder": rel(result.folder),
+                    "notebook": rel(result.notebook) if result.notebook else None,
+                    "files": [rel(p) for p in public_files(result)]}
+
+        self.reply(await self.task_call(task_id, fetch))
+
+
+class EventsHandler(TaskBase):
+    @web.authenticated
+    @authorized
+    async def get(self, task_id: str) -> None:
+        try:
+            after = int(self.get_query_argument("after", "0"))
+            limit = int(self.get_query_argument("limit", "1000"))
+        except ValueError:
+            raise ApiError(400, "after and limit must be whole numbers") from None
+        if after < 0 or not 1 <= limit <= MAX_EVENTS:
+            raise ApiError(400, f"after must be 0 or more and limit between 1 and {MAX_EVENTS}")
+
+        def read(client: PoolClient) -> list[pb.TaskEvent]:
+            events: list[pb.TaskEvent] = []
+            stream = client.watch(task_id, after_seq=after, follow=False, reconnect_for=0)
+            for event in stream:
+                events.append(event)
+                if len(events) >= limit:
+                    break
+            return events
+
+        events = await self.task_call(task_id, read)
+        last = max([after] + [int(e.seq) for e in events])
+        self.reply({"events": [to_dict(e) for e in events], "last_seq": last})

@@ -1,0 +1,177 @@
+"""A finished task's result: fetched into the workspace safely, read back, shown as if local.
+
+The result ZIP holds the executed entry notebook, the files under the manifest's output patterns
+and, for a cell with --pull, `_hivemind/pull.pickle`. It is unpacked with the bundle module's
+checks (no absolute paths, no `..`, no links, capped sizes) into a temporary folder that is then
+renamed into place, so a result folder either exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hivemind_nodepool.bundle import safe_extract
+from hivemind_nodepool.client import PoolClient, state_name
+from hivemind_nodepool.errors import Conflict, HiveMindError
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+from .packaging import PULL_FILE, TAG_CELL
+
+log = logging.getLogger(__name__)
+
+INTERNAL_PREFIX = "_hivemind/"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class FetchedResult:
+    folder: Path
+    notebook: Path | None
+    files: list[Path] = field(default_factory=list)
+
+
+class RemoteTaskError(HiveMindError):
+    """The task did not succeed; IPython shows the remote traceback instead of a local one."""
+
+    def __init__(self, task: pb.Task, traceback_lines: list[str] | None = None) -> None:
+        self.task = task
+        self.state = state_name(task.state)
+        self.traceback_lines = traceback_lines or []
+        summary = task.error or self.state.lower().replace("_", " ")
+        super().__init__(f"task {task.id} {self.state}: {summary}")
+
+    def _render_traceback_(self) -> list[str]:
+        head = f"HiveMind task {self.task.id} ended {self.state}"
+        if self.task.worker_name:
+            head += f" on {self.task.worker_name}"
+        lines = [head + (":" if self.traceback_lines or self.task.traceback or self.task.error else ".")]
+        if self.traceback_lines:
+            lines.extend(self.traceback_lines)
+        elif self.task.traceback:
+            lines.extend(self.task.traceback.rstrip("\n").splitlines())
+        elif self.task.error:
+            lines.append(self.task.error)
+        return lines
+
+
+def folder_name(task: pb.Task) -> str:
+    """'<name>-<id>' made safe for a file name."""
+    name = _UNSAFE.sub("-", task.manifest.name or "task").strip(".-")[:80] or "task"
+    return f"{name}-{_UNSAFE.sub('-', task.id)}"
+
+
+def _listing(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _find_notebook(folder: Path, task: pb.Task) -> Path | None:
+    entry = folder / task.manifest.entry_notebook if task.manifest.entry_notebook else None
+    if entry is not None and entry.is_file():
+        return entry
+    found = sorted(folder.glob("*.ipynb")) or sorted(folder.rglob("*.ipynb"))
+    return found[0] if found else None
+
+
+def fetch_into(client: PoolClient, task: pb.Task, results_root: Path) -> FetchedResult:
+    """Download and unpack the task's result under results_root/<name>-<id>/ (idempotent)."""
+    final = results_root / folder_name(task)
+    if final.is_dir():
+        return FetchedResult(final, _find_notebook(final, task), _listing(final))
+    if not task.result_sha256:
+        raise Conflict(f"task {task.id} has no result yet (it is {state_name(task.state)})")
+    results_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{task.id}-", dir=results_root))
+    try:
+        archive = client.fetch_result(task.id, staging / "result.zip")
+        unpacked = staging / "unpacked"
+        safe_extract(archive, unpacked)
+        try:
+            unpacked.rename(final)
+        except OSError:
+            if not final.is_dir():  # a real failure, not a concurrent fetch that won
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return FetchedResult(final, _find_notebook(final, task), _listing(final))
+
+
+def public_files(result: FetchedResult) -> list[Path]:
+    """The files a person cares about (HiveMind's own bookkeeping left out)."""
+    return [p for p in result.files
+            if not p.relative_to(result.folder).as_posix().startswith(INTERNAL_PREFIX)]
+
+
+def cell_outputs(notebook: Path) -> list[dict[str, Any]]:
+    """The outputs of the user's code: the `hivemind-cell` cell, or every code cell of a notebook."""
+    try:
+        data = json.loads(notebook.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read the executed notebook %s: %s", notebook, exc)
+        return []
+    cells = [c for c in data.get("cells", []) if isinstance(c, dict) and c.get("cell_type") == "code"]
+    tagged = [c for c in cells if TAG_CELL in (c.get("metadata", {}).get("tags") or [])]
+    outputs: list[dict[str, Any]] = []
+    for cell in tagged or cells:
+        outputs.extend(o for o in cell.get("outputs", []) if isinstance(o, dict))
+    return outputs
+
+
+def error_traceback(outputs: list[dict[str, Any]]) -> list[str] | None:
+    for output in outputs:
+        if output.get("output_type") == "error":
+            lines = output.get("traceback") or [f"{output.get('ename')}: {output.get('evalue')}"]
+            return [str(line) for line in lines]
+    return None
+
+
+def load_pulled(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values, problems) from the pull file: the variables the task sent back, and why others did not.
+
+    The values are unpickled: they come from the user's own task through the pool, which only
+    the task's owner can read.
+    """
+    path = folder / PULL_FILE
+    if not path.is_file():
+        return {}, {}
+    with open(path, "rb") as handle:
+        payload = pickle.load(handle)  # noqa: S301 - the user's own task's values, see above
+    values: dict[str, Any] = {}
+    problems = dict(payload.get("problems", {}))
+    for name, blob in payload.get("values", {}).items():
+        try:
+            values[name] = pickle.loads(blob)  # noqa: S301
+        except Exception as exc:
+            problems[name] = f"cannot be unpickled here: {exc}"
+    return values, problems
+
+
+def joined_mime_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    """nbformat stores text as lists of lines; display wants one string (JSON types stay as they are)."""
+    return {mime: "".join(value) if isinstance(value, list) and not mime.endswith("json") else value
+            for mime, value in data.items()}
+
+
+def show_outputs(outputs: list[dict[str, Any]], publish: Callable[[dict, dict], None],
+                 write_stream: Callable[[str, str], None] | None = None) -> int:
+    """Show rich outputs (and streams when write_stream is given) as if produced here; returns
+    how many were shown."""
+    shown = 0
+    for output in outputs:
+        kind = output.get("output_type")
+        if kind in ("display_data", "execute_result"):
+            publish(joined_mime_bundle(output.get("data") or {}), output.get("metadata") or {})
+            shown += 1
+        elif kind == "stream" and write_stream is not None:
+            text = output.get("text", "")
+            write_stream(output.get("name", "stdout"), "".join(text) if isinstance(text, list) else text)
+            shown += 1
+    return shown
