@@ -1,0 +1,220 @@
+/**
+ * The HiveMind JupyterLab extension: a left-sidebar panel for the lab's pool, and
+ * "Run on HiveMind" in the file browser's context menu and the notebook toolbar.
+ */
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette, Notification, ToolbarButton } from '@jupyterlab/apputils';
+import { DocumentRegistry } from '@jupyterlab/docregistry';
+import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
+import { INotebookModel, NotebookPanel } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { DisposableDelegate, IDisposable } from '@lumino/disposable';
+
+import { HiveMindApi } from './api';
+import { hivemindIcon } from './icons';
+import { HiveMindModel, describe } from './model';
+import { HiveMindPanel } from './panel';
+import { ISubmitDefaults, askSubmit } from './submit';
+
+const PLUGIN_ID = 'hivemind-jupyter:plugin';
+
+export namespace CommandIDs {
+  export const open = 'hivemind:open';
+  /** Runs the file browser's selected notebook or folder. */
+  export const runSelected = 'hivemind:run-selected';
+  /** Runs a path given as `args.path` (with `args.isFolder`), or the current notebook. */
+  export const run = 'hivemind:run';
+}
+
+const DEFAULTS: ISubmitDefaults = { cpus: 1, memory: '2G', gpus: 0, timeout: '1h' };
+
+function readDefaults(settings: ISettingRegistry.ISettings | null): ISubmitDefaults {
+  if (!settings) {
+    return DEFAULTS;
+  }
+  const composite = settings.composite as { [key: string]: any };
+  const resources = (composite.defaultResources ?? {}) as Partial<ISubmitDefaults>;
+  return {
+    cpus: typeof resources.cpus === 'number' ? resources.cpus : DEFAULTS.cpus,
+    memory: typeof resources.memory === 'string' ? resources.memory : DEFAULTS.memory,
+    gpus: typeof resources.gpus === 'number' ? resources.gpus : DEFAULTS.gpus,
+    timeout: typeof composite.defaultTimeout === 'string' ? composite.defaultTimeout : DEFAULTS.timeout
+  };
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_ID,
+  description: 'The HiveMind sidebar: run notebooks on the lab pool and watch them live.',
+  autoStart: true,
+  optional: [ILayoutRestorer, ISettingRegistry, IFileBrowserFactory, ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    restorer: ILayoutRestorer | null,
+    settingRegistry: ISettingRegistry | null,
+    browserFactory: IFileBrowserFactory | null,
+    palette: ICommandPalette | null
+  ) => {
+    const model = new HiveMindModel(new HiveMindApi());
+    const openPath = (path: string) => void app.commands.execute('docmanager:open', { path });
+    const panel = new HiveMindPanel(model, openPath);
+    panel.id = 'hivemind-sidebar';
+    panel.title.icon = hivemindIcon;
+    panel.title.caption = 'HiveMind: run notebooks on the lab pool';
+    app.shell.add(panel, 'left', { rank: 650 });
+    if (restorer) {
+      restorer.add(panel, 'hivemind-sidebar');
+    }
+
+    let settings: ISettingRegistry.ISettings | null = null;
+    if (settingRegistry) {
+      settingRegistry
+        .load(PLUGIN_ID)
+        .then(loaded => {
+          settings = loaded;
+          const apply = () => model.setPageSize(Number(loaded.composite.tasksPerPage ?? 50));
+          apply();
+          loaded.changed.connect(apply);
+        })
+        .catch(reason => console.warn('HiveMind: settings could not be loaded', reason));
+    }
+
+    void model.refreshSession();
+
+    const submit = async (path: string, isFolder: boolean) => {
+      if (!model.signedIn) {
+        app.shell.activateById(panel.id);
+        Notification.warning('Sign in to HiveMind first (in the HiveMind panel), then run it again.', {
+          autoClose: 5000
+        });
+        return;
+      }
+      const request = await askSubmit(path, isFolder, readDefaults(settings));
+      if (!request) {
+        return;
+      }
+      const pending = Notification.emit(`Sending ${path} to HiveMind…`, 'in-progress', { autoClose: false });
+      try {
+        const task = await model.api.submit(request);
+        Notification.update({
+          id: pending,
+          message: `${path} is queued on HiveMind.`,
+          type: 'success',
+          autoClose: 4000
+        });
+        app.shell.activateById(panel.id);
+        await model.adopt(task);
+      } catch (error) {
+        Notification.update({
+          id: pending,
+          message: `HiveMind did not accept ${path}: ${describe(error)}`,
+          type: 'error',
+          autoClose: false
+        });
+      }
+    };
+
+    app.commands.addCommand(CommandIDs.open, {
+      label: 'Open the HiveMind panel',
+      icon: hivemindIcon,
+      execute: () => app.shell.activateById(panel.id)
+    });
+
+    const selectedItem = () => {
+      const browser = browserFactory?.tracker.currentWidget;
+      if (!browser) {
+        return undefined;
+      }
+      const items = Array.from(browser.selectedItems());
+      return items.length === 1 ? items[0] : undefined;
+    };
+
+    app.commands.addCommand(CommandIDs.runSelected, {
+      label: 'Run on HiveMind',
+      caption: 'Run this notebook or folder on the lab pool',
+      icon: hivemindIcon,
+      isVisible: () => {
+        const item = selectedItem();
+        return !!item && (item.type === 'notebook' || item.type === 'directory');
+      },
+      execute: async () => {
+        const item = selectedItem();
+        if (item) {
+          await submit(item.path, item.type === 'directory');
+        }
+      }
+    });
+
+    app.commands.addCommand(CommandIDs.run, {
+      label: 'Run Notebook on HiveMind',
+      caption: 'Run the current notebook on the lab pool',
+      icon: hivemindIcon,
+      execute: async args => {
+        let path = typeof args.path === 'string' ? args.path : '';
+        const isFolder = args.isFolder === true;
+        if (!path) {
+          const current = app.shell.currentWidget;
+          if (current instanceof NotebookPanel) {
+            if (current.context.model.dirty) {
+              await current.context.save();
+            }
+            path = current.context.path;
+          }
+        }
+        if (!path) {
+          Notification.warning('Open a notebook first, or right-click one in the file browser.');
+          return;
+        }
+        await submit(path, isFolder);
+      }
+    });
+
+    app.contextMenu.addItem({
+      command: CommandIDs.runSelected,
+      selector: '.jp-DirListing-item[data-isdir]',
+      rank: 3
+    });
+
+    app.docRegistry.addWidgetExtension('Notebook', new RunButtonExtension(app, submit));
+
+    if (palette) {
+      palette.addItem({ command: CommandIDs.open, category: 'HiveMind' });
+      palette.addItem({ command: CommandIDs.run, category: 'HiveMind' });
+    }
+  }
+};
+
+/** The notebook toolbar's "Run on HiveMind" button; saves the notebook first. */
+class RunButtonExtension implements DocumentRegistry.IWidgetExtension<NotebookPanel, INotebookModel> {
+  constructor(
+    private readonly app: JupyterFrontEnd,
+    private readonly submit: (path: string, isFolder: boolean) => Promise<void>
+  ) {}
+
+  createNew(panel: NotebookPanel, context: DocumentRegistry.IContext<INotebookModel>): IDisposable {
+    const button = new ToolbarButton({
+      className: 'jp-HiveMind-toolbarRun',
+      icon: hivemindIcon,
+      label: 'HiveMind',
+      tooltip: 'Run this notebook on HiveMind',
+      onClick: async () => {
+        try {
+          if (context.model.dirty) {
+            await context.save();
+          }
+          await this.submit(context.path, false);
+        } catch (error) {
+          Notification.error(`HiveMind: ${describe(error)}`);
+        }
+      }
+    });
+    panel.toolbar.insertItem(10, 'hivemind-run', button);
+    void this.app;
+    return new DisposableDelegate(() => button.dispose());
+  }
+}
+
+export default plugin;

@@ -1,0 +1,217 @@
+/**
+ * The JSON shapes of the server extension's /hivemind/api.
+ *
+ * Tasks, workers and events are the pool's protobuf messages as MessageToDict writes them:
+ * snake_case keys, enum values as names, int64 values as strings, and fields at their default
+ * value left out. Every field is therefore optional and int64 fields may be strings.
+ */
+
+export type Int64 = string | number;
+
+export type TaskState =
+  | 'TASK_STATE_UNSPECIFIED'
+  | 'QUEUED'
+  | 'ASSIGNED'
+  | 'PREPARING'
+  | 'RUNNING'
+  | 'UPLOADING'
+  | 'SUCCEEDED'
+  | 'FAILED'
+  | 'CANCELLED'
+  | 'TIMED_OUT'
+  | 'LOST';
+
+export type WorkerState =
+  | 'WORKER_STATE_UNSPECIFIED'
+  | 'WORKER_ONLINE'
+  | 'WORKER_DRAINING'
+  | 'WORKER_OFFLINE'
+  | 'WORKER_LOST';
+
+export interface IResources {
+  cpus?: number;
+  memory_bytes?: Int64;
+  gpus?: number;
+}
+
+export interface IManifest {
+  name?: string;
+  entry_notebook?: string;
+  parameters_json?: string;
+  resources?: IResources;
+  labels?: { [key: string]: string };
+  timeout_seconds?: Int64;
+  max_retries?: number;
+}
+
+export interface IStateTransition {
+  state?: TaskState;
+  at?: number;
+  message?: string;
+  attempt?: number;
+  worker_id?: string;
+}
+
+export interface IProgress {
+  cells_done?: number;
+  cells_total?: number;
+}
+
+export interface ITask {
+  id: string;
+  owner?: string;
+  manifest?: IManifest;
+  state?: TaskState;
+  created_at?: number;
+  updated_at?: number;
+  timeline?: IStateTransition[];
+  attempt?: number;
+  retries_used?: number;
+  worker_id?: string;
+  worker_name?: string;
+  pending_reason?: string;
+  error?: string;
+  traceback?: string;
+  result_sha256?: string;
+  result_size?: Int64;
+  progress?: IProgress;
+  retry_of?: string;
+  last_event_seq?: Int64;
+}
+
+export type EventKind =
+  | 'KIND_UNSPECIFIED'
+  | 'STATE'
+  | 'STDOUT'
+  | 'STDERR'
+  | 'DISPLAY'
+  | 'PROGRESS'
+  | 'NOTICE';
+
+export interface ITaskEvent {
+  seq?: Int64;
+  at?: number;
+  kind?: EventKind;
+  state?: TaskState;
+  text?: string;
+  data_json?: string;
+  progress?: IProgress;
+  attempt?: number;
+}
+
+export interface IGpu {
+  index?: number;
+  name?: string;
+  memory_bytes?: Int64;
+}
+
+export interface IMachineFacts {
+  hostname?: string;
+  cpu_cores?: number;
+  memory_bytes?: Int64;
+  gpus?: IGpu[];
+  executors?: string[];
+  labels?: { [key: string]: string };
+  version?: string;
+  platform?: string;
+  capacity?: IResources;
+}
+
+export interface IWorker {
+  id: string;
+  name?: string;
+  state?: WorkerState;
+  facts?: IMachineFacts;
+  capacity?: IResources;
+  allocated?: IResources;
+  running_task_ids?: string[];
+  last_heartbeat_at?: number;
+  registered_at?: number;
+}
+
+export interface IPoolStatus {
+  workers_online?: number;
+  workers_total?: number;
+  tasks_by_state?: { [state: string]: number };
+  capacity?: IResources;
+  allocated?: IResources;
+  version?: string;
+}
+
+export interface ISession {
+  signed_in: boolean;
+  user?: string;
+  admin?: boolean;
+  pool?: string;
+}
+
+export interface ITaskPage {
+  tasks: ITask[];
+  next_page_token?: string;
+  total?: number;
+}
+
+export interface IEventPage {
+  events: ITaskEvent[];
+  last_seq?: Int64;
+}
+
+export interface IResult {
+  folder: string;
+  notebook?: string;
+  files?: string[];
+}
+
+/** What the submit dialog sends to POST /hivemind/api/tasks. */
+export interface ISubmitRequest {
+  path: string;
+  entry?: string;
+  name?: string;
+  cpus?: number;
+  memory?: string;
+  gpus?: number;
+  parameters?: { [key: string]: unknown };
+  timeout?: string;
+  labels?: { [key: string]: string };
+}
+
+/** Messages the server pushes on the /hivemind/api/stream WebSocket. */
+export type StreamMessage =
+  | { type: 'task'; task: ITask }
+  | { type: 'event'; task_id: string; event: ITaskEvent }
+  | { type: 'error'; error: string; status?: number }
+  | { type: string; [key: string]: unknown };
+
+export const TERMINAL_STATES: ReadonlySet<TaskState> = new Set<TaskState>([
+  'SUCCEEDED',
+  'FAILED',
+  'CANCELLED',
+  'TIMED_OUT',
+  'LOST'
+]);
+
+export const ALL_STATES: TaskState[] = [
+  'QUEUED',
+  'ASSIGNED',
+  'PREPARING',
+  'RUNNING',
+  'UPLOADING',
+  'SUCCEEDED',
+  'FAILED',
+  'CANCELLED',
+  'TIMED_OUT',
+  'LOST'
+];
+
+export function isTerminal(state: TaskState | undefined): boolean {
+  return state !== undefined && TERMINAL_STATES.has(state);
+}
+
+/** int64 fields arrive as strings; everything else that counts is a number. */
+export function toNumber(value: Int64 | undefined): number {
+  if (value === undefined || value === null || value === '') {
+    return 0;
+  }
+  const n = typeof value === 'number' ? value : Number(value);
+  return Number.isFinite(n) ? n : 0;
+}
