@@ -12,6 +12,8 @@ import subprocess
 
 import pytest
 
+pytest_plugins = ["harness.fixtures"]
+
 IN_CI = bool(os.environ.get("CI"))
 
 

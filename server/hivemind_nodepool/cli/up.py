@@ -146,13 +146,14 @@ def run_up(args: argparse.Namespace) -> int:
             _say("no Docker engine with the runtime image answers, so the worker uses the LOCAL "
                  "executor: tasks run as your user, NOT isolated. (scripts/start-docker.sh and "
                  "`hivemind-worker image build --bootstrap` give you the Docker sandbox.)")
-    address = f"127.0.0.1:{args.port}"
     with _processes() as started:
         (pool_dir / "pool.json").unlink(missing_ok=True)
-        _say(f"starting the pool on {address} (data in {pool_dir})")
-        started.append(subprocess.Popen([_tool("hivemind-nodepool"), "serve", "--listen", address,
-                                         "--data-dir", str(pool_dir)]))
+        _say(f"starting the pool (data in {pool_dir})")
+        started.append(subprocess.Popen([_tool("hivemind-nodepool"), "serve", "--listen",
+                                         f"127.0.0.1:{args.port}", "--data-dir", str(pool_dir)]))
         _wait_for_file(pool_dir / "pool.json", started[-1], "the pool")
+        address = json.loads((pool_dir / "pool.json").read_text())["address"]
+        _say(f"the pool listens on {address}")
         name, password = _local_admin(data_dir, pool_dir)
         client = PoolClient(address)
         try:

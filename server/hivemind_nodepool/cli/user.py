@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("up", cmd_up, "start a pool, a worker and JupyterLab on this machine, for a first try")
     sub.add_argument("--data-dir", default=".hivemind", help="where the local pool keeps its state")
-    sub.add_argument("--port", type=int, default=50051, help="the local pool's port")
+    sub.add_argument("--port", type=int, default=50051, help="the local pool's port (0: any free one)")
     sub.add_argument("--executor", choices=["auto", "docker", "local"], default="auto",
                      help="how the local worker runs tasks (auto: Docker when the engine answers)")
     sub.add_argument("--no-lab", action="store_true", help="do not start JupyterLab")

@@ -1,0 +1,71 @@
+"""The pool's parts wired together: one object the servicers, scheduler and loops share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .auth import Authenticator
+from .blobs import BlobStore
+from .config import PoolSettings
+from .events import TaskNotifier
+from .fleet import Fleet, WorkerEntry
+from .lifecycle import TaskBook, amount_of
+from .liveness import Liveness
+from .metrics import PoolMetrics
+from .proto import nodepool_pb2 as pb
+from .retention import Collector
+from .scheduler import Scheduler
+from .store import ACTIVE_STATES, Store
+
+log = logging.getLogger(__name__)
+
+
+class Pool:
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        data = settings.data_dir
+        self.store = Store(data)
+        self.blobs = BlobStore(data / "blobs")
+        self.metrics = PoolMetrics()
+        self.notifier = TaskNotifier()
+        self.fleet = Fleet()
+        self.book = TaskBook(self.store, self.fleet, self.notifier, settings, self.metrics)
+        self.auth = Authenticator(self.store)
+        self.collector = Collector(self.store, self.blobs, settings.retention, settings.gc_interval)
+        self.scheduler = Scheduler(self.book, self.fleet, self.metrics, settings.schedule_interval)
+        self.liveness = Liveness(self.book, self.fleet, self.metrics, settings.heartbeat_timeout)
+        self.started_at = time.time()
+        self.health: Any = None  # the gRPC health servicer, once serving
+        self.tasks: list[asyncio.Task[None]] = []  # background loops, once serving
+        self._recover()
+
+    def _recover(self) -> None:
+        """After a restart: drop half-written uploads; every worker that was online, or still holds a
+        task, gets one heartbeat timeout to reconnect before its tasks are requeued."""
+        removed = self.blobs.clean_tmp()
+        if removed:
+            log.info("removed %d half-written upload(s) left by the last run", removed)
+        active = self.store.tasks_in_states(ACTIVE_STATES)
+        holders = {row["worker_id"] for row in active}
+        for row in self.store.list_workers():
+            if row["state"] not in (pb.WORKER_ONLINE, pb.WORKER_DRAINING) and row["id"] not in holders:
+                continue
+            facts = pb.MachineFacts.FromString(row["facts"])
+            state = (
+                row["state"] if row["state"] in (pb.WORKER_ONLINE, pb.WORKER_DRAINING) else pb.WORKER_ONLINE
+            )
+            entry = WorkerEntry(
+                row["id"], row["name"], facts, state=state, last_heartbeat_at=row["last_heartbeat_at"]
+            )
+            self.fleet.add(entry)
+        for row in active:
+            holder = self.fleet.get(row["worker_id"])
+            if holder is not None:
+                holder.allocations[(row["id"], int(row["attempt"]))] = amount_of(row)
+
+    def close(self) -> None:
+        self.metrics.stop()
+        self.store.close()

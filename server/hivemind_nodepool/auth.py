@@ -1,0 +1,286 @@
+"""Who is calling: passwords, API tokens, worker credentials, the login rate limit, and the one
+server interceptor that authenticates every RPC except Login, Register, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bcrypt
+import grpc
+
+from .errors import HiveMindError, InvalidInput, PermissionDenied, RateLimited, Unauthenticated, status_for
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+BCRYPT_ROUNDS = 12
+TOKEN_BYTES = 32  # 256 random bits
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_PASSWORD_BYTES = 72  # bcrypt ignores anything past 72 bytes; refuse rather than truncate
+MIN_PASSWORD_LENGTH = 8
+LOGIN_FAILURES = 5
+LOGIN_WINDOW = 60.0
+
+PUBLIC_METHODS = frozenset(
+    {
+        "/hivemind.nodepool.v1.NodePool/Login",
+        "/hivemind.nodepool.v1.WorkerGateway/Register",
+    }
+)
+PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+WORKER_SERVICE = "/hivemind.nodepool.v1.WorkerGateway/"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "user" or "worker"
+    name: str  # user name, or worker id
+    admin: bool = False
+    token_hash: str = ""
+
+    @property
+    def is_worker(self) -> bool:
+        return self.kind == "worker"
+
+
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "hivemind_principal", default=None
+)
+
+
+def current() -> Principal:
+    principal = _current.get()
+    if principal is None:  # the interceptor guarantees one; reaching here is a wiring bug
+        raise Unauthenticated("not signed in")
+    return principal
+
+
+def current_user() -> Principal:
+    principal = current()
+    if principal.is_worker:
+        raise PermissionDenied("a worker credential cannot call user methods")
+    return principal
+
+
+def current_admin() -> Principal:
+    principal = current_user()
+    if not principal.admin:
+        raise PermissionDenied("this needs an admin account")
+    return principal
+
+
+def current_worker() -> Principal:
+    principal = current()
+    if not principal.is_worker:
+        raise PermissionDenied("only workers call the worker gateway")
+    return principal
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+def hash_secret(secret: str) -> str:
+    """Tokens are high-entropy, so a plain sha256 is the right stored form (no salt needed)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(TOKEN_BYTES)}"
+
+
+def check_user_name(name: str) -> None:
+    if not USER_NAME.match(name or ""):
+        raise InvalidInput(
+            "a user name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"the password is too short (at least {MIN_PASSWORD_LENGTH} characters)")
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise InvalidInput(f"the password is too long (at most {MAX_PASSWORD_BYTES} bytes)")
+
+
+def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
+    check_password(password)
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=max(rounds, BCRYPT_ROUNDS))).decode()
+
+
+def password_matches(password: str, stored_hash: str) -> bool:
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        return False
+    try:
+        return bcrypt.checkpw(password.encode(), stored_hash.encode())
+    except ValueError:
+        return False
+
+
+# A real hash to compare against when the user does not exist, so timing does not reveal names.
+_DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+
+
+class LoginLimiter:
+    """Five failures for one name within a minute: refused until the oldest failure ages out."""
+
+    def __init__(self, failures: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW) -> None:
+        self.failures = failures
+        self.window = window
+        self._seen: dict[str, deque[float]] = {}
+
+    def _recent(self, name: str, now: float) -> deque[float]:
+        times = self._seen.setdefault(name, deque())
+        while times and times[0] < now - self.window:
+            times.popleft()
+        return times
+
+    def check(self, name: str) -> None:
+        now = time.monotonic()
+        times = self._recent(name, now)
+        if len(times) >= self.failures:
+            wait = max(1, int(times[0] + self.window - now) + 1)
+            raise RateLimited(f"too many failed sign-ins for {name!r}; try again in {wait} s")
+
+    def failed(self, name: str) -> None:
+        now = time.monotonic()
+        self._recent(name, now).append(now)
+        if len(self._seen) > 100_000:  # bound memory under a flood of made-up names
+            self._seen.clear()
+
+    def succeeded(self, name: str) -> None:
+        self._seen.pop(name, None)
+
+
+class Authenticator:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.limiter = LoginLimiter()
+
+    async def login(self, name: str, password: str, ttl: float) -> tuple[str, float, Any]:
+        """(token, expires_at, user row) or an error; bcrypt runs off the event loop."""
+        self.limiter.check(name)
+        row = self.store.get_user(name) if USER_NAME.match(name or "") else None
+        stored = row["password_hash"] if row is not None else _DUMMY_HASH
+        ok = await asyncio.to_thread(password_matches, password, stored)
+        if row is None or not ok or row["disabled"]:
+            self.limiter.failed(name)
+            raise Unauthenticated("wrong user name or password, or the account is disabled")
+        self.limiter.succeeded(name)
+        token = new_token("hmu")
+        expires_at = time.time() + ttl
+        self.store.add_token(hash_secret(token), name, expires_at)
+        return token, expires_at, row
+
+    def authenticate(self, token: str, worker_call: bool) -> Principal:
+        token_hash = hash_secret(token)
+        if worker_call:
+            worker = self.store.get_worker_by_credential(token_hash)
+            if worker is None:
+                raise Unauthenticated("unknown worker credential; register the worker again")
+            return Principal("worker", worker["id"], token_hash=token_hash)
+        row = self.store.get_token(token_hash)
+        if row is None:
+            raise Unauthenticated("unknown token: sign in again (`hivemind login`)")
+        if row["revoked"]:
+            raise Unauthenticated("this token was revoked: sign in again (`hivemind login`)")
+        if row["expires_at"] < time.time():
+            raise Unauthenticated("this token has expired: sign in again (`hivemind login`)")
+        if row["disabled"]:
+            raise Unauthenticated(f"the account {row['user']!r} is disabled")
+        return Principal("user", row["user"], admin=bool(row["admin"]), token_hash=token_hash)
+
+
+def bearer_token(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: HiveMindError) -> None:
+    code, message = status_for(error)
+    await context.abort(code, message)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every protected handler: authenticate first, then run it with the principal set."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method in PUBLIC_METHODS or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        worker_call = method.startswith(WORKER_SERVICE)
+        token = bearer_token(handler_call_details.invocation_metadata)
+        authenticator = self.authenticator
+
+        def who() -> Principal:
+            if token is None:
+                raise Unauthenticated(
+                    "sign in first: this call needs `authorization: Bearer <token>` (run `hivemind login`)"
+                )
+            return authenticator.authenticate(token, worker_call)
+
+        return _wrap(handler, who)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, who: Callable[[], Principal]) -> grpc.RpcMethodHandler:
+    if handler.unary_unary or handler.stream_unary:
+        inner: Any = handler.unary_unary or handler.stream_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                principal = who()
+            except HiveMindError as exc:
+                await _abort(context, exc)
+                return None
+            _current.set(principal)
+            return await inner(request, context)
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_unary_rpc_method_handler(
+            unary, handler.request_deserializer, handler.response_serializer
+        )
+
+    inner_stream: Any = handler.unary_stream or handler.stream_stream
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            principal = who()
+        except HiveMindError as exc:
+            await _abort(context, exc)
+            return
+        _current.set(principal)
+        async for item in inner_stream(request, context):
+            yield item
+
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        streaming, handler.request_deserializer, handler.response_serializer
+    )

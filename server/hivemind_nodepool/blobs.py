@@ -1,0 +1,123 @@
+"""Content-addressed files under DATA/blobs/ab/cdef...: written to a temp file while hashing, fsynced,
+then renamed into place, so a blob a task row points to is always whole."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import InvalidInput, TooLarge
+
+log = logging.getLogger(__name__)
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobWriter:
+    """One incoming blob: feed chunks, then `finish` checks size and hash and moves it into place."""
+
+    def __init__(self, store: BlobStore, max_size: int) -> None:
+        self._store = store
+        self.max_size = max_size
+        self.size = 0
+        self._digest = hashlib.sha256()
+        store.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd_name = f"{os.getpid()}-{time.monotonic_ns()}-{id(self):x}.part"
+        self.tmp_path = store.tmp_dir / fd_name
+        self._file = open(self.tmp_path, "wb")  # noqa: SIM115 (closed in finish/abort)
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_size:
+            raise TooLarge(f"the upload is larger than the pool's limit of {self.max_size} bytes")
+        self._digest.update(data)
+        self._file.write(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def verify(self, expected_sha256: str) -> None:
+        """The data must hash to what the sender said it sent."""
+        claimed = expected_sha256.strip().lower()
+        if not _HEX.match(claimed):
+            raise InvalidInput("the sha256 sent after the data is not 64 hex digits")
+        if claimed != self.sha256:
+            raise InvalidInput(
+                f"sha256 mismatch: the data hashes to {self.sha256}, the sender said {claimed}"
+            )
+        self._file.flush()
+
+    async def finish(self) -> str:
+        """fsync and rename into place (after verify); returns the hash. The caller then records it."""
+        self._file.flush()
+        await asyncio.to_thread(os.fsync, self._file.fileno())
+        self._file.close()
+        target = self._store.path_for(self.sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp_path, target)
+        await asyncio.to_thread(_fsync_dir, target.parent)
+        return self.sha256
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        if not _HEX.match(sha256):
+            raise InvalidInput(f"not a sha256: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:]
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def writer(self, max_size: int) -> BlobWriter:
+        return BlobWriter(self, max_size)
+
+    def clean_tmp(self) -> int:
+        """Remove half-written uploads left by a crash (call at start, before serving)."""
+        removed = 0
+        if self.tmp_dir.is_dir():
+            for leftover in self.tmp_dir.iterdir():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def stored_hashes(self) -> Iterator[str]:
+        for folder in self.root.iterdir():
+            if folder.name == "tmp" or not folder.is_dir() or len(folder.name) != 2:
+                continue
+            for item in folder.iterdir():
+                name = folder.name + item.name
+                if _HEX.match(name):
+                    yield name
+
+    def delete(self, sha256: str) -> None:
+        self.path_for(sha256).unlink(missing_ok=True)
+
+    def read_chunks(self, sha256: str, chunk_size: int) -> Iterator[bytes]:
+        with open(self.path_for(sha256), "rb") as handle:
+            while block := handle.read(chunk_size):
+                yield block

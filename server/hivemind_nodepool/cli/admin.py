@@ -1,0 +1,455 @@
+"""`hivemind-nodepool`: run the pool and administer it.
+
+Admin commands act on the pool's own files with `--data-dir DIR` (safe while the server runs), or on
+a running pool from anywhere with `--pool HOST:PORT` and an admin's token (`--token`, or the saved
+sign-in of `hivemind login`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import credentials
+from ..errors import HiveMindError, InvalidInput
+from ..proto import nodepool_pb2 as pb
+from ..units import format_duration, format_size, parse_duration
+
+log = logging.getLogger(__name__)
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("which pool")
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the pool's data folder (local; default $HIVEMIND_DATA_DIR or ./.hivemind/pool)",
+    )
+    where.add_argument("--pool", metavar="HOST:PORT", help="a running pool (remote; needs an admin token)")
+    where.add_argument("--token", help="an admin's API token (default: the saved sign-in)")
+    where.add_argument("--ca", type=Path, help="CA certificate to trust for TLS")
+    where.add_argument("--insecure", action="store_true", help="allow plaintext off loopback")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hivemind-nodepool", description="Run and administer a HiveMind pool."
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the pool server", description="Run the pool: gRPC API, scheduler, worker gateway."
+    )
+    serve.add_argument("--config", type=Path, help="a TOML settings file ([pool] table)")
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:50051; port 0 picks a free one)",
+    )
+    serve.add_argument("--data-dir", type=Path, help="the pool's data folder")
+    serve.add_argument(
+        "--heartbeat-interval", metavar="SECONDS", help="how often workers heartbeat (default 5)"
+    )
+    serve.add_argument(
+        "--heartbeat-timeout", metavar="SECONDS", help="silence before a worker is lost (default 15)"
+    )
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM), from `tls init`")
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument(
+        "--insecure", action="store_true", default=None, help="allow plaintext on a non-loopback address"
+    )
+    serve.add_argument("--max-bundle-size", metavar="SIZE", help="largest accepted bundle (default 2G)")
+    serve.add_argument("--max-result-size", metavar="SIZE", help="largest accepted result (default 2G)")
+    serve.add_argument(
+        "--retention", metavar="DURATION", help="keep finished tasks' files this long (default 30d)"
+    )
+    serve.add_argument(
+        "--allow-network", action="store_true", default=None, help="let tasks that ask for network have it"
+    )
+
+    user = commands.add_parser("user", help="manage user accounts").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    add = user.add_parser("add", help="create a user", description="Create a user account.")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="make the user an admin")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _add_target(add)
+    listing = user.add_parser("list", help="list users")
+    listing.add_argument("--json", action="store_true")
+    _add_target(listing)
+    disable = user.add_parser("disable", help="disable a user (their tokens stop working)")
+    disable.add_argument("name")
+    _add_target(disable)
+
+    join = commands.add_parser("join-token", help="tokens that let workers join").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = join.add_parser("create", help="create a join token and print it")
+    create.add_argument("--expires", default="7d", metavar="DURATION", help="lifetime (default 7d)")
+    _add_target(create)
+    jlist = join.add_parser("list", help="list join tokens")
+    jlist.add_argument("--json", action="store_true")
+    _add_target(jlist)
+    revoke = join.add_parser("revoke", help="revoke a join token by its id")
+    revoke.add_argument("id")
+    _add_target(revoke)
+
+    tls = commands.add_parser("tls", help="TLS certificates").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    init = tls.add_parser("init", help="create a lab CA and a server certificate")
+    init.add_argument("--dir", type=Path, default=None, help="where to write them (default DATA_DIR/tls)")
+    init.add_argument("--data-dir", type=Path, help="the pool's data folder")
+    init.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name or IP clients use to reach the pool (repeat; default localhost, "
+        "127.0.0.1, ::1 and this machine's name)",
+    )
+    init.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    init.add_argument("--force", action="store_true", help="replace existing files")
+
+    status = commands.add_parser("status", help="workers and tasks at a glance")
+    status.add_argument("--json", action="store_true")
+    _add_target(status)
+    return parser
+
+
+# -- the admin backends: the same operations on the local files or a remote pool ------------------
+
+
+class Local:
+    def __init__(self, data_dir: Path) -> None:
+        from ..store import Store
+
+        if not (data_dir / "pool.db").exists():
+            raise InvalidInput(
+                f"no pool data in {data_dir} (start `hivemind-nodepool serve --data-dir "
+                f"{data_dir}` once, or pass the right --data-dir)"
+            )
+        self.store = Store(data_dir)
+
+    def add_user(self, name: str, password: str, admin: bool) -> pb.User:
+        from .. import auth, views
+        from ..errors import AlreadyExists
+
+        auth.check_user_name(name)
+        if self.store.get_user(name) is not None:
+            raise AlreadyExists(f"user {name!r} already exists")
+        return views.user(self.store.add_user(name, auth.hash_password(password), admin))
+
+    def list_users(self) -> list[pb.User]:
+        from .. import views
+
+        return [views.user(r) for r in self.store.list_users()]
+
+    def disable_user(self, name: str) -> pb.User:
+        from .. import views
+        from ..errors import NotFound
+
+        if self.store.get_user(name) is None:
+            raise NotFound(f"no user {name!r}")
+        self.store.set_user_disabled(name, True)
+        row = self.store.get_user(name)
+        assert row is not None
+        return views.user(row)
+
+    def create_join_token(self, ttl: float) -> pb.JoinToken:
+        from ..service import create_join_token
+
+        return create_join_token(self.store, "(local admin)", ttl)
+
+    def list_join_tokens(self) -> list[pb.JoinToken]:
+        from .. import views
+
+        return [views.join_token(r) for r in self.store.list_join_tokens()]
+
+    def revoke_join_token(self, token_id: str) -> pb.JoinToken:
+        from .. import views
+        from ..errors import NotFound
+
+        if self.store.get_join_token(token_id) is None:
+            raise NotFound(f"no join token {token_id!r}")
+        self.store.revoke_join_token(token_id)
+        row = self.store.get_join_token(token_id)
+        return views.join_token(row)  # type: ignore[arg-type]
+
+    def status(self) -> dict[str, Any]:
+        workers = [
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "state": pb.WorkerState.Name(r["state"]),
+                "last_heartbeat_at": r["last_heartbeat_at"],
+            }
+            for r in self.store.list_workers()
+        ]
+        tasks = {pb.TaskState.Name(s): n for s, n in self.store.count_by_state().items()}  # type: ignore[arg-type]
+        return {"workers": workers, "tasks_by_state": tasks, "source": str(self.store.path)}
+
+
+class Remote:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ..client import PoolClient
+
+        token = args.token
+        ca = args.ca
+        insecure = args.insecure
+        if token is None:
+            saved = credentials.load()
+            if saved is not None and not saved.expired:
+                token = saved.token
+                ca = ca or saved.ca_file
+                insecure = insecure or saved.insecure
+        if not token:
+            raise InvalidInput("--pool needs an admin's token: pass --token or sign in with `hivemind login`")
+        self.client = PoolClient(args.pool, token=token, ca_file=ca, insecure=insecure)
+
+    def add_user(self, name: str, password: str, admin: bool) -> pb.User:
+        return self.client.create_user(name, password, admin)
+
+    def list_users(self) -> list[pb.User]:
+        return self.client.list_users()
+
+    def disable_user(self, name: str) -> pb.User:
+        return self.client.disable_user(name)
+
+    def create_join_token(self, ttl: float) -> pb.JoinToken:
+        return self.client.create_join_token(int(ttl))
+
+    def list_join_tokens(self) -> list[pb.JoinToken]:
+        return self.client.list_join_tokens()
+
+    def revoke_join_token(self, token_id: str) -> pb.JoinToken:
+        return self.client.revoke_join_token(token_id)
+
+    def status(self) -> dict[str, Any]:
+        status = self.client.pool_status()
+        workers = [
+            {
+                "id": w.id,
+                "name": w.name,
+                "state": pb.WorkerState.Name(w.state),
+                "last_heartbeat_at": w.last_heartbeat_at,
+                "capacity": {
+                    "cpus": w.capacity.cpus,
+                    "memory_bytes": w.capacity.memory_bytes,
+                    "gpus": w.capacity.gpus,
+                },
+                "allocated": {
+                    "cpus": w.allocated.cpus,
+                    "memory_bytes": w.allocated.memory_bytes,
+                    "gpus": w.allocated.gpus,
+                },
+                "running": list(w.running_task_ids),
+            }
+            for w in self.client.list_workers()
+        ]
+        return {
+            "workers": workers,
+            "tasks_by_state": dict(status.tasks_by_state),
+            "version": status.version,
+            "source": args_pool(self.client.address),
+        }
+
+
+def args_pool(address: str) -> str:
+    return f"pool at {address}"
+
+
+def _backend(args: argparse.Namespace) -> Local | Remote:
+    if args.pool:
+        if args.data_dir:
+            raise InvalidInput("give --data-dir or --pool, not both")
+        return Remote(args)
+    from ..config import default_data_dir
+
+    return Local(args.data_dir or default_data_dir())
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise InvalidInput("pass --password-stdin to read the password from a pipe")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise InvalidInput("the passwords differ")
+    return first
+
+
+def _when(ts: float) -> str:
+    if not ts:
+        return "never"
+    delta = ts - time.time()
+    return ("in " + format_duration(delta)) if delta >= 0 else (format_duration(-delta) + " ago")
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..config import load_settings
+    from ..server import serve
+
+    overrides = {
+        "listen": args.listen,
+        "data_dir": args.data_dir,
+        "heartbeat_interval": args.heartbeat_interval,
+        "heartbeat_timeout": args.heartbeat_timeout,
+        "metrics_listen": args.metrics_listen,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "insecure": args.insecure,
+        "max_bundle_size": args.max_bundle_size,
+        "max_result_size": args.max_result_size,
+        "retention": args.retention,
+        "allow_network": args.allow_network,
+    }
+    settings = load_settings(args.config, overrides)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        password = _read_password(args.password_stdin)
+        created = _backend(args).add_user(args.name, password, args.admin)
+        print(f"created user {created.name}" + (" (admin)" if created.admin else ""))
+    elif args.action == "list":
+        users = _backend(args).list_users()
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {"name": u.name, "admin": u.admin, "disabled": u.disabled, "created_at": u.created_at}
+                        for u in users
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            for u in users:
+                flags = ", ".join(f for f, on in (("admin", u.admin), ("disabled", u.disabled)) if on)
+                print(f"{u.name}" + (f"  ({flags})" if flags else ""))
+    else:
+        user = _backend(args).disable_user(args.name)
+        print(f"disabled user {user.name}; their tokens no longer work")
+    return 0
+
+
+def cmd_join_token(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    if args.action == "create":
+        ttl = parse_duration(args.expires)
+        if ttl <= 0:
+            raise InvalidInput("--expires must be positive")
+        token = backend.create_join_token(ttl)
+        print(token.token)
+        print(
+            f"(id {token.id}, expires {_when(token.expires_at)}; give it to "
+            f"`hivemind-worker run --join-token`)",
+            file=sys.stderr,
+        )
+    elif args.action == "list":
+        tokens = backend.list_join_tokens()
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "id": t.id,
+                            "created_at": t.created_at,
+                            "expires_at": t.expires_at,
+                            "revoked": t.revoked,
+                            "created_by": t.created_by,
+                        }
+                        for t in tokens
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            for t in tokens:
+                state = "revoked" if t.revoked else ("expired" if t.expires_at < time.time() else "valid")
+                print(f"{t.id}  {state:8s} expires {_when(t.expires_at)}  by {t.created_by}")
+    else:
+        revoked = backend.revoke_join_token(args.id)
+        print(f"revoked join token {revoked.id}")
+    return 0
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    from ..config import default_data_dir
+    from ..tls import default_hosts, init
+
+    directory = args.dir or (args.data_dir or default_data_dir()) / "tls"
+    files = init(directory, args.host or default_hosts(), days=args.days, force=args.force)
+    print(f"CA certificate (give it to clients, --ca): {files.ca_cert}")
+    print(f"server certificate: {files.server_cert}")
+    print(f"server key:         {files.server_key}")
+    print(f"serve with: hivemind-nodepool serve --tls-cert {files.server_cert} --tls-key {files.server_key}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = _backend(args).status()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"HiveMind pool ({report['source']})")
+    workers = report["workers"]
+    print(f"workers: {sum(1 for w in workers if w['state'] == 'WORKER_ONLINE')} online of {len(workers)}")
+    for w in workers:
+        line = f"  {w['id']}  {w['name']:20s} {w['state'].removeprefix('WORKER_').lower():9s}"
+        if "capacity" in w:
+            cap, used = w["capacity"], w["allocated"]
+            line += (
+                f" cpus {used['cpus']:g}/{cap['cpus']:g}  memory {format_size(used['memory_bytes'])}/"
+                f"{format_size(cap['memory_bytes'])}  gpus {used['gpus']}/{cap['gpus']}"
+            )
+        line += f"  heartbeat {_when(w['last_heartbeat_at'])}"
+        print(line)
+    tasks = report["tasks_by_state"]
+    print("tasks: " + (", ".join(f"{name.lower()} {n}" for name, n in sorted(tasks.items())) or "none"))
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "user": cmd_user,
+    "join-token": cmd_join_token,
+    "tls": cmd_tls,
+    "status": cmd_status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except HiveMindError as exc:
+        print(f"hivemind-nodepool: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""The WorkerGateway service: what workers call. Workers only dial out; the pool answers on the
+Connect stream they open. Every report names an attempt; a report about anything but the task's
+current attempt on this worker is refused with FAILED_PRECONDITION (fencing)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+
+from . import auth
+from .app import Pool
+from .bundle import BundleError, check_entries, open_archive
+from .channel import CHUNK_SIZE
+from .errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from .fleet import AttemptKey, WorkerEntry
+from .lifecycle import amount_of
+from .manifest import LABEL_KEY, LABEL_VALUE
+from .proto import nodepool_pb2 as pb
+from .proto import nodepool_pb2_grpc as pb_grpc
+from .rpc import stream, unary
+from .store import ACTIVE_STATES
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 30.0
+MAX_BATCH = 1000
+MAX_TEXT = 256 * 1024
+MAX_DATA_JSON = 4 * 1024 * 1024
+PERSIST_HEARTBEAT_EVERY = 30.0  # seconds between writes of a worker's last heartbeat time
+EVENT_KINDS = {
+    pb.TaskEvent.STDOUT,
+    pb.TaskEvent.STDERR,
+    pb.TaskEvent.DISPLAY,
+    pb.TaskEvent.PROGRESS,
+    pb.TaskEvent.NOTICE,
+}
+OUTCOMES = {pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT}
+
+
+def _check_text(value: str, what: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is longer than {limit} characters")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidInput(f"{what} contains control characters")
+
+
+def validate_facts(facts: pb.MachineFacts) -> None:
+    _check_text(facts.hostname, "the hostname", 255)
+    if not 0 <= facts.cpu_cores <= 4096:
+        raise InvalidInput(f"cpu_cores {facts.cpu_cores} is not a sane number")
+    if not 0 <= facts.memory_bytes <= 64 * 1024**4:
+        raise InvalidInput("memory_bytes is not a sane number")
+    if facts.disk_free_bytes < 0:
+        raise InvalidInput("disk_free_bytes cannot be negative")
+    if len(facts.gpus) > 64:
+        raise InvalidInput("more than 64 GPUs")
+    for gpu in facts.gpus:
+        _check_text(gpu.name, "a GPU name", 200)
+        if gpu.memory_bytes < 0:
+            raise InvalidInput("a GPU's memory cannot be negative")
+    if len(facts.executors) > 8 or any(len(e) > 32 for e in facts.executors):
+        raise InvalidInput("too many executors, or an executor name too long")
+    if len(facts.labels) > 64:
+        raise InvalidInput("at most 64 labels")
+    for key, value in facts.labels.items():
+        if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
+            raise InvalidInput(f"label {key}={value} is not allowed")
+    cap = facts.capacity
+    if cap.cpus < 0 or cap.memory_bytes < 0 or cap.gpus < 0 or cap.cpus != cap.cpus:
+        raise InvalidInput("capacity cannot be negative")
+    if cap.cpus > 4096 or cap.memory_bytes > 64 * 1024**4 or cap.gpus > 64:
+        raise InvalidInput("capacity is not a sane amount")
+    _check_text(facts.version, "the version", 100)
+    _check_text(facts.platform, "the platform", 200)
+
+
+class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.store = pool.store
+        self.book = pool.book
+
+    def _entry(self, worker_id: str) -> tuple[sqlite3.Row, WorkerEntry]:
+        row = self.store.get_worker(worker_id)
+        if row is None:
+            raise Unauthenticated("this worker is no longer registered")
+        entry = self.pool.fleet.get(worker_id)
+        if entry is None:
+            entry = WorkerEntry(
+                worker_id,
+                row["name"],
+                pb.MachineFacts.FromString(row["facts"]),
+                state=row["state"],
+                last_heartbeat_at=row["last_heartbeat_at"],
+            )
+            self.pool.fleet.add(entry)
+        return row, entry
+
+    @unary
+    async def Register(
+        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterResponse:
+        if not request.join_token or len(request.join_token) > 200:
+            raise Unauthenticated(
+                "a join token is needed to register (`hivemind-nodepool join-token create`)"
+            )
+        token = self.store.get_join_token_by_hash(auth.hash_secret(request.join_token))
+        if token is None:
+            raise Unauthenticated("unknown join token")
+        if token["revoked"]:
+            raise Unauthenticated("this join token was revoked; ask the admin for a new one")
+        if token["expires_at"] < time.time():
+            raise Unauthenticated("this join token has expired; ask the admin for a new one")
+        validate_facts(request.facts)
+        name = request.name or request.facts.hostname or "worker"
+        _check_text(name, "the worker name", 128)
+        worker_id = "w-" + secrets.token_hex(6)
+        credential = auth.new_token("hmw")
+        self.store.add_worker(
+            worker_id,
+            name,
+            auth.hash_secret(credential),
+            token["id"],
+            request.facts.SerializeToString(),
+            pb.WORKER_OFFLINE,
+        )
+        log.info("worker %s registered as %s with join token %s", name, worker_id, token["id"])
+        return pb.RegisterResponse(worker_id=worker_id, credential=credential)
+
+    @stream
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.WorkerMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PoolMessage]:
+        principal = auth.current_worker()
+        parts = request_iterator.__aiter__()
+        try:
+            first = await asyncio.wait_for(parts.__anext__(), timeout=HELLO_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            raise InvalidInput("a worker's Connect stream starts with a Hello") from None
+        if first.WhichOneof("body") != "hello":
+            raise InvalidInput("a worker's Connect stream starts with a Hello")
+        hello = first.hello
+        validate_facts(hello.facts)
+        _row, entry = self._entry(principal.name)
+        entry.facts = hello.facts
+        entry.state = pb.WORKER_ONLINE
+        session, outbox = self.pool.fleet.attach(entry)
+        self.store.update_worker(
+            entry.worker_id,
+            state=pb.WORKER_ONLINE,
+            facts=hello.facts.SerializeToString(),
+            last_heartbeat_at=entry.last_heartbeat_at,
+        )
+        log.info("worker %s connected (session %d, running %d)", entry.name, session, len(hello.running))
+        settings = self.pool.settings
+        yield pb.PoolMessage(
+            welcome=pb.Welcome(
+                worker_id=entry.worker_id,
+                heartbeat_interval_seconds=settings.heartbeat_interval,
+                heartbeat_timeout_seconds=settings.heartbeat_timeout,
+            )
+        )
+        self._reconcile_hello(entry, hello.running)
+        reader = asyncio.create_task(self._read(parts, entry, session, outbox))
+        try:
+            while True:
+                message = await outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            self.pool.fleet.detach(entry, session)
+            log.info("worker %s stream closed (session %d)", entry.name, session)
+        self.book.wake.set()
+
+    def _reconcile_hello(self, entry: WorkerEntry, running: Iterable[pb.RunningAttempt]) -> None:
+        """After (re)connecting: keep what is still current, cancel what is stale, resend what the
+        worker never got, requeue what it lost."""
+        reported: set[AttemptKey] = set()
+        for item in running:
+            row = self.store.get_task(item.task_id)
+            key = (item.task_id, item.attempt)
+            reported.add(key)
+            if (
+                row is not None
+                and row["worker_id"] == entry.worker_id
+                and row["attempt"] == item.attempt
+                and row["state"] in ACTIVE_STATES
+            ):
+                entry.allocations[key] = amount_of(row)
+                continue
+            entry.send(
+                pb.PoolMessage(
+                    cancel=pb.CancelOrder(
+                        task_id=item.task_id,
+                        attempt=item.attempt,
+                        reason="stale attempt: the task was moved or ended",
+                    )
+                )
+            )
+        entry.reported = reported
+        for row in self.store.tasks_in_states(ACTIVE_STATES):
+            if row["worker_id"] != entry.worker_id or (row["id"], row["attempt"]) in reported:
+                continue
+            if row["state"] == pb.ASSIGNED:
+                entry.allocations[(row["id"], row["attempt"])] = amount_of(row)
+                entry.send(pb.PoolMessage(assignment=self.book.assignment_for(row)))
+            else:
+                entry.allocations.pop((row["id"], row["attempt"]), None)
+                self.book.requeue(
+                    row, f"worker {entry.name} restarted without attempt {row['attempt']}", spend_retry=True
+                )
+
+    async def _read(
+        self,
+        parts: AsyncIterator[pb.WorkerMessage],
+        entry: WorkerEntry,
+        session: int,
+        outbox: asyncio.Queue[pb.PoolMessage | None],
+    ) -> None:
+        persisted = time.monotonic()
+        try:
+            async for message in parts:
+                if entry.session != session:
+                    break
+                if message.WhichOneof("body") != "heartbeat":
+                    continue  # a second Hello is ignored
+                beat = message.heartbeat
+                entry.last_seen = time.monotonic()
+                entry.last_heartbeat_at = time.time()
+                if entry.state == pb.WORKER_LOST:
+                    break  # declared lost meanwhile: it must reconnect with a Hello
+                if beat.draining and entry.state != pb.WORKER_DRAINING:
+                    entry.state = pb.WORKER_DRAINING
+                    self.store.update_worker(entry.worker_id, state=pb.WORKER_DRAINING)
+                    log.info("worker %s is draining", entry.name)
+                for task_id, attempt in entry.reconcile(
+                    {(r.task_id, r.attempt) for r in beat.running[:1000]}
+                ):
+                    entry.send(
+                        pb.PoolMessage(
+                            cancel=pb.CancelOrder(
+                                task_id=task_id,
+                                attempt=attempt,
+                                reason="stale attempt: the task was moved or ended",
+                            )
+                        )
+                    )
+                if time.monotonic() - persisted > PERSIST_HEARTBEAT_EVERY:
+                    persisted = time.monotonic()
+                    self.store.update_worker(entry.worker_id, last_heartbeat_at=entry.last_heartbeat_at)
+                entry.send(pb.PoolMessage(ack=pb.Heartbeat()))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("reading worker %s's stream failed", entry.name)
+        if entry.session == session:
+            outbox.put_nowait(None)
+
+    @stream
+    async def FetchBundle(
+        self, request: pb.AttemptRef, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Chunk]:
+        worker = auth.current_worker()
+        row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
+        path = self.pool.blobs.path_for(row["bundle_sha256"])
+        if not path.is_file():
+            raise NotFound(f"the bundle of task {row['id']} is missing from the pool's storage")
+        with open(path, "rb") as handle:
+            while block := handle.read(CHUNK_SIZE):
+                yield pb.Chunk(data=block)
+
+    @unary
+    async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.Empty:
+        worker = auth.current_worker()
+        if request.state not in (pb.PREPARING, pb.RUNNING, pb.UPLOADING):
+            raise InvalidInput(
+                "a status report's state is PREPARING, RUNNING or UPLOADING; outcomes go with UploadResult"
+            )
+        _check_text(request.message.replace("\n", " ").replace("\t", " "), "the message", 2000)
+        if (
+            request.progress.cells_done < 0
+            or request.progress.cells_total < 0
+            or request.progress.cells_done > max(request.progress.cells_total, 0)
+            or request.progress.cells_total > 1_000_000
+        ):
+            raise InvalidInput("progress must satisfy 0 <= cells_done <= cells_total")
+        row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
+        progress = request.progress if request.HasField("progress") else None
+        self.book.report_state(row, request.state, request.message, progress)
+        return pb.Empty()
+
+    @unary
+    async def ReportEvents(self, request: pb.EventBatch, context: grpc.aio.ServicerContext) -> pb.EventAck:
+        worker = auth.current_worker()
+        if len(request.events) > MAX_BATCH:
+            raise InvalidInput(f"at most {MAX_BATCH} events per batch")
+        for event in request.events:
+            if event.seq < 1:
+                raise InvalidInput("number events from 1 within the attempt")
+            if event.kind not in EVENT_KINDS:
+                raise InvalidInput(
+                    "workers send STDOUT, STDERR, DISPLAY, PROGRESS or NOTICE events; "
+                    "state changes go with ReportStatus"
+                )
+            if len(event.text) > MAX_TEXT or len(event.data_json) > MAX_DATA_JSON:
+                raise InvalidInput("an event is too large; split long output")
+        row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
+        task_id, attempt = row["id"], int(row["attempt"])
+        store = self.store
+        with store.tx() as db:
+            found = db.execute(
+                "SELECT events_acked FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt)
+            ).fetchone()
+            if found is None:
+                raise Conflict(f"no attempt {attempt} of task {task_id}")
+            acked = int(found[0])
+            start = acked
+            for event in sorted(request.events, key=lambda e: e.seq):
+                if event.seq <= acked:
+                    continue  # sent before: stored once already
+                if event.seq != acked + 1:
+                    break  # a gap: store up to it; the worker resends from acked + 1
+                progress = event.progress
+                store.append_event(
+                    db,
+                    task_id,
+                    event.kind,
+                    text=event.text,
+                    data_json=event.data_json,
+                    cells_done=progress.cells_done,
+                    cells_total=progress.cells_total,
+                    attempt=attempt,
+                    worker_id=worker.name,
+                    at=event.at or None,
+                )
+                if event.kind == pb.TaskEvent.PROGRESS and 0 <= progress.cells_done <= progress.cells_total:
+                    store.update_task(
+                        db, task_id, cells_done=progress.cells_done, cells_total=progress.cells_total
+                    )
+                acked = event.seq
+            if acked != start:
+                db.execute(
+                    "UPDATE attempts SET events_acked = ? WHERE task_id = ? AND attempt = ?",
+                    (acked, task_id, attempt),
+                )
+        if acked != start:
+            self.pool.notifier.notify(task_id)
+        return pb.EventAck(acked=acked)
+
+    @unary
+    async def UploadResult(
+        self, request_iterator: AsyncIterator[pb.UploadResultRequest], context: grpc.aio.ServicerContext
+    ) -> pb.Task:
+        worker = auth.current_worker()
+        parts = request_iterator.__aiter__()
+        try:
+            first = await parts.__anext__()
+        except StopAsyncIteration:
+            raise InvalidInput("an upload starts with its header") from None
+        if first.WhichOneof("part") != "header":
+            raise InvalidInput("an upload starts with its header, then the result's chunks, then its sha256")
+        header = first.header
+        if not header.requeue and header.outcome not in OUTCOMES:
+            raise InvalidInput("the outcome is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT (or set requeue)")
+        self.book.check_attempt(worker.name, header.task_id, header.attempt)
+        writer = self.pool.blobs.writer(self.pool.settings.max_result_size)
+        claimed: str | None = None
+        sha = ""
+        try:
+            async for part in parts:
+                kind = part.WhichOneof("part")
+                if claimed is not None:
+                    raise InvalidInput("nothing may follow the sha256 in an upload")
+                if kind == "chunk":
+                    writer.write(part.chunk)
+                elif kind == "sha256":
+                    claimed = part.sha256
+                else:
+                    raise InvalidInput("an upload has exactly one header, sent first")
+            if claimed is None:
+                raise InvalidInput("the upload ended without its sha256, so it was not stored; send it again")
+            result: tuple[str, int] | None = None
+            if claimed or writer.size:
+                writer.verify(claimed)
+                sha = writer.sha256
+                self.pool.collector.in_flight.add(sha)
+                try:
+                    await asyncio.to_thread(_check_zip, writer.tmp_path)
+                except BundleError as exc:
+                    raise InvalidInput(f"the result was refused: {exc}") from None
+                # The task may have been cancelled or moved while the bytes came in.
+                row = self.book.check_attempt(worker.name, header.task_id, header.attempt)
+                await writer.finish()
+                result = (sha, writer.size)
+            else:
+                writer.abort()
+            row = self.book.check_attempt(worker.name, header.task_id, header.attempt)
+            self.book.finish(row, header, result)
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            self.pool.collector.in_flight.discard(sha)
+        log.info(
+            "task %s attempt %d ended %s on %s",
+            header.task_id,
+            header.attempt,
+            "requeued" if header.requeue else pb.TaskState.Name(header.outcome),
+            worker.name,
+        )
+        final = self.book.require_task(header.task_id)
+        from . import views
+
+        return views.task(final, self.store.timeline(final["id"]))
+
+
+def _check_zip(path: object) -> None:
+    with open_archive(str(path)) as archive:
+        check_entries(archive)

@@ -1,0 +1,79 @@
+"""Declaring workers lost and tasks overdue.
+
+A worker silent for the heartbeat timeout is lost: each task it was running goes back to the queue
+spending one retry (LOST once max_retries are spent); a draining worker's tasks go back without
+spending one. A running task past its timeout plus a grace period is ended TIMED_OUT here as a
+backstop for a worker that failed to enforce it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .fleet import Fleet, WorkerEntry
+from .lifecycle import TaskBook
+from .metrics import PoolMetrics
+from .proto import nodepool_pb2 as pb
+from .store import ACTIVE_STATES
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_GRACE = 60.0  # seconds a worker gets to report a timeout itself
+
+
+class Liveness:
+    def __init__(self, book: TaskBook, fleet: Fleet, metrics: PoolMetrics, timeout: float) -> None:
+        self.book = book
+        self.fleet = fleet
+        self.metrics = metrics
+        self.timeout = timeout
+
+    def declare_lost(self, worker: WorkerEntry) -> None:
+        store = self.book.store
+        rows = [r for r in store.tasks_in_states(ACTIVE_STATES) if r["worker_id"] == worker.worker_id]
+        draining = worker.state == pb.WORKER_DRAINING
+        worker.state = pb.WORKER_LOST if (rows or worker.connected) else pb.WORKER_OFFLINE
+        log.warning(
+            "worker %s (%s) silent for over %.0f s: %s, %d task(s) to requeue",
+            worker.name,
+            worker.worker_id,
+            self.timeout,
+            pb.WorkerState.Name(worker.state),
+            len(rows),
+        )
+        store.update_worker(worker.worker_id, state=worker.state, last_heartbeat_at=worker.last_heartbeat_at)
+        if worker.outbox is not None:
+            worker.outbox.put_nowait(None)  # end its stream; it must reconnect with a Hello
+            worker.outbox = None
+        worker.reported = set()
+        worker.zombies = set()
+        for row in rows:
+            self.book.requeue(row, f"worker {worker.name} was lost", spend_retry=not draining)
+        worker.allocations.clear()
+        if rows or draining:
+            self.metrics.workers_lost.inc()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.fleet.workers.values()):
+            if (
+                worker.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING)
+                and now - worker.last_seen > self.timeout
+            ):
+                self.declare_lost(worker)
+        wall = time.time()
+        for row in self.book.store.tasks_in_states([pb.RUNNING, pb.UPLOADING]):
+            started = row["started_at"]
+            if started and wall > started + row["timeout_seconds"] + TIMEOUT_GRACE:
+                self.book.cancel(row, f"timed out after {row['timeout_seconds']} s", state=pb.TIMED_OUT)
+
+    async def run(self) -> None:
+        period = max(0.2, min(1.0, self.timeout / 5))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.check()
+            except Exception:
+                log.exception("liveness check failed; retrying")

@@ -1,0 +1,65 @@
+"""Prometheus metrics over HTTP (`--metrics-listen`): queue depth, tasks by state, workers up,
+scheduling latency. A registry of our own, so two pools in one process never share series."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .channel import split_address
+from .proto import nodepool_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class PoolMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.queue_depth = Gauge("hivemind_queue_depth", "Tasks waiting to be placed", registry=self.registry)
+        self.tasks = Gauge("hivemind_tasks", "Tasks by state", ["state"], registry=self.registry)
+        self.workers_up = Gauge(
+            "hivemind_workers_up", "Workers connected and heartbeating", registry=self.registry
+        )
+        self.latency = Histogram(
+            "hivemind_scheduling_latency_seconds",
+            "Time from queued to assigned",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600),
+        )
+        self.cycle = Histogram(
+            "hivemind_scheduler_cycle_seconds",
+            "Time one scheduling cycle takes",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+        )
+        self.submitted = Counter("hivemind_tasks_submitted", "Tasks accepted", registry=self.registry)
+        self.workers_lost = Counter("hivemind_workers_lost", "Workers declared lost", registry=self.registry)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def observe_schedule_latency(self, seconds: float) -> None:
+        self.latency.observe(max(seconds, 0.0))
+
+    def set_counts(self, by_state: dict[int, int], workers_up: int) -> None:
+        for value in pb.TaskState.values():
+            if value:
+                self.tasks.labels(pb.TaskState.Name(value)).set(by_state.get(value, 0))
+        self.queue_depth.set(by_state.get(pb.QUEUED, 0))
+        self.workers_up.set(workers_up)
+
+    def serve(self, listen: str) -> str:
+        """Start the HTTP endpoint; returns HOST:PORT actually bound (port 0 picks one)."""
+        host, port = split_address(listen, default_port=9464)
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = self._server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return f"{host}:{bound}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,56 @@
+"""Servicer method wrappers: a HiveMindError becomes its gRPC status with its message; anything else
+is logged with its traceback and answered INTERNAL, so a bug never leaks a stack trace to callers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from .errors import HiveMindError, status_for
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+def unary(
+    method: Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except HiveMindError as exc:
+            await context.abort(*status_for(exc))
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the pool; see its log")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def stream(
+    method: Callable[[S, Any, grpc.aio.ServicerContext], AsyncIterator[R]],
+) -> Callable[[S, Any, grpc.aio.ServicerContext], AsyncIterator[R]]:
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except HiveMindError as exc:
+            await context.abort(*status_for(exc))
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the pool; see its log")
+
+    return wrapper

@@ -1,0 +1,178 @@
+"""Placement: which queued task goes to which worker.
+
+A task goes only to a connected, non-draining worker whose labels include the task's and whose free
+CPU, memory and GPUs cover the request; allocations are counted here, so a worker's capacity is
+never overcommitted. Between users the pool is fair: the next task comes from the user with the
+smallest dominant share of what is running (the largest of their CPU, memory and GPU fractions of
+the pool), then by priority, then by age. A task that cannot be placed gets a reason per resource,
+written in the same cycle. Cycles run when something changes (the TaskBook's wake event) and on a
+periodic tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections import defaultdict, deque
+
+from .fleet import Amount, Fleet, WorkerEntry
+from .lifecycle import TaskBook, amount_of
+from .metrics import PoolMetrics
+from .proto import nodepool_pb2 as pb
+from .store import ACTIVE_STATES
+from .units import format_size
+
+log = logging.getLogger(__name__)
+
+Signature = tuple[float, int, int, tuple[tuple[str, str], ...]]
+
+
+def _plural(n: float, word: str) -> str:
+    return f"{n:g} {word}" + ("" if n == 1 else "s")
+
+
+def labels_match(want: dict[str, str], have: dict[str, str]) -> bool:
+    return all(have.get(key) == value for key, value in want.items())
+
+
+def dominant_share(use: Amount, total: Amount) -> float:
+    shares = [
+        use.cpus / total.cpus if total.cpus else 0.0,
+        use.memory / total.memory if total.memory else 0.0,
+        use.gpus / total.gpus if total.gpus else 0.0,
+    ]
+    return max(shares)
+
+
+def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry]) -> str:
+    """Why a task cannot be placed right now, one clause per blocking resource."""
+    online = [w for w in workers if w.connected and w.state == pb.WORKER_ONLINE]
+    if not online:
+        draining = any(w.connected for w in workers)
+        return "no worker is online" + (" (the connected ones are draining)" if draining else "")
+    matching = [w for w in online if labels_match(labels, w.labels)]
+    if not matching:
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        return f"needs labels {wanted}; no online worker has them"
+    reasons = []
+    most_cpus = max(w.capacity.cpus for w in matching)
+    most_memory = max(w.capacity.memory for w in matching)
+    most_gpus = max(w.capacity.gpus for w in matching)
+    if want.cpus > most_cpus + 1e-9:
+        reasons.append(f"needs {_plural(want.cpus, 'CPU')}, the largest worker has {most_cpus:g}")
+    if want.memory > most_memory:
+        reasons.append(
+            f"needs {format_size(want.memory)} of memory, the largest worker has {format_size(most_memory)}"
+        )
+    if want.gpus > most_gpus:
+        reasons.append(f"needs {_plural(want.gpus, 'GPU')}, the largest worker has {most_gpus}")
+    if reasons:
+        return "; ".join(reasons)
+    if not any(w.capacity.covers(want) for w in matching):
+        return "no single worker has all of: " + _describe(want)
+    return f"waiting: all fitting workers are busy (needs {_describe(want)})"
+
+
+def _describe(want: Amount) -> str:
+    parts = [_plural(want.cpus, "CPU"), format_size(want.memory) + " memory"]
+    if want.gpus:
+        parts.append(_plural(want.gpus, "GPU"))
+    return ", ".join(parts)
+
+
+def pick_worker(want: Amount, labels: dict[str, str], workers: list[WorkerEntry]) -> WorkerEntry | None:
+    """A fitting worker: keep GPU machines for GPU work, then spread by the most free CPUs."""
+    fitting = [w for w in workers if w.schedulable and labels_match(labels, w.labels) and w.free.covers(want)]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda w: (w.capacity.gpus if want.gpus == 0 else 0, -w.free.cpus, w.worker_id))
+
+
+class Scheduler:
+    def __init__(self, book: TaskBook, fleet: Fleet, metrics: PoolMetrics, interval: float) -> None:
+        self.book = book
+        self.fleet = fleet
+        self.metrics = metrics
+        self.interval = interval
+        self.cycles = 0
+
+    def cycle(self) -> int:
+        """One scheduling pass; returns how many tasks were assigned."""
+        store = self.book.store
+        queued = store.tasks_in_states([pb.QUEUED])
+        if not queued:
+            return 0
+        workers = list(self.fleet.workers.values())
+        total = Amount()
+        for w in workers:
+            if w.connected and w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+                total = total + w.capacity
+        usage: dict[str, Amount] = defaultdict(Amount)
+        for row in store.tasks_in_states(ACTIVE_STATES):
+            usage[row["owner"]] = usage[row["owner"]] + amount_of(row)
+        share = {owner: dominant_share(use, total) for owner, use in usage.items()}
+
+        by_owner: dict[str, deque[sqlite3.Row]] = defaultdict(deque)
+        for row in sorted(queued, key=lambda r: (-int(r["priority"]), float(r["queued_at"]), r["id"])):
+            by_owner[row["owner"]].append(row)
+        failed: dict[Signature, str] = {}  # free capacity only shrinks within a cycle
+        placed = 0
+        while by_owner:
+            owner = min(
+                by_owner,
+                key=lambda o: (
+                    share.get(o, 0.0),
+                    -int(by_owner[o][0]["priority"]),
+                    float(by_owner[o][0]["queued_at"]),
+                ),
+            )
+            row = by_owner[owner].popleft()
+            if not by_owner[owner]:
+                del by_owner[owner]
+            want = amount_of(row)
+            labels = dict(pb.Manifest.FromString(row["manifest"]).labels) if row["manifest"] else {}
+            signature: Signature = (want.cpus, want.memory, want.gpus, tuple(sorted(labels.items())))
+            reason = failed.get(signature)
+            if reason is None:
+                worker = pick_worker(want, labels, workers)
+                if worker is not None:
+                    self.book.assign(row, worker)
+                    placed += 1
+                    share[owner] = share.get(owner, 0.0) + dominant_share(want, total)
+                    continue
+                reason = explain(want, labels, workers)
+                failed[signature] = reason
+            self.book.set_pending_reason(row, reason)
+        return placed
+
+    def update_metrics(self) -> None:
+        up = sum(1 for w in self.fleet.workers.values() if w.connected and w.state != pb.WORKER_LOST)
+        self.metrics.set_counts(self.book.store.count_by_state(), up)
+
+    async def run(self) -> None:
+        last_metrics = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self.book.wake.wait(), timeout=self.interval)
+                await asyncio.sleep(0.005)  # let a burst of submissions land in one cycle
+            except TimeoutError:
+                pass
+            self.book.wake.clear()
+            started = time.perf_counter()
+            try:
+                placed = self.cycle()
+            except Exception:
+                log.exception("scheduling cycle failed; retrying on the next tick")
+                continue
+            self.cycles += 1
+            self.metrics.cycle.observe(time.perf_counter() - started)
+            if placed:
+                log.debug("placed %d task(s)", placed)
+            if time.monotonic() - last_metrics >= self.interval:
+                last_metrics = time.monotonic()
+                self.update_metrics()
+
+
+__all__ = ["Scheduler", "explain", "pick_worker"]

@@ -1,0 +1,134 @@
+"""The gRPC server: `create_server(settings) -> (server, port)`, health and reflection, explicit
+message limits, background loops, and `serve()` with pool.json and a clean SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .app import Pool
+from .auth import AuthInterceptor
+from .channel import MAX_MESSAGE_BYTES, check_plaintext_allowed, join_address, split_address
+from .config import PoolSettings
+from .errors import InvalidInput
+from .gateway import WorkerGatewayService
+from .proto import nodepool_pb2 as pb
+from .proto import nodepool_pb2_grpc as pb_grpc
+from .service import NodePoolService
+
+log = logging.getLogger(__name__)
+
+POOL_FILE = "pool.json"
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_concurrent_streams", 1000),
+    ("grpc.so_reuseport", 0),  # two pools must never share a port
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    try:
+        chain = cert.read_bytes()
+        private = key.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the TLS certificate or key: {exc}") from None
+    return grpc.ssl_server_credentials([(private, chain)])
+
+
+async def create_server(
+    settings: PoolSettings, pool: Pool | None = None
+) -> tuple[grpc.aio.Server, int, Pool]:
+    """A started server with every service and background loop; port 0 in --listen picks one."""
+    pool = pool or Pool(settings)
+    host, port = split_address(settings.listen)
+    if settings.tls_cert is None:
+        check_plaintext_allowed(host, settings.insecure)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(pool.auth)], options=SERVER_OPTIONS)
+    pb_grpc.add_NodePoolServicer_to_server(NodePoolService(pool), server)
+    pb_grpc.add_WorkerGatewayServicer_to_server(WorkerGatewayService(pool), server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (
+        pb.DESCRIPTOR.services_by_name["NodePool"].full_name,
+        pb.DESCRIPTOR.services_by_name["WorkerGateway"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    target = join_address(host, port)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        bound = server.add_secure_port(target, server_credentials(settings.tls_cert, settings.tls_key))
+    else:
+        bound = server.add_insecure_port(target)
+    if not bound:
+        raise InvalidInput(f"cannot listen on {target}")
+    await server.start()
+    for name in ("", *names[:2]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    pool.health = health_servicer
+    pool.tasks = [
+        asyncio.create_task(loop()) for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run)
+    ]
+    return server, bound, pool
+
+
+def write_pool_file(data_dir: Path, address: str, metrics: str | None) -> Path:
+    """Atomically: readers see either no file or a whole one."""
+    path = data_dir / POOL_FILE
+    tmp = path.with_name(f".{POOL_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "metrics": metrics}))
+    os.replace(tmp, path)
+    return path
+
+
+async def serve(settings: PoolSettings) -> None:
+    pool = Pool(settings)
+    metrics_address = pool.metrics.serve(settings.metrics_listen) if settings.metrics_listen else None
+    server, port, _ = await create_server(settings, pool)
+    host, _ = split_address(settings.listen)
+    address = join_address(host, port)
+    write_pool_file(settings.data_dir, address, metrics_address)
+    log.info(
+        "listening on %s (%s, data in %s)",
+        address,
+        "TLS" if settings.tls_cert else "plaintext",
+        settings.data_dir,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await pool.health.enter_graceful_shutdown()
+    for task in pool.tasks:
+        task.cancel()
+    for entry in pool.fleet.workers.values():  # close worker streams so the server can stop
+        if entry.outbox is not None:
+            entry.outbox.put_nowait(None)
+    pool.notifier.notify_all()
+    await server.stop(settings.shutdown_grace)
+    for task in pool.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    pool.close()
+    with contextlib.suppress(FileNotFoundError):
+        current = json.loads((settings.data_dir / POOL_FILE).read_text())
+        if current.get("pid") == os.getpid():
+            (settings.data_dir / POOL_FILE).unlink()
+    log.info("stopped")

@@ -1,0 +1,372 @@
+"""The NodePool service: what people and their tools call (sign-in, tasks, workers, admin)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from . import auth, views
+from . import manifest as manifests
+from .app import Pool
+from .bundle import BundleError, list_files
+from .channel import CHUNK_SIZE
+from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied
+from .proto import nodepool_pb2 as pb
+from .proto import nodepool_pb2_grpc as pb_grpc
+from .rpc import stream, unary
+from .store import TERMINAL_STATES
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+MAX_TTL = 365 * 86400
+
+
+def _ttl(requested: int, default: float) -> float:
+    if requested < 0:
+        raise InvalidInput("a lifetime cannot be negative")
+    if requested > MAX_TTL:
+        raise InvalidInput("a lifetime longer than a year is not allowed")
+    return float(requested) if requested else default
+
+
+class NodePoolService(pb_grpc.NodePoolServicer):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.store = pool.store
+        self.book = pool.book
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _visible_task(self, task_id: str) -> sqlite3.Row:
+        principal = auth.current_user()
+        row = self.book.require_task(task_id)
+        if row["owner"] != principal.name and not principal.admin:
+            raise PermissionDenied(f"task {task_id} belongs to another user")
+        return row
+
+    def _task(self, row: sqlite3.Row, timeline: bool = True) -> pb.Task:
+        worker = self.pool.fleet.get(row["worker_id"]) if row["worker_id"] else None
+        name = worker.name if worker is not None else ""
+        if row["worker_id"] and worker is None:
+            found = self.store.get_worker(row["worker_id"])
+            name = found["name"] if found is not None else ""
+        return views.task(row, self.store.timeline(row["id"]) if timeline else None, name)
+
+    # -- sign-in --------------------------------------------------------------------------------
+
+    @unary
+    async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> pb.LoginResponse:
+        if len(request.username) > 256 or len(request.password) > 1024:
+            raise InvalidInput("user name or password too long")
+        ttl = _ttl(request.ttl_seconds, self.pool.settings.token_ttl)
+        token, expires_at, row = await self.pool.auth.login(request.username, request.password, ttl)
+        log.info("user %s signed in", request.username)
+        return pb.LoginResponse(token=token, expires_at=expires_at, user=views.user(row))
+
+    @unary
+    async def Logout(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.Empty:
+        self.store.revoke_token(auth.current_user().token_hash)
+        return pb.Empty()
+
+    @unary
+    async def WhoAmI(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.User:
+        row = self.store.get_user(auth.current_user().name)
+        if row is None:
+            raise NotFound("your account no longer exists")
+        return views.user(row)
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    @unary
+    async def SubmitTask(
+        self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
+    ) -> pb.Task:
+        principal = auth.current_user()
+        settings = self.pool.settings
+        parts = request_iterator.__aiter__()
+        try:
+            first = await parts.__anext__()
+        except StopAsyncIteration:
+            raise InvalidInput("empty submission: send the manifest first") from None
+        if first.WhichOneof("part") != "manifest":
+            raise InvalidInput(
+                "a submission starts with the manifest, then the bundle's chunks, then its sha256"
+            )
+        manifest = first.manifest
+        manifests.validate(manifest, settings.max_timeout)
+        writer = self.pool.blobs.writer(settings.max_bundle_size)
+        claimed: str | None = None
+        sha = ""
+        try:
+            async for part in parts:
+                kind = part.WhichOneof("part")
+                if claimed is not None:
+                    raise InvalidInput("nothing may follow the sha256 in a submission")
+                if kind == "chunk":
+                    writer.write(part.chunk)
+                elif kind == "sha256":
+                    claimed = part.sha256
+                else:
+                    raise InvalidInput("a submission has exactly one manifest, sent first")
+            if claimed is None:
+                raise InvalidInput("the upload ended without its sha256, so it was not stored; send it again")
+            if writer.size == 0:
+                raise InvalidInput("the bundle is empty; send a ZIP with the entry notebook")
+            writer.verify(claimed)
+            sha = writer.sha256
+            self.pool.collector.in_flight.add(sha)
+            try:
+                files = await asyncio.to_thread(list_files, writer.tmp_path)
+            except BundleError as exc:
+                raise InvalidInput(f"the bundle was refused: {exc}") from None
+            manifests.check_entry_present(manifest, files)
+            await writer.finish()
+            filled = manifests.with_defaults(manifest, settings.default_timeout, settings.default_max_retries)
+            task_id = self.book.submit(principal.name, filled, sha, writer.size)
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            self.pool.collector.in_flight.discard(sha)
+        self.pool.metrics.submitted.inc()
+        log.info("task %s submitted by %s (%d bytes)", task_id, principal.name, writer.size)
+        return self._task(self.book.require_task(task_id))
+
+    @unary
+    async def GetTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
+        return self._task(self._visible_task(request.task_id))
+
+    @unary
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTasksResponse:
+        principal = auth.current_user()
+        if request.all_users and not principal.admin:
+            raise PermissionDenied("only admins list every user's tasks")
+        if request.page_size < 0:
+            raise InvalidInput("page_size cannot be negative")
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        offset = 0
+        if request.page_token:
+            if not request.page_token.isdigit() or len(request.page_token) > 12:
+                raise InvalidInput("page_token is not one this pool gave out")
+            offset = int(request.page_token)
+        known = set(pb.TaskState.values()) - {pb.TASK_STATE_UNSPECIFIED}
+        for state in request.states:
+            if state not in known:
+                raise InvalidInput(f"unknown task state {state}")
+        owner = None if (request.all_users and principal.admin) else principal.name
+        rows, total = self.store.list_tasks(owner, list(request.states), size, offset)
+        following = str(offset + size) if offset + size < total else ""
+        return pb.ListTasksResponse(
+            tasks=[self._task(r, timeline=False) for r in rows], next_page_token=following, total=total
+        )
+
+    @unary
+    async def CancelTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
+        row = self._visible_task(request.task_id)
+        self.book.cancel(row, f"cancelled by {auth.current_user().name}")
+        return self._task(self.book.require_task(row["id"]))
+
+    @unary
+    async def RetryTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
+        row = self._visible_task(request.task_id)
+        if row["state"] not in TERMINAL_STATES:
+            raise Conflict(f"task {row['id']} is still {pb.TaskState.Name(row['state'])}; cancel it first")
+        if row["blobs_expired"] or not self.pool.blobs.exists(row["bundle_sha256"]):
+            raise NotFound(
+                f"the bundle of task {row['id']} is gone (past the retention period); submit again"
+            )
+        manifest = pb.Manifest.FromString(row["manifest"])
+        task_id = self.book.submit(
+            row["owner"], manifest, row["bundle_sha256"], row["bundle_size"], retry_of=row["id"]
+        )
+        return self._task(self.book.require_task(task_id))
+
+    @stream
+    async def WatchTask(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TaskEvent]:
+        row = self._visible_task(request.task_id)
+        if request.after_seq < 0:
+            raise InvalidInput("after_seq cannot be negative")
+        task_id = row["id"]
+        last = request.after_seq
+        with self.pool.notifier.subscribe(task_id) as wake:
+            while True:
+                wake.clear()
+                batch = self.store.events_after(task_id, last)
+                for item in batch:
+                    last = item["seq"]
+                    yield views.event(item)
+                    if (
+                        request.follow
+                        and item["kind"] == pb.TaskEvent.STATE
+                        and item["state"] in TERMINAL_STATES
+                    ):
+                        return
+                if len(batch) == 500:
+                    continue  # more stored events to send before waiting
+                if not request.follow:
+                    return
+                current = self.store.get_task(task_id)
+                if current is None or (
+                    current["state"] in TERMINAL_STATES and current["last_event_seq"] <= last
+                ):
+                    return
+                # Re-read at least every 10 s anyway: cheap, and covers writes from another process.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=10.0)
+
+    @stream
+    async def FetchResult(
+        self, request: pb.TaskRef, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Chunk]:
+        row = self._visible_task(request.task_id)
+        if row["blobs_expired"]:
+            raise NotFound(f"the result of task {row['id']} was removed after the retention period")
+        if not row["result_sha256"]:
+            raise NotFound(f"task {row['id']} has no result ({pb.TaskState.Name(row['state'])})")
+        path = self.pool.blobs.path_for(row["result_sha256"])
+        if not path.is_file():
+            raise NotFound(f"the result of task {row['id']} is missing from the pool's storage")
+        with open(path, "rb") as handle:
+            while block := handle.read(CHUNK_SIZE):
+                yield pb.Chunk(data=block)
+
+    # -- the pool -------------------------------------------------------------------------------
+
+    @unary
+    async def ListWorkers(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkersResponse:
+        auth.current_user()
+        answer = pb.ListWorkersResponse()
+        fleet = self.pool.fleet
+        for row in self.store.list_workers():
+            entry = fleet.get(row["id"])
+            if entry is None:
+                from .fleet import WorkerEntry
+
+                entry = WorkerEntry(
+                    row["id"],
+                    row["name"],
+                    pb.MachineFacts.FromString(row["facts"]),
+                    state=row["state"],
+                    last_heartbeat_at=row["last_heartbeat_at"],
+                )
+            answer.workers.append(views.worker(entry, row["registered_at"]))
+        return answer
+
+    @unary
+    async def GetPoolStatus(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.PoolStatus:
+        auth.current_user()
+        from . import __version__
+        from .fleet import Amount
+
+        status = pb.PoolStatus(version=__version__)
+        capacity = Amount()
+        allocated = Amount()
+        for entry in self.pool.fleet.workers.values():
+            if entry.connected and entry.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+                status.workers_online += 1
+                capacity = capacity + entry.capacity
+                allocated = allocated + entry.allocated
+        status.workers_total = len(self.store.list_workers())
+        for state, count in self.store.count_by_state().items():
+            status.tasks_by_state[pb.TaskState.Name(state)] = count  # type: ignore[arg-type]
+        status.capacity.CopyFrom(capacity.to_pb())
+        status.allocated.CopyFrom(allocated.to_pb())
+        return status
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    @unary
+    async def CreateUser(self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext) -> pb.User:
+        auth.current_admin()
+        auth.check_user_name(request.name)
+        if self.store.get_user(request.name) is not None:
+            raise AlreadyExists(f"user {request.name!r} already exists")
+        password_hash = await asyncio.to_thread(auth.hash_password, request.password)
+        try:
+            row = self.store.add_user(request.name, password_hash, request.admin)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"user {request.name!r} already exists") from None
+        log.info("user %s created by %s", request.name, auth.current().name)
+        return views.user(row)
+
+    @unary
+    async def ListUsers(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.ListUsersResponse:
+        auth.current_admin()
+        return pb.ListUsersResponse(users=[views.user(r) for r in self.store.list_users()])
+
+    @unary
+    async def DisableUser(self, request: pb.UserRef, context: grpc.aio.ServicerContext) -> pb.User:
+        admin = auth.current_admin()
+        if request.name == admin.name:
+            raise InvalidInput("you cannot disable your own account")
+        if self.store.get_user(request.name) is None:
+            raise NotFound(f"no user {request.name!r}")
+        self.store.set_user_disabled(request.name, True)
+        row = self.store.get_user(request.name)
+        assert row is not None
+        return views.user(row)
+
+    @unary
+    async def CreateJoinToken(
+        self, request: pb.CreateJoinTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinToken:
+        admin = auth.current_admin()
+        ttl = _ttl(request.ttl_seconds, self.pool.settings.join_token_ttl)
+        return create_join_token(self.pool.store, admin.name, ttl)
+
+    @unary
+    async def ListJoinTokens(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext
+    ) -> pb.ListJoinTokensResponse:
+        auth.current_admin()
+        return pb.ListJoinTokensResponse(tokens=[views.join_token(r) for r in self.store.list_join_tokens()])
+
+    @unary
+    async def RevokeJoinToken(
+        self, request: pb.JoinTokenRef, context: grpc.aio.ServicerContext
+    ) -> pb.JoinToken:
+        auth.current_admin()
+        if self.store.get_join_token(request.id) is None:
+            raise NotFound(f"no join token {request.id!r}")
+        self.store.revoke_join_token(request.id)
+        row = self.store.get_join_token(request.id)
+        assert row is not None
+        return views.join_token(row)
+
+    @unary
+    async def DrainWorker(self, request: pb.WorkerRef, context: grpc.aio.ServicerContext) -> pb.Worker:
+        auth.current_admin()
+        row = self.store.get_worker(request.worker_id) if request.worker_id else None
+        entry = self.pool.fleet.get(request.worker_id)
+        if row is None or entry is None or entry.state not in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+            raise NotFound(f"no online worker {request.worker_id!r}")
+        entry.state = pb.WORKER_DRAINING
+        self.store.update_worker(entry.worker_id, state=pb.WORKER_DRAINING)
+        entry.send(pb.PoolMessage(drain=pb.Empty()))
+        log.info("worker %s draining (asked by %s)", entry.name, auth.current().name)
+        return views.worker(entry, row["registered_at"])
+
+
+def create_join_token(store: Any, created_by: str, ttl: float) -> pb.JoinToken:
+    """A new join token; the secret is in the answer only, the store keeps its hash."""
+    token_id = "jt-" + secrets.token_hex(4)
+    secret = auth.new_token("hmj")
+    store.add_join_token(token_id, auth.hash_secret(secret), time.time() + ttl, created_by)
+    row = store.get_join_token(token_id)
+    return views.join_token(row, secret)
