@@ -30,4 +30,23 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp || labextension/package.json -nt 
   .venv/bin/python -m pip install -q -e '.[dev]' 2> >(grep -v '^WARNING: Location' >&2)
   touch "$stamp"
 fi
+# ---- The JupyterLab panel (labextension/) ---------------------------------------------------
+# `pip install` builds it once; rebuild when its sources are newer than the build, then link the
+# build into .venv so `jupyter lab` serves what was just built (a copy would go stale).
+panel_build=hivemind_jupyter/labextension
+if [[ ! -f $panel_build/static/style.js ]] ||
+  [[ -n $(find labextension/src labextension/style labextension/schema labextension/package.json \
+    -newer "$panel_build/package.json" -print -quit) ]]; then
+  echo "==> building the JupyterLab panel"
+  if ! (cd labextension && export PATH="$PWD/../.venv/bin:$PATH" &&
+    jlpm install --immutable && jlpm build:prod) >.venv/labextension-build.log 2>&1; then
+    cat .venv/labextension-build.log >&2
+    exit 1
+  fi
+fi
+if [[ ! -L .venv/share/jupyter/labextensions/hivemind-jupyter ]]; then
+  .venv/bin/jupyter-builder develop --overwrite . >/dev/null 2>&1
+fi
+# ------------------------------------------------------------------------------------------------
+
 echo "==> ready: $(.venv/bin/python -c 'import hivemind_nodepool as h; print("hivemind-jupyter", h.__version__)')"
