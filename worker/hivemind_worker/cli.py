@@ -57,11 +57,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
+    from .daemon import run_daemon
 
-    settings = _settings_from(args)
-    daemon = Daemon(settings)
-    return daemon.run()
+    return run_daemon(_settings_from(args))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ the least recently used environments that no running task holds are removed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -187,7 +188,7 @@ class DockerEnvironments(EnvironmentCache):
 
     REPOSITORY = "hivemind-env"
 
-    def __init__(self, client: Any, base_tag: str, state_dir: Path, size_limit: int,
+    def __init__(self, client: Any, base_tag: str, state_dir: Path, size_limit: int, *,
                  network: str | None = None, ca_bundle: Path | None = None) -> None:
         super().__init__(state_dir, size_limit)
         self.client = client
@@ -232,7 +233,8 @@ class DockerEnvironments(EnvironmentCache):
                 command[2:2] = ["--cert", "/hivemind/ca.pem"]
             container = self.client.containers.create(
                 self.base_tag, command=command, user="1000:1000", network_mode=network,
-                volumes=volumes, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"}, cap_drop=["ALL"],
+                volumes=volumes, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},  # noqa: S108 (in the container)
+                cap_drop=["ALL"],
                 security_opt=["no-new-privileges"], pids_limit=1024,
                 labels={"org.hivemind.role": "env-build", "org.hivemind.env": key})
             try:
@@ -260,10 +262,8 @@ class DockerEnvironments(EnvironmentCache):
 
     def remove(self, key: str, ref: str) -> None:
         import docker.errors
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             self.client.images.remove(ref or self.tag(key), noprune=False)
-        except docker.errors.ImageNotFound:
-            pass
 
 
 def _site_packages() -> list[str]:
@@ -298,8 +298,9 @@ class LocalEnvironments(EnvironmentCache):
         if result.returncode != 0:
             raise EnvironmentBuildError(f"creating a venv failed:\n{_tail(result.stderr)}")
         python = folder / "bin" / "python"
-        purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
+        where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        purelib = subprocess.run([str(python), "-c", where], capture_output=True, text=True,
+                                 check=True).stdout.strip()
         Path(purelib, "_hivemind_worker_base.pth").write_text("\n".join(_site_packages()) + "\n")
         requirements_file = folder / "requirements.txt"
         requirements_file.write_bytes(requirements)

@@ -120,7 +120,7 @@ def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         assert tar.stdout is not None
         try:
-            client.api.import_image_from_stream(tar.stdout, repository=tag.split(":")[0],
+            client.api.import_image_from_stream(tar.stdout, repository=tag.partition(":")[0],
                                                 tag=tag.partition(":")[2] or "latest")
         finally:
             tar.stdout.close()
@@ -172,6 +172,18 @@ def build_runtime(options: BuildOptions, client: docker.DockerClient | None = No
                 log.debug("build: %s", text.rstrip())
     say(f"built {tag}")
     return tag
+
+
+def runtime_image_exists(tag: str | None = None) -> bool:
+    """True when a Docker engine answers and has the runtime image (`hivemind up` asks this)."""
+    try:
+        client = docker.from_env(timeout=10)
+        try:
+            return image_exists(client, tag or runtime_tag())
+        finally:
+            client.close()
+    except docker.errors.DockerException:
+        return False
 
 
 def image_id(client: docker.DockerClient, tag: str) -> str:

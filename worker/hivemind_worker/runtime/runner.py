@@ -100,7 +100,7 @@ def _metrics(started: float) -> dict[str, float]:
 def _make_client(nb: Any, emitter: Emitter, cwd: str, kernel_name: str) -> Any:
     from nbclient import NotebookClient
 
-    class StreamingClient(NotebookClient):  # type: ignore[misc]
+    class StreamingClient(NotebookClient):
         """Emits each output the moment the kernel produces it."""
 
         quiet = False

@@ -1,0 +1,294 @@
+"""One attempt of one task, from assignment to uploaded result, on its own thread.
+
+PREPARING (fetch the bundle, cached by sha256; unpack it safely into a fresh folder; get the
+environment) -> RUNNING (the executor streams events) -> UPLOADING (the result ZIP) -> the outcome.
+Every report carries the attempt's fencing number; when the pool refuses one, this attempt is stale
+and stops at once without reporting an outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hivemind_nodepool.bundle import BundleError, BundleLimits, safe_extract
+from hivemind_nodepool.client import PoolClient
+from hivemind_nodepool.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+from .bundles import BundleCache
+from .errors import EnvironmentBuildError, WorkerError
+from .events import EventStream
+from .executors import base as outcomes
+from .executors.base import Executor, RunOutcome, RunSpec, Stopper
+from .results import DEFAULT_OUTPUTS, build_result, read_regular
+
+log = logging.getLogger(__name__)
+
+UPLOAD_RETRY_FOR = 600.0
+PROGRESS_REPORT_INTERVAL = 1.0
+CANCEL = "cancel"
+REQUEUE = "requeue"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class Fenced(WorkerError):
+    """The pool refused a report: another attempt owns the task now."""
+
+
+@dataclass
+class AttemptConfig:
+    max_output_bytes: int = 16 * 1024**2
+    max_result_bytes: int = 1024**3
+    default_timeout: float = 6 * 3600.0
+    default_memory: int = 2 * 1024**3
+    keep_folders: bool = False
+    limits: BundleLimits = field(default_factory=BundleLimits)
+
+
+def container_name(task_id: str, attempt: int) -> str:
+    """A Docker-safe, unique name for an attempt's sandbox."""
+    ident = task_id if _SAFE_ID.match(task_id) else hashlib.sha256(task_id.encode()).hexdigest()[:32]
+    return f"hivemind-{ident}-{attempt}"
+
+
+def _clean_relative(name: str) -> str:
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts) or name.startswith("/"):
+        raise WorkerError(f"the entry notebook {name!r} is not a path inside the bundle")
+    return "/".join(parts)
+
+
+class Attempt:
+    def __init__(self, assignment: pb.Assignment, client: PoolClient, executor: Executor, *,
+                 bundles: BundleCache, attempts_root: Path, config: AttemptConfig,
+                 on_done: Callable[[Attempt], None] = lambda _: None) -> None:
+        self.assignment = assignment
+        self.task_id = assignment.task_id
+        self.number = assignment.attempt
+        self.client = client
+        self.executor = executor
+        self.bundles = bundles
+        self.config = config
+        self.on_done = on_done
+        self.stopper = Stopper()
+        self.name = container_name(self.task_id, self.number)
+        self.folder = attempts_root / self.name
+        self.state: int = pb.ASSIGNED
+        self.outcome: pb.ResultHeader | None = None
+        self.started_at = time.monotonic()
+        self._last_progress_report = 0.0
+        self._thread = threading.Thread(target=self._main, name=f"attempt-{self.name}", daemon=True)
+        self.events = EventStream(client, self.task_id, self.number, config.max_output_bytes,
+                                  on_fenced=self._fenced)
+        self.done = threading.Event()
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.task_id, self.number
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self, reason: str, requeue: bool = False) -> None:
+        """Stop the run (kills the sandbox within a poll interval)."""
+        default = "handed back" if requeue else "cancelled"
+        self.stopper.stop(REQUEUE if requeue else CANCEL, reason or default)
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def _fenced(self, why: str) -> None:
+        self.stopper.stop("fenced", f"the pool gave this task to another attempt ({why})")
+
+    def _status(self, state: int, message: str = "", progress: tuple[int, int] | None = None) -> None:
+        self.state = state
+        report = pb.StatusReport(task_id=self.task_id, attempt=self.number, state=state,  # type: ignore[arg-type]
+                                 message=message)
+        if progress is not None:
+            report.progress.cells_done, report.progress.cells_total = progress
+        try:
+            self.client.report_status(report)
+        except (Conflict, NotFound) as exc:
+            self._fenced(str(exc))
+            raise Fenced(str(exc)) from None
+        except HiveMindError as exc:  # the outcome, sent later, carries what matters
+            log.warning("status report for %s failed: %s", self.name, exc)
+
+    def _on_runner_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("t")
+        if kind in ("stdout", "stderr"):
+            self.events.add(pb.TaskEvent.STDOUT if kind == "stdout" else pb.TaskEvent.STDERR,
+                            text=str(event.get("text", "")))
+        elif kind == "display":
+            output = event.get("output")
+            if isinstance(output, dict):
+                self.events.add(pb.TaskEvent.DISPLAY, data=output)
+        elif kind == "progress":
+            done, total = int(event.get("done", 0)), int(event.get("total", 0))
+            self.events.add(pb.TaskEvent.PROGRESS, progress=(done, total))
+            now = time.monotonic()
+            if now - self._last_progress_report >= PROGRESS_REPORT_INTERVAL or done == total:
+                self._last_progress_report = now
+                with contextlib.suppress(Fenced):
+                    self._status(pb.RUNNING, progress=(done, total))
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        header = pb.ResultHeader(task_id=self.task_id, attempt=self.number)
+        result_path: Path | None = None
+        try:
+            header, result_path = self._run(header)
+        except Fenced:
+            header = None  # type: ignore[assignment]
+        except BundleError as exc:
+            header.outcome, header.error = pb.FAILED, f"the bundle was refused: {exc}"
+        except EnvironmentBuildError as exc:
+            header.outcome, header.error = pb.FAILED, f"the environment could not be built: {exc}"
+        except HiveMindError as exc:
+            header.outcome, header.error = pb.FAILED, f"worker error: {exc}"
+        except Exception as exc:
+            log.exception("attempt %s failed", self.name)
+            header.outcome, header.error = pb.FAILED, f"worker error: {type(exc).__name__}: {exc}"
+        try:
+            if header is not None and self.stopper.kind != "fenced":
+                if header.error and header.outcome == pb.FAILED and not header.traceback:
+                    self.events.add(pb.TaskEvent.NOTICE, text=header.error)
+                header.metrics.wall_seconds = time.monotonic() - self.started_at
+                self.events.close(timeout=30)
+                self.outcome = header
+                self._upload(header, result_path)
+            else:
+                self.events.close(timeout=0.5)
+        finally:
+            if not self.config.keep_folders:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            self.done.set()
+            self.on_done(self)
+
+    def _run(self, header: pb.ResultHeader) -> tuple[pb.ResultHeader, Path | None]:
+        manifest = self.assignment.manifest
+        if self.stopper.stopped:  # handed back before it began (a draining worker)
+            return self._stopped(header), None
+        self._status(pb.PREPARING, "fetching the bundle")
+        bundle = self.bundles.get(self.assignment.bundle_sha256, self._download)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        task_dir, out_dir = self.folder / "task", self.folder / "out"
+        out_dir.mkdir(parents=True)
+        safe_extract(bundle, task_dir, self.config.limits)
+        entry = _clean_relative(manifest.entry_notebook or "main.ipynb")
+        if read_regular(task_dir / entry, self.config.limits.max_unpacked_bytes) is None:
+            raise WorkerError(f"the entry notebook {entry} is not in the bundle")
+        try:
+            parameters = json.loads(manifest.parameters_json or "{}")
+        except ValueError as exc:
+            raise WorkerError(f"the parameters are not valid JSON: {exc}") from None
+        if not isinstance(parameters, dict):
+            raise WorkerError("the parameters must be a JSON object")
+        bad = [name for name in manifest.pull_variables if not name.isidentifier()]
+        if bad:
+            raise WorkerError(f"not variable names: {', '.join(map(repr, bad))}")
+        requirements = read_regular(task_dir / "requirements.txt", 1024 * 1024)
+        if self.stopper.stopped:
+            return self._stopped(header), None
+
+        self._status(pb.PREPARING, "preparing the environment")
+        with self.executor.environment_for(requirements, self.events.notice) as environment:
+            if self.stopper.stopped:
+                return self._stopped(header), None
+            resources = manifest.resources
+            spec = RunSpec(
+                name=self.name, task_dir=task_dir, out_dir=out_dir, notebook=entry,
+                parameters=parameters, pull_variables=list(manifest.pull_variables),
+                environment=environment, cpus=resources.cpus,
+                memory_bytes=resources.memory_bytes or self.config.default_memory,
+                gpus=resources.gpus,
+                timeout=float(manifest.timeout_seconds) if manifest.timeout_seconds > 0
+                else self.config.default_timeout,
+                allow_network=self.assignment.allow_network,
+                labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)})
+            self._status(pb.RUNNING, "running")
+            outcome = self.executor.run(spec, self._on_runner_event, self.stopper)
+        if outcome.status == outcomes.STOPPED:
+            if self.stopper.kind == "fenced":
+                raise Fenced(self.stopper.reason)
+            return self._stopped(header), None
+        self._apply(header, outcome)
+        self._status(pb.UPLOADING, "uploading the result")
+        result_path = self.folder / "result.zip"
+        meta = {"task_id": self.task_id, "attempt": self.number, "outcome": pb.TaskState.Name(header.outcome),
+                "error": header.error, "cpu_seconds": outcome.cpu_seconds,
+                "peak_memory_bytes": outcome.peak_memory_bytes}
+        try:
+            build_result(result_path, task_dir, out_dir, entry_notebook=entry,
+                         patterns=list(manifest.outputs) or list(DEFAULT_OUTPUTS), meta=meta,
+                         max_bytes=self.config.max_result_bytes)
+        except HiveMindError as exc:
+            header.outcome, header.error = pb.FAILED, f"the result could not be returned: {exc}"
+            return header, None
+        return header, result_path
+
+    def _download(self, partial: Path) -> None:
+        self.client.fetch_bundle(self.task_id, self.number, partial)
+
+    def _stopped(self, header: pb.ResultHeader) -> pb.ResultHeader:
+        header.outcome = pb.CANCELLED
+        header.error = self.stopper.reason
+        header.requeue = self.stopper.kind == REQUEUE
+        return header
+
+    @staticmethod
+    def _apply(header: pb.ResultHeader, outcome: RunOutcome) -> None:
+        header.metrics.cpu_seconds = outcome.cpu_seconds
+        header.metrics.peak_memory_bytes = outcome.peak_memory_bytes
+        header.traceback = outcome.traceback
+        if outcome.status == outcomes.OK:
+            header.outcome = pb.SUCCEEDED
+            return
+        if outcome.status == outcomes.TIMED_OUT:
+            header.outcome = pb.TIMED_OUT
+        else:
+            header.outcome = pb.FAILED
+        header.error = {
+            outcomes.NOTEBOOK_ERROR: outcome.error or "the notebook raised an exception",
+            outcomes.KERNEL_DIED: outcome.error or "the kernel died",
+            outcomes.RUNNER_ERROR: f"the notebook could not be run: {outcome.error}",
+        }.get(outcome.status, outcome.error or outcome.status)
+
+    def _upload(self, header: pb.ResultHeader, result: Path | None) -> None:
+        """Send the outcome, retrying while the pool is away; a refusal means it is not ours now."""
+        deadline = time.monotonic() + UPLOAD_RETRY_FOR
+        backoff = 0.5
+        while True:
+            try:
+                self.client.upload_result(header, result)
+                log.info("%s ended %s%s", self.name, pb.TaskState.Name(header.outcome),
+                         f": {header.error.splitlines()[0]}" if header.error else "")
+                return
+            except (Conflict, NotFound) as exc:
+                log.warning("the pool refused the outcome of %s: %s", self.name, exc)
+                return
+            except PoolUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.error("giving up on uploading %s: %s", self.name, exc)
+                    return
+            except HiveMindError as exc:
+                if time.monotonic() > deadline:
+                    log.error("giving up on uploading %s: %s", self.name, exc)
+                    return
+                log.warning("uploading %s failed (%s); retrying", self.name, exc)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,222 @@
+"""Runs a task in a locked-down Docker container.
+
+The container gets no network (unless the pool allowed it), a read-only root with a tmpfs for /tmp,
+no capabilities, no-new-privileges, a pids limit, the task's memory (without swap) and CPU limits,
+its GPUs where the engine has the NVIDIA runtime, a non-root user, and never the Docker socket. Its
+only writable host folders are the attempt's task and output folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest
+
+from ..environments import DockerEnvironments
+from ..image import RUNNER
+from .base import (
+    DIED,
+    OK,
+    OUT_OF_MEMORY,
+    STOPPED,
+    TIMED_OUT,
+    EventSink,
+    Executor,
+    LineParser,
+    RunOutcome,
+    RunSpec,
+    Stopper,
+    outcome_from_end,
+    write_request,
+)
+
+log = logging.getLogger(__name__)
+
+CONTAINER_USER = (1000, 1000)   # the runtime image's non-root user
+TASK_DIR = "/task"
+OUT_DIR = "/hivemind/out"
+RUNNER_PATH = "/hivemind/runner.py"
+ROLE_LABEL = "org.hivemind.role"
+POLL_SECONDS = 0.1
+
+
+def nvidia_runtime_available(client: docker.DockerClient) -> bool:
+    try:
+        return "nvidia" in (client.info().get("Runtimes") or {})
+    except docker.errors.DockerException:
+        return False
+
+
+class DockerExecutor(Executor):
+    name = "docker"
+    isolated = True
+
+    def __init__(self, client: docker.DockerClient, image: str, state_dir: Path, *, worker_id: str = "",
+                 pids_limit: int = 512, tmpfs_size: int = 1024**3, default_memory: int = 2 * 1024**3,
+                 env_cache_size: int = 20 * 1024**3, build_network: str | None = None,
+                 build_ca_bundle: Path | None = None) -> None:
+        self.client = client
+        self.image = image
+        self.worker_id = worker_id
+        self.pids_limit = pids_limit
+        self.tmpfs_size = tmpfs_size
+        self.default_memory = default_memory
+        self.gpu_runtime = nvidia_runtime_available(client)
+        self.environments = DockerEnvironments(
+            client, image, state_dir / "environments", env_cache_size, network=build_network,
+            ca_bundle=build_ca_bundle)
+
+    def environment_for(self, requirements: bytes | None,
+                        on_notice: Callable[[str], None]) -> AbstractContextManager[str]:
+        return self.environments.use(requirements, on_notice)
+
+    def prepare_dirs(self, spec: RunSpec) -> None:
+        """The container's user must write the task and output folders. Running as root we hand
+        them to that user; otherwise the container runs as our own user (see _user)."""
+        if os.geteuid() != 0:
+            return
+        uid, gid = CONTAINER_USER
+        for top in (spec.task_dir, spec.out_dir):
+            for folder, dirs, files in os.walk(top):
+                os.chown(folder, uid, gid, follow_symlinks=False)
+                for name in dirs + files:
+                    os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+
+    def _user(self) -> str:
+        if os.geteuid() == 0:
+            return "{}:{}".format(*CONTAINER_USER)
+        return f"{os.geteuid()}:{os.getegid()}"
+
+    def container_options(self, spec: RunSpec) -> dict[str, Any]:
+        """The hardening, in one place (tests read it too)."""
+        memory = spec.memory_bytes or self.default_memory
+        options: dict[str, Any] = {
+            "name": spec.name,
+            "user": self._user(),
+            "working_dir": TASK_DIR,
+            "network_mode": None if spec.allow_network else "none",
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size}"},  # noqa: S108 (in the container)
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": self.pids_limit,
+            "mem_limit": memory,
+            "memswap_limit": memory,       # no swap: a memory hog stops at its limit
+            "init": True,                  # reaps the kernel's zombies
+            "ipc_mode": "private",
+            "volumes": {
+                str(spec.task_dir): {"bind": TASK_DIR, "mode": "rw"},
+                str(spec.out_dir): {"bind": OUT_DIR, "mode": "rw"},
+                str(RUNNER): {"bind": RUNNER_PATH, "mode": "ro"},
+            },
+            "environment": {"HIVEMIND_TASK": "1", "PYTHONUNBUFFERED": "1"},
+            "labels": {ROLE_LABEL: "task", "org.hivemind.worker": self.worker_id, **spec.labels},
+        }
+        if spec.cpus > 0:
+            options["nano_cpus"] = int(spec.cpus * 1e9)
+        if spec.gpus > 0 and self.gpu_runtime:
+            options["device_requests"] = [DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
+        return options
+
+    def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
+        write_request(spec, TASK_DIR, OUT_DIR)
+        self.prepare_dirs(spec)
+        self._remove(spec.name)  # a leftover of an earlier try of the same attempt
+        container = self.client.containers.create(
+            spec.environment, command=["python3", RUNNER_PATH, f"{OUT_DIR}/request.json"],
+            detach=True, **self.container_options(spec))
+        parser = LineParser(on_event)
+        stderr_tail: list[str] = []
+        try:
+            stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True,
+                                            logs=True, demux=True)
+            reader = threading.Thread(target=self._read, args=(stream, parser, stderr_tail),
+                                      name=f"read-{spec.name}", daemon=True)
+            container.start()
+            reader.start()
+            deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
+            stop_kind = ""
+            while reader.is_alive():
+                if stopper.event.wait(POLL_SECONDS):
+                    stop_kind = STOPPED
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    stop_kind = TIMED_OUT
+                    break
+            if stop_kind:
+                self._kill(container)
+                reader.join(timeout=5)
+                if stop_kind == TIMED_OUT:
+                    return RunOutcome(TIMED_OUT, error=f"the task ran longer than its timeout "
+                                      f"({spec.timeout:.0f}s) and was stopped")
+                return RunOutcome(STOPPED, error=stopper.reason)
+            reader.join()
+            result = container.wait(timeout=30)
+            exit_code = int(result.get("StatusCode", -1))
+            container.reload()
+            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+            outcome = outcome_from_end(parser.end, exit_code)
+            memory = spec.memory_bytes or self.default_memory
+            if (oom and outcome.status != OK) or (outcome.status == DIED and exit_code == 137):
+                outcome.status = OUT_OF_MEMORY
+                outcome.error = f"out of memory: the task used its whole memory limit ({memory} bytes)"
+                outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, memory)
+            elif outcome.status == DIED and stderr_tail:
+                outcome.error += ":\n" + "".join(stderr_tail[-20:])
+            return outcome
+        finally:
+            self._remove(spec.name)
+
+    @staticmethod
+    def _read(stream: Iterator[tuple[bytes | None, bytes | None]], parser: LineParser,
+              stderr_tail: list[str]) -> None:
+        try:
+            for out, err in stream:
+                if out:
+                    parser.feed(out)
+                if err:
+                    text = err.decode("utf-8", "replace")
+                    log.debug("task stderr: %s", text.rstrip())
+                    stderr_tail.append(text)
+                    del stderr_tail[:-50]
+        except Exception as exc:  # the container went away under us
+            log.debug("attach stream ended: %s", exc)
+        finally:
+            parser.close()
+
+    def _kill(self, container: Any) -> None:
+        try:
+            container.kill()
+        except docker.errors.APIError as exc:
+            log.debug("kill %s: %s", container.name, exc)
+
+    def _remove(self, name: str) -> None:
+        try:
+            self.client.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.warning("could not remove container %s: %s", name, exc)
+
+    def running_names(self) -> list[str]:
+        containers = self.client.containers.list(
+            all=True, filters={"label": [f"{ROLE_LABEL}=task", f"org.hivemind.worker={self.worker_id}"]})
+        return [c.name for c in containers]
+
+    def reap_leftovers(self, keep: set[str]) -> list[str]:
+        reaped = []
+        for name in self.running_names():
+            if name not in keep:
+                log.warning("removing leftover task container %s", name)
+                self._remove(name)
+                reaped.append(name)
+        return reaped

@@ -1,0 +1,156 @@
+"""Runs a task as a plain process in a venv: for machines without Docker, chosen by the admin.
+
+THIS DOES NOT ISOLATE THE TASK. The notebook runs as the worker's user, sees the worker's files and
+the network. What it does give: a venv per requirements hash, the task's timeout and cancel (the
+whole process tree is killed), and a memory limit enforced by watching the tree's resident memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from ..environments import LocalEnvironments
+from ..image import RUNNER
+from .base import (
+    OUT_OF_MEMORY,
+    STOPPED,
+    TIMED_OUT,
+    EventSink,
+    Executor,
+    LineParser,
+    RunOutcome,
+    RunSpec,
+    Stopper,
+    outcome_from_end,
+    write_request,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+WARNING = ("the local executor does not isolate tasks: they run as this worker's user, with its "
+           "files and network. Use --executor docker where Docker is available.")
+
+
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _rss(processes: list[psutil.Process]) -> int:
+    total = 0
+    for proc in processes:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started (kernels start their own sessions)."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for proc in reversed(_tree(root)):
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+
+
+class LocalExecutor(Executor):
+    name = "local"
+    isolated = False
+
+    def __init__(self, state_dir: Path, env_cache_size: int = 20 * 1024**3) -> None:
+        self.environments = LocalEnvironments(state_dir / "venvs", env_cache_size)
+        log.warning(WARNING)
+
+    def environment_for(self, requirements: bytes | None,
+                        on_notice: Callable[[str], None]) -> AbstractContextManager[str]:
+        return self.environments.use(requirements, on_notice)
+
+    def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
+        write_request(spec, str(spec.task_dir), str(spec.out_dir))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
+        env.update({"PYTHONUNBUFFERED": "1", "HIVEMIND_TASK": "1", "MPLBACKEND": "agg"})
+        if spec.gpus <= 0:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        process = subprocess.Popen(
+            [spec.environment, str(RUNNER), str(spec.out_dir / "request.json")], cwd=spec.task_dir,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            start_new_session=True)
+        assert process.stdout is not None and process.stderr is not None
+        parser = LineParser(on_event)
+        stderr_tail: list[str] = []
+        readers = [
+            threading.Thread(target=self._pump, args=(process.stdout, parser.feed), daemon=True),
+            threading.Thread(target=self._pump, args=(process.stderr, lambda b: self._keep(stderr_tail, b)),
+                             daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
+        peak = 0
+        stop = ""
+        try:
+            root = psutil.Process(process.pid)
+            while process.poll() is None:
+                used = _rss(_tree(root))
+                peak = max(peak, used)
+                if spec.memory_bytes and used > spec.memory_bytes:
+                    stop = OUT_OF_MEMORY
+                elif stopper.event.wait(POLL_SECONDS):
+                    stop = STOPPED
+                elif deadline is not None and time.monotonic() > deadline:
+                    stop = TIMED_OUT
+                if stop:
+                    break
+        except psutil.NoSuchProcess:
+            pass
+        finally:
+            kill_tree(process.pid)
+            process.wait()
+            for reader in readers:
+                reader.join(timeout=5)
+            parser.close()
+        if stop == STOPPED:
+            return RunOutcome(STOPPED, error=stopper.reason)
+        if stop == TIMED_OUT:
+            return RunOutcome(TIMED_OUT, error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) "
+                              "and was stopped")
+        if stop == OUT_OF_MEMORY:
+            return RunOutcome(OUT_OF_MEMORY, peak_memory_bytes=peak, error=(
+                f"out of memory: the task used more than its limit ({spec.memory_bytes} bytes)"))
+        outcome = outcome_from_end(parser.end, process.returncode)
+        outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, peak)
+        if parser.end is None and stderr_tail:
+            outcome.error += ":\n" + "".join(stderr_tail[-20:])
+        return outcome
+
+    @staticmethod
+    def _pump(stream: IO[bytes], sink: Callable[[bytes], None]) -> None:
+        with stream:
+            while block := stream.read1(65536):  # type: ignore[attr-defined]
+                sink(block)
+
+    @staticmethod
+    def _keep(tail: list[str], block: bytes) -> None:
+        text = block.decode("utf-8", "replace")
+        log.debug("task stderr: %s", text.rstrip())
+        tail.append(text)
+        del tail[:-50]

@@ -1,0 +1,65 @@
+"""The worker's identity in its state dir: its id and credential, in a file only its owner reads.
+
+A restart rejoins as the same worker without a join token. The identity names the pool it belongs
+to, so pointing a state dir at another pool asks for a join token instead of sending a credential
+the other pool never issued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import WorkerError
+
+IDENTITY_FILE = "identity.json"
+
+
+@dataclass
+class Identity:
+    worker_id: str
+    credential: str
+    pool: str
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """Create the state dir (0700) and refuse one that others can write or read."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise WorkerError(f"the state dir {path} belongs to another user")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def load(state_dir: Path, pool: str) -> Identity | None:
+    """The saved identity for this pool, or None."""
+    path = state_dir / IDENTITY_FILE
+    try:
+        data = json.loads(path.read_text())
+        identity = Identity(**data)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise WorkerError(f"{path} is damaged ({exc}); delete it and join again with a join token") from None
+    if path.stat().st_mode & 0o077:
+        raise WorkerError(f"{path} is readable by others; it holds a secret: chmod 600 it")
+    return identity if identity.pool == pool else None
+
+
+def save(state_dir: Path, identity: Identity) -> Path:
+    """Write atomically with mode 0600 from the first byte."""
+    path = state_dir / IDENTITY_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(identity), handle)
+    os.replace(tmp, path)
+    return path
+
+
+def forget(state_dir: Path) -> None:
+    (state_dir / IDENTITY_FILE).unlink(missing_ok=True)

@@ -1,0 +1,89 @@
+"""An attempt's result ZIP: the executed notebook, the requested output files and variables.
+
+Layout (what the Jupyter side and `hivemind fetch` read):
+
+    <entry notebook path>        the executed notebook, outputs included (also after an error)
+    outputs/...                  files matching the manifest's output patterns (default outputs/**)
+    .hivemind/result.json        outcome, error, metrics, the entry notebook's name, the file list
+    .hivemind/variables.json     {name: {"type": ..., "pickle": base64, "json": value} | {"error": ...}}
+
+The task wrote these folders, so nothing in them is trusted: symbolic links and special files are
+skipped (a link could point at the worker's own files), and the total size is capped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pathspec
+
+from hivemind_nodepool.bundle import PackedBundle, pack
+
+from .errors import WorkerError
+
+DEFAULT_OUTPUTS = ("outputs/**",)
+RESULT_META = ".hivemind/result.json"
+VARIABLES = ".hivemind/variables.json"
+
+
+def read_regular(path: Path, max_bytes: int) -> bytes | None:
+    """A regular file's bytes, never through a symbolic link; None when absent or not regular."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise WorkerError(f"{path.name} is larger than {max_bytes} bytes")
+    return data
+
+
+def collect_outputs(task_dir: Path, patterns: Iterable[str]) -> list[tuple[str, Path]]:
+    """(name, path) of the regular files under task_dir matching the patterns; links never followed."""
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", list(patterns) or list(DEFAULT_OUTPUTS))
+    found: list[tuple[str, Path]] = []
+    for folder, dirs, names in os.walk(task_dir, followlinks=False):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
+        for name in sorted(names):
+            path = here / name
+            try:
+                mode = path.lstat().st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode):
+                continue
+            rel = path.relative_to(task_dir).as_posix()
+            if spec.match_file(rel):
+                found.append((rel, path))
+    return found
+
+
+def build_result(destination: Path, task_dir: Path, out_dir: Path, *, entry_notebook: str,
+                 patterns: Iterable[str], meta: dict[str, Any], max_bytes: int) -> PackedBundle:
+    """Write the result ZIP; raises WorkerError when it would pass max_bytes."""
+    extra: dict[str, bytes] = {}
+    notebook = read_regular(out_dir / "executed.ipynb", max_bytes)
+    if notebook is not None:
+        extra[entry_notebook] = notebook
+    variables = read_regular(out_dir / "variables.json", max_bytes)
+    if variables is not None:
+        extra[VARIABLES] = variables
+    files = [(name, path) for name, path in collect_outputs(task_dir, patterns)
+             if name != entry_notebook and not name.startswith(".hivemind/")]
+    meta = dict(meta, entry_notebook=entry_notebook, files=sorted([n for n, _ in files] + list(extra)))
+    extra[RESULT_META] = json.dumps(meta, indent=1).encode()
+    try:
+        return pack(destination, files, extra, max_bytes=max_bytes)
+    except WorkerError:
+        raise
+    except Exception as exc:
+        raise WorkerError(f"the result is too big to return: {exc}") from None
