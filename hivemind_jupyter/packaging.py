@@ -1,9 +1,10 @@
 """Turning a cell, a notebook or a folder into a task: its bundle ZIP and its manifest.
 
-A cell becomes a notebook of up to four cells, each tagged so the result can be read back:
-`hivemind-push` (loads pushed variables), `parameters` (papermill's defaults), `hivemind-cell`
-(the user's code) and `hivemind-pull` (saves pulled variables to `_hivemind/pull.pickle`, which
-the manifest's outputs bring back). See docs/internals.md.
+A cell becomes a notebook of up to three cells, each tagged so the result can be read back:
+`hivemind-push` (loads the pushed variables, pickled into `_hivemind/push/NAME.pickle` in the
+bundle), `parameters` (papermill's defaults) and `hivemind-cell` (the user's code). Pulled
+variables are named in the manifest (`pull_variables`); the worker's runner reads them after the
+notebook and returns them in the result as `.hivemind/variables.json`. See docs/internals.md.
 """
 
 from __future__ import annotations
@@ -25,13 +26,10 @@ from hivemind_nodepool.submission import DEFAULT_MAX_BUNDLE_BYTES, TaskRequest, 
 
 CELL_ENTRY = "main.ipynb"
 PUSH_DIR = "_hivemind/push"
-PULL_FILE = "_hivemind/pull.pickle"
 DEFAULT_OUTPUTS = ("outputs/**",)
-HIVEMIND_OUTPUTS = ("_hivemind/pull.pickle",)
 TAG_PUSH = "hivemind-push"
 TAG_PARAMETERS = "parameters"
 TAG_CELL = "hivemind-cell"
-TAG_PULL = "hivemind-pull"
 MAX_REQUIREMENTS_BYTES = 1024 * 1024
 
 
@@ -53,10 +51,8 @@ def parse_value(text: str) -> Any:
 
 
 def spec_manifest(request: TaskRequest, entry: str) -> pb.Manifest:
-    """The manifest for a request, with the outputs HiveMind needs, checked as the pool will."""
-    outputs = list(request.outputs or DEFAULT_OUTPUTS)
-    outputs += [pattern for pattern in HIVEMIND_OUTPUTS if pattern not in outputs]
-    built = replace(request, outputs=tuple(outputs)).to_manifest(entry)
+    """The manifest for a request, checked as the pool will check it."""
+    built = replace(request, outputs=tuple(request.outputs or DEFAULT_OUTPUTS)).to_manifest(entry)
     validate(built)
     return built
 
@@ -77,28 +73,8 @@ def _push_source(names: list[str]) -> str:
     )
 
 
-def _pull_source(names: list[str]) -> str:
-    return (
-        "# Variables read back by the calling notebook (--pull).\n"
-        "import os as _hm_os, pickle as _hm_pickle\n"
-        "_hm_found, _hm_problems = {}, {}\n"
-        f"for _hm_name in {names!r}:\n"
-        "    if _hm_name not in globals():\n"
-        "        _hm_problems[_hm_name] = 'not defined on the worker'\n"
-        "        continue\n"
-        "    try:\n"
-        "        _hm_found[_hm_name] = _hm_pickle.dumps(globals()[_hm_name])\n"
-        "    except Exception as _hm_error:\n"
-        "        _hm_problems[_hm_name] = f'cannot be pickled: {_hm_error}'\n"
-        f"_hm_os.makedirs({str(PurePosixPath(PULL_FILE).parent)!r}, exist_ok=True)\n"
-        f"with open({PULL_FILE!r}, 'wb') as _hm_file:\n"
-        "    _hm_pickle.dump({'values': _hm_found, 'problems': _hm_problems}, _hm_file)\n"
-        "del _hm_os, _hm_pickle, _hm_found, _hm_problems, _hm_name, _hm_file\n"
-    )
-
-
 def cell_notebook(code: str, parameters: Mapping[str, Any] | None = None,
-                  push: list[str] | None = None, pull: list[str] | None = None) -> dict[str, Any]:
+                  push: list[str] | None = None) -> dict[str, Any]:
     """The notebook (nbformat 4 as a dict) that runs one cell on the pool."""
     cells: list[dict[str, Any]] = []
     if push:
@@ -109,8 +85,6 @@ def cell_notebook(code: str, parameters: Mapping[str, Any] | None = None,
         lines.append(f"{name} = {value!r}")
     cells.append(_code_cell("\n".join(lines) + "\n", TAG_PARAMETERS))
     cells.append(_code_cell(code, TAG_CELL))
-    if pull:
-        cells.append(_code_cell(_pull_source(list(pull)), TAG_PULL))
     return {
         "cells": cells,
         "metadata": {
@@ -165,8 +139,7 @@ def pack_cell(code: str, request: TaskRequest, destination: Path, *, folder: Pat
         counter += 1
     push_values = dict(push or {})
     manifest = spec_manifest(replace(request, name=request.name or "cell"), entry)
-    notebook = cell_notebook(code, dict(request.parameters or {}), sorted(push_values),
-                             list(manifest.pull_variables))
+    notebook = cell_notebook(code, dict(request.parameters or {}), sorted(push_values))
     extra = {entry: json.dumps(notebook, indent=1).encode(), MANIFEST_NAME: to_json(manifest).encode()}
     extra.update(pickle_pushed(push_values))
     if requirements is not None:

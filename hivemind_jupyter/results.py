@@ -1,13 +1,15 @@
 """A finished task's result: fetched into the workspace safely, read back, shown as if local.
 
-The result ZIP holds the executed entry notebook, the files under the manifest's output patterns
-and, for a cell with --pull, `_hivemind/pull.pickle`. It is unpacked with the bundle module's
+The result ZIP (laid out by the worker, see hivemind_worker/results.py) holds the executed entry
+notebook, the files under the manifest's output patterns and `.hivemind/` (result.json, and
+variables.json with the pulled variables). It is unpacked with the bundle module's
 checks (no absolute paths, no `..`, no links, capped sizes) into a temporary folder that is then
 renamed into place, so a result folder either exists whole or not at all.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import pickle
@@ -24,11 +26,12 @@ from hivemind_nodepool.client import PoolClient, state_name
 from hivemind_nodepool.errors import Conflict, HiveMindError
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
-from .packaging import PULL_FILE, TAG_CELL
+from .packaging import TAG_CELL
 
 log = logging.getLogger(__name__)
 
-INTERNAL_PREFIX = "_hivemind/"
+INTERNAL_PREFIX = ".hivemind/"
+VARIABLES_FILE = ".hivemind/variables.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -134,23 +137,35 @@ def error_traceback(outputs: list[dict[str, Any]]) -> list[str] | None:
 
 
 def load_pulled(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(values, problems) from the pull file: the variables the task sent back, and why others did not.
+    """(values, problems): the variables the task sent back, and why others did not come.
 
-    The values are unpickled: they come from the user's own task through the pool, which only
-    the task's owner can read.
+    A value travels pickled (and as JSON when it is JSON); the pickle is preferred. It is the
+    user's own task's value, read through the pool, which only the task's owner can fetch.
     """
-    path = folder / PULL_FILE
+    path = folder / VARIABLES_FILE
     if not path.is_file():
         return {}, {}
-    with open(path, "rb") as handle:
-        payload = pickle.load(handle)  # noqa: S301 - the user's own task's values, see above
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, {"*": f"the variables file is unreadable: {exc}"}
     values: dict[str, Any] = {}
-    problems = dict(payload.get("problems", {}))
-    for name, blob in payload.get("values", {}).items():
-        try:
-            values[name] = pickle.loads(blob)  # noqa: S301
-        except Exception as exc:
-            problems[name] = f"cannot be unpickled here: {exc}"
+    problems: dict[str, str] = {}
+    for name, entry in (payload.items() if isinstance(payload, dict) else []):
+        if not isinstance(entry, dict):
+            continue
+        if "pickle" in entry:
+            try:
+                values[name] = pickle.loads(base64.b64decode(entry["pickle"]))  # noqa: S301
+                continue
+            except Exception as exc:
+                if "json" not in entry:
+                    problems[name] = f"cannot be unpickled here ({entry.get('type', '?')}): {exc}"
+                    continue
+        if "json" in entry:
+            values[name] = entry["json"]
+        else:
+            problems[name] = str(entry.get("error") or "did not come back")
     return values, problems
 
 

@@ -1,0 +1,225 @@
+"""What a waiting `%%hivemind` cell shows: a live status line plus the remote output as it arrives.
+
+The status (state, why it waits, worker, elapsed time, progress) is a small ipywidgets view in a
+kernel with a frontend, a text line updated in place where widgets are unavailable, and printed
+lines in a terminal. Remote stdout and stderr go to the cell's own streams, and remote rich outputs
+are displayed as they arrive, so the saved notebook holds them just as if the cell ran here.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from hivemind_nodepool.client import TERMINAL_STATES, state_name
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.units import format_duration
+
+from .results import joined_mime_bundle
+
+log = logging.getLogger(__name__)
+
+_COLOURS = {"SUCCEEDED": "#2e7d32", "FAILED": "#c62828", "CANCELLED": "#6d4c41", "TIMED_OUT": "#c62828",
+            "LOST": "#c62828", "RUNNING": "#1565c0", "QUEUED": "#6a1b9a"}
+
+
+def _display(obj: Any, **kwargs: Any) -> Any:
+    from IPython.display import display
+
+    return display(obj, **kwargs)
+
+
+def _publish(data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    from IPython.display import publish_display_data
+
+    publish_display_data(data=data, metadata=metadata)
+
+
+class LiveView:
+    """Receives a task's events and shows them; subclasses draw the status."""
+
+    def __init__(self, task: pb.Task) -> None:
+        self.task_id = task.id
+        self.state = state_name(task.state)
+        self.reason = task.pending_reason
+        self.worker = task.worker_name
+        self.done = task.progress.cells_done
+        self.total = task.progress.cells_total
+        self.started = time.monotonic()
+        self.displays_shown = 0
+        self.streamed = False
+        self.remote_error: list[str] | None = None
+        self._last_drawn: tuple[Any, ...] | None = None
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def update_task(self, task: pb.Task) -> None:
+        self.state = state_name(task.state)
+        self.reason = task.pending_reason if task.state == pb.QUEUED else ""
+        self.worker = task.worker_name or self.worker
+        if task.progress.cells_total:
+            self.done, self.total = task.progress.cells_done, task.progress.cells_total
+        self.draw()
+
+    def on_event(self, event: pb.TaskEvent) -> None:
+        kind = event.kind
+        if kind == pb.TaskEvent.STDOUT:
+            self.streamed = True
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif kind == pb.TaskEvent.STDERR:
+            self.streamed = True
+            sys.stderr.write(event.text)
+            sys.stderr.flush()
+        elif kind == pb.TaskEvent.DISPLAY:
+            self._show(event.data_json)
+        elif kind == pb.TaskEvent.PROGRESS:
+            self.done, self.total = event.progress.cells_done, event.progress.cells_total
+            self.draw()
+        elif kind == pb.TaskEvent.STATE:
+            self.state = state_name(event.state)
+            if event.state != pb.QUEUED:
+                self.reason = ""
+            self.draw()
+        elif kind == pb.TaskEvent.NOTICE:
+            sys.stderr.write(f"[hivemind] {event.text}\n")
+            sys.stderr.flush()
+
+    def _show(self, data_json: str) -> None:
+        try:
+            output = json.loads(data_json)
+        except ValueError:
+            log.warning("a display output that is not JSON was skipped")
+            return
+        if not isinstance(output, dict):
+            return
+        if output.get("output_type") == "error":
+            self.remote_error = [str(line) for line in output.get("traceback") or []] or [
+                f"{output.get('ename')}: {output.get('evalue')}"]
+            return
+        if output.get("output_type") in ("display_data", "execute_result"):
+            _publish(joined_mime_bundle(output.get("data") or {}), output.get("metadata") or {})
+            self.displays_shown += 1
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        parts = [f"HiveMind {self.task_id}: {self.state}"]
+        if self.state == "QUEUED" and self.reason:
+            parts.append(f"waiting: {self.reason}")
+        if self.worker:
+            parts.append(f"on {self.worker}")
+        if self.total:
+            parts.append(f"cell {self.done}/{self.total}")
+        parts.append(format_duration(self.elapsed()))
+        return " · ".join(parts)
+
+    def draw(self) -> None:
+        """Redraw the status; subclasses decide how."""
+
+    def tick(self) -> None:
+        """Called about four times a second while waiting (for the elapsed time)."""
+
+    def finish(self, task: pb.Task, note: str = "") -> None:
+        self.update_task(task)
+
+
+class TerminalView(LiveView):
+    """Plain IPython in a terminal: one printed line per change of state."""
+
+    def draw(self) -> None:
+        key = (self.state, self.reason, self.worker)
+        if key != self._last_drawn:
+            self._last_drawn = key
+            print(f"[hivemind] {self.summary()}", file=sys.stderr, flush=True)
+
+    def finish(self, task: pb.Task, note: str = "") -> None:
+        super().finish(task)
+        if note:
+            print(f"[hivemind] {note}", file=sys.stderr, flush=True)
+
+
+class TextView(LiveView):
+    """A kernel without widgets: a status line updated in place (display ids)."""
+
+    def __init__(self, task: pb.Task) -> None:
+        super().__init__(task)
+        self._handle = _display(self._bundle(), raw=True, display_id=True)
+        self._drawn_at = 0.0
+
+    def _bundle(self, note: str = "") -> dict[str, str]:
+        text = self.summary() + (f"\n{note}" if note else "")
+        colour = _COLOURS.get(self.state, "#455a64")
+        body = html.escape(self.summary())
+        if note:
+            body += f"<br><span>{html.escape(note)}</span>"
+        return {"text/plain": text, "text/html": f'<div style="color:{colour}">{body}</div>'}
+
+    def draw(self) -> None:
+        self._drawn_at = time.monotonic()
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
+
+    def tick(self) -> None:
+        if time.monotonic() - self._drawn_at >= 1.0:
+            self.draw()
+
+    def finish(self, task: pb.Task, note: str = "") -> None:
+        super().finish(task)
+        if self._handle is not None:
+            self._handle.update(self._bundle(note), raw=True)
+
+
+class WidgetView(TextView):
+    """A kernel with a frontend: a status label and a progress bar (ipywidgets), replaced by a
+    plain summary when the task ends so the saved notebook does not need widget state."""
+
+    def __init__(self, task: pb.Task) -> None:
+        import ipywidgets as widgets
+
+        LiveView.__init__(self, task)
+        self._drawn_at = 0.0
+        self._label = widgets.HTML()
+        self._bar = widgets.IntProgress(min=0, max=1, value=0, layout=widgets.Layout(width="200px"))
+        self._box = widgets.HBox([self._bar, self._label])
+        self._handle = _display(self._box, display_id=True)
+        self.draw()
+
+    def draw(self) -> None:
+        self._drawn_at = time.monotonic()
+        colour = _COLOURS.get(self.state, "#455a64")
+        self._label.value = f'<span style="color:{colour}">{html.escape(self.summary())}</span>'
+        self._bar.max = max(self.total, 1)
+        self._bar.value = min(self.done, self._bar.max)
+        self._bar.bar_style = {"SUCCEEDED": "success", "FAILED": "danger"}.get(self.state, "info")
+
+    def finish(self, task: pb.Task, note: str = "") -> None:
+        LiveView.finish(self, task)
+        self._box.close()
+        if self._handle is not None:
+            self._handle.update(self._bundle(note), raw=True)
+
+
+def make_view(task: pb.Task, shell: Any = None, widgets: bool | None = None) -> LiveView:
+    """The best view this process can show: widgets in a kernel, text lines otherwise."""
+    kernel = getattr(shell, "kernel", None) if shell is not None else None
+    if shell is None or kernel is None:
+        return TerminalView(task)
+    if widgets is not False:
+        try:
+            import ipywidgets  # noqa: F401
+
+            return WidgetView(task)
+        except Exception as exc:  # no ipywidgets, or no comm support
+            log.debug("widgets unavailable (%s); using the text view", exc)
+    return TextView(task)
+
+
+__all__ = ["TERMINAL_STATES", "LiveView", "TerminalView", "TextView", "WidgetView", "make_view"]
