@@ -190,6 +190,9 @@ class Authenticator:
             return Principal("worker", worker["id"], token_hash=token_hash)
         row = self.store.get_token(token_hash)
         if row is None:
+            worker = self.store.get_worker_by_credential(token_hash)
+            if worker is not None:  # a worker on a user method: the method says PERMISSION_DENIED
+                return Principal("worker", worker["id"], token_hash=token_hash)
             raise Unauthenticated("unknown token: sign in again (`hivemind login`)")
         if row["revoked"]:
             raise Unauthenticated("this token was revoked: sign in again (`hivemind login`)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import zipfile
 from pathlib import Path
 
 from harness import FakeWorker, PoolProcess
@@ -12,14 +11,7 @@ from harness.fake_worker import make_result_zip
 from hivemind_nodepool.client import TERMINAL_STATES
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
-
-def bundle_bytes(entry: str = "main.ipynb", extra: dict[str, bytes] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(entry, '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
-        for name, data in (extra or {}).items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+from .helpers import bundle_bytes
 
 
 def test_one_task_end_to_end(pool: PoolProcess, tmp_path: Path) -> None:
