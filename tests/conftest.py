@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-pytest_plugins = ["harness.fixtures"]
+pytest_plugins = ["harness.fixtures", "harness.worker_fixtures"]
 
 IN_CI = bool(os.environ.get("CI"))
 

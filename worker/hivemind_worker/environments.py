@@ -218,22 +218,28 @@ class DockerEnvironments(EnvironmentCache):
         return self.tag(key) if image.labels.get("org.hivemind.env") == key else None
 
     def build(self, key: str, requirements: bytes) -> tuple[str, int]:
-        from .image import default_build_network
+        from .image import default_build_network, default_ca_bundle
         network = self.network if self.network is not None else default_build_network(self.client)
+        ca_bundle = self.ca_bundle if self.ca_bundle is not None else default_ca_bundle()
         with tempfile.TemporaryDirectory(prefix="hivemind-req-") as tmp:
             folder = Path(tmp)
             folder.chmod(0o755)
             (folder / "requirements.txt").write_bytes(requirements)
             (folder / "requirements.txt").chmod(0o644)
-            volumes = {str(folder): {"bind": "/hivemind/req", "mode": "ro"}}
+            from docker.types import Mount
+
+            # Mounts, not `volumes=`: the SDK would also declare those paths as image volumes,
+            # and the commit below would carry the declarations into the environment image.
+            mounts = [Mount("/hivemind/req", str(folder), type="bind", read_only=True)]
             command = ["pip", "install", "--no-cache-dir", "--disable-pip-version-check", "--no-input",
                        "--prefix", "/opt/hivemind/env", "-r", "/hivemind/req/requirements.txt"]
-            if self.ca_bundle:
-                volumes[str(self.ca_bundle)] = {"bind": "/hivemind/ca.pem", "mode": "ro"}
+            if ca_bundle and str(ca_bundle) != "none":
+                mounts.append(Mount("/hivemind/ca.pem", str(Path(ca_bundle).resolve()), type="bind",
+                                    read_only=True))
                 command[2:2] = ["--cert", "/hivemind/ca.pem"]
             container = self.client.containers.create(
                 self.base_tag, command=command, user="1000:1000", network_mode=network,
-                volumes=volumes, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},  # noqa: S108 (in the container)
+                mounts=mounts, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},  # noqa: S108 (in the container)
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"], pids_limit=1024,
                 labels={"org.hivemind.role": "env-build", "org.hivemind.env": key})

@@ -19,7 +19,7 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Mount
 
 from ..environments import DockerEnvironments
 from ..image import RUNNER
@@ -113,11 +113,11 @@ class DockerExecutor(Executor):
             "memswap_limit": memory,       # no swap: a memory hog stops at its limit
             "init": True,                  # reaps the kernel's zombies
             "ipc_mode": "private",
-            "volumes": {
-                str(spec.task_dir): {"bind": TASK_DIR, "mode": "rw"},
-                str(spec.out_dir): {"bind": OUT_DIR, "mode": "rw"},
-                str(RUNNER): {"bind": RUNNER_PATH, "mode": "ro"},
-            },
+            "mounts": [
+                Mount(TASK_DIR, str(spec.task_dir), type="bind"),
+                Mount(OUT_DIR, str(spec.out_dir), type="bind"),
+                Mount(RUNNER_PATH, str(RUNNER), type="bind", read_only=True),
+            ],
             "environment": {"HIVEMIND_TASK": "1", "PYTHONUNBUFFERED": "1"},
             "labels": {ROLE_LABEL: "task", "org.hivemind.worker": self.worker_id, **spec.labels},
         }

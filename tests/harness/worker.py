@@ -1,0 +1,115 @@
+"""WorkerProcess: the real `hivemind-worker run` as a subprocess, joined to a PoolProcess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+from .pool import PoolProcess
+
+# Environment builds on machines whose Docker engine has no bridge network need the host's network;
+# the worker picks that itself (image.default_build_network), so nothing is set here.
+
+
+class WorkerProcess:
+    """`.start()` waits until the pool lists the worker ONLINE; `.stop()` sends SIGTERM (drain),
+    `.kill()` SIGKILL. Logs go to STATE_DIR/../<name>.log; `.worker_id` is set once it joined."""
+
+    def __init__(
+        self,
+        pool: PoolProcess,
+        executor: str = "docker",
+        state_dir: Path | None = None,
+        labels: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        name: str = "test-worker",
+        env: dict[str, str] | None = None,
+        join_token: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.executor = executor
+        self.state_dir = Path(state_dir) if state_dir else pool.data_dir.parent / f"worker-{name}"
+        self.labels = dict(labels or {})
+        self.extra_args = list(extra_args or [])
+        self.name = name
+        self.env = env
+        self.join_token = join_token
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.state_dir.parent / f"{self.state_dir.name}.log"
+        self.worker_id = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        token = self.join_token or self.pool.join_token()
+        command = [sys.executable, "-m", "hivemind_worker.cli", "-v", "run", "--pool", self.pool.address,
+                   "--join-token", token, "--executor", self.executor, "--state-dir", str(self.state_dir),
+                   "--name", self.name, "--heartbeat-interval", "0.5", *self.extra_args]
+        if self.labels:
+            command += ["--labels", ",".join(f"{k}={v}" for k, v in self.labels.items())]
+        return command
+
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
+        env.update(self.env or {})
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.wait_online(timeout)
+        return self
+
+    def _identity(self) -> str:
+        import json
+        try:
+            return str(json.loads((self.state_dir / "identity.json").read_text())["worker_id"])
+        except (OSError, ValueError, KeyError):
+            return ""
+
+    def wait_online(self, timeout: float = 60.0) -> pb.Worker:
+        deadline = time.monotonic() + timeout
+        with self.pool.admin() as admin:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {self.proc.returncode}:\n{self.log()}")
+                self.worker_id = self.worker_id or self._identity()
+                if self.worker_id:
+                    for worker in admin.list_workers():
+                        if worker.id == self.worker_id and worker.state == pb.WORKER_ONLINE:
+                            return worker
+                time.sleep(0.1)
+        raise RuntimeError(f"the worker was not ONLINE within {timeout:.0f}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20_000:]
+        except FileNotFoundError:
+            return ""
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (drain) and wait; returns the exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: its containers stay until it (or another run) reaps them."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

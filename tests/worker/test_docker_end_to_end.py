@@ -1,0 +1,104 @@
+"""A notebook with parameters and a requirements.txt runs in Docker through a real pool and worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from harness.worker import WorkerProcess
+
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+from .helpers import (
+    EXTRA_PACKAGE,
+    bundle,
+    notebook,
+    outputs_of,
+    result_files,
+    stdout_of,
+    submit,
+    task_containers,
+    user,
+    wait_state,
+)
+
+def forget_environment(requirements: bytes, tmp_path: Path) -> None:
+    import docker
+
+    from hivemind_worker.environments import DockerEnvironments
+    from hivemind_worker.image import runtime_tag
+
+    client = docker.from_env()
+    envs = DockerEnvironments(client, runtime_tag(), tmp_path / "envs", 0)
+    envs.remove("", envs.tag(envs.key_for(requirements)))
+    client.close()
+
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+CELLS = (
+    "import time, tomli_w\n"
+    "for i in range(4):\n"
+    "    print('tick', i, flush=True)\n"
+    "    time.sleep(0.4)\n",
+    "from IPython.display import HTML, display\n"
+    "display(HTML('<b>bold</b>'))\n"
+    "import os\n"
+    "os.makedirs('outputs', exist_ok=True)\n"
+    "open('outputs/answer.toml', 'w').write(tomli_w.dumps({'answer': factor * 21}))\n"
+    "answer = factor * 21\n"
+    "answer",
+)
+
+
+def test_parameters_requirements_live_output_and_image_reuse(pool, docker_worker: WorkerProcess,
+                                                             tmp_path: Path) -> None:
+    alice = user(pool)
+    requirements = f"{EXTRA_PACKAGE}\n".encode()
+    forget_environment(requirements, tmp_path)  # so this run builds it, and the next reuses it
+    data = bundle(notebook(*CELLS, parameters="factor = 1"), {"requirements.txt": requirements})
+    task = submit(alice, data, parameters={"factor": 2}, pull_variables=["answer"], timeout=600)
+
+    seen: list[tuple[float, pb.TaskEvent]] = []
+    for event in alice.watch(task.id, follow=True):
+        seen.append((time.monotonic(), event))
+    events = [e for _, e in seen]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), "gaps or duplicates"
+    final = wait_state(alice, task.id)
+    assert final.state == pb.SUCCEEDED, (final.error, final.traceback, docker_worker.log()[-3000:])
+
+    # Output arrived while the notebook ran: the ticks are spread out in time, before the end.
+    ticks = [(at, e) for at, e in seen if e.kind == pb.TaskEvent.STDOUT and "tick" in e.text]
+    assert "".join(e.text for _, e in ticks).count("tick") == 4
+    assert len(ticks) >= 2, "the ticks came in one piece, not as they were printed"
+    end_at = next(at for at, e in seen if e.kind == pb.TaskEvent.STATE and e.state == pb.SUCCEEDED)
+    assert ticks[0][0] < end_at
+    displays = [json.loads(e.data_json) for e in events if e.kind == pb.TaskEvent.DISPLAY]
+    assert any("<b>bold</b>" in d.get("data", {}).get("text/html", "") for d in displays)
+    assert any(d.get("output_type") == "execute_result" and d["data"]["text/plain"] == "42" for d in displays)
+    progress = [e.progress for e in events if e.kind == pb.TaskEvent.PROGRESS]
+    assert progress[-1].cells_done == progress[-1].cells_total == 4  # parameters, injected, 2 cells
+
+    files = result_files(alice, task.id, tmp_path)
+    assert files["outputs/answer.toml"] == b"answer = 42\n"
+    texts = ["".join(o.get("text", "")) for o in outputs_of(files["main.ipynb"])]
+    assert "tick 3" in "".join(texts)
+    variables = json.loads(files[".hivemind/variables.json"])
+    assert variables["answer"]["json"] == 42
+    meta = json.loads(files[".hivemind/result.json"])
+    assert meta["outcome"] == "SUCCEEDED"
+    assert final.metrics.wall_seconds > 0 and final.metrics.cpu_seconds > 0
+    assert final.metrics.peak_memory_bytes > 0
+    assert task_containers(task.id) == []
+
+    # The same requirements again: the environment image is reused, not built a second time.
+    notices_first = [e.text for e in events if e.kind == pb.TaskEvent.NOTICE]
+    assert any("new environment" in text for text in notices_first)
+    again = submit(alice, data, parameters={"factor": 2}, timeout=600)
+    second = wait_state(alice, again.id)
+    assert second.state == pb.SUCCEEDED, second.error
+    notices = [e.text for e in alice.watch(again.id, follow=False) if e.kind == pb.TaskEvent.NOTICE]
+    assert not any("new environment" in text for text in notices), notices
+    assert "tick 3" in stdout_of(list(alice.watch(again.id, follow=False)))
