@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import HTTPClientError
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+import pytest_jupyter.jupyter_server as _jupyter_server_plugin
+
+# pytest-jupyter's fixtures for these tests only: loading it as a plugin would also apply its
+# event-loop hooks to every other test in the suite.
+globals().update({name: value for name, value in vars(_jupyter_server_plugin).items()
+                  if type(value).__name__ == "FixtureFunctionDefinition"})
 
 
 @pytest.fixture
@@ -50,3 +55,36 @@ def api(jp_fetch, jp_asyncio_loop):
         return jp_asyncio_loop.run_until_complete(_call(jp_fetch, method, *path, body=body, **kwargs))
 
     return call
+
+
+USER = "ada"
+PASSWORD = "ada-password-1"
+
+
+@pytest.fixture
+def signed_in(pool, hivemind_config_dir: Path):
+    """The `pool` with user ada, signed in through the credential file (as `hivemind login` does)."""
+    from hivemind_jupyter.config import HiveMind
+    from hivemind_jupyter.pool import PoolConnector
+
+    pool.add_user(USER, PASSWORD)
+    PoolConnector(HiveMind()).sign_in(USER, PASSWORD, pool.address)
+    return pool
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hivemind_config_dir: Path):
+    """A real IPython shell with the extension loaded, working in a fresh folder."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "hivemind_jupyter")
+    ip.run_line_magic("config", "HiveMind.interrupt_action = 'cancel'")
+    yield ip
+    ip.run_line_magic("unload_ext", "hivemind_jupyter")
+    for name in [n for n in ip.user_ns if not n.startswith("_")]:
+        if name not in ("In", "Out", "exit", "quit", "get_ipython"):
+            ip.user_ns.pop(name, None)
