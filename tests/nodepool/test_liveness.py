@@ -1,0 +1,178 @@
+"""Lost workers, retries, fencing of stale attempts, draining, and reconnecting after a pool restart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from harness import FakeWorker, PoolProcess
+from harness.fake_worker import make_result_zip
+
+from hivemind_nodepool.errors import Conflict
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+from .helpers import submit, wait_for
+
+
+def test_silent_worker_is_lost_and_its_task_requeued(pool: PoolProcess, tmp_path: Path) -> None:
+    admin = pool.admin()
+    token = pool.join_token()
+    first = FakeWorker(pool.address, token, name="first").connect()
+    second = None
+    try:
+        task = submit(admin)
+        assignment = first.next_assignment()
+        first.status(assignment, pb.RUNNING)
+        first.heartbeating = False  # the machine hangs: the stream stays open but says nothing
+        stopped = time.monotonic()
+        wait_for(lambda: admin.get_task(task.id).state == pb.QUEUED, timeout=15, interval=0.05,
+                 what="the task requeued")
+        elapsed = time.monotonic() - stopped
+        print(f"requeued {elapsed:.1f} s after the last heartbeat (timeout {pool.heartbeat_timeout} s)")
+        assert elapsed < pool.heartbeat_timeout + 3  # the bound: timeout plus one check period and slack
+        requeued = admin.get_task(task.id)
+        assert requeued.retries_used == 1 and requeued.worker_id == ""
+        assert "lost" in requeued.timeline[-1].message
+        (lost,) = [w for w in admin.list_workers() if w.id == first.worker_id]
+        assert lost.state == pb.WORKER_LOST
+
+        second = FakeWorker(pool.address, token, name="second").connect()
+        again = second.next_assignment()
+        assert again.task_id == task.id and again.attempt == 2
+        # The first worker wakes up: everything about attempt 1 is refused.
+        with pytest.raises(Conflict, match="stale"):
+            first.status(assignment, pb.UPLOADING)
+        with pytest.raises(Conflict):
+            first.events(assignment, ["late output"])
+        with pytest.raises(Conflict):
+            first.client.fetch_bundle(task.id, 1, tmp_path / "b.zip")
+        with pytest.raises(Conflict):
+            first.finish(assignment, pb.SUCCEEDED, make_result_zip(tmp_path / "stale.zip"))
+        assert admin.get_task(task.id).result_sha256 == ""
+        done = second.run_to_success(again, make_result_zip(tmp_path / "good.zip"))
+        assert done.state == pb.SUCCEEDED and done.attempt == 2
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_task_is_lost_after_max_retries(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    token = pool.join_token()
+    task = submit(admin, max_retries=1)
+    for attempt in (1, 2):
+        worker = FakeWorker(pool.address, token, name=f"w{attempt}").connect()
+        try:
+            assignment = worker.next_assignment()
+            assert assignment.attempt == attempt
+            worker.disconnect()  # gone for good
+            wait_for(lambda: admin.get_task(task.id).state != pb.ASSIGNED, timeout=15, what="worker lost")
+        finally:
+            worker.close()
+    final = admin.get_task(task.id)
+    assert final.state == pb.LOST and final.retries_used == 1
+    assert "retries exhausted" in final.error
+
+
+def test_drain_hands_back_without_spending_a_retry(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    token = pool.join_token()
+    worker = FakeWorker(pool.address, token, name="draining").connect()
+    other = None
+    try:
+        task = submit(admin)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        drained = admin.drain_worker(worker.worker_id)
+        assert drained.state == pb.WORKER_DRAINING
+        worker.next_message("drain")
+        extra = submit(admin)
+        time.sleep(1.5)
+        assert admin.get_task(extra.id).state == pb.QUEUED  # nothing new for a draining worker
+        handed = worker.finish(assignment, pb.CANCELLED, requeue=True)
+        assert handed.state == pb.QUEUED and handed.retries_used == 0
+        other = FakeWorker(pool.address, token, name="other").connect()
+        got = {other.next_assignment().task_id, other.next_assignment().task_id}
+        assert got == {task.id, extra.id}
+    finally:
+        worker.close()
+        if other is not None:
+            other.close()
+
+
+def test_cancel_reaches_the_worker_and_holds_capacity_until_it_stops(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    worker = FakeWorker(pool.address, pool.join_token(), cpus=1).connect()
+    try:
+        task = submit(admin, cpus=1)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        time.sleep(1.2)  # a heartbeat lists the attempt as running
+        assert admin.cancel_task(task.id).state == pb.CANCELLED
+        order = worker.next_message("cancel").cancel
+        assert (order.task_id, order.attempt) == (task.id, 1)
+        waiting = submit(admin, cpus=1)
+        time.sleep(1.5)
+        assert admin.get_task(waiting.id).state == pb.QUEUED  # the container is still being stopped
+        worker.running.pop(task.id)  # stopped: the next heartbeat no longer lists it
+        assert worker.next_assignment().task_id == waiting.id
+        with pytest.raises(Conflict, match="ended"):
+            worker.finish(assignment, pb.CANCELLED)
+    finally:
+        worker.close()
+
+
+def test_worker_keeps_its_attempt_across_a_pool_restart(pool: PoolProcess, tmp_path: Path) -> None:
+    admin = pool.admin()
+    worker = FakeWorker(pool.address, pool.join_token()).connect()
+    try:
+        task = submit(admin)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        worker.running["t-stale00000"] = 3  # something the pool never gave it
+        pool.restart(hard=True)
+        worker.disconnect()
+        worker.connect()
+        order = worker.next_message("cancel").cancel
+        assert order.task_id == "t-stale00000"
+        worker.running.pop("t-stale00000")
+        time.sleep(pool.heartbeat_timeout + 1)  # well past the timeout: still current, not requeued
+        current = admin.get_task(task.id)
+        assert current.state == pb.RUNNING and current.attempt == 1
+        done = worker.run_to_success(assignment, make_result_zip(tmp_path / "r.zip"))
+        assert done.state == pb.SUCCEEDED and done.retries_used == 0
+    finally:
+        worker.close()
+
+
+def test_worker_restarted_without_its_attempt_requeues_it(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    worker = FakeWorker(pool.address, pool.join_token()).connect()
+    try:
+        task = submit(admin)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        worker.disconnect()
+        worker.running.clear()  # the worker process restarted and lost the run
+        worker.connect()
+        again = worker.next_assignment()
+        assert again.task_id == task.id and again.attempt == 2
+        assert admin.get_task(task.id).retries_used == 1
+    finally:
+        worker.close()
+
+
+def test_unsent_assignment_is_resent_after_reconnect(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    worker = FakeWorker(pool.address, pool.join_token()).connect()
+    try:
+        task = submit(admin)
+        worker.next_assignment(track=False)  # received but "lost" before the worker recorded it
+        worker.disconnect()
+        worker.connect()
+        again = worker.next_assignment()
+        assert (again.task_id, again.attempt) == (task.id, 1)
+    finally:
+        worker.close()
