@@ -166,7 +166,7 @@ class DockerExecutor(Executor):
             oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
             outcome = outcome_from_end(parser.end, exit_code)
             memory = spec.memory_bytes or self.default_memory
-            if (oom and outcome.status != OK) or (outcome.status == DIED and exit_code == 137):
+            if oom and outcome.status != OK:
                 outcome.status = OUT_OF_MEMORY
                 outcome.error = f"out of memory: the task used its whole memory limit ({memory} bytes)"
                 outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, memory)
