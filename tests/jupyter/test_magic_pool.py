@@ -1,0 +1,177 @@
+"""%%hivemind in a real IPython shell against a real pool and a real (local-executor) worker."""
+
+from __future__ import annotations
+
+import _thread
+import base64
+import io
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from IPython.utils.capture import capture_output
+
+from hivemind_jupyter.results import RemoteTaskError
+from hivemind_nodepool.client import TERMINAL_STATES, PoolClient
+from hivemind_nodepool.credentials import load
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+# A 1x1 PNG, so the remote cell can show an image without matplotlib.
+PNG = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005fe02fea73581"
+    "840000000049454e44ae426082")).decode()
+
+
+def my_client() -> PoolClient:
+    saved = load()
+    assert saved is not None
+    return PoolClient(saved.pool, token=saved.token)
+
+
+def wait_for_state(task_id: str, states: set[int], timeout: float = 60) -> pb.Task:
+    client = my_client()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = client.get_task(task_id)
+        if task.state in states:
+            return task
+        time.sleep(0.1)
+    raise AssertionError(f"{task_id} never reached {states}; it is {task.state}")
+
+
+def test_outputs_push_pull_and_parameters(signed_in, local_worker, shell):
+    shell.user_ns["x"] = 21
+    shell.user_ns["frame"] = {"rows": [1, 2, 3]}
+    cell = f"""
+import base64
+from IPython.display import HTML, Image, display
+print("hello", x, n, label)
+display(HTML("<b>remote html</b>"))
+display(Image(data=base64.b64decode("{PNG}")))
+y = x * n
+rows = frame["rows"] + [4]
+{{"answer": y}}
+"""
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind --push x,frame --pull y,rows,nothere -p n=2 -p label=abc "
+                                f"--memory 512M --name demo\n{cell}")
+    assert result.error_in_exec is None, captured.stdout + captured.stderr
+    assert "hello 21 2 abc" in captured.stdout
+    mimes = [output.data for output in captured.outputs]
+    assert any(m.get("text/html") == "<b>remote html</b>" for m in mimes)
+    assert any("image/png" in m for m in mimes)
+    assert any("{'answer': 42}" in m.get("text/plain", "") for m in mimes)
+    assert shell.user_ns["y"] == 42
+    assert shell.user_ns["rows"] == [1, 2, 3, 4]
+    assert "nothere" not in shell.user_ns
+    assert "variable nothere did not come back" in captured.stderr
+    assert "SUCCEEDED" in captured.stderr
+    folders = list(Path("hivemind-results").glob("demo-t-*"))
+    assert len(folders) == 1 and (folders[0] / "main.ipynb").is_file()
+
+
+class Recorder(io.TextIOBase):
+    """A stdout that notes the task's state the moment a marker line arrives."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.text = ""
+        self.state_when_seen: int | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.text += text
+        if self.marker in text and self.state_when_seen is None:
+            client = my_client()
+            task = client.list_tasks(page_size=1).tasks[0]
+            self.state_when_seen = task.state
+        return len(text)
+
+
+def test_stdout_arrives_before_the_task_ends(signed_in, local_worker, shell, monkeypatch):
+    recorder = Recorder("first line")
+    monkeypatch.setattr(sys, "stdout", recorder)
+    result = shell.run_cell("%%hivemind --memory 512M\nimport time\nprint('first line', flush=True)\n"
+                            "time.sleep(4)\nprint('last line')\n")
+    monkeypatch.undo()
+    assert result.error_in_exec is None
+    assert recorder.state_when_seen is not None
+    assert recorder.state_when_seen not in TERMINAL_STATES
+    assert recorder.text.index("first line") < recorder.text.index("last line")
+
+
+def test_remote_error_fails_the_cell_with_the_remote_traceback(signed_in, local_worker, shell):
+    with capture_output() as captured:
+        result = shell.run_cell("%%hivemind --memory 512M\nprint('before')\ndef boom():\n    return 1 / 0\nboom()\n")
+    assert isinstance(result.error_in_exec, RemoteTaskError)
+    assert result.error_in_exec.state == "FAILED"
+    assert "before" in captured.stdout
+    assert "ZeroDivisionError" in captured.stdout and "boom" in captured.stdout
+    assert "ended FAILED" in captured.stdout
+    assert "hivemind_jupyter/handle.py" not in captured.stdout  # the remote traceback, not ours
+
+
+def test_no_wait_handle_and_attach(signed_in, local_worker, shell):
+    with capture_output():
+        handle = shell.run_cell_magic("hivemind", "--no-wait --memory 512M --pull z",
+                                      "import time\nprint('working')\ntime.sleep(1)\nz = 'done'\n")
+    assert handle.status() in {"QUEUED", "ASSIGNED", "PREPARING", "RUNNING", "UPLOADING", "SUCCEEDED"}
+    assert handle.id in repr(handle)
+    with capture_output():
+        assert handle.wait() == "SUCCEEDED"
+    assert handle.logs() == "working\n"
+    assert shell.user_ns["z"] == "done"
+    result = handle.result()
+    assert result.variables == {"z": "done"} and result.notebook is not None
+    # After a "restart": a fresh handle from the id alone.
+    shell.user_ns.pop("z")
+    with capture_output():
+        again = shell.run_line_magic("hivemind", f"attach {handle.id}")
+        again.result()
+    assert shell.user_ns["z"] == "done"
+    with capture_output() as captured:
+        shell.run_line_magic("hivemind", "tasks")
+        shell.run_line_magic("hivemind", f"logs {handle.id}")
+        shell.run_line_magic("hivemind", "status")
+    assert handle.id in captured.stdout and "working" in captured.stdout and "local-worker" in captured.stdout
+    with capture_output():
+        result = shell.run_cell("%hivemind attach t-does-not-exist")
+    assert result.error_in_exec is not None
+
+
+def _interrupt_when_running(holder: dict) -> None:
+    client = my_client()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tasks = client.list_tasks([pb.RUNNING], page_size=1).tasks
+        if tasks:
+            holder["task_id"] = tasks[0].id
+            time.sleep(0.5)
+            _thread.interrupt_main()
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("action", ["cancel", "detach"])
+def test_interrupt_cancels_or_detaches(signed_in, local_worker, shell, action):
+    shell.run_line_magic("config", f"HiveMind.interrupt_action = '{action}'")
+    holder: dict = {}
+    threading.Thread(target=_interrupt_when_running, args=(holder,), daemon=True).start()
+    with capture_output() as captured:
+        result = shell.run_cell("%%hivemind --memory 512M\nimport time\ntime.sleep(120)\n")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    task_id = holder["task_id"]
+    if action == "cancel":
+        assert "was cancelled" in captured.stderr
+        assert wait_for_state(task_id, {pb.CANCELLED}, timeout=30).state == pb.CANCELLED
+    else:
+        assert "detached" in captured.stderr and f"%hivemind attach {task_id}" in captured.stderr
+        assert my_client().get_task(task_id).state not in TERMINAL_STATES
+        my_client().cancel_task(task_id)
