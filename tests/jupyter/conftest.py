@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tornado.httpclient import HTTPClientError
-
 import pytest_jupyter.jupyter_server as _jupyter_server_plugin
+from tornado.httpclient import HTTPClientError
 
 # pytest-jupyter's fixtures for these tests only: loading it as a plugin would also apply its
 # event-loop hooks to every other test in the suite.

@@ -109,7 +109,8 @@ def test_stdout_arrives_before_the_task_ends(signed_in, local_worker, shell, mon
 
 def test_remote_error_fails_the_cell_with_the_remote_traceback(signed_in, local_worker, shell):
     with capture_output() as captured:
-        result = shell.run_cell("%%hivemind --memory 512M\nprint('before')\ndef boom():\n    return 1 / 0\nboom()\n")
+        result = shell.run_cell(
+            "%%hivemind --memory 512M\nprint('before')\ndef boom():\n    return 1 / 0\nboom()\n")
     assert isinstance(result.error_in_exec, RemoteTaskError)
     assert result.error_in_exec.state == "FAILED"
     assert "before" in captured.stdout
