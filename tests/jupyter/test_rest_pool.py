@@ -1,0 +1,189 @@
+"""The REST API and the WebSocket against a real pool and a real (local-executor) worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hivemind_jupyter.packaging import pack_path
+from hivemind_nodepool.submission import TaskRequest
+
+PASSWORD, USER = "ada-password-1", "ada"
+
+pytestmark = pytest.mark.slow
+
+
+def write_notebook(path: Path, *sources: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def wait_state(api, task_id: str, states: set[str], timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, task = api("GET", "tasks", task_id)
+        assert status == 200, task
+        if task["state"] in states:
+            return task
+        time.sleep(0.2)
+    raise AssertionError(f"{task_id} stayed {task['state']}")
+
+
+def test_sign_in_and_out(api, pool, hivemind_config_dir: Path):
+    pool.add_user(USER, PASSWORD)
+    status, body = api("POST", "session", body={"pool": pool.address, "username": USER, "password": "wrong"})
+    assert status == 401 and "wrong username or password" in body["error"]
+    status, body = api("POST", "session", body={"pool": pool.address, "username": USER, "password": PASSWORD})
+    assert status == 200
+    assert body == {"signed_in": True, "user": USER, "admin": False, "pool": pool.address}
+    saved = hivemind_config_dir / "credentials.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    token = json.loads(saved.read_text())["token"]
+    assert token not in json.dumps(body)
+    assert api("GET", "session")[1]["signed_in"] is True
+    assert api("DELETE", "session")[0] == 204
+    assert api("GET", "session")[1]["signed_in"] is False
+    assert api("GET", "tasks")[0] == 401
+
+
+def test_submit_follow_fetch_retry(api, signed_in, local_worker, jp_root_dir: Path):
+    project = jp_root_dir / "project"
+    write_notebook(project / "analysis.ipynb", "factor = 1",
+                   "import os\nos.makedirs('outputs', exist_ok=True)\n"
+                   "open('outputs/result.txt', 'w').write(str(21 * factor))\nprint('factor is', factor)")
+    (project / ".hivemindignore").write_text("big.bin\n")
+    (project / "big.bin").write_bytes(b"x" * 1000)
+    status, task = api("POST", "tasks", body={"path": "project/analysis.ipynb", "parameters": {"factor": 2},
+                                              "memory": "512M", "cpus": 0.5, "timeout": "5m",
+                                              "labels": {}, "name": "analysis"})
+    assert status == 201, task
+    assert task["state"] == "QUEUED" and task["manifest"]["name"] == "analysis"
+    assert task["manifest"]["resources"]["cpus"] == 0.5
+    task_id = task["id"]
+    done = wait_state(api, task_id, {"SUCCEEDED", "FAILED"})
+    assert done["state"] == "SUCCEEDED", done
+    assert done["worker_name"] == "local-worker"
+
+    status, listing = api("GET", "tasks", params={"state": "SUCCEEDED"})
+    assert status == 200 and [t["id"] for t in listing["tasks"]] == [task_id] and listing["total"] == 1
+    assert api("GET", "tasks", params={"state": "RUNNING"})[1]["tasks"] == []
+
+    status, events = api("GET", "tasks", task_id, "events", params={"after": "0"})
+    assert status == 200
+    kinds = [e["kind"] for e in events["events"]]
+    assert kinds[0] == "STATE" and "STDOUT" in kinds
+    assert any("factor is 2" in e["text"] for e in events["events"])
+    assert events["last_seq"] == int(events["events"][-1]["seq"])
+    status, later = api("GET", "tasks", task_id, "events", params={"after": str(events["last_seq"])})
+    assert later == {"events": [], "last_seq": events["last_seq"]}
+
+    status, result = api("POST", "tasks", task_id, "result")
+    assert status == 200, result
+    assert result["folder"] == f"hivemind-results/analysis-{task_id}"
+    assert result["notebook"] == f"{result['folder']}/analysis.ipynb"
+    assert f"{result['folder']}/outputs/result.txt" in result["files"]
+    assert (jp_root_dir / result["folder"] / "outputs" / "result.txt").read_text() == "42"
+    assert not (jp_root_dir / result["folder"] / "big.bin").exists()
+    assert api("POST", "tasks", task_id, "result") == (200, result)  # idempotent
+
+    status, retried = api("POST", "tasks", task_id, "retry")
+    assert status == 201 and retried["retry_of"] == task_id and retried["id"] != task_id
+    wait_state(api, retried["id"], {"SUCCEEDED"})
+
+    status, workers = api("GET", "workers")
+    assert status == 200 and workers["workers"][0]["name"] == "local-worker"
+    status, pool_status = api("GET", "pool")
+    assert status == 200 and pool_status["workers_online"] == 1
+
+
+def test_submit_a_folder_and_cancel(api, signed_in, local_worker, jp_root_dir: Path):
+    write_notebook(jp_root_dir / "slow" / "sleep.ipynb", "seconds = 120", "import time\ntime.sleep(seconds)")
+    write_notebook(jp_root_dir / "slow" / "other.ipynb", "x = 1")
+    status, body = api("POST", "tasks", body={"path": "slow"})
+    assert status == 400 and "entry" in body["error"].lower() or "which one" in body["error"]
+    status, task = api("POST", "tasks", body={"path": "slow", "entry": "sleep.ipynb", "memory": "512M"})
+    assert status == 201, task
+    wait_state(api, task["id"], {"RUNNING"})
+    status, cancelled = api("POST", "tasks", task["id"], "cancel")
+    assert status == 200
+    assert wait_state(api, task["id"], {"CANCELLED"}, timeout=30)["state"] == "CANCELLED"
+    status, body = api("POST", "tasks", task["id"], "result")
+    assert status in (200, 409)
+
+
+def test_another_users_task_is_404(api, signed_in, jp_root_dir: Path, tmp_path: Path):
+    signed_in.add_user("bob", "bob-password-1")
+    bob = signed_in.login("bob", "bob-password-1")
+    write_notebook(tmp_path / "bob" / "nb.ipynb", "x = 1")
+    manifest, packed = pack_path(tmp_path / "bob" / "nb.ipynb", TaskRequest(memory="512M"), tmp_path)
+    theirs = bob.submit(manifest, packed.path)
+    for method, path in [("GET", ()), ("POST", ("cancel",)), ("POST", ("retry",)), ("POST", ("result",)),
+                         ("GET", ("events",))]:
+        status, body = api(method, "tasks", theirs.id, *path)
+        assert status == 404, (path, body)
+        assert theirs.id in body["error"]
+    assert api("GET", "tasks")[1]["tasks"] == []
+    assert api("GET", "tasks", "t-unknown")[0] == 404
+    assert api("GET", "tasks", "bad id!")[0] in (400, 404)
+    assert bob.get_task(theirs.id).state == theirs.state  # untouched
+
+
+def test_folder_over_the_cap_names_the_biggest_files(api, signed_in, jp_root_dir: Path, jp_serverapp):
+    jp_serverapp.web_app.settings["hivemind_settings"].max_bundle_size = "1M"
+    write_notebook(jp_root_dir / "heavy" / "nb.ipynb", "x = 1")
+    (jp_root_dir / "heavy" / "weights.bin").write_bytes(b"\0" * 2_000_000)
+    status, body = api("POST", "tasks", body={"path": "heavy/nb.ipynb"})
+    assert status == 400 and "weights.bin" in body["error"] and ".hivemindignore" in body["error"]
+
+
+def test_stream_pushes_task_changes_and_events(api, signed_in, local_worker, jp_root_dir: Path,
+                                               jp_ws_fetch, jp_asyncio_loop, jp_serverapp):
+    write_notebook(jp_root_dir / "ws" / "nb.ipynb", "n = 3", "for i in range(n):\n    print('line', i)")
+    run = jp_asyncio_loop.run_until_complete
+    first = run(jp_ws_fetch("hivemind", "api", "stream"))
+    second = run(jp_ws_fetch("hivemind", "api", "stream"))
+    time.sleep(0.5)  # let the shared watcher take its first look
+    status, task = api("POST", "tasks", body={"path": "ws/nb.ipynb", "memory": "512M"})
+    assert status == 201
+    task_id = task["id"]
+    for socket in (first, second):
+        socket.write_message(json.dumps({"subscribe": task_id, "after": 0}))
+
+    def collect(socket) -> tuple[list[str], list[dict]]:
+        states, events = [], []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            message = json.loads(run(socket.read_message()))
+            if message["type"] == "task" and message["task"]["id"] == task_id:
+                states.append(message["task"]["state"])
+            elif message["type"] == "event":
+                assert message["task_id"] == task_id
+                events.append(message["event"])
+                if message["event"]["kind"] == "STATE" and message["event"]["state"] == "SUCCEEDED":
+                    return states, events
+        raise AssertionError("no SUCCEEDED event")
+
+    for socket in (first, second):
+        states, events = collect(socket)
+        seqs = [int(e["seq"]) for e in events]
+        assert seqs == list(range(1, len(seqs) + 1))  # in order, each once, no gaps
+        text = "".join(e["text"] for e in events if e["kind"] == "STDOUT")
+        assert text == "line 0\nline 1\nline 2\n"
+        assert states  # task changes pushed without asking
+    feed = jp_serverapp.web_app.settings["hivemind_feed"]
+    assert len(feed.sockets) == 2 and len(feed.watchers) <= 1  # one watcher for both sockets
+    first.write_message(json.dumps({"subscribe": "t-nope", "after": 0}))
+    first.write_message("not json")
+    first.write_message(json.dumps({"subscribe": task_id, "after": -1}))
+    replies = [json.loads(run(first.read_message())) for _ in range(3)]
+    assert sorted(r["status"] for r in replies if r["type"] == "error") == [400, 400, 404]
+    first.close()
+    second.close()
