@@ -62,6 +62,18 @@ def container_name(task_id: str, attempt: int) -> str:
     return f"hivemind-{ident}-{attempt}"
 
 
+def unpack(bundle: Path, folder: Path, limits: BundleLimits) -> int:
+    """Unpack a bundle into a fresh folder with the shared safe unpacker; on refusal the partial
+    folder is removed, so nothing of a hostile bundle stays on disk. Returns bytes written."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    try:
+        return safe_extract(bundle, folder, limits)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def _clean_relative(name: str) -> str:
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts) or name.startswith("/"):
@@ -188,7 +200,7 @@ class Attempt:
         shutil.rmtree(self.folder, ignore_errors=True)
         task_dir, out_dir = self.folder / "task", self.folder / "out"
         out_dir.mkdir(parents=True)
-        safe_extract(bundle, task_dir, self.config.limits)
+        unpack(bundle, task_dir, self.config.limits)
         entry = _clean_relative(manifest.entry_notebook or "main.ipynb")
         if read_regular(task_dir / entry, self.config.limits.max_unpacked_bytes) is None:
             raise WorkerError(f"the entry notebook {entry} is not in the bundle")

@@ -48,7 +48,7 @@ def read_regular(path: Path, max_bytes: int) -> bytes | None:
 
 def collect_outputs(task_dir: Path, patterns: Iterable[str]) -> list[tuple[str, Path]]:
     """(name, path) of the regular files under task_dir matching the patterns; links never followed."""
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", list(patterns) or list(DEFAULT_OUTPUTS))
+    spec = pathspec.GitIgnoreSpec.from_lines(list(patterns) or list(DEFAULT_OUTPUTS))
     found: list[tuple[str, Path]] = []
     for folder, dirs, names in os.walk(task_dir, followlinks=False):
         here = Path(folder)
@@ -81,9 +81,10 @@ def build_result(destination: Path, task_dir: Path, out_dir: Path, *, entry_note
              if name != entry_notebook and not name.startswith(".hivemind/")]
     meta = dict(meta, entry_notebook=entry_notebook, files=sorted([n for n, _ in files] + list(extra)))
     extra[RESULT_META] = json.dumps(meta, indent=1).encode()
-    try:
-        return pack(destination, files, extra, max_bytes=max_bytes)
-    except WorkerError:
-        raise
-    except Exception as exc:
-        raise WorkerError(f"the result is too big to return: {exc}") from None
+    sizes = sorted(((path.stat().st_size, name) for name, path in files), reverse=True)
+    total = sum(size for size, _ in sizes) + sum(len(data) for data in extra.values())
+    if total > max_bytes:
+        biggest = ", ".join(f"{name} ({size / 1024**2:.1f} MiB)" for size, name in sizes[:5])
+        raise WorkerError(f"the result is too big to return: {total / 1024**2:.1f} MiB, over the "
+                          f"{max_bytes / 1024**2:.0f} MiB limit (biggest files: {biggest or 'none'})")
+    return pack(destination, files, extra)
