@@ -89,15 +89,21 @@ export function endedAt(task: ITask): number | undefined {
 
 /** What the list shows as the task's time: waiting, running, or how long it ran. */
 export function elapsed(task: ITask, now: number): string {
-  const start = startedAt(task);
-  const end = endedAt(task);
-  if (start === undefined) {
-    if (end !== undefined) {
-      return 'did not run';
-    }
-    return `waiting ${formatDuration(now - (task.created_at ?? now))}`;
+  const created = task.created_at ?? now;
+  const waiting = task.state === 'QUEUED' || task.state === 'ASSIGNED';
+  if (waiting) {
+    return `waiting ${formatDuration(now - created)}`;
   }
-  return formatDuration((end ?? now) - start);
+  const end = isTerminal(task.state) ? endedAt(task) ?? task.updated_at ?? now : now;
+  if (!task.timeline?.length) {
+    // list answers carry no timeline: count from submission
+    return formatDuration(end - created);
+  }
+  const start = startedAt(task);
+  if (start === undefined) {
+    return 'did not run';
+  }
+  return formatDuration(end - start);
 }
 
 export function taskName(task: ITask): string {

@@ -423,12 +423,16 @@ export class HiveMindModel implements IDisposable {
       if (typeof task.id !== 'string') {
         return;
       }
-      const before = this._byId.get(task.id)?.state;
-      this._upsert(task, true);
+      const before = this._byId.get(task.id) ?? (this._detail?.id === task.id ? this._detail : undefined);
+      const merged = withTimeline(task, before);
+      this._upsert(merged, true);
       if (this.selectedId === task.id) {
-        this._detail = task;
+        this._detail = merged;
+        if (before?.state !== task.state) {
+          void this._refreshDetail(task.id);
+        }
       }
-      if (before !== task.state) {
+      if (before?.state !== task.state) {
         this._poolSoon();
       }
       this._emit();
@@ -453,6 +457,24 @@ export class HiveMindModel implements IDisposable {
       if (this._appendEvents(log, [event])) {
         this._emit();
       }
+    }
+  }
+
+  /** The stream's tasks carry no timeline: the open task is fetched whole when its state moves. */
+  private async _refreshDetail(taskId: string): Promise<void> {
+    try {
+      const task = await this.api.getTask(taskId);
+      if (this.selectedId === taskId) {
+        const current = this._byId.get(taskId) ?? this._detail;
+        // a stream update newer than this answer wins
+        if (!current || (current.updated_at ?? 0) <= (task.updated_at ?? 0)) {
+          this._upsert(task, false);
+          this._detail = task;
+          this._emit();
+        }
+      }
+    } catch {
+      // the next state change tries again; the detail keeps what it has
     }
   }
 
@@ -552,6 +574,14 @@ export class HiveMindModel implements IDisposable {
   private _poolTimer: number | null = null;
   private _poolSoonTimer: number | null = null;
   private _changed = new Signal<this, void>(this);
+}
+
+/** Keeps the timeline a task had when an update comes without one (list answers omit it). */
+export function withTimeline(task: ITask, previous: ITask | undefined): ITask {
+  if ((task.timeline ?? []).length || !previous?.timeline?.length) {
+    return task;
+  }
+  return { ...task, timeline: previous.timeline };
 }
 
 /** The list's filter: every task, the unfinished or finished ones, or one state. */

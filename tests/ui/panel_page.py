@@ -1,0 +1,141 @@
+"""How the browser tests drive JupyterLab and the HiveMind panel: selectors live here, not in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SIDEBAR = "#hivemind-sidebar"
+DETAIL = f"{SIDEBAR} .jp-HiveMind-detail[data-task-id]"
+
+# Records each state the open task's detail shows, and every task-row state change, in the page
+# itself: the test reads what the person saw, in order, without reloading.
+RECORDER = """
+() => {
+  window.__hmStates = [];
+  if (window.__hmRecorder) { return; }
+  window.__hmRecorder = true;
+  window.__hmStates = [];
+  window.__hmRowChanges = [];
+  const root = document.querySelector('#hivemind-sidebar');
+  const record = (mutations) => {
+    const detail = root.querySelector('.jp-HiveMind-detail[data-state]');
+    if (detail) {
+      const state = detail.getAttribute('data-state');
+      const states = window.__hmStates;
+      if (states[states.length - 1] !== state) { states.push(state); }
+    }
+    for (const m of mutations || []) {
+      if (m.type === 'attributes' && m.target.classList.contains('jp-HiveMind-taskRow')) {
+        window.__hmRowChanges.push({
+          id: m.target.getAttribute('data-task-id'),
+          state: m.target.getAttribute('data-state'),
+          at: performance.now()
+        });
+      }
+    }
+  };
+  new MutationObserver(record).observe(root, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ['data-state']
+  });
+  record([]);
+}
+"""
+
+# Notes when each task message arrives on the panel's WebSocket (for the live-update benchmark).
+SOCKET_SPY = """
+(() => {
+  window.__hmTaskMessages = [];
+  const Native = window.WebSocket;
+  class Spy extends Native {
+    constructor(...args) {
+      super(...args);
+      if (String(args[0]).includes('/hivemind/api/stream')) {
+        this.addEventListener('message', event => {
+          try {
+            const message = JSON.parse(event.data);
+            if (message.type === 'task') {
+              window.__hmTaskMessages.push({
+                id: message.task.id, state: message.task.state, at: performance.now()
+              });
+            }
+          } catch (e) { /* not JSON */ }
+        });
+      }
+    }
+  }
+  window.WebSocket = Spy;
+})();
+"""
+
+
+class PanelPage:
+    def __init__(self, page: Any, lab_url: str, token: str) -> None:
+        self.page = page
+        self.lab_url = lab_url
+        self.token = token
+
+    def open_lab(self, path: str = "/lab") -> None:
+        self.page.goto(f"{self.lab_url}{path}?token={self.token}")
+        self.page.wait_for_selector("#jp-main-dock-panel", timeout=90_000)
+        self.page.wait_for_selector(SIDEBAR, state="attached", timeout=60_000)
+
+    def open_panel(self) -> None:
+        if not self.page.locator(SIDEBAR).is_visible():
+            self.page.click(f'.jp-SideBar .lm-TabBar-tab[data-id="hivemind-sidebar"]')
+        self.page.wait_for_selector(SIDEBAR, state="visible")
+
+    def record(self) -> None:
+        self.page.evaluate(RECORDER)
+
+    def sign_in(self, user: str, password: str) -> None:
+        form = self.page.locator(f"{SIDEBAR} form.jp-HiveMind-signin")
+        form.wait_for()
+        form.locator('input[name="username"]').fill(user)
+        form.locator('input[name="password"]').fill(password)
+        form.locator('input[name="password"]').press("Enter")
+
+    def sign_out(self) -> None:
+        self.page.click(f"{SIDEBAR} .jp-HiveMind-signout")
+        self.page.wait_for_selector(f"{SIDEBAR} form.jp-HiveMind-signin")
+
+    def show_view(self, view: str) -> None:
+        self.page.click(f'{SIDEBAR} [role="tab"][data-view="{view}"]')
+
+    def back_to_list(self) -> None:
+        if self.page.locator(f"{SIDEBAR} .jp-HiveMind-back").count():
+            self.page.click(f"{SIDEBAR} .jp-HiveMind-back")
+        self.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-tasks")
+
+    def file_item(self, name: str) -> Any:
+        return self.page.locator(".jp-DirListing-item", has=self.page.locator(
+            ".jp-DirListing-itemText", has_text=name)).first
+
+    def run_from_file_browser(self, name: str, fields: dict[str, str]) -> None:
+        self.page.click('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]')
+        item = self.file_item(name)
+        item.wait_for()
+        item.click(button="right")
+        self.page.locator(".lm-Menu-item", has_text="Run on HiveMind").click()
+        self.fill_dialog(fields)
+
+    def fill_dialog(self, fields: dict[str, str]) -> None:
+        dialog = self.page.locator(".jp-Dialog")
+        dialog.wait_for()
+        for name, value in fields.items():
+            dialog.locator(f'[name="{name}"]').fill(value)
+        dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+
+    def detail_state(self) -> str | None:
+        return self.page.locator(DETAIL).get_attribute("data-state")
+
+    def wait_detail_state(self, state: str, timeout: float = 120_000) -> None:
+        self.page.wait_for_selector(f'{DETAIL}[data-state="{state}"]', timeout=timeout)
+
+    def states_seen(self) -> list[str]:
+        return list(self.page.evaluate("window.__hmStates || []"))
+
+    def log_text(self) -> str:
+        return str(self.page.locator(f"{SIDEBAR} .jp-HiveMind-log").inner_text())
+
+    def screenshot(self, path: str) -> None:
+        self.page.screenshot(path=path)

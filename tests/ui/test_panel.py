@@ -1,0 +1,193 @@
+"""The HiveMind panel in a real browser: real JupyterLab, real pool, real worker, Debian's Chromium.
+
+The tests run in file order, as one person would use the panel: a wrong password, sign in, run a
+notebook from the file browser and watch it finish, open its result, cancel a long one from the
+notebook toolbar, look at the pool, then take screenshots in both themes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import PASSWORD, REPO, USER, Lab
+from .panel_page import SIDEBAR, SOCKET_SPY, PanelPage
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def panel(browser: Any, lab: Lab, ui_worker: Any) -> Iterator[PanelPage]:
+    context = browser.new_context(viewport={"width": 1280, "height": 820})
+    context.add_init_script(SOCKET_SPY)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    panel = PanelPage(page, lab.url, lab.token)
+    panel.open_lab()
+    panel.open_panel()
+    try:
+        yield panel
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def test_wrong_password_shows_an_error(panel: PanelPage) -> None:
+    panel.sign_in(USER, "not-the-password")
+    error = panel.page.locator(f"{SIDEBAR} form.jp-HiveMind-signin .jp-HiveMind-error")
+    error.wait_for()
+    assert "Wrong user name or password" in error.inner_text()
+    # still signed out, and the password field was cleared for the next try
+    assert panel.page.locator(f'{SIDEBAR} input[name="password"]').input_value() == ""
+    assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-signout").count() == 0
+
+
+def test_sign_in(panel: PanelPage) -> None:
+    panel.sign_in(USER, PASSWORD)
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-signout")
+    assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-user").inner_text().strip() == USER
+    # no task yet: the empty state says how to start one
+    empty = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-message-empty")
+    empty.wait_for()
+    assert "Run on HiveMind" in empty.inner_text()
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-connection-open")
+
+
+def test_submit_from_file_browser_runs_live_to_success(panel: PanelPage) -> None:
+    panel.page.evaluate("window.__hmSameDocument = true")
+    panel.record()
+    panel.run_from_file_browser("hello.ipynb", {"cpus": "1", "memory": "512M", "parameters": 'greeting="hi"'})
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-detail[data-task-id]")
+    panel.wait_detail_state("SUCCEEDED")
+    seen = panel.states_seen()
+    assert seen[0] == "QUEUED", seen
+    assert "RUNNING" in seen, seen
+    assert seen[-1] == "SUCCEEDED", seen
+    assert seen.index("QUEUED") < seen.index("RUNNING") < seen.index("SUCCEEDED")
+    # the page was never reloaded, and the live log followed the notebook's prints
+    assert panel.page.evaluate("window.__hmSameDocument") is True
+    panel.page.wait_for_function(
+        "document.querySelector('#hivemind-sidebar .jp-HiveMind-log').innerText.includes('hi 3')"
+    )
+    timeline = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-timeline li")
+    assert timeline.count() >= 3
+    assert "lab-box" in panel.page.locator(f"{SIDEBAR} .jp-HiveMind-facts").inner_text()
+
+
+def test_open_result(panel: PanelPage) -> None:
+    panel.page.click(f"{SIDEBAR} .jp-HiveMind-openResult")
+    tab = panel.page.locator("#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current")
+    panel.page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
+    assert tab.inner_text().strip().endswith(".ipynb")
+    # the executed notebook holds the outputs of the run
+    panel.page.wait_for_selector(".jp-NotebookPanel .jp-OutputArea-output:has-text('hi 3')", timeout=30_000)
+    # the panel lists the output files, and they are in the workspace
+    files = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-files")
+    files.wait_for()
+    assert "answer.txt" in files.inner_text()
+
+
+def test_cancel_a_long_task_from_the_notebook_toolbar(panel: PanelPage) -> None:
+    panel.page.click('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]')
+    panel.file_item("slow.ipynb").dblclick()
+    button = panel.page.locator(".jp-NotebookPanel:visible .jp-HiveMind-toolbarRun").first
+    button.wait_for(timeout=60_000)
+    button.click()
+    panel.fill_dialog({"name": "long sleep", "timeout": "30m"})
+    # the panel opens by itself on the new task
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-detail[data-task-id]", state="visible")
+    panel.wait_detail_state("RUNNING")
+    panel.page.wait_for_function(
+        "document.querySelector('#hivemind-sidebar .jp-HiveMind-log').innerText.includes('sleeping')",
+        timeout=60_000,
+    )
+    panel.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
+    panel.wait_detail_state("CANCELLED", timeout=60_000)
+    assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-cancel").count() == 0
+    assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-retry").count() == 1
+
+
+def test_task_list_filter_and_keyboard(panel: PanelPage) -> None:
+    panel.back_to_list()
+    rows = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow")
+    rows.first.wait_for()
+    assert rows.count() == 2
+    panel.page.select_option(f'{SIDEBAR} select[aria-label="Filter tasks by state"]', "CANCELLED")
+    panel.page.wait_for_function(
+        "document.querySelectorAll('#hivemind-sidebar .jp-HiveMind-taskRow').length === 1"
+    )
+    assert rows.first.get_attribute("data-state") == "CANCELLED"
+    panel.page.select_option(f'{SIDEBAR} select[aria-label="Filter tasks by state"]', "")
+    panel.page.wait_for_function(
+        "document.querySelectorAll('#hivemind-sidebar .jp-HiveMind-taskRow').length === 2"
+    )
+    # keyboard: focus the first row, arrow down, Enter opens it, Escape goes back
+    panel.page.locator(f"{SIDEBAR} .jp-HiveMind-rowButton").first.focus()
+    panel.page.keyboard.press("ArrowDown")
+    second = rows.nth(1).get_attribute("data-task-id")
+    panel.page.keyboard.press("Enter")
+    panel.page.wait_for_selector(f'{SIDEBAR} .jp-HiveMind-detail[data-task-id="{second}"]')
+    panel.page.keyboard.press("Escape")
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-tasks")
+
+
+def test_pool_view_shows_the_worker(panel: PanelPage) -> None:
+    panel.show_view("pool")
+    card = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-workerCard", has_text="lab-box")
+    card.wait_for()
+    assert card.get_attribute("data-state") == "WORKER_ONLINE"
+    text = card.inner_text()
+    assert re.search(r"CPU\s+\S+ free of 2", text), text
+    assert "Memory" in text and "free of 4 GiB" in text, text
+    assert "running task" in text and "heartbeat" in text, text
+
+
+def _set_theme(lab: Lab, theme: str) -> None:
+    status, body = lab.api(
+        "PUT", "/lab/api/settings/@jupyterlab/apputils-extension:themes",
+        {"raw": '{"theme": "%s"}' % theme},
+    )
+    assert status == 204, (status, body)
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_screenshots(panel: PanelPage, lab: Lab, theme: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    _set_theme(lab, "JupyterLab Dark" if theme == "dark" else "JupyterLab Light")
+    panel.open_lab()
+    panel.open_panel()
+    panel.page.wait_for_selector(
+        f"body[data-jp-theme-light=\"{'false' if theme == 'dark' else 'true'}\"]", state="attached"
+    )
+    panel.show_view("tasks")
+    panel.back_to_list()
+    panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").first.wait_for()
+    panel.screenshot(str(SCREENSHOTS / f"panel-tasks-{theme}.png"))
+    panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").last.locator("button").click()
+    panel.wait_detail_state("SUCCEEDED")
+    panel.page.wait_for_function(
+        "document.querySelector('#hivemind-sidebar .jp-HiveMind-log').innerText.includes('done')"
+    )
+    panel.screenshot(str(SCREENSHOTS / f"panel-detail-{theme}.png"))
+    panel.show_view("pool")
+    panel.page.locator(f"{SIDEBAR} .jp-HiveMind-workerCard").first.wait_for()
+    panel.screenshot(str(SCREENSHOTS / f"panel-pool-{theme}.png"))
+    if theme == "dark":
+        _set_theme(lab, "JupyterLab Light")
+    for name in ("tasks", "detail", "pool"):
+        assert (SCREENSHOTS / f"panel-{name}-{theme}.png").stat().st_size > 10_000
+
+
+def test_restored_after_reload(panel: PanelPage) -> None:
+    panel.open_panel()
+    panel.open_lab()
+    # ILayoutRestorer: the panel that was open comes back open
+    panel.page.wait_for_selector(SIDEBAR, state="visible", timeout=60_000)
+    assert Path(SCREENSHOTS).exists()
