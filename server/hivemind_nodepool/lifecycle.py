@@ -50,7 +50,9 @@ class TaskBook:
     # -- helpers --------------------------------------------------------------------------------
 
     def require_task(self, task_id: str) -> sqlite3.Row:
-        row = self.store.get_task(task_id) if task_id and len(task_id) <= 64 else None
+        if not task_id or len(task_id) > 64:
+            raise NotFound("no task with that id (task ids are short, like t-1a2b3c4d5e6f)")
+        row = self.store.get_task(task_id)
         if row is None:
             raise NotFound(f"no task {task_id!r}")
         return row

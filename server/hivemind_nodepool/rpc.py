@@ -15,6 +15,7 @@ from .errors import HiveMindError, status_for
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+MAX_DETAILS = 1000  # status messages travel in headers; a message echoing huge input must not break them
 R = TypeVar("R")
 
 
@@ -26,7 +27,8 @@ def unary(
         try:
             return await method(self, request, context)
         except HiveMindError as exc:
-            await context.abort(*status_for(exc))
+            code, details = status_for(exc)
+            await context.abort(code, details[:MAX_DETAILS])
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception:
@@ -46,7 +48,8 @@ def stream(
             async for item in method(self, request, context):
                 yield item
         except HiveMindError as exc:
-            await context.abort(*status_for(exc))
+            code, details = status_for(exc)
+            await context.abort(code, details[:MAX_DETAILS])
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception:
