@@ -148,6 +148,10 @@ def lab(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[Lab]:
     token = secrets.token_hex(16)
     port = free_port()
     settings_dir = ui_tmp / "lab-settings"
+    # no "get Jupyter news?" prompt over the panel: JupyterLab must not try to go online here
+    notification = settings_dir / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text('{"fetchNews": "false"}')
     env = {
         **os.environ,
         "HIVEMIND_CONFIG_DIR": str(ui_tmp / "hivemind-config"),
@@ -160,7 +164,7 @@ def lab(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[Lab]:
         sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--HiveMind.poll_interval=0.3", "--LabApp.news_url=", 
+        "--HiveMind.poll_interval=0.3", "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     with open(log_path, "ab") as log:
