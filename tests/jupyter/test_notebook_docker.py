@@ -61,3 +61,45 @@ def test_notebook_runs_cells_on_a_docker_worker(signed_in, docker_worker, tmp_pa
     nbformat.write(nb, tmp_path / "executed.ipynb")  # what a user would save
     saved = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     nbformat.validate(saved)
+
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def run_example(name: str, tmp_path: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return nb
+
+
+def all_text(nb: nbformat.NotebookNode) -> str:
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.append(output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def test_quickstart_runs_on_a_docker_worker(signed_in, docker_worker, tmp_path: Path):
+    nb = run_example("quickstart.ipynb", tmp_path)
+    remote = nb.cells[4]
+    assert any("image/svg+xml" in o.get("data", {}) for o in remote.outputs)
+    assert "samples: pi is about" in all_text(nb)
+    assert "back in this kernel: estimate = 3.1" in all_text(nb)
+    assert "SUCCEEDED [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in all_text(nb)
+
+
+def test_gpu_request_waits_with_a_reason_on_a_pool_without_gpus(signed_in, local_worker, tmp_path: Path):
+    nb = run_example("gpu-request.ipynb", tmp_path)
+    text = all_text(nb)
+    assert "QUEUED - " in text and "gpu" in text.lower()
+
+
+EXAMPLES = sorted(p.relative_to(NOTEBOOKS).as_posix() for p in NOTEBOOKS.rglob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES)
+def test_examples_are_valid_notebooks(path: str):
+    nbformat.validate(nbformat.read(NOTEBOOKS / path, as_version=4))
