@@ -94,6 +94,13 @@ class EventStream:
             return False
         if self.used_bytes + size > self.max_bytes:
             self.truncated = True
+            room = self.max_bytes - self.used_bytes
+            if event.kind in _TEXT_KINDS and room > 0:  # keep what fits, up to a line end
+                cut = event.text.rfind("\n", 0, room) + 1 or room
+                self._pending.append(pb.TaskEvent(kind=event.kind, at=event.at, attempt=self.attempt,
+                                                  text=event.text[:cut]))
+                self.used_bytes += cut
+                size -= cut
             self.dropped_bytes += size
             self._pending.append(pb.TaskEvent(
                 kind=pb.TaskEvent.NOTICE, at=time.time(), attempt=self.attempt,
