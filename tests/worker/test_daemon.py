@@ -14,7 +14,6 @@ from harness.worker_fixtures import remove_task_containers
 
 from hivemind_nodepool.errors import InvalidInput
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-
 from hivemind_worker.settings import load_settings, parse_labels
 
 from .helpers import bundle, notebook, stdout_of, submit, user, wait_for, wait_state
@@ -23,8 +22,8 @@ SLOW = "import time\nprint('started', flush=True)\ntime.sleep(6)\nprint('finishe
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hivemind_worker.cli", *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run([sys.executable, "-m", "hivemind_worker.cli", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
 
 
 def test_identity_is_kept_and_reused_without_a_join_token(pool, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from .helpers import (
     wait_state,
 )
 
+
 def forget_environment(requirements: bytes, tmp_path: Path) -> None:
     import docker
 

@@ -13,12 +13,11 @@ import pytest
 
 from hivemind_nodepool.bundle import BundleError, BundleLimits
 from hivemind_nodepool.errors import InvalidInput
-
 from hivemind_worker.attempt import container_name, unpack
 from hivemind_worker.errors import WorkerError
 from hivemind_worker.results import build_result, collect_outputs
 
-from .helpers import bundle, notebook, submit, user
+from .helpers import notebook, submit, user
 
 
 def _zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]],

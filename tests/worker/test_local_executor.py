@@ -11,7 +11,6 @@ import pytest
 from harness.worker import WorkerProcess
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-
 from hivemind_worker.environments import LocalEnvironments
 
 from .helpers import bundle, notebook, result_files, stdout_of, submit, user, wait_for, wait_state

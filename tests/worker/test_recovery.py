@@ -10,7 +10,17 @@ from harness.worker_fixtures import remove_task_containers
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
-from .helpers import bundle, notebook, result_files, stdout_of, submit, task_containers, user, wait_for, wait_state
+from .helpers import (
+    bundle,
+    notebook,
+    result_files,
+    stdout_of,
+    submit,
+    task_containers,
+    user,
+    wait_for,
+    wait_state,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
