@@ -28,6 +28,7 @@ class PoolProcess:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         listen: str = "127.0.0.1:0",
+        ca_file: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.heartbeat_interval = heartbeat_interval
@@ -35,6 +36,7 @@ class PoolProcess:
         self.extra_args = list(extra_args or [])
         self.env = env
         self.listen = listen
+        self.ca_file = ca_file  # set when the pool serves TLS
         self.address = ""
         self.metrics: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -88,7 +90,7 @@ class PoolProcess:
             self.kill()
             raise RuntimeError(f"the pool did not write pool.json within {timeout} s:\n{self.log()}")
         # A successful RPC: the login of a user that does not exist answers UNAUTHENTICATED.
-        with PoolClient(self.address, timeout=5) as client:
+        with PoolClient(self.address, ca_file=self.ca_file, timeout=5) as client:
             client.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
             try:
                 client.login("nobody-at-all", "not-a-password")
@@ -150,7 +152,7 @@ class PoolProcess:
             raise RuntimeError(f"user add failed: {result.stderr}")
 
     def client(self, token: str | None = None) -> PoolClient:
-        return PoolClient(self.address, token=token)
+        return PoolClient(self.address, token=token, ca_file=self.ca_file)
 
     def login(self, name: str, password: str) -> PoolClient:
         client = self.client()

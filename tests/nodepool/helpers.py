@@ -33,8 +33,9 @@ def submit(client: PoolClient, **kwargs: object) -> pb.Task:
     return client.submit(manifest(**kwargs), io.BytesIO(bundle_bytes()))  # type: ignore[arg-type]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.1,
-             what: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.1, what: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -23,10 +23,17 @@ from .helpers import submit
 
 def test_anonymous_calls_are_refused(pool: PoolProcess) -> None:
     anonymous = pool.client()
-    for call in (anonymous.whoami, anonymous.list_workers, anonymous.pool_status, anonymous.list_users,
-                 lambda: anonymous.get_task("t-1"), lambda: anonymous.list_tasks(),
-                 lambda: anonymous.cancel_task("t-1"), lambda: list(anonymous.watch("t-1", follow=False)),
-                 lambda: anonymous.create_join_token()):
+    for call in (
+        anonymous.whoami,
+        anonymous.list_workers,
+        anonymous.pool_status,
+        anonymous.list_users,
+        lambda: anonymous.get_task("t-1"),
+        lambda: anonymous.list_tasks(),
+        lambda: anonymous.cancel_task("t-1"),
+        lambda: list(anonymous.watch("t-1", follow=False)),
+        lambda: anonymous.create_join_token(),
+    ):
         with pytest.raises(Unauthenticated):
             call()
     with pytest.raises(Unauthenticated):
@@ -83,8 +90,13 @@ def test_users_see_only_their_own_tasks(pool: PoolProcess) -> None:
     alice = pool.login("alice", "alice-password")
     bob = pool.login("bob", "bob-password1")
     task = submit(alice)
-    for call in (bob.get_task, bob.cancel_task, bob.retry_task,
-                 lambda t: list(bob.watch(t, follow=False)), lambda t: bob.fetch_result(t, "/tmp/never")):
+    for call in (
+        bob.get_task,
+        bob.cancel_task,
+        bob.retry_task,
+        lambda t: list(bob.watch(t, follow=False)),
+        lambda t: bob.fetch_result(t, "/tmp/never"),
+    ):
         with pytest.raises(PermissionDenied):
             call(task.id)
     assert bob.list_tasks().total == 0
@@ -103,9 +115,15 @@ def test_users_see_only_their_own_tasks(pool: PoolProcess) -> None:
 def test_non_admins_cannot_call_admin_rpcs(pool: PoolProcess) -> None:
     pool.add_user("alice", "alice-password")
     alice = pool.login("alice", "alice-password")
-    for call in (lambda: alice.create_user("eve", "eve-password"), alice.list_users,
-                 lambda: alice.disable_user("alice"), alice.create_join_token, alice.list_join_tokens,
-                 lambda: alice.revoke_join_token("jt-x"), lambda: alice.drain_worker("w-x")):
+    for call in (
+        lambda: alice.create_user("eve", "eve-password"),
+        alice.list_users,
+        lambda: alice.disable_user("alice"),
+        alice.create_join_token,
+        alice.list_join_tokens,
+        lambda: alice.revoke_join_token("jt-x"),
+        lambda: alice.drain_worker("w-x"),
+    ):
         with pytest.raises(PermissionDenied):
             call()
 

@@ -83,7 +83,7 @@ def test_malformed_manifests_are_refused(pool: PoolProcess) -> None:
 
 def test_unknown_entry_notebook(pool: PoolProcess) -> None:
     admin = pool.admin()
-    with pytest.raises(InvalidInput, match="not in the bundle.*main.ipynb"):
+    with pytest.raises(InvalidInput, match=r"not in the bundle.*main\.ipynb"):
         admin.submit(manifest(entry_notebook="other.ipynb"), io.BytesIO(bundle_bytes()))
     nothing_stored(pool)
 
@@ -99,8 +99,12 @@ def test_wrong_sha256_missing_sha_and_bad_order(pool: PoolProcess) -> None:
         "without its sha256": [head, pb.SubmitRequest(chunk=data)],
         "starts with the manifest": [pb.SubmitRequest(chunk=data)],
         "exactly one manifest": [head, head],
-        "nothing may follow": [head, pb.SubmitRequest(chunk=data),
-                               pb.SubmitRequest(sha256=hashlib.sha256(data).hexdigest()), pb.SubmitRequest(chunk=b"x")],
+        "nothing may follow": [
+            head,
+            pb.SubmitRequest(chunk=data),
+            pb.SubmitRequest(sha256=hashlib.sha256(data).hexdigest()),
+            pb.SubmitRequest(chunk=b"x"),
+        ],
         "empty": [head, pb.SubmitRequest(sha256=hashlib.sha256(b"").hexdigest())],
         "empty submission": [],
     }
@@ -121,7 +125,7 @@ def hostile_zips() -> Iterator[tuple[str, bytes]]:
         return buffer.getvalue()
 
     link = zipfile.ZipInfo("link")
-    link.external_attr = (0o120777 << 16)
+    link.external_attr = 0o120777 << 16
     yield "climbs out", build([("../evil.py", b"x")])
     yield "absolute", build([("/etc/passwd", b"x")])
     yield "symbolic link", build([(link, b"/etc/passwd")])
@@ -157,9 +161,14 @@ def test_oversize_upload_with_a_small_limit(tmp_path: Path) -> None:
 
 def test_bad_calls_on_every_user_rpc(pool: PoolProcess) -> None:
     admin = pool.admin()
-    for call in (lambda: admin.get_task(""), lambda: admin.get_task("x" * 10_000), lambda: admin.cancel_task("nope"),
-                 lambda: admin.retry_task("nope"), lambda: list(admin.watch("nope", follow=False)),
-                 lambda: admin.fetch_result("nope", "/tmp/never")):
+    for call in (
+        lambda: admin.get_task(""),
+        lambda: admin.get_task("x" * 10_000),
+        lambda: admin.cancel_task("nope"),
+        lambda: admin.retry_task("nope"),
+        lambda: list(admin.watch("nope", follow=False)),
+        lambda: admin.fetch_result("nope", "/tmp/never"),
+    ):
         with pytest.raises(NotFound):
             call()
     task = submit(admin)
@@ -219,24 +228,40 @@ def test_bad_worker_input(pool: PoolProcess, tmp_path: Path) -> None:
         with pytest.raises(InvalidInput):
             client.report_status(pb.StatusReport(task_id=task.id, attempt=1, state=pb.SUCCEEDED))
         with pytest.raises(InvalidInput):
-            client.report_status(pb.StatusReport(task_id=task.id, attempt=1, state=pb.RUNNING,
-                                                 progress=pb.Progress(cells_done=5, cells_total=2)))
+            client.report_status(
+                pb.StatusReport(
+                    task_id=task.id,
+                    attempt=1,
+                    state=pb.RUNNING,
+                    progress=pb.Progress(cells_done=5, cells_total=2),
+                )
+            )
         with pytest.raises(Conflict):
             client.report_status(pb.StatusReport(task_id=task.id, attempt=7, state=pb.RUNNING))
         with pytest.raises(NotFound):
             client.report_status(pb.StatusReport(task_id="t-nope", attempt=1, state=pb.RUNNING))
-        for event in (pb.TaskEvent(seq=0, kind=pb.TaskEvent.STDOUT, text="x"),
-                      pb.TaskEvent(seq=1, kind=pb.TaskEvent.STATE, text="x"),
-                      pb.TaskEvent(seq=1, kind=pb.TaskEvent.STDOUT, text="x" * (300 * 1024))):
+        for event in (
+            pb.TaskEvent(seq=0, kind=pb.TaskEvent.STDOUT, text="x"),
+            pb.TaskEvent(seq=1, kind=pb.TaskEvent.STATE, text="x"),
+            pb.TaskEvent(seq=1, kind=pb.TaskEvent.STDOUT, text="x" * (300 * 1024)),
+        ):
             with pytest.raises(InvalidInput):
                 client.report_events(pb.EventBatch(task_id=task.id, attempt=1, events=[event]))
-        too_many = pb.EventBatch(task_id=task.id, attempt=1,
-                                 events=[pb.TaskEvent(seq=i + 1, kind=pb.TaskEvent.STDOUT) for i in range(1001)])
+        too_many = pb.EventBatch(
+            task_id=task.id,
+            attempt=1,
+            events=[pb.TaskEvent(seq=i + 1, kind=pb.TaskEvent.STDOUT) for i in range(1001)],
+        )
         with pytest.raises(InvalidInput):
             client.report_events(too_many)
-        gap = pb.EventBatch(task_id=task.id, attempt=1, events=[
-            pb.TaskEvent(seq=1, kind=pb.TaskEvent.STDOUT, text="a"),
-            pb.TaskEvent(seq=3, kind=pb.TaskEvent.STDOUT, text="c")])
+        gap = pb.EventBatch(
+            task_id=task.id,
+            attempt=1,
+            events=[
+                pb.TaskEvent(seq=1, kind=pb.TaskEvent.STDOUT, text="a"),
+                pb.TaskEvent(seq=3, kind=pb.TaskEvent.STDOUT, text="c"),
+            ],
+        )
         assert client.report_events(gap) == 1  # stored up to the gap; the worker resends from 2
         with pytest.raises(InvalidInput):
             client.upload_result(pb.ResultHeader(task_id=task.id, attempt=1, outcome=pb.RUNNING), None)
@@ -255,7 +280,9 @@ def test_bad_worker_input(pool: PoolProcess, tmp_path: Path) -> None:
 def test_manifest_json_round_trip() -> None:
     from hivemind_nodepool import manifest as manifests
 
-    original = manifest(cpus=2, memory=4 * GiB, parameters_json=json.dumps({"alpha": 1}), labels={"gpu": "a100"})
+    original = manifest(
+        cpus=2, memory=4 * GiB, parameters_json=json.dumps({"alpha": 1}), labels={"gpu": "a100"}
+    )
     text = manifests.to_json(original)
     assert json.loads(text)["parameters"] == {"alpha": 1}
     assert manifests.from_json(text) == original

@@ -52,7 +52,10 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_task(pool: PoolProcess) ->
     alice = pool.login("alice", "alice-password")
     stored = {t.id for t in alice.iter_tasks()}
     missing = set(acknowledged) - stored
-    print(f"{len(acknowledged)} acknowledged before SIGKILL, {len(stored)} stored, {len(errors)} failed in flight")
+    print(
+        f"{len(acknowledged)} acknowledged before SIGKILL, {len(stored)} stored, "
+        f"{len(errors)} failed in flight"
+    )
     assert not missing
     # Every blob a task references is whole: its bytes hash to its name.
     db = sqlite3.connect(pool.data_dir / "pool.db")

@@ -26,8 +26,12 @@ def test_silent_worker_is_lost_and_its_task_requeued(pool: PoolProcess, tmp_path
         first.status(assignment, pb.RUNNING)
         first.heartbeating = False  # the machine hangs: the stream stays open but says nothing
         stopped = time.monotonic()
-        wait_for(lambda: admin.get_task(task.id).state == pb.QUEUED, timeout=15, interval=0.05,
-                 what="the task requeued")
+        wait_for(
+            lambda: admin.get_task(task.id).state == pb.QUEUED,
+            timeout=15,
+            interval=0.05,
+            what="the task requeued",
+        )
         elapsed = time.monotonic() - stopped
         print(f"requeued {elapsed:.1f} s after the last heartbeat (timeout {pool.heartbeat_timeout} s)")
         assert elapsed < pool.heartbeat_timeout + 3  # the bound: timeout plus one check period and slack

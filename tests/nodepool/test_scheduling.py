@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from harness import FakeWorker, PoolProcess
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
@@ -17,23 +19,32 @@ def test_pending_reasons_per_resource(pool: PoolProcess) -> None:
     admin = pool.admin()
     task = submit(admin, cpus=1)
     wait_for(lambda: reason_of(admin, task.id) == "no worker is online", what="the no-worker reason")
-    worker = FakeWorker(pool.address, pool.join_token(), cpus=4, memory=8 * GiB, gpus=1,
-                        labels={"site": "lab1"}).connect()
+    worker = FakeWorker(
+        pool.address, pool.join_token(), cpus=4, memory=8 * GiB, gpus=1, labels={"site": "lab1"}
+    ).connect()
     try:
         assert worker.next_assignment().task_id == task.id
         gpus = submit(admin, cpus=1, gpus=2)
         big = submit(admin, cpus=8, memory=64 * GiB)
         labelled = submit(admin, cpus=1, labels={"site": "lab2"})
-        wait_for(lambda: reason_of(admin, gpus.id) == "needs 2 GPUs, the largest worker has 1", what="gpu reason")
-        wait_for(lambda: "needs 8 CPUs, the largest worker has 4" in reason_of(admin, big.id), what="cpu reason")
+        wait_for(
+            lambda: reason_of(admin, gpus.id) == "needs 2 GPUs, the largest worker has 1", what="gpu reason"
+        )
+        wait_for(
+            lambda: "needs 8 CPUs, the largest worker has 4" in reason_of(admin, big.id), what="cpu reason"
+        )
         assert "needs 64.0 GiB of memory, the largest worker has 8.0 GiB" in reason_of(admin, big.id)
-        wait_for(lambda: reason_of(admin, labelled.id) == "needs labels site=lab2; no online worker has them",
-                 what="label reason")
+        wait_for(
+            lambda: reason_of(admin, labelled.id) == "needs labels site=lab2; no online worker has them",
+            what="label reason",
+        )
         listed = {t.id: t.pending_reason for t in admin.list_tasks(states=[pb.QUEUED]).tasks}
         assert listed[gpus.id] == "needs 2 GPUs, the largest worker has 1"
         busy = submit(admin, cpus=4)
-        wait_for(lambda: reason_of(admin, busy.id).startswith("waiting: all fitting workers are busy"),
-                 what="busy reason")
+        wait_for(
+            lambda: reason_of(admin, busy.id).startswith("waiting: all fitting workers are busy"),
+            what="busy reason",
+        )
     finally:
         worker.close()
 
@@ -63,8 +74,10 @@ def test_many_tasks_many_workers_never_overcommit(pool: PoolProcess) -> None:
     sizes = [(1, 1), (2, 2), (3, 1), (1, 4), (2, 3)] * 6
     tasks = {submit(admin, cpus=c, memory=m * GiB).id: (c, m) for c, m in sizes}
     token = pool.join_token()
-    workers = [FakeWorker(pool.address, token, name=f"w{i}", cpus=cpus, memory=mem * GiB).connect()
-               for i, (cpus, mem) in enumerate([(4, 8), (3, 4), (6, 6)])]
+    workers = [
+        FakeWorker(pool.address, token, name=f"w{i}", cpus=cpus, memory=mem * GiB).connect()
+        for i, (cpus, mem) in enumerate([(4, 8), (3, 4), (6, 6)])
+    ]
     try:
         done = 0
         while done < len(tasks):
@@ -106,10 +119,8 @@ def test_fair_share_between_two_users(pool: PoolProcess) -> None:
             finished = running.pop(0)
             order.append(owner[finished.task_id])
             worker.run_to_success(finished)
-            try:
+            with contextlib.suppress(TimeoutError):
                 running.append(worker.next_assignment(timeout=3))
-            except TimeoutError:
-                pass
         assert sorted(order) == ["alice"] * 6 + ["bob"] * 3
         # Bob's three tasks all ran before Alice's backlog was through.
         assert order.index("bob") < 2 and len(order) - 1 - order[::-1].index("bob") < 6

@@ -77,8 +77,11 @@ def test_200mb_up_and_down_with_flat_memory(pool: PoolProcess, tmp_path: Path) -
         assert (tmp_path / "result.zip").stat().st_size == size
         grew_up = (up.peak - baseline) / MB
         grew_down = (down.peak - baseline) / MB
-        print(f"200 MB: upload {size / MB / upload_s:.0f} MB/s, download {size / MB / download_s:.0f} MB/s; "
-              f"pool RSS {baseline / MB:.0f} MB at rest, +{grew_up:.0f} MB peak up, +{grew_down:.0f} MB peak down")
+        print(
+            f"200 MB: upload {size / MB / upload_s:.0f} MB/s, download {size / MB / download_s:.0f} MB/s; "
+            f"pool RSS {baseline / MB:.0f} MB at rest, +{grew_up:.0f} MB peak up, "
+            f"+{grew_down:.0f} MB peak down"
+        )
         assert grew_up < 64 and grew_down < 64  # a whole-bundle buffer would add 200 MB
     finally:
         worker.close()
