@@ -100,7 +100,7 @@ def _wait_for_worker(client: PoolClient, timeout: float = 60) -> pb.Worker:
     raise HiveMindError(f"the worker did not join within {timeout:.0f}s; see its log above")
 
 
-def run_notebook(path: Path) -> int:
+def run_notebook(path: Path, output_dir: Path) -> int:
     """Execute a notebook headlessly with a real kernel and print what each cell returned."""
     import nbformat
     from nbclient import NotebookClient
@@ -129,7 +129,7 @@ def run_notebook(path: Path) -> int:
                 kinds = ", ".join(sorted(data))
                 text = data.get("text/plain", "")
                 print(f"[{kinds}] {text}" if text else f"[{kinds}]")
-    executed = path.with_name(path.stem + ".executed.ipynb")
+    executed = output_dir / (path.stem + ".executed.ipynb")
     nbformat.write(notebook, executed)
     _say(f"executed notebook saved as {executed}")
     return status
@@ -174,7 +174,7 @@ def run_up(args: argparse.Namespace) -> int:
         _say(f"worker {worker.name} is online: {cap.cpus:g} CPUs, "
              f"{cap.memory_bytes / 1024**3:.1f} GiB, {cap.gpus} GPUs")
         if args.run:
-            return run_notebook(Path(args.run))
+            return run_notebook(Path(args.run), data_dir)
         if args.no_lab:
             _say("pool and worker are running; press Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
