@@ -96,24 +96,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
       if (!request) {
         return;
       }
+      // a new toast for the outcome: updating the pending one in place does not always repaint
       const pending = Notification.emit(`Sending ${path} to HiveMind…`, 'in-progress', { autoClose: false });
       try {
         const task = await model.api.submit(request);
-        Notification.update({
-          id: pending,
-          message: `${path} is queued on HiveMind.`,
-          type: 'success',
-          autoClose: 4000
-        });
+        Notification.dismiss(pending);
+        Notification.success(`${path} is queued on HiveMind.`, { autoClose: 4000 });
         app.shell.activateById(panel.id);
         await model.adopt(task);
       } catch (error) {
-        Notification.update({
-          id: pending,
-          message: `HiveMind did not accept ${path}: ${describe(error)}`,
-          type: 'error',
-          autoClose: false
-        });
+        Notification.dismiss(pending);
+        Notification.error(`HiveMind did not accept ${path}: ${describe(error)}`, { autoClose: false });
       }
     };
 

@@ -71,7 +71,7 @@ class Lab:
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+            with urllib.request.urlopen(request, timeout=30) as response:
                 text = response.read()
                 return response.status, json.loads(text) if text else None
         except urllib.error.HTTPError as exc:
@@ -145,6 +145,9 @@ def lab(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[Lab]:
         "import time\nprint('sleeping', flush=True)\ntime.sleep(seconds)",
     ))
     (root / "analysis" / "main.ipynb").write_text(notebook("x = 1", "print(x + 1)"))
+    (root / "two").mkdir()
+    (root / "two" / "a.ipynb").write_text(notebook("x = 1"))
+    (root / "two" / "b.ipynb").write_text(notebook("x = 2"))
     token = secrets.token_hex(16)
     port = free_port()
     settings_dir = ui_tmp / "lab-settings"

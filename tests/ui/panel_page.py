@@ -45,11 +45,13 @@ RECORDER = """
 SOCKET_SPY = """
 (() => {
   window.__hmTaskMessages = [];
+  window.__hmSockets = [];
   const Native = window.WebSocket;
   class Spy extends Native {
     constructor(...args) {
       super(...args);
       if (String(args[0]).includes('/hivemind/api/stream')) {
+        window.__hmSockets.push(this);
         this.addEventListener('message', event => {
           try {
             const message = JSON.parse(event.data);
@@ -81,7 +83,7 @@ class PanelPage:
 
     def open_panel(self) -> None:
         if not self.page.locator(SIDEBAR).is_visible():
-            self.page.click(f'.jp-SideBar .lm-TabBar-tab[data-id="hivemind-sidebar"]')
+            self.page.click('.jp-SideBar .lm-TabBar-tab[data-id="hivemind-sidebar"]')
         self.page.wait_for_selector(SIDEBAR, state="visible")
 
     def record(self) -> None:
@@ -110,8 +112,14 @@ class PanelPage:
         return self.page.locator(".jp-DirListing-item", has=self.page.locator(
             ".jp-DirListing-itemText", has_text=name)).first
 
+    def open_file_browser(self) -> None:
+        # the sidebar tab toggles: click it only while the file browser is hidden
+        if not self.page.locator("#filebrowser").is_visible():
+            self.page.click('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]')
+        self.page.wait_for_selector("#filebrowser", state="visible")
+
     def run_from_file_browser(self, name: str, fields: dict[str, str]) -> None:
-        self.page.click('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]')
+        self.open_file_browser()
         item = self.file_item(name)
         item.wait_for()
         item.click(button="right")

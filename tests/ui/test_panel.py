@@ -7,6 +7,7 @@ notebook toolbar, look at the pool, then take screenshots in both themes.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,8 @@ def panel(browser: Any, lab: Lab, ui_worker: Any) -> Iterator[PanelPage]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: print(f"[browser {message.type}] {message.text}")
+            if message.type in ("error", "warning") else None)
     panel = PanelPage(page, lab.url, lab.token)
     panel.open_lab()
     panel.open_panel()
@@ -95,7 +98,7 @@ def test_open_result(panel: PanelPage) -> None:
 
 
 def test_cancel_a_long_task_from_the_notebook_toolbar(panel: PanelPage) -> None:
-    panel.page.click('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]')
+    panel.open_file_browser()
     panel.file_item("slow.ipynb").dblclick()
     button = panel.page.locator(".jp-NotebookPanel:visible .jp-HiveMind-toolbarRun").first
     button.wait_for(timeout=60_000)
@@ -152,7 +155,7 @@ def test_pool_view_shows_the_worker(panel: PanelPage) -> None:
 def _set_theme(lab: Lab, theme: str) -> None:
     status, body = lab.api(
         "PUT", "/lab/api/settings/@jupyterlab/apputils-extension:themes",
-        {"raw": '{"theme": "%s"}' % theme},
+        {"raw": json.dumps({"theme": theme})},
     )
     assert status == 204, (status, body)
 
@@ -191,3 +194,137 @@ def test_restored_after_reload(panel: PanelPage) -> None:
     # ILayoutRestorer: the panel that was open comes back open
     panel.page.wait_for_selector(SIDEBAR, state="visible", timeout=60_000)
     assert Path(SCREENSHOTS).exists()
+
+
+def _task_count(panel: PanelPage) -> int:
+    text = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-count").inner_text()
+    return int(text.split()[0])
+
+
+def _dialog_error(panel: PanelPage, fields: dict[str, str], expected: str) -> None:
+    dialog = panel.page.locator(".jp-Dialog")
+    for name, value in fields.items():
+        dialog.locator(f'[name="{name}"]').fill(value)
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    error = panel.page.locator(".jp-Dialog .jp-HiveMind-error")
+    error.wait_for()
+    assert expected in error.inner_text(), error.inner_text()
+
+
+def test_submit_dialog_refuses_bad_input(panel: PanelPage) -> None:
+    panel.open_panel()
+    panel.show_view("tasks")
+    panel.back_to_list()
+    before = _task_count(panel)
+    panel.open_file_browser()
+    item = panel.file_item("hello.ipynb")
+    item.click(button="right")
+    panel.page.locator(".lm-Menu-item", has_text="Run on HiveMind").click()
+    panel.page.locator(".jp-Dialog").wait_for()
+    _dialog_error(panel, {"cpus": "-1"}, "CPUs must be a number above 0")
+    _dialog_error(panel, {"cpus": "1", "memory": "lots"}, "Memory must be a size")
+    _dialog_error(panel, {"memory": "1G", "gpus": "1.5"}, "GPUs must be a whole number")
+    _dialog_error(panel, {"gpus": "0", "timeout": "soon"}, "timeout must be a duration")
+    _dialog_error(panel, {"timeout": "10m", "parameters": "no equals sign"}, "name=value")
+    _dialog_error(panel, {"parameters": "1x=2"}, "not a Python variable name")
+    _dialog_error(panel, {"parameters": "a=1\na=2"}, "given twice")
+    _dialog_error(panel, {"parameters": "", "name": "n" * 500}, "too long")
+    # what was typed is kept between tries; cancelling sends nothing
+    assert panel.page.locator('.jp-Dialog [name="timeout"]').input_value() == "10m"
+    panel.page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-reject").click()
+    panel.open_panel()
+    panel.page.wait_for_timeout(500)
+    assert _task_count(panel) == before
+
+
+def test_server_refusals_are_shown(panel: PanelPage) -> None:
+    # a folder with two notebooks and no entry: the server says which one to choose
+    panel.run_from_file_browser("two", {})
+    toast = panel.page.locator(".Toastify__toast", has_text="HiveMind did not accept two")
+    toast.wait_for(timeout=30_000)
+    assert "entry" in toast.inner_text()
+    # a body far over the server's limit (2 MB of parameters) is refused, and says why
+    panel.open_file_browser()
+    panel.file_item("hello.ipynb").click(button="right")
+    panel.page.locator(".lm-Menu-item", has_text="Run on HiveMind").click()
+    dialog = panel.page.locator(".jp-Dialog")
+    dialog.wait_for()
+    dialog.locator('[name="parameters"]').evaluate(
+        "(el, text) => { el.value = text; el.dispatchEvent(new Event('input', {bubbles: true})); }",
+        "blob=" + "x" * 2_000_000,
+    )
+    dialog.locator('[name="parameters"]').press("End")
+    dialog.locator('[name="parameters"]').type(" ")
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    big = panel.page.locator(".Toastify__toast", has_text="HiveMind did not accept hello.ipynb")
+    big.wait_for(timeout=30_000)
+    assert "1 MiB" in big.inner_text()
+
+
+def test_hostile_task_name_is_shown_as_text(panel: PanelPage) -> None:
+    hostile = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+    panel.run_from_file_browser("hello.ipynb", {"name": hostile})
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-detail[data-task-id]", state="visible")
+    title = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-detailTitle")
+    assert title.inner_text() == hostile
+    assert panel.page.locator(f"{SIDEBAR} img").count() == 0
+    assert panel.page.evaluate("window.__pwned") is None
+    panel.wait_detail_state("SUCCEEDED")
+
+
+def test_reconnects_after_the_socket_drops(panel: PanelPage, lab: Lab) -> None:
+    panel.back_to_list()
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-connection-open")
+    opened = panel.page.evaluate("window.__hmSockets.length")
+    panel.page.evaluate("window.__hmSockets.forEach(s => s.close())")
+    panel.page.wait_for_function(f"window.__hmSockets.length > {opened}", timeout=30_000)
+    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-connection-open", timeout=30_000)
+    # updates flow again: a task sent from elsewhere appears and goes live without a reload
+    status, task = lab.api("POST", "/hivemind/api/tasks", {"path": "slow.ipynb", "name": "from elsewhere"})
+    assert status == 201, task
+    assert isinstance(task, dict)
+    row = panel.page.locator(f'{SIDEBAR} .jp-HiveMind-taskRow[data-task-id="{task["id"]}"]')
+    row.wait_for(timeout=30_000)
+    panel.page.wait_for_selector(
+        f'{SIDEBAR} .jp-HiveMind-taskRow[data-task-id="{task["id"]}"][data-state="RUNNING"]', timeout=60_000
+    )
+    row.locator("button").click()
+    panel.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
+    panel.wait_detail_state("CANCELLED", timeout=60_000)
+
+
+def test_settings_change_page_size_and_defaults(panel: PanelPage, lab: Lab) -> None:
+    settings = {"tasksPerPage": 2, "defaultResources": {"cpus": 2, "memory": "1G", "gpus": 0},
+                "defaultTimeout": "45m"}
+    status, body = lab.api("PUT", "/lab/api/settings/hivemind-jupyter:plugin", {"raw": json.dumps(settings)})
+    assert status == 204, body
+    try:
+        panel.open_lab()
+        panel.open_panel()
+        panel.show_view("tasks")
+        panel.back_to_list()
+        more = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-more")
+        more.wait_for()
+        assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").count() == 2
+        assert more.inner_text().startswith("Show more (2 of ")
+        more.click()
+        panel.page.wait_for_function(
+            "document.querySelectorAll('#hivemind-sidebar .jp-HiveMind-taskRow').length === 4"
+        )
+        panel.open_file_browser()
+        panel.file_item("hello.ipynb").click(button="right")
+        panel.page.locator(".lm-Menu-item", has_text="Run on HiveMind").click()
+        dialog = panel.page.locator(".jp-Dialog")
+        dialog.wait_for()
+        assert dialog.locator('[name="cpus"]').input_value() == "2"
+        assert dialog.locator('[name="memory"]').input_value() == "1G"
+        assert dialog.locator('[name="timeout"]').input_value() == "45m"
+        dialog.locator(".jp-Dialog-button.jp-mod-reject").click()
+    finally:
+        lab.api("PUT", "/lab/api/settings/hivemind-jupyter:plugin", {"raw": "{}"})
+
+
+def test_sign_out(panel: PanelPage) -> None:
+    panel.open_panel()
+    panel.sign_out()
+    assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").count() == 0

@@ -70,7 +70,8 @@ def panel(browser: Any, lab: Lab, history: list[str]) -> Iterator[PanelPage]:
 
 
 def _ms(values: list[float]) -> str:
-    return f"median {statistics.median(values):.0f} ms (min {min(values):.0f}, max {max(values):.0f}, n={len(values)})"
+    median = statistics.median(values)
+    return f"median {median:.0f} ms (min {min(values):.0f}, max {max(values):.0f}, n={len(values)})"
 
 
 def test_first_render_with_1000_tasks(panel: PanelPage) -> None:
