@@ -1,0 +1,72 @@
+"""The live view's choice and its text forms (the widget form runs in test_notebook_docker)."""
+
+from __future__ import annotations
+
+import json
+
+from IPython.utils.capture import capture_output
+
+from hivemind_jupyter.live_view import TerminalView, TextView, make_view
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+
+def task(state: int = pb.QUEUED, **fields) -> pb.Task:
+    return pb.Task(id="t-1", state=state, **fields)
+
+
+def test_a_plain_shell_gets_the_terminal_view(shell):
+    assert isinstance(make_view(task(), shell), TerminalView)
+    assert isinstance(make_view(task(), None), TerminalView)
+
+
+def test_terminal_view_prints_each_change_once(shell):
+    with capture_output() as captured:
+        view = make_view(task(pending_reason="needs 2 GPUs, the largest worker has 1"), shell)
+        view.draw()
+        view.draw()
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STATE, state=pb.RUNNING))
+        view.update_task(task(pb.RUNNING, worker_name="gpu-box"))
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STDOUT, text="hello\n"))
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STDERR, text="warning\n"))
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.NOTICE, text="output truncated"))
+        view.finish(task(pb.SUCCEEDED, worker_name="gpu-box"), "SUCCEEDED in 1.0s")
+    lines = captured.stderr.splitlines()
+    assert sum("needs 2 GPUs" in line for line in lines) == 1
+    assert any("RUNNING · on gpu-box" in line for line in lines)
+    assert captured.stdout == "hello\n"
+    assert "warning" in captured.stderr and "[hivemind] output truncated" in captured.stderr
+    assert lines[-1] == "[hivemind] SUCCEEDED in 1.0s"
+
+
+def test_display_events_are_shown_with_their_mime_types(shell):
+    view = TerminalView(task(pb.RUNNING))
+    outputs = [
+        {"output_type": "display_data", "data": {"text/html": ["<b>", "x</b>"], "text/plain": "x"},
+         "metadata": {}},
+        {"output_type": "execute_result", "data": {"application/json": {"a": [1, 2]}}, "metadata": {},
+         "execution_count": 1},
+        {"output_type": "error", "ename": "ValueError", "evalue": "bad",
+         "traceback": ["line 1", "ValueError"]},
+    ]
+    with capture_output() as captured:
+        for output in outputs:
+            view.on_event(pb.TaskEvent(kind=pb.TaskEvent.DISPLAY, data_json=json.dumps(output)))
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.DISPLAY, data_json="not json"))
+    assert [o.data for o in captured.outputs] == [{"text/html": "<b>x</b>", "text/plain": "x"},
+                                                  {"application/json": {"a": [1, 2]}}]
+    assert view.displays_shown == 2
+    assert view.remote_error == ["line 1", "ValueError"]
+
+
+def test_text_view_updates_one_display_in_place(shell, monkeypatch):
+    monkeypatch.setattr(shell, "kernel", object(), raising=False)  # a kernel without widget support
+    with capture_output() as captured:
+        view = make_view(task(pending_reason="no worker has 64 free CPUs"), shell, widgets=False)
+        assert isinstance(view, TextView)
+        progress = pb.Progress(cells_done=1, cells_total=3)
+        view.update_task(task(pb.RUNNING, worker_name="box", progress=progress))
+        view.finish(task(pb.FAILED, worker_name="box"), "FAILED in 2.0s")
+    texts = [o.data["text/plain"] for o in captured.outputs]
+    assert "waiting: no worker has 64 free CPUs" in texts[0]
+    assert "RUNNING · on box · cell 1/3" in texts[1]
+    assert texts[-1].endswith("FAILED in 2.0s") and "text/html" in captured.outputs[-1].data
