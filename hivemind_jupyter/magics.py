@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from traitlets import TraitError
 
 from hivemind_nodepool.client import TERMINAL_STATES, state_name
 from hivemind_nodepool.errors import HiveMindError, InvalidInput
@@ -152,7 +153,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 class HiveMindMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.settings = HiveMind(config=shell.config if shell is not None else None)
+        try:
+            self.settings = HiveMind(config=shell.config if shell is not None else None)
+        except TraitError as exc:  # a bad c.HiveMind.* must not stop the magics from loading
+            print(f"[hivemind] ignoring the HiveMind settings: {exc}", file=sys.stderr)
+            self.settings = HiveMind()
         self.connector = PoolConnector(self.settings)
 
     # -- %%hivemind -----------------------------------------------------------------------------

@@ -84,6 +84,7 @@ def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hivemind_config_dir: 
     ip.run_line_magic("config", "HiveMind.interrupt_action = 'cancel'")
     yield ip
     ip.run_line_magic("unload_ext", "hivemind_jupyter")
+    ip.config.pop("HiveMind", None)  # the shell is a process-wide singleton
     for name in [n for n in ip.user_ns if not n.startswith("_")]:
         if name not in ("In", "Out", "exit", "quit", "get_ipython"):
             ip.user_ns.pop(name, None)

@@ -124,3 +124,11 @@ def test_interrupt_action_is_configurable(shell):
     with capture_output():
         shell.run_cell("%config HiveMind.interrupt_action = 'explode'")
     assert magics.settings.interrupt_action == "detach"
+
+
+def test_bad_settings_do_not_stop_the_magics_loading(shell):
+    shell.config.HiveMind.interrupt_action = "explode"
+    with capture_output() as captured:
+        shell.run_line_magic("reload_ext", "hivemind_jupyter")
+    assert "ignoring the HiveMind settings" in captured.stderr
+    assert shell.magics_manager.registry["HiveMindMagics"].settings.interrupt_action == "cancel"
