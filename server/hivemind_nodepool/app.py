@@ -40,6 +40,7 @@ class Pool:
         self.started_at = time.time()
         self.health: Any = None  # the gRPC health servicer, once serving
         self.tasks: list[asyncio.Task[None]] = []  # background loops, once serving
+        self.stopping = False  # set at shutdown: streams the pool ends are not workers leaving
         self._recover()
 
     def _recover(self) -> None:

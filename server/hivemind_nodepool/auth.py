@@ -131,12 +131,26 @@ _DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=BCRYPT_ROUN
 
 
 class LoginLimiter:
-    """Five failures for one name within a minute: refused until the oldest failure ages out."""
+    """Five failures for one name within a minute: refused until the oldest failure ages out.
 
-    def __init__(self, failures: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW) -> None:
+    Memory answers; the store keeps a copy of recent failures (written without waiting) so a pool
+    restart does not hand an attacker a fresh allowance."""
+
+    def __init__(
+        self, store: Store | None = None, failures: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW
+    ) -> None:
+        self.store = store
         self.failures = failures
         self.window = window
         self._seen: dict[str, deque[float]] = {}
+        if store is not None:
+            self._load(store)
+
+    def _load(self, store: Store) -> None:
+        """Failures from before a restart, moved from wall-clock time onto this run's monotonic clock."""
+        wall, mono = time.time(), time.monotonic()
+        for row in store.recent_login_failures(wall - self.window):
+            self._seen.setdefault(row["name"], deque()).append(mono - (wall - float(row["at"])))
 
     def _recent(self, name: str, now: float) -> deque[float]:
         times = self._seen.setdefault(name, deque())
@@ -156,15 +170,18 @@ class LoginLimiter:
         self._recent(name, now).append(now)
         if len(self._seen) > 100_000:  # bound memory under a flood of made-up names
             self._seen.clear()
+        if self.store is not None:
+            self.store.record_login_failure(name[:256], time.time(), self.window)
 
     def succeeded(self, name: str) -> None:
-        self._seen.pop(name, None)
+        if self._seen.pop(name, None) is not None and self.store is not None:
+            self.store.clear_login_failures(name)
 
 
 class Authenticator:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.limiter = LoginLimiter()
+        self.limiter = LoginLimiter(store)
 
     async def login(self, name: str, password: str, ttl: float) -> tuple[str, float, Any]:
         """(token, expires_at, user row) or an error; bcrypt runs off the event loop."""
@@ -178,7 +195,7 @@ class Authenticator:
         self.limiter.succeeded(name)
         token = new_token("hmu")
         expires_at = time.time() + ttl
-        self.store.add_token(hash_secret(token), name, expires_at)
+        await self.store.add_token(hash_secret(token), name, expires_at)
         return token, expires_at, row
 
     def authenticate(self, token: str, worker_call: bool) -> Principal:

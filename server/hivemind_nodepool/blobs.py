@@ -28,31 +28,49 @@ def _fsync_dir(path: Path) -> None:
 
 
 class BlobWriter:
-    """One incoming blob: feed chunks, then `finish` checks size and hash and moves it into place."""
+    """One incoming blob: feed chunks, then `finish` checks size and hash and moves it into place.
+
+    Hashing and writing run in a worker thread (both release the GIL), one chunk at a time and
+    overlapping the receipt of the next chunk, so the event loop stays free and memory holds at most
+    two chunks."""
 
     def __init__(self, store: BlobStore, max_size: int) -> None:
         self._store = store
         self.max_size = max_size
         self.size = 0
         self._digest = hashlib.sha256()
+        self._pending: asyncio.Future[None] | None = None
         store.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd_name = f"{os.getpid()}-{time.monotonic_ns()}-{id(self):x}.part"
         self.tmp_path = store.tmp_dir / fd_name
-        self._file = open(self.tmp_path, "wb")  # noqa: SIM115 (closed in finish/abort)
+        self._file = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 (closed in finish/abort)
 
-    def write(self, data: bytes) -> None:
+    def _absorb(self, data: bytes) -> None:
+        self._digest.update(data)
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            view = view[written:] if written else view
+
+    async def _drain(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.max_size:
             raise TooLarge(f"the upload is larger than the pool's limit of {self.max_size} bytes")
-        self._digest.update(data)
-        self._file.write(data)
+        await self._drain()  # the previous chunk is hashed and written before this one starts
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._absorb, data)
 
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
 
-    def verify(self, expected_sha256: str) -> None:
+    async def verify(self, expected_sha256: str) -> None:
         """The data must hash to what the sender said it sent."""
+        await self._drain()
         claimed = expected_sha256.strip().lower()
         if not _HEX.match(claimed):
             raise InvalidInput("the sha256 sent after the data is not 64 hex digits")
@@ -60,20 +78,35 @@ class BlobWriter:
             raise InvalidInput(
                 f"sha256 mismatch: the data hashes to {self.sha256}, the sender said {claimed}"
             )
-        self._file.flush()
 
     async def finish(self) -> str:
         """fsync and rename into place (after verify); returns the hash. The caller then records it."""
-        self._file.flush()
-        await asyncio.to_thread(os.fsync, self._file.fileno())
-        self._file.close()
+        await self._drain()
         target = self._store.path_for(self.sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp_path, target)
-        await asyncio.to_thread(_fsync_dir, target.parent)
+        await asyncio.to_thread(self._settle, target)
         return self.sha256
 
+    def _settle(self, target: Path) -> None:
+        os.fsync(self._file.fileno())
+        self._file.close()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp_path, target)
+        _fsync_dir(target.parent)
+
     def abort(self) -> None:
+        """Drop the upload (safe to call from an error path at any point, even twice)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.add_done_callback(self._discard_after)
+        else:
+            self._discard()
+
+    def _discard_after(self, pending: asyncio.Future[None]) -> None:
+        if not pending.cancelled():
+            pending.exception()  # seen here, so asyncio does not report it as never retrieved
+        self._discard()
+
+    def _discard(self) -> None:
         if not self._file.closed:
             self._file.close()
         self.tmp_path.unlink(missing_ok=True)

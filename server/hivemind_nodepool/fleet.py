@@ -62,6 +62,7 @@ class WorkerEntry:
     allocations: dict[AttemptKey, Amount] = field(default_factory=dict)
     reported: set[AttemptKey] = field(default_factory=set)  # what the worker says it runs
     zombies: set[AttemptKey] = field(default_factory=set)  # ended here, still running there
+    left_draining: bool = False  # its stream closed while it was draining (see liveness)
 
     @property
     def capacity(self) -> Amount:
@@ -125,13 +126,23 @@ class Fleet:
         self._sessions += 1
         entry.session = self._sessions
         entry.outbox = asyncio.Queue()
+        entry.left_draining = False
         entry.last_seen = time.monotonic()
         entry.last_heartbeat_at = time.time()
         return entry.session, entry.outbox
 
-    def detach(self, entry: WorkerEntry, session: int) -> None:
-        if entry.session == session:
-            entry.outbox = None
+    def detach(self, entry: WorkerEntry, session: int) -> bool:
+        """The stream of `session` ended; True when it was the worker's current one."""
+        if entry.session != session:
+            return False
+        entry.outbox = None
+        return True
+
+    def gone(self, entry: WorkerEntry) -> None:
+        """The worker closed its current stream: OFFLINE now; the heartbeat timeout counts from here."""
+        entry.left_draining = entry.state == pb.WORKER_DRAINING
+        entry.state = pb.WORKER_OFFLINE
+        entry.last_seen = time.monotonic()
 
     def online(self) -> list[WorkerEntry]:
         return [w for w in self.workers.values() if w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING)]

@@ -17,7 +17,7 @@ from . import auth
 from .app import Pool
 from .bundle import BundleError, check_entries, open_archive
 from .channel import CHUNK_SIZE
-from .errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from .errors import InvalidInput, NotFound, Unauthenticated
 from .fleet import AttemptKey, WorkerEntry
 from .lifecycle import amount_of
 from .manifest import LABEL_KEY, LABEL_VALUE
@@ -122,7 +122,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         _check_text(name, "the worker name", 128)
         worker_id = "w-" + secrets.token_hex(6)
         credential = auth.new_token("hmw")
-        self.store.add_worker(
+        await self.store.add_worker(
             worker_id,
             name,
             auth.hash_secret(credential),
@@ -166,7 +166,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 heartbeat_timeout_seconds=settings.heartbeat_timeout,
             )
         )
-        self._reconcile_hello(entry, hello.running)
+        await self._reconcile_hello(entry, hello.running)
         reader = asyncio.create_task(self._read(parts, entry, session, outbox))
         try:
             while True:
@@ -176,11 +176,30 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 yield message
         finally:
             reader.cancel()
-            self.pool.fleet.detach(entry, session)
-            log.info("worker %s stream closed (session %d)", entry.name, session)
+            self._closed(entry, session)
         self.book.wake.set()
 
-    def _reconcile_hello(self, entry: WorkerEntry, running: Iterable[pb.RunningAttempt]) -> None:
+    def _closed(self, entry: WorkerEntry, session: int) -> None:
+        """A Connect stream ended. When it was the worker's current one and the pool did not end it
+        (shutdown, declared lost, replaced by a newer stream), the worker went away: OFFLINE now."""
+        current = self.pool.fleet.detach(entry, session)
+        went_away = (
+            current and not self.pool.stopping and entry.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING)
+        )
+        if went_away:
+            self.pool.fleet.gone(entry)
+            self.store.update_worker(
+                entry.worker_id, state=pb.WORKER_OFFLINE, last_heartbeat_at=entry.last_heartbeat_at
+            )
+            self.book.wake.set()
+        log.info(
+            "worker %s stream closed (session %d)%s",
+            entry.name,
+            session,
+            f"; offline, holding {len(entry.allocations)} attempt(s) for its return" if went_away else "",
+        )
+
+    async def _reconcile_hello(self, entry: WorkerEntry, running: Iterable[pb.RunningAttempt]) -> None:
         """After (re)connecting: keep what is still current, cancel what is stale, resend what the
         worker never got, requeue what it lost."""
         reported: set[AttemptKey] = set()
@@ -214,7 +233,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 entry.send(pb.PoolMessage(assignment=self.book.assignment_for(row)))
             else:
                 entry.allocations.pop((row["id"], row["attempt"]), None)
-                self.book.requeue(
+                await self.book.requeue(
                     row, f"worker {entry.name} restarted without attempt {row['attempt']}", spend_retry=True
                 )
 
@@ -292,9 +311,11 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             or request.progress.cells_total > 1_000_000
         ):
             raise InvalidInput("progress must satisfy 0 <= cells_done <= cells_total")
-        row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
+        self.book.check_attempt(worker.name, request.task_id, request.attempt)  # fail fast when stale
         progress = request.progress if request.HasField("progress") else None
-        self.book.report_state(row, request.state, request.message, progress)
+        await self.book.report_state(
+            worker.name, request.task_id, request.attempt, request.state, request.message, progress
+        )
         return pb.Empty()
 
     @unary
@@ -312,47 +333,10 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 )
             if len(event.text) > MAX_TEXT or len(event.data_json) > MAX_DATA_JSON:
                 raise InvalidInput("an event is too large; split long output")
-        row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
-        task_id, attempt = row["id"], int(row["attempt"])
-        store = self.store
-        with store.tx() as db:
-            found = db.execute(
-                "SELECT events_acked FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt)
-            ).fetchone()
-            if found is None:
-                raise Conflict(f"no attempt {attempt} of task {task_id}")
-            acked = int(found[0])
-            start = acked
-            for event in sorted(request.events, key=lambda e: e.seq):
-                if event.seq <= acked:
-                    continue  # sent before: stored once already
-                if event.seq != acked + 1:
-                    break  # a gap: store up to it; the worker resends from acked + 1
-                progress = event.progress
-                store.append_event(
-                    db,
-                    task_id,
-                    event.kind,
-                    text=event.text,
-                    data_json=event.data_json,
-                    cells_done=progress.cells_done,
-                    cells_total=progress.cells_total,
-                    attempt=attempt,
-                    worker_id=worker.name,
-                    at=event.at or None,
-                )
-                if event.kind == pb.TaskEvent.PROGRESS and 0 <= progress.cells_done <= progress.cells_total:
-                    store.update_task(
-                        db, task_id, cells_done=progress.cells_done, cells_total=progress.cells_total
-                    )
-                acked = event.seq
-            if acked != start:
-                db.execute(
-                    "UPDATE attempts SET events_acked = ? WHERE task_id = ? AND attempt = ?",
-                    (acked, task_id, attempt),
-                )
-        if acked != start:
-            self.pool.notifier.notify(task_id)
+        self.book.check_attempt(worker.name, request.task_id, request.attempt)  # fail fast when stale
+        acked = await self.book.record_events(
+            worker.name, request.task_id, request.attempt, list(request.events)
+        )
         return pb.EventAck(acked=acked)
 
     @unary
@@ -380,7 +364,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 if claimed is not None:
                     raise InvalidInput("nothing may follow the sha256 in an upload")
                 if kind == "chunk":
-                    writer.write(part.chunk)
+                    await writer.write(part.chunk)
                 elif kind == "sha256":
                     claimed = part.sha256
                 else:
@@ -389,7 +373,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 raise InvalidInput("the upload ended without its sha256, so it was not stored; send it again")
             result: tuple[str, int] | None = None
             if claimed or writer.size:
-                writer.verify(claimed)
+                await writer.verify(claimed)
                 sha = writer.sha256
                 self.pool.collector.in_flight.add(sha)
                 try:
@@ -397,13 +381,13 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 except BundleError as exc:
                     raise InvalidInput(f"the result was refused: {exc}") from None
                 # The task may have been cancelled or moved while the bytes came in.
-                row = self.book.check_attempt(worker.name, header.task_id, header.attempt)
+                self.book.check_attempt(worker.name, header.task_id, header.attempt)
                 await writer.finish()
                 result = (sha, writer.size)
             else:
-                writer.abort()
-            row = self.book.check_attempt(worker.name, header.task_id, header.attempt)
-            self.book.finish(row, header, result)
+                writer.abort()  # an empty result: nothing to keep
+            self.book.check_attempt(worker.name, header.task_id, header.attempt)
+            final = await self.book.finish(worker.name, header, result)
         except BaseException:
             writer.abort()
             raise
@@ -416,7 +400,6 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             "requeued" if header.requeue else pb.TaskState.Name(header.outcome),
             worker.name,
         )
-        final = self.book.require_task(header.task_id)
         from . import views
 
         return views.task(final, self.store.timeline(final["id"]))

@@ -2,16 +2,26 @@
 
 A worker silent for the heartbeat timeout is lost: each task it was running goes back to the queue
 spending one retry (LOST once max_retries are spent); a draining worker's tasks go back without
-spending one. A running task past its timeout plus a grace period is ended TIMED_OUT here as a
-backstop for a worker that failed to enforce it.
+spending one.
+
+A worker whose Connect stream closes (it stopped, restarted, or its connection dropped in a way the
+pool can see) is OFFLINE at once: it gets no new work and shows as offline. Its running tasks are
+left alone for one heartbeat timeout from that moment, because a worker daemon that restarts comes
+back with a Hello that lists the attempts still running in their containers, and those must not be
+rerun elsewhere. If it does not come back in time it is declared lost, exactly like a silent one.
+
+A running task past its timeout plus a grace period is ended TIMED_OUT here as a backstop for a
+worker that failed to enforce it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from .errors import Conflict
 from .fleet import Fleet, WorkerEntry
 from .lifecycle import TaskBook
 from .metrics import PoolMetrics
@@ -30,15 +40,17 @@ class Liveness:
         self.metrics = metrics
         self.timeout = timeout
 
-    def declare_lost(self, worker: WorkerEntry) -> None:
+    async def declare_lost(self, worker: WorkerEntry) -> None:
         store = self.book.store
         rows = [r for r in store.tasks_in_states(ACTIVE_STATES) if r["worker_id"] == worker.worker_id]
-        draining = worker.state == pb.WORKER_DRAINING
+        draining = worker.state == pb.WORKER_DRAINING or worker.left_draining
+        silent = "silent" if worker.connected or worker.state != pb.WORKER_OFFLINE else "gone"
         worker.state = pb.WORKER_LOST if (rows or worker.connected) else pb.WORKER_OFFLINE
         log.warning(
-            "worker %s (%s) silent for over %.0f s: %s, %d task(s) to requeue",
+            "worker %s (%s) %s for over %.0f s: %s, %d task(s) to requeue",
             worker.name,
             worker.worker_id,
+            silent,
             self.timeout,
             pb.WorkerState.Name(worker.state),
             len(rows),
@@ -49,31 +61,40 @@ class Liveness:
             worker.outbox = None
         worker.reported = set()
         worker.zombies = set()
-        for row in rows:
-            self.book.requeue(row, f"worker {worker.name} was lost", spend_retry=not draining)
         worker.allocations.clear()
+        worker.left_draining = False
+        for row in rows:
+            await self.book.requeue(row, f"worker {worker.name} was lost", spend_retry=not draining)
         if rows or draining:
             self.metrics.workers_lost.inc()
 
-    def check(self) -> None:
+    def overdue(self, worker: WorkerEntry, now: float) -> bool:
+        """Online and silent past the timeout, or gone (stream closed) past it with work held."""
+        if now - worker.last_seen <= self.timeout:
+            return False
+        if worker.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+            return True
+        return worker.state == pb.WORKER_OFFLINE and not worker.connected and bool(worker.allocations)
+
+    async def check(self) -> None:
         now = time.monotonic()
         for worker in list(self.fleet.workers.values()):
-            if (
-                worker.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING)
-                and now - worker.last_seen > self.timeout
-            ):
-                self.declare_lost(worker)
+            if self.overdue(worker, now):
+                await self.declare_lost(worker)
         wall = time.time()
         for row in self.book.store.tasks_in_states([pb.RUNNING, pb.UPLOADING]):
             started = row["started_at"]
             if started and wall > started + row["timeout_seconds"] + TIMEOUT_GRACE:
-                self.book.cancel(row, f"timed out after {row['timeout_seconds']} s", state=pb.TIMED_OUT)
+                with contextlib.suppress(Conflict):
+                    await self.book.cancel(
+                        row, f"timed out after {row['timeout_seconds']} s", state=pb.TIMED_OUT
+                    )
 
     async def run(self) -> None:
         period = max(0.2, min(1.0, self.timeout / 5))
         while True:
             await asyncio.sleep(period)
             try:
-                self.check()
+                await self.check()
             except Exception:
                 log.exception("liveness check failed; retrying")

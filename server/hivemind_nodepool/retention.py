@@ -16,13 +16,36 @@ log = logging.getLogger(__name__)
 ORPHAN_AGE = 3600.0  # a blob file with no row, older than this, is left from a crash: delete it
 
 
+class InFlight:
+    """Hashes that uploads or submissions are using right now; several may use the same one."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, int] = {}
+
+    def add(self, sha: str) -> None:
+        self._users[sha] = self._users.get(sha, 0) + 1
+
+    def discard(self, sha: str) -> None:
+        left = self._users.get(sha, 0) - 1
+        if left > 0:
+            self._users[sha] = left
+        else:
+            self._users.pop(sha, None)
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self._users
+
+    def hashes(self) -> set[str]:
+        return set(self._users)
+
+
 class Collector:
     def __init__(self, store: Store, blobs: BlobStore, retention: float, interval: float) -> None:
         self.store = store
         self.blobs = blobs
         self.retention = retention
         self.interval = interval
-        self.in_flight: set[str] = set()  # hashes being written or committed right now
+        self.in_flight = InFlight()  # hashes being written or committed right now
 
     def collect(self) -> int:
         """One pass; runs without awaiting, so no submit can slip in between look and delete."""
@@ -30,7 +53,7 @@ class Collector:
         if expired:
             log.info("%d finished task(s) passed the retention period", expired)
         known = self.store.blob_hashes()
-        unreferenced = known - self.store.referenced_blobs() - self.in_flight
+        unreferenced = known - self.store.referenced_blobs() - self.in_flight.hashes()
         for sha in unreferenced:
             self.blobs.delete(sha)
         self.store.delete_blob_rows(unreferenced)

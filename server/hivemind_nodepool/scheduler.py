@@ -82,12 +82,26 @@ def _describe(want: Amount) -> str:
     return ", ".join(parts)
 
 
-def pick_worker(want: Amount, labels: dict[str, str], workers: list[WorkerEntry]) -> WorkerEntry | None:
-    """A fitting worker: keep GPU machines for GPU work, then spread by the most free CPUs."""
-    fitting = [w for w in workers if w.schedulable and labels_match(labels, w.labels) and w.free.covers(want)]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda w: (w.capacity.gpus if want.gpus == 0 else 0, -w.free.cpus, w.worker_id))
+def pick_worker(
+    want: Amount,
+    labels: dict[str, str],
+    workers: list[WorkerEntry],
+    planned: dict[str, Amount] | None = None,
+) -> WorkerEntry | None:
+    """A fitting worker: keep GPU machines for GPU work, then spread by the most free CPUs.
+    `planned` is what the current pass already gave each worker (not yet in its allocations)."""
+    planned = planned or {}
+    best: tuple[tuple[int, float, str], WorkerEntry] | None = None
+    for w in workers:
+        if not w.schedulable or not labels_match(labels, w.labels):
+            continue
+        free = w.free - planned.get(w.worker_id, Amount())
+        if not free.covers(want):
+            continue
+        key = (w.capacity.gpus if want.gpus == 0 else 0, -free.cpus, w.worker_id)
+        if best is None or key < best[0]:
+            best = (key, w)
+    return best[1] if best is not None else None
 
 
 class Scheduler:
@@ -97,28 +111,42 @@ class Scheduler:
         self.metrics = metrics
         self.interval = interval
         self.cycles = 0
+        self._label_cache: dict[str, dict[str, str]] = {}  # task id -> labels, parsed once
 
-    def cycle(self) -> int:
-        """One scheduling pass; returns how many tasks were assigned."""
+    def _labels(self, row: sqlite3.Row) -> dict[str, str]:
+        labels = self._label_cache.get(row["id"])
+        if labels is None:
+            labels = dict(pb.Manifest.FromString(row["manifest"]).labels) if row["manifest"] else {}
+            self._label_cache[row["id"]] = labels
+        return labels
+
+    async def cycle(self) -> int:
+        """One scheduling pass; returns how many tasks were assigned. Every decision of the pass
+        (assignments and waiting reasons) is stored in one transaction."""
         store = self.book.store
         queued = store.tasks_in_states([pb.QUEUED])
         if not queued:
+            self._label_cache.clear()
             return 0
+        if len(self._label_cache) > 2 * len(queued) + 1000:  # forget tasks that left the queue
+            keep = {row["id"] for row in queued}
+            self._label_cache = {k: v for k, v in self._label_cache.items() if k in keep}
         workers = list(self.fleet.workers.values())
         total = Amount()
         for w in workers:
             if w.connected and w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
                 total = total + w.capacity
-        usage: dict[str, Amount] = defaultdict(Amount)
-        for row in store.tasks_in_states(ACTIVE_STATES):
-            usage[row["owner"]] = usage[row["owner"]] + amount_of(row)
-        share = {owner: dominant_share(use, total) for owner, use in usage.items()}
+        share = {
+            owner: dominant_share(use, total) for owner, use in store.usage_by_owner(ACTIVE_STATES).items()
+        }
 
         by_owner: dict[str, deque[sqlite3.Row]] = defaultdict(deque)
         for row in sorted(queued, key=lambda r: (-int(r["priority"]), float(r["queued_at"]), r["id"])):
             by_owner[row["owner"]].append(row)
         failed: dict[Signature, str] = {}  # free capacity only shrinks within a cycle
-        placed = 0
+        placements: list[tuple[sqlite3.Row, WorkerEntry]] = []
+        reasons: list[tuple[sqlite3.Row, str]] = []
+        planned: dict[str, Amount] = {}  # what this pass has handed each worker so far
         while by_owner:
             owner = min(
                 by_owner,
@@ -132,20 +160,23 @@ class Scheduler:
             if not by_owner[owner]:
                 del by_owner[owner]
             want = amount_of(row)
-            labels = dict(pb.Manifest.FromString(row["manifest"]).labels) if row["manifest"] else {}
+            labels = self._labels(row)
             signature: Signature = (want.cpus, want.memory, want.gpus, tuple(sorted(labels.items())))
             reason = failed.get(signature)
             if reason is None:
-                worker = pick_worker(want, labels, workers)
+                worker = pick_worker(want, labels, workers, planned)
                 if worker is not None:
-                    self.book.assign(row, worker)
-                    placed += 1
+                    placements.append((row, worker))
+                    planned[worker.worker_id] = planned.get(worker.worker_id, Amount()) + want
                     share[owner] = share.get(owner, 0.0) + dominant_share(want, total)
                     continue
                 reason = explain(want, labels, workers)
                 failed[signature] = reason
-            self.book.set_pending_reason(row, reason)
-        return placed
+            if row["pending_reason"] != reason:
+                reasons.append((row, reason))
+        if not placements and not reasons:
+            return 0
+        return await self.book.assign_many(placements, reasons)
 
     def update_metrics(self) -> None:
         up = sum(1 for w in self.fleet.workers.values() if w.connected and w.state != pb.WORKER_LOST)
@@ -162,7 +193,7 @@ class Scheduler:
             self.book.wake.clear()
             started = time.perf_counter()
             try:
-                placed = self.cycle()
+                placed = await self.cycle()
             except Exception:
                 log.exception("scheduling cycle failed; retrying on the next tick")
                 continue

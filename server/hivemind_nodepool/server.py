@@ -115,6 +115,7 @@ async def serve(settings: PoolSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    pool.stopping = True
     await pool.health.enter_graceful_shutdown()
     for task in pool.tasks:
         task.cancel()

@@ -75,7 +75,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @unary
     async def Logout(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.Empty:
-        self.store.revoke_token(auth.current_user().token_hash)
+        await self.store.revoke_token(auth.current_user().token_hash)
         return pb.Empty()
 
     @unary
@@ -113,7 +113,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
                 if claimed is not None:
                     raise InvalidInput("nothing may follow the sha256 in a submission")
                 if kind == "chunk":
-                    writer.write(part.chunk)
+                    await writer.write(part.chunk)
                 elif kind == "sha256":
                     claimed = part.sha256
                 else:
@@ -122,7 +122,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
                 raise InvalidInput("the upload ended without its sha256, so it was not stored; send it again")
             if writer.size == 0:
                 raise InvalidInput("the bundle is empty; send a ZIP with the entry notebook")
-            writer.verify(claimed)
+            await writer.verify(claimed)
             sha = writer.sha256
             self.pool.collector.in_flight.add(sha)
             try:
@@ -132,15 +132,15 @@ class NodePoolService(pb_grpc.NodePoolServicer):
             manifests.check_entry_present(manifest, files)
             await writer.finish()
             filled = manifests.with_defaults(manifest, settings.default_timeout, settings.default_max_retries)
-            task_id = self.book.submit(principal.name, filled, sha, writer.size)
+            row = await self.book.submit(principal.name, filled, sha, writer.size)
         except BaseException:
             writer.abort()
             raise
         finally:
             self.pool.collector.in_flight.discard(sha)
         self.pool.metrics.submitted.inc()
-        log.info("task %s submitted by %s (%d bytes)", task_id, principal.name, writer.size)
-        return self._task(self.book.require_task(task_id))
+        log.info("task %s submitted by %s (%d bytes)", row["id"], principal.name, writer.size)
+        return self._task(row)
 
     @unary
     async def GetTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
@@ -175,7 +175,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     @unary
     async def CancelTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
         row = self._visible_task(request.task_id)
-        self.book.cancel(row, f"cancelled by {auth.current_user().name}")
+        await self.book.cancel(row, f"cancelled by {auth.current_user().name}")
         return self._task(self.book.require_task(row["id"]))
 
     @unary
@@ -188,10 +188,15 @@ class NodePoolService(pb_grpc.NodePoolServicer):
                 f"the bundle of task {row['id']} is gone (past the retention period); submit again"
             )
         manifest = pb.Manifest.FromString(row["manifest"])
-        task_id = self.book.submit(
-            row["owner"], manifest, row["bundle_sha256"], row["bundle_size"], retry_of=row["id"]
-        )
-        return self._task(self.book.require_task(task_id))
+        sha = row["bundle_sha256"]
+        self.pool.collector.in_flight.add(sha)  # the collector must not take it while this commits
+        try:
+            retry = await self.book.submit(
+                row["owner"], manifest, sha, row["bundle_size"], retry_of=row["id"]
+            )
+        finally:
+            self.pool.collector.in_flight.discard(sha)
+        return self._task(retry)
 
     @stream
     async def WatchTask(

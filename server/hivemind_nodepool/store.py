@@ -1,27 +1,39 @@
 """The pool's durable state in SQLite: users, tokens, join tokens, workers, tasks, attempts, events, blobs.
 
-WAL mode with synchronous=FULL: a committed transaction survives kill -9 and power loss. Every
-write runs in one `BEGIN IMMEDIATE` transaction. A second process (`hivemind-nodepool user add
---data-dir`) may write while the server runs; busy_timeout makes each side wait its turn.
+WAL mode with synchronous=FULL: a committed transaction survives kill -9 and power loss.
+
+Writes have one way in: a *job* (a function of the write connection) handed to the store's single
+writer thread. The thread takes every job waiting at that moment and runs them in one
+`BEGIN IMMEDIATE` transaction, each inside its own savepoint (a job that raises rolls back only its
+own changes), then commits once: one fsync for many writers (group commit). A job's future resolves
+only after that commit, so whoever awaits it may say "stored" truthfully. Reads use a second
+connection and see the last commit. A second process (`hivemind-nodepool user add --data-dir`) may
+write while the server runs; busy_timeout makes each side wait its turn.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InternalError
+from .fleet import Amount
 from .proto import nodepool_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "pool.db"
+MAX_GROUP = 512  # jobs per transaction: bounds how long one commit keeps the rest waiting
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], T]
 ACTIVE_STATES = (pb.ASSIGNED, pb.PREPARING, pb.RUNNING, pb.UPLOADING)
 TERMINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT, pb.LOST)
 
@@ -127,47 +139,149 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX events_by_kind ON events(task_id, kind, seq);
     """,
+    """
+    CREATE TABLE login_failures (
+        name TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX login_failures_by_at ON login_failures(at);
+    CREATE INDEX login_failures_by_name ON login_failures(name, at);
+    """,
 ]
 
 
+def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise InternalError(f"cannot put {path} in WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class _Writer:
+    """The one thread that writes: runs queued jobs in group transactions, resolves their futures
+    after the commit."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.jobs: queue.SimpleQueue[tuple[Job[Any], Future[Any]] | None] = queue.SimpleQueue()
+        self.commits = 0  # transactions committed (for tests and benchmarks: jobs per commit)
+        self.committed_jobs = 0
+        self.thread = threading.Thread(target=self._run, name="hivemind-store-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self.jobs.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            self._commit(group)
+            if stop:
+                return
+
+    def _commit(self, group: list[tuple[Job[Any], Future[Any]]]) -> None:
+        live = [(job, future) for job, future in group if future.set_running_or_notify_cancel()]
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        db = self.conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for job, future in live:
+                db.execute("SAVEPOINT job")
+                try:
+                    value = job(db)
+                except BaseException as exc:
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    outcomes.append((future, None, exc))
+                else:
+                    db.execute("RELEASE job")
+                    outcomes.append((future, value, None))
+            db.execute("COMMIT")
+        except Exception as exc:  # the transaction itself failed: nothing of it is stored
+            log.exception("a write transaction failed")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            failure = InternalError(f"the pool could not store a change: {exc}")
+            for _job, future in live:
+                future.set_exception(failure)
+            return
+        self.commits += 1
+        self.committed_jobs += len(live)
+        for future, value, error in outcomes:
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+
+
 class Store:
-    """One connection to the pool database. Not shared between threads."""
+    """The pool database: `write`/`awrite`/`write_nowait` for changes, `one`/`all` for reads."""
 
     def __init__(self, data_dir: Path, busy_timeout_ms: int = 15_000) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_NAME
-        self._lock = threading.RLock()
-        self.conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
-        )
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise InternalError(f"cannot put {self.path} in WAL mode (got {mode})")
-        self.conn.execute("PRAGMA synchronous = FULL")
-        self.conn.execute("PRAGMA foreign_keys = ON")
+        self._lock = threading.Lock()  # the read connection is used from the loop and from threads
+        self._writer = _Writer(_connect(self.path, busy_timeout_ms))
+        self.conn = _connect(self.path, busy_timeout_ms)
         self.migrate()
 
     def close(self) -> None:
+        self._writer.stop()
+        self._writer.conn.close()
         self.conn.close()
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; nested use joins the outer one."""
-        with self._lock:
-            if self.conn.in_transaction:
-                yield self.conn
-                return
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+    def submit(self, job: Job[T]) -> Future[T]:
+        """Queue a write job; its future resolves after the transaction holding it committed."""
+        future: Future[T] = Future()
+        self._writer.jobs.put((job, future))
+        return future
+
+    def write(self, job: Job[T]) -> T:
+        """Run a write job and wait for its commit (threads and CLIs; a job calling it joins in)."""
+        if threading.current_thread() is self._writer.thread:
+            return job(self._writer.conn)
+        return self.submit(job).result()
+
+    async def awrite(self, job: Job[T]) -> T:
+        """Run a write job; returns once it is committed, without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(job))
+
+    def write_nowait(self, job: Job[Any], what: str) -> None:
+        """Queue a write nobody waits for (bookkeeping); a failure is logged."""
+
+        def report(future: Future[Any]) -> None:
+            if future.exception() is not None:
+                log.error("could not store %s: %s", what, future.exception())
+
+        self.submit(job).add_done_callback(report)
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(transactions committed, jobs they held) since start."""
+        return self._writer.commits, self._writer.committed_jobs
 
     def one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
         with self._lock:
@@ -186,32 +300,35 @@ class Store:
         return int(found["version"]) if found else 0
 
     def migrate(self) -> None:
-        with self.tx() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            current = int(row["version"]) if row else 0
-            if row is None:
-                db.execute("INSERT INTO schema_version VALUES (0)")
-            if current > len(MIGRATIONS):
-                raise InternalError(
-                    f"{self.path} has schema version {current}, newer than this "
-                    f"HiveMind ({len(MIGRATIONS)}); upgrade HiveMind"
-                )
-            for version in range(current, len(MIGRATIONS)):
-                log.info("migrating %s to schema version %d", self.path, version + 1)
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("UPDATE schema_version SET version = ?", (version + 1,))
+        self.write(self._migrate)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        current = int(row["version"]) if row else 0
+        if row is None:
+            db.execute("INSERT INTO schema_version VALUES (0)")
+        if current > len(MIGRATIONS):
+            raise InternalError(
+                f"{self.path} has schema version {current}, newer than this "
+                f"HiveMind ({len(MIGRATIONS)}); upgrade HiveMind"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            log.info("migrating %s to schema version %d", self.path, version + 1)
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("UPDATE schema_version SET version = ?", (version + 1,))
 
     # -- users and tokens -----------------------------------------------------------------------
 
     def add_user(self, name: str, password_hash: str, admin: bool) -> sqlite3.Row:
-        with self.tx() as db:
-            db.execute(
+        self.write(
+            lambda db: db.execute(
                 "INSERT INTO users (name, password_hash, admin, created_at) VALUES (?, ?, ?, ?)",
                 (name, password_hash, int(admin), time.time()),
             )
+        )
         row = self.get_user(name)
         assert row is not None
         return row
@@ -223,17 +340,20 @@ class Store:
         return self.all("SELECT * FROM users ORDER BY name")
 
     def set_user_disabled(self, name: str, disabled: bool) -> None:
-        with self.tx() as db:
+        def job(db: sqlite3.Connection) -> None:
             db.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
             if disabled:  # a disabled user's tokens stop working at once
                 db.execute("UPDATE tokens SET revoked = 1 WHERE user = ?", (name,))
 
-    def add_token(self, token_hash: str, user: str, expires_at: float) -> None:
-        with self.tx() as db:
-            db.execute(
+        self.write(job)
+
+    async def add_token(self, token_hash: str, user: str, expires_at: float) -> None:
+        await self.awrite(
+            lambda db: db.execute(
                 "INSERT INTO tokens (hash, user, created_at, expires_at) VALUES (?, ?, ?, ?)",
                 (token_hash, user, time.time(), expires_at),
             )
+        )
 
     def get_token(self, token_hash: str) -> sqlite3.Row | None:
         return self.one(
@@ -241,19 +361,38 @@ class Store:
             (token_hash,),
         )
 
-    def revoke_token(self, token_hash: str) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE tokens SET revoked = 1 WHERE hash = ?", (token_hash,))
+    async def revoke_token(self, token_hash: str) -> None:
+        await self.awrite(
+            lambda db: db.execute("UPDATE tokens SET revoked = 1 WHERE hash = ?", (token_hash,))
+        )
+
+    # -- failed sign-ins (so the login rate limit survives a restart) ---------------------------
+
+    def record_login_failure(self, name: str, at: float, window: float) -> None:
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM login_failures WHERE at < ?", (at - window,))
+            db.execute("INSERT INTO login_failures (name, at) VALUES (?, ?)", (name, at))
+
+        self.write_nowait(job, "a failed sign-in")
+
+    def clear_login_failures(self, name: str) -> None:
+        self.write_nowait(
+            lambda db: db.execute("DELETE FROM login_failures WHERE name = ?", (name,)), "a sign-in"
+        )
+
+    def recent_login_failures(self, since: float) -> list[sqlite3.Row]:
+        return self.all("SELECT name, at FROM login_failures WHERE at >= ? ORDER BY at", (since,))
 
     # -- join tokens ----------------------------------------------------------------------------
 
     def add_join_token(self, token_id: str, token_hash: str, expires_at: float, created_by: str) -> None:
-        with self.tx() as db:
-            db.execute(
+        self.write(
+            lambda db: db.execute(
                 "INSERT INTO join_tokens (id, hash, created_at, expires_at, created_by) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (token_id, token_hash, time.time(), expires_at, created_by),
             )
+        )
 
     def get_join_token(self, token_id: str) -> sqlite3.Row | None:
         return self.one("SELECT * FROM join_tokens WHERE id = ?", (token_id,))
@@ -265,20 +404,20 @@ class Store:
         return self.all("SELECT * FROM join_tokens ORDER BY created_at")
 
     def revoke_join_token(self, token_id: str) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE join_tokens SET revoked = 1 WHERE id = ?", (token_id,))
+        self.write(lambda db: db.execute("UPDATE join_tokens SET revoked = 1 WHERE id = ?", (token_id,)))
 
     # -- workers --------------------------------------------------------------------------------
 
-    def add_worker(  # noqa: PLR0917
+    async def add_worker(  # noqa: PLR0917
         self, worker_id: str, name: str, credential_hash: str, join_token_id: str, facts: bytes, state: int
     ) -> None:
-        with self.tx() as db:
-            db.execute(
+        await self.awrite(
+            lambda db: db.execute(
                 "INSERT INTO workers (id, name, credential_hash, join_token_id, facts, state, "
                 "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (worker_id, name, credential_hash, join_token_id, facts, state, time.time()),
             )
+        )
 
     def get_worker(self, worker_id: str) -> sqlite3.Row | None:
         return self.one("SELECT * FROM workers WHERE id = ?", (worker_id,))
@@ -290,23 +429,21 @@ class Store:
         return self.all("SELECT * FROM workers ORDER BY registered_at")
 
     def update_worker(self, worker_id: str, **fields: Any) -> None:
+        """Queue a change to a worker's row. The pool's live view (the Fleet) is the authority while
+        it runs; the row is what a restart and `status` read, so nobody needs to wait for it.
+        Writes run in order, so a later update always lands after an earlier one."""
         if not fields:
             return
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        with self.tx() as db:
-            db.execute(
+        self.write_nowait(
+            lambda db: db.execute(
                 f"UPDATE workers SET {assignments} WHERE id = ?",  # noqa: S608 (names are ours)
                 (*fields.values(), worker_id),
-            )
+            ),
+            f"worker {worker_id}'s state",
+        )
 
     # -- blobs ----------------------------------------------------------------------------------
-
-    def add_blob(self, sha256: str, size: int) -> None:
-        with self.tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)",
-                (sha256, size, time.time()),
-            )
 
     def blob_hashes(self) -> set[str]:
         return {row["sha256"] for row in self.all("SELECT sha256 FROM blobs")}
@@ -317,19 +454,22 @@ class Store:
         return {h for row in rows for h in (row["bundle_sha256"], row["result_sha256"]) if h}
 
     def delete_blob_rows(self, hashes: Iterable[str]) -> None:
-        with self.tx() as db:
-            db.executemany("DELETE FROM blobs WHERE sha256 = ?", [(h,) for h in hashes])
+        rows = [(h,) for h in hashes]
+        if rows:
+            self.write(lambda db: db.executemany("DELETE FROM blobs WHERE sha256 = ?", rows))
 
     def expire_finished_tasks(self, before: float) -> int:
         """Mark tasks that ended before `before` as past retention; their blobs become collectable."""
         terminal = ",".join(str(int(s)) for s in TERMINAL_STATES)
-        with self.tx() as db:
-            cursor = db.execute(
-                f"UPDATE tasks SET blobs_expired = 1 WHERE blobs_expired = 0 "  # noqa: S608
-                f"AND state IN ({terminal}) AND finished_at < ?",
-                (before,),
+        return self.write(
+            lambda db: (
+                db.execute(
+                    f"UPDATE tasks SET blobs_expired = 1 WHERE blobs_expired = 0 "  # noqa: S608
+                    f"AND state IN ({terminal}) AND finished_at < ?",
+                    (before,),
+                ).rowcount
             )
-            return cursor.rowcount
+        )
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -367,6 +507,16 @@ class Store:
             f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY queued_at, id",  # noqa: S608
             [int(s) for s in states],
         )
+
+    def usage_by_owner(self, states: Sequence[int]) -> dict[str, Amount]:
+        """What each user's tasks in `states` hold: the scheduler's fair-share input."""
+        marks = ",".join("?" * len(states))
+        rows = self.all(
+            f"SELECT owner, sum(cpus) AS cpus, sum(memory_bytes) AS memory, sum(gpus) AS gpus "  # noqa: S608
+            f"FROM tasks WHERE state IN ({marks}) GROUP BY owner",
+            [int(s) for s in states],
+        )
+        return {r["owner"]: Amount(float(r["cpus"]), int(r["memory"]), int(r["gpus"])) for r in rows}
 
     def count_by_state(self) -> dict[int, int]:
         return {

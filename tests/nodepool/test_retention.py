@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -14,37 +15,45 @@ from hivemind_nodepool.store import MIGRATIONS, Store
 
 
 def put_blob(blobs: BlobStore, data: bytes) -> str:
-    writer = blobs.writer(1 << 20)
-    writer.write(data)
-    writer.verify(hashlib.sha256(data).hexdigest())
-    return asyncio.run(writer.finish())
+    async def put() -> str:
+        writer = blobs.writer(1 << 20)
+        await writer.write(data)
+        await writer.verify(hashlib.sha256(data).hexdigest())
+        return await writer.finish()
+
+    return asyncio.run(put())
 
 
 def add_task(store: Store, task_id: str, bundle: str, result: str, finished_at: float | None) -> None:
-    with store.tx() as db:
-        for sha in {bundle, result} - {""}:
-            db.execute("INSERT OR IGNORE INTO blobs VALUES (?, 1, ?)", (sha, time.time()))
-        store.insert_task(
-            db,
-            {
-                "id": task_id,
-                "owner": "alice",
-                "manifest": b"",
-                "state": 6 if finished_at else 1,
-                "cpus": 1,
-                "memory_bytes": 1,
-                "gpus": 0,
-                "bundle_sha256": bundle,
-                "bundle_size": 1,
-                "created_at": 0,
-                "updated_at": 0,
-                "queued_at": 0,
-                "max_retries": 2,
-                "timeout_seconds": 60,
-                "result_sha256": result,
-                "finished_at": finished_at,
-            },
-        )
+    store.write(lambda db: _insert(store, db, task_id, bundle, result, finished_at))
+
+
+def _insert(
+    store: Store, db: sqlite3.Connection, task_id: str, bundle: str, result: str, finished_at: float | None
+) -> None:
+    for sha in {bundle, result} - {""}:
+        db.execute("INSERT OR IGNORE INTO blobs VALUES (?, 1, ?)", (sha, time.time()))
+    store.insert_task(
+        db,
+        {
+            "id": task_id,
+            "owner": "alice",
+            "manifest": b"",
+            "state": 6 if finished_at else 1,
+            "cpus": 1,
+            "memory_bytes": 1,
+            "gpus": 0,
+            "bundle_sha256": bundle,
+            "bundle_size": 1,
+            "created_at": 0,
+            "updated_at": 0,
+            "queued_at": 0,
+            "max_retries": 2,
+            "timeout_seconds": 60,
+            "result_sha256": result,
+            "finished_at": finished_at,
+        },
+    )
 
 
 def test_retention_collects_only_unreferenced_blobs(tmp_path: Path) -> None:
