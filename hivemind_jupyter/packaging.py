@@ -157,7 +157,8 @@ def pack_path(target: Path, request: TaskRequest, workdir: Path, *, entry: str |
             raise InvalidInput("give `entry` only with a folder")
         if not entry or clean.is_absolute() or ".." in clean.parts or "\\" in entry:
             raise InvalidInput(f"entry {entry!r} must be a notebook path inside the folder")
-    validate(request.to_manifest(entry or target.name))  # bad requests fail before any packing
+    placeholder = target.name if target.is_file() else "entry.ipynb"
+    validate(request.to_manifest(entry or placeholder))  # bad requests fail before any packing
     manifest, packed = package_path(target, request, entry=entry, workdir=workdir, max_bytes=max_bytes)
     validate(manifest)
     return manifest, packed
