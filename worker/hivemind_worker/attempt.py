@@ -237,9 +237,14 @@ class Attempt:
         if outcome.status == outcomes.STOPPED:
             if self.stopper.kind == "fenced":
                 raise Fenced(self.stopper.reason)
-            return self._stopped(header), None
-        self._apply(header, outcome)
-        self._status(pb.UPLOADING, "uploading the result")
+            header = self._stopped(header)
+            if header.requeue:
+                return header, None  # it runs again elsewhere: nothing of this run is returned
+            # Cancelled: the pool has already ended the task, so no UPLOADING report; the
+            # result shows the user how far it got.
+        else:
+            self._apply(header, outcome)
+            self._status(pb.UPLOADING, "uploading the result")
         result_path = self.folder / "result.zip"
         meta = {"task_id": self.task_id, "attempt": self.number, "outcome": pb.TaskState.Name(header.outcome),
                 "error": header.error, "cpu_seconds": outcome.cpu_seconds,
@@ -257,6 +262,7 @@ class Attempt:
         self.client.fetch_bundle(self.task_id, self.number, partial)
 
     def _stopped(self, header: pb.ResultHeader) -> pb.ResultHeader:
+        """Cancelled, or handed back (requeue) when the worker drains."""
         header.outcome = pb.CANCELLED
         header.error = self.stopper.reason
         header.requeue = self.stopper.kind == REQUEUE

@@ -14,6 +14,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# On cancel and timeout the runner gets SIGTERM and this long to save the notebook so far before
+# SIGKILL; short, so a cancel still ends the task well within 2 s.
+STOP_GRACE = 1.0
+
 RunnerEvent = dict[str, Any]
 EventSink = Callable[[RunnerEvent], None]
 

@@ -27,6 +27,7 @@ from .base import (
     DIED,
     OK,
     OUT_OF_MEMORY,
+    STOP_GRACE,
     STOPPED,
     TIMED_OUT,
     EventSink,
@@ -153,8 +154,7 @@ class DockerExecutor(Executor):
                     stop_kind = TIMED_OUT
                     break
             if stop_kind:
-                self._kill(container)
-                reader.join(timeout=5)
+                self._stop(container, reader)
                 if stop_kind == TIMED_OUT:
                     return RunOutcome(TIMED_OUT, error=f"the task ran longer than its timeout "
                                       f"({spec.timeout:.0f}s) and was stopped")
@@ -193,11 +193,20 @@ class DockerExecutor(Executor):
         finally:
             parser.close()
 
-    def _kill(self, container: Any) -> None:
+    def _stop(self, container: Any, reader: threading.Thread) -> None:
+        """SIGTERM (the runner saves the notebook so far), then SIGKILL after STOP_GRACE. The
+        container's init passes the signal to the runner only, not to the kernel."""
+        self._kill(container, "SIGTERM")
+        reader.join(timeout=STOP_GRACE)  # the attach stream ends when the container does
+        if reader.is_alive():
+            self._kill(container)
+            reader.join(timeout=5)
+
+    def _kill(self, container: Any, signal: str = "SIGKILL") -> None:
         try:
-            container.kill()
+            container.kill(signal=signal)
         except docker.errors.APIError as exc:
-            log.debug("kill %s: %s", container.name, exc)
+            log.debug("kill %s (%s): %s", container.name, signal, exc)
 
     def _remove(self, name: str) -> None:
         try:

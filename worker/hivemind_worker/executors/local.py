@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -23,6 +23,7 @@ from ..environments import LocalEnvironments
 from ..image import RUNNER
 from .base import (
     OUT_OF_MEMORY,
+    STOP_GRACE,
     STOPPED,
     TIMED_OUT,
     EventSink,
@@ -107,6 +108,7 @@ class LocalExecutor(Executor):
         deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
         peak = 0
         stop = ""
+        tree: list[psutil.Process] = []
         try:
             root = psutil.Process(process.pid)
             while process.poll() is None:
@@ -120,10 +122,22 @@ class LocalExecutor(Executor):
                     stop = TIMED_OUT
                 if stop:
                     break
+            if stop in (STOPPED, TIMED_OUT):
+                # The runner saves the notebook so far on SIGTERM. Its kernel (taken now: once
+                # the runner is gone it is nobody's child) is killed below.
+                tree = _tree(root)
+                process.terminate()
+                with suppress(subprocess.TimeoutExpired):
+                    process.wait(STOP_GRACE)
         except psutil.NoSuchProcess:
             pass
         finally:
             kill_tree(process.pid)
+            for proc in reversed(tree):
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    continue
             process.wait()
             for reader in readers:
                 reader.join(timeout=5)

@@ -17,7 +17,12 @@ so it cannot corrupt them:
     {"t": "end", "status": "ok" | "error" | "kernel_died" | "runner_error",
      "error": "...", "traceback": "...", "metrics": {"cpu_seconds": ..., "peak_memory_bytes": ...}}
 
-Files written to the output folder: executed.ipynb (also after an error), variables.json.
+Files written to the output folder: executed.ipynb (also after an error), variables.json. The
+notebook is saved after every cell, while a cell runs at most every few seconds as its outputs
+arrive, and on SIGTERM (how the worker stops a task on cancel or timeout, before it kills it), always
+by an atomic rename: a stopped task's last saved copy is whole and shows how far it got. Its
+metadata says so: {"hivemind": {"cells_done": N, "cells_total": M, "finished": false}} until the
+run ends.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import re
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -81,6 +87,62 @@ class Emitter:
         self._out.flush()
 
 
+class NotebookSaver:
+    """Saves the notebook being executed to out_dir/executed.ipynb, atomically, so a copy that a
+    kill interrupts is never half written. After a cell it saves unless the last save was very
+    recent compared with what saving costs (ten times its duration); while a cell runs, at most
+    every SAVE_EVERY seconds. A notebook with big outputs thus never spends most of its time
+    rewriting itself."""
+
+    SAVE_EVERY = 2.0
+
+    def __init__(self, nb: Any, out_dir: str, total: int) -> None:
+        self.nb = nb
+        self.path = os.path.join(out_dir, "executed.ipynb")
+        self.total = total
+        self.done = 0
+        self._last = 0.0
+        self._cost = 0.0
+
+    def save(self, finished: bool = False, suffix: str = ".partial") -> None:
+        import nbformat
+
+        began = time.monotonic()
+        self.nb.metadata["hivemind"] = {"cells_done": self.done, "cells_total": self.total,
+                                        "finished": finished}
+        partial = self.path + suffix
+        with open(partial, "w", encoding="utf-8") as handle:
+            nbformat.write(self.nb, handle)
+        os.replace(partial, self.path)
+        self._last = time.monotonic()
+        self._cost = self._last - began
+
+    def _try_save(self) -> None:
+        try:
+            self.save()
+        except Exception as exc:  # a failed save must not stop the run
+            print(f"hivemind: could not save the notebook so far: {exc}", file=sys.stderr)
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        """The worker stops the task (cancel, timeout) with SIGTERM and a short grace before
+        SIGKILL: save what ran so far, outputs of the running cell included, and leave. Python runs
+        this between bytecodes, so the notebook is in a consistent state; a save this interrupted
+        used another temporary name."""
+        try:
+            self.save(suffix=".stopped")
+        finally:
+            os._exit(128 + signum)
+
+    def cell_done(self, done: int) -> None:
+        self.done = done
+        if time.monotonic() - self._last >= 10 * self._cost:
+            self._try_save()
+
+    def output_arrived(self) -> None:
+        if time.monotonic() - self._last >= max(self.SAVE_EVERY, 10 * self._cost):
+            self._try_save()
+
+
 def _metrics(started: float) -> dict[str, float]:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -97,7 +159,8 @@ def _metrics(started: float) -> dict[str, float]:
             "runner_seconds": round(time.monotonic() - started, 3)}
 
 
-def _make_client(nb: Any, emitter: Emitter, cwd: str, kernel_name: str) -> Any:
+def _make_client(nb: Any, emitter: Emitter, cwd: str, kernel_name: str,
+                 saver: NotebookSaver | None = None) -> Any:
     from nbclient import NotebookClient
 
     class StreamingClient(NotebookClient):
@@ -116,6 +179,8 @@ def _make_client(nb: Any, emitter: Emitter, cwd: str, kernel_name: str) -> Any:
                              cell=cell_index)
             else:
                 emitter.emit("display", output=out, cell=cell_index)
+            if saver is not None:
+                saver.output_arrived()
             return out
 
     return StreamingClient(nb, timeout=None, kernel_name=kernel_name, allow_errors=False,
@@ -141,7 +206,10 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
         nb = parameterize_notebook(nb, parameters, kernel_name=kernel_name, language="python")
     code_cells = [index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     emitter.emit("progress", done=0, total=len(code_cells))
-    client = _make_client(nb, emitter, cwd, kernel_name)
+    saver = NotebookSaver(nb, out_dir, len(code_cells))
+    saver.save()  # a task killed before its first cell ends still returns its notebook
+    signal.signal(signal.SIGTERM, saver.on_sigterm)
+    client = _make_client(nb, emitter, cwd, kernel_name, saver)
     result: dict[str, Any] = {"status": "ok", "error": "", "traceback": ""}
     try:
         with client.setup_kernel():
@@ -153,6 +221,7 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
                                   traceback=_ANSI.sub("", exc.traceback or str(exc)), cell=index)
                     break
                 finally:
+                    saver.cell_done(done)
                     emitter.emit("progress", done=done, total=len(code_cells))
             names = request.get("pull_variables") or []
             if names and result["status"] == "ok":
@@ -173,7 +242,7 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
     except DeadKernelError as exc:
         result.update(status="kernel_died", error=f"the kernel died: {exc}")
     finally:
-        nbformat.write(nb, os.path.join(out_dir, "executed.ipynb"))
+        saver.save(finished=True)
     result["metrics"] = _metrics(started)
     return result
 
