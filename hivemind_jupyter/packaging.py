@@ -15,7 +15,7 @@ import keyword
 import pickle
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
@@ -151,14 +151,11 @@ def pack_path(target: Path, request: TaskRequest, workdir: Path, *, entry: str |
               max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> tuple[pb.Manifest, PackedBundle]:
     """A notebook (sent with its folder) or a folder (with its entry notebook), as `hivemind submit`
     packages it; the entry must be a notebook inside the folder."""
-    if entry is not None:
-        clean = PurePosixPath(entry)
-        if not target.is_dir():
-            raise InvalidInput("give `entry` only with a folder")
-        if not entry or clean.is_absolute() or ".." in clean.parts or "\\" in entry:
-            raise InvalidInput(f"entry {entry!r} must be a notebook path inside the folder")
+    if entry is not None and not target.is_dir():
+        raise InvalidInput("give `entry` only with a folder")
     placeholder = target.name if target.is_file() else "entry.ipynb"
     validate(request.to_manifest(entry or placeholder))  # bad requests fail before any packing
-    manifest, packed = package_path(target, request, entry=entry, workdir=workdir, max_bytes=max_bytes)
+    manifest, packed = package_path(target, request, entry=entry, workdir=workdir, max_bytes=max_bytes,
+                                    how_to_choose='the "entry" field')
     validate(manifest)
     return manifest, packed

@@ -11,7 +11,7 @@ import json
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from google.protobuf import json_format
 
@@ -69,26 +69,34 @@ def manifest_json(manifest: pb.Manifest) -> bytes:
     return json_format.MessageToJson(manifest, preserving_proto_field_name=True, indent=2).encode()
 
 
-def find_entry(folder: Path, entry: str | None) -> str:
-    """The entry notebook's name inside folder: the one given, or the folder's only notebook."""
-    if entry:
-        if not (folder / entry).is_file():
+def find_entry(folder: Path, entry: str | None, how_to_choose: str = "--entry NAME") -> str:
+    """The entry notebook's name inside folder: the one given, or the folder's only notebook.
+
+    how_to_choose tells the caller's user how to name one (a CLI flag, an API field)."""
+    if entry is not None:
+        clean = PurePosixPath(entry)
+        if not entry or clean.is_absolute() or ".." in clean.parts or "\\" in entry:
+            raise InvalidInput(f"the entry notebook {entry!r} must be a path inside the folder")
+        if clean.suffix != ".ipynb" or not (folder / clean).is_file():
             raise InvalidInput(f"there is no notebook {entry!r} in {folder}")
-        return Path(entry).as_posix()
+        return clean.as_posix()
     notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
     if len(notebooks) == 1:
         return notebooks[0]
     if not notebooks:
         raise InvalidInput(f"{folder} holds no notebook (.ipynb) to run")
-    raise InvalidInput(f"{folder} holds {len(notebooks)} notebooks; say which one to run with --entry")
+    raise InvalidInput(f"{folder} holds {len(notebooks)} notebooks ({', '.join(notebooks[:5])}); "
+                       f"say which one to run with {how_to_choose}")
 
 
 def package_path(
     path: str | Path,
     request: TaskRequest,
+    *,
     entry: str | None = None,
     workdir: str | Path | None = None,
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+    how_to_choose: str = "--entry NAME",
 ) -> tuple[pb.Manifest, PackedBundle]:
     """Package a notebook (with its folder) or a folder into a bundle ZIP in workdir."""
     source = Path(path).expanduser()
@@ -97,7 +105,7 @@ def package_path(
             raise InvalidInput(f"{source} is not a notebook (.ipynb) or a folder")
         folder, entry_name = source.parent, source.name
     elif source.is_dir():
-        folder, entry_name = source, find_entry(source, entry)
+        folder, entry_name = source, find_entry(source, entry, how_to_choose)
     else:
         raise InvalidInput(f"{source} does not exist")
     manifest = request.to_manifest(entry_name)

@@ -108,7 +108,7 @@ def test_submit_a_folder_and_cancel(api, signed_in, local_worker, jp_root_dir: P
     write_notebook(jp_root_dir / "slow" / "sleep.ipynb", "seconds = 120", "import time\ntime.sleep(seconds)")
     write_notebook(jp_root_dir / "slow" / "other.ipynb", "x = 1")
     status, body = api("POST", "tasks", body={"path": "slow"})
-    assert status == 400 and "--entry" in body["error"]
+    assert status == 400 and '"entry"' in body["error"]
     status, task = api("POST", "tasks", body={"path": "slow", "entry": "sleep.ipynb", "memory": "512M"})
     assert status == 201, task
     wait_state(api, task["id"], {"RUNNING"})
