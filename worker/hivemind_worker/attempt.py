@@ -27,7 +27,7 @@ from hivemind_nodepool.errors import Conflict, HiveMindError, NotFound, PoolUnav
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 from .bundles import BundleCache
-from .errors import EnvironmentBuildError, WorkerError
+from .errors import EnvironmentBuildError, NoTaskNetwork, WorkerError
 from .events import EventStream
 from .executors import base as outcomes
 from .executors.base import Executor, RunOutcome, RunSpec, Stopper
@@ -168,6 +168,8 @@ class Attempt:
             header = None  # type: ignore[assignment]
         except BundleError as exc:
             header.outcome, header.error = pb.FAILED, f"the bundle was refused: {exc}"
+        except NoTaskNetwork as exc:
+            header.outcome, header.error = pb.FAILED, str(exc)
         except EnvironmentBuildError as exc:
             header.outcome, header.error = pb.FAILED, f"the environment could not be built: {exc}"
         except HiveMindError as exc:
@@ -195,6 +197,8 @@ class Attempt:
         manifest = self.assignment.manifest
         if self.stopper.stopped:  # handed back before it began (a draining worker)
             return self._stopped(header), None
+        if self.assignment.allow_network:
+            self.executor.check_network()
         self._status(pb.PREPARING, "fetching the bundle")
         bundle = self.bundles.get(self.assignment.bundle_sha256, self._download)
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -29,7 +29,7 @@ def _settings_from(args: argparse.Namespace) -> Any:
         "max_cpus": args.max_cpus, "max_memory": args.max_memory, "max_gpus": args.max_gpus,
         "image": args.image, "heartbeat_interval": args.heartbeat_interval,
         "drain_grace": args.drain_grace, "build_network": args.build_network,
-        "build_ca_bundle": args.build_ca_bundle,
+        "build_ca_bundle": args.build_ca_bundle, "task_network": args.task_network,
         "insecure": True if args.insecure else None,
     }
     return load_settings(args.config, overrides)
@@ -54,6 +54,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-grace", help="how long running tasks may finish on SIGTERM (default 60s)")
     parser.add_argument("--build-network", help="network mode for environment builds, e.g. host")
     parser.add_argument("--build-ca-bundle", help="CA bundle mounted into environment builds")
+    parser.add_argument("--task-network", help="the Docker network for tasks the pool allows network "
+                        "(default: bridge; never the host's)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -89,7 +89,8 @@ class Daemon:
         return DockerExecutor(client, s.image, self.state_dir, worker_id=self.worker_id,
                               pids_limit=s.pids_limit, tmpfs_size=s.tmpfs_size,
                               default_memory=s.default_memory, env_cache_size=s.env_cache_size,
-                              build_network=s.build_network, build_ca_bundle=s.build_ca_bundle)
+                              build_network=s.build_network, build_ca_bundle=s.build_ca_bundle,
+                              task_network=s.task_network)
 
     def _facts(self) -> pb.MachineFacts:
         s = self.settings

@@ -11,3 +11,7 @@ class WorkerError(HiveMindError):
 
 class EnvironmentBuildError(WorkerError):
     """A task's requirements could not be installed; the message carries pip's last lines."""
+
+
+class NoTaskNetwork(WorkerError):
+    """A task the pool allows network cannot get one here; the message says how to give it one."""

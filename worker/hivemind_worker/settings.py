@@ -50,6 +50,8 @@ class WorkerSettings:
     build_network: str | None = None        # network mode for environment builds, e.g. "host"
     build_ca_bundle: Path | None = None     # extra CA bundle mounted into environment builds
     keep_attempts: bool = False             # keep attempt folders after upload (debugging)
+    task_network: str = "bridge"            # Docker network for tasks the pool allows network
+
 
     def validate(self) -> None:
         if self.executor not in ("docker", "local"):
@@ -60,6 +62,10 @@ class WorkerSettings:
             raise InvalidInput("the heartbeat interval must be positive and the drain grace not negative")
         if self.pids_limit < 16:
             raise InvalidInput("the pids limit must be at least 16")
+        if self.task_network in ("host", "none", "") or self.task_network.startswith("container:"):
+            raise InvalidInput(f"task_network {self.task_network!r}: name a Docker network made for "
+                               "tasks (docker network create hivemind-tasks); tasks never get the "
+                               "host's network")
         for key in self.labels:
             if not key or "=" in key or "," in key:
                 raise InvalidInput(f"bad label name {key!r}")

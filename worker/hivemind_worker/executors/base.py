@@ -156,6 +156,10 @@ class Executor(ABC):
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
         """Run the task to its end (or until stopper fires); always leaves nothing running."""
 
+    def check_network(self) -> None:  # noqa: B027 - optional hook
+        """Raise NoTaskNetwork when a task allowed network could not get one (checked before
+        anything is downloaded or built)."""
+
     def prepare_dirs(self, spec: RunSpec) -> None:  # noqa: B027 - optional hook
         """Make the task and output folders usable by the sandbox's user."""
 

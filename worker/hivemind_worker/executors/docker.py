@@ -22,6 +22,7 @@ import docker.errors
 from docker.types import DeviceRequest, Mount
 
 from ..environments import DockerEnvironments
+from ..errors import NoTaskNetwork
 from ..image import RUNNER
 from .base import (
     DIED,
@@ -64,8 +65,9 @@ class DockerExecutor(Executor):
     def __init__(self, client: docker.DockerClient, image: str, state_dir: Path, *, worker_id: str = "",
                  pids_limit: int = 512, tmpfs_size: int = 1024**3, default_memory: int = 2 * 1024**3,
                  env_cache_size: int = 20 * 1024**3, build_network: str | None = None,
-                 build_ca_bundle: Path | None = None) -> None:
+                 build_ca_bundle: Path | None = None, task_network: str = "bridge") -> None:
         self.client = client
+        self.task_network = task_network
         self.image = image
         self.worker_id = worker_id
         self.pids_limit = pids_limit
@@ -79,6 +81,22 @@ class DockerExecutor(Executor):
     def environment_for(self, requirements: bytes | None,
                         on_notice: Callable[[str], None]) -> AbstractContextManager[str]:
         return self.environments.use(requirements, on_notice)
+
+    def check_network(self) -> None:
+        """The task network must exist: engines started with --bridge=none have no "bridge", and a
+        task must then fail saying so rather than run on some other network."""
+        name = self.task_network
+        try:
+            found = any(net.name == name for net in self.client.networks.list(names=[name]))
+        except docker.errors.DockerException as exc:
+            raise NoTaskNetwork(f"cannot look up the Docker network {name!r} for this task: {exc}") from None
+        if not found:
+            raise NoTaskNetwork(
+                f"this task may use the network, but the Docker engine on this worker has no network "
+                f"for tasks (no Docker network named {name!r}; engines started with --bridge=none "
+                "have none). To fix it, the worker's admin creates one, `docker network create "
+                "hivemind-tasks`, and starts the worker with --task-network hivemind-tasks (or runs "
+                "dockerd with its default bridge). Tasks never fall back to the host's network.")
 
     def prepare_dirs(self, spec: RunSpec) -> None:
         """The container's user must write the task and output folders. Running as root we hand
@@ -104,7 +122,8 @@ class DockerExecutor(Executor):
             "name": spec.name,
             "user": self._user(),
             "working_dir": TASK_DIR,
-            "network_mode": None if spec.allow_network else "none",
+            # Never None (Docker's default, which is the host's on some engines) nor "host".
+            "network_mode": self.task_network if spec.allow_network else "none",
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size}"},  # noqa: S108 (in the container)
             "cap_drop": ["ALL"],
