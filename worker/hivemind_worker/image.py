@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ RUNTIME_REPOSITORY = "hivemind-runtime"
 BOOTSTRAP_TAG = "hivemind-base:bookworm"
 BOOTSTRAP_SUITE = "bookworm"
 BOOTSTRAP_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BUILD_STAGE_LABEL = "org.hivemind.stage=runtime-build"
+# pip's lines worth showing while the image builds (the rest is noise)
+_PIP_PROGRESS = ("Collecting ", "Installing collected packages", "Successfully installed")
 
 
 def runtime_tag(version: str = __version__) -> str:
@@ -94,6 +98,64 @@ def image_exists(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
+class _DebootstrapProgress:
+    """Turns debootstrap's hundreds of "I: Retrieving x" lines into one line per phase."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.started = time.monotonic()
+        self.phase = ""
+        self.count = 0
+
+    def __call__(self, line: str) -> None:
+        if not line.startswith("I: "):
+            return
+        words = line[3:].split()
+        phase = words[0] if words else ""
+        if phase == self.phase:
+            self.count += 1
+            return
+        self.phase, self.count = phase, 1
+        self.say(f"  debootstrap: {line[3:].strip()[:100]} ({time.monotonic() - self.started:.0f}s)")
+
+
+def _run_with_progress(command: list[str], on_line: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run a command, passing each line of its output to on_line; (exit code, last lines)."""
+    tail: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as process:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip()
+            tail.append(line)
+            del tail[:-50]
+            on_line(line)
+    return process.returncode, tail
+
+
+def build_progress(text: str, say: Callable[[str], None]) -> None:
+    """Show the build's steps and pip's main lines as they come (a build takes minutes)."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("Step "):
+            say(f"  {line[:110]}")
+        elif line.startswith(_PIP_PROGRESS):
+            say(f"    pip: {line[:106]}")
+
+
+def remove_build_stage(client: docker.DockerClient) -> list[str]:
+    """Remove the untagged images the runtime build's first stage leaves (<none> in `docker images`);
+    returns their ids. Tagged images and images still in use are kept."""
+    removed = []
+    for image in client.images.list(filters={"dangling": True, "label": BUILD_STAGE_LABEL}):
+        try:
+            client.images.remove(image.id, noprune=False)
+            removed.append(str(image.id))
+        except docker.errors.APIError as exc:  # a container uses it, or another build does
+            log.debug("keeping build-stage image %s: %s", image.short_id, exc)
+    return removed
+
+
 def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror: str | None = None,
                    say: Callable[[str], None] = print) -> str:
     """Build a minimal Debian with Python by debootstrap and import it into Docker as `tag`."""
@@ -109,10 +171,10 @@ def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror
         if mirror:
             command.append(mirror)
         say(f"bootstrapping a {BOOTSTRAP_SUITE} base with debootstrap (about a minute)")
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise WorkerError(f"debootstrap failed (exit {result.returncode}):\n{tail}")
+        code, lines = _run_with_progress(command, _DebootstrapProgress(say))
+        if code != 0:
+            tail = "\n".join(lines[-15:])
+            raise WorkerError(f"debootstrap failed (exit {code}):\n{tail}")
         # Package caches and docs only make the image bigger.
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
             shutil.rmtree(root / junk, ignore_errors=True)
@@ -163,13 +225,20 @@ def build_runtime(options: BuildOptions, client: docker.DockerClient | None = No
         stream = client.api.build(path=str(context), tag=tag, buildargs=build_args, rm=True,
                                   forcerm=True, pull=False, network_mode=network, decode=True)
         tail: list[str] = []
-        for line in stream:
-            if "error" in line:
-                raise WorkerError(f"building {tag} failed: {line['error'].strip()}\n" + "".join(tail[-15:]))
-            text = line.get("stream", "")
-            if text:
-                tail.append(text)
-                log.debug("build: %s", text.rstrip())
+        try:
+            for line in stream:
+                if "error" in line:
+                    raise WorkerError(f"building {tag} failed: {line['error'].strip()}\n"
+                                      + "".join(tail[-15:]))
+                text = line.get("stream", "")
+                if text:
+                    tail.append(text)
+                    del tail[:-50]
+                    log.debug("build: %s", text.rstrip())
+                    build_progress(text, say)
+        finally:
+            if remove_build_stage(client):
+                say("removed the build stage's intermediate image")
     say(f"built {tag}")
     return tag
 
