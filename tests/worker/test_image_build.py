@@ -29,7 +29,8 @@ def _dangling_build_stages() -> set[str]:
 
 
 def _image_exists(tag: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0
+    found = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False)
+    return found.returncode == 0
 
 
 def test_progress_lines_are_picked_from_the_build_output() -> None:
