@@ -112,8 +112,13 @@ class Daemon:
         if not s.join_token:
             raise Unauthenticated(f"this worker has not joined {s.pool} yet: pass --join-token "
                                   "(an admin creates one with `hivemind-nodepool join-token create`)")
-        answer = self._retrying(lambda: self.client.register_worker(
-            s.join_token, s.name or socket.gethostname(), self.proto_facts))
+        try:
+            answer = self._retrying(lambda: self.client.register_worker(
+                s.join_token, s.name or socket.gethostname(), self.proto_facts))
+        except Unauthenticated as exc:
+            raise Unauthenticated(f"the pool refused the join token ({exc}): ask the admin for a new "
+                                  "one (`hivemind-nodepool join-token create`) and pass it with "
+                                  "--join-token") from None
         self.worker_id = answer.worker_id
         saved = identity_file.Identity(answer.worker_id, answer.credential, s.pool)
         identity_file.save(self.state_dir, saved)

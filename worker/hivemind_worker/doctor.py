@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hivemind_nodepool.errors import HiveMindError
 
@@ -12,6 +13,25 @@ from . import identity as identity_file
 from .settings import WorkerSettings
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+def nvidia_pci_devices(root: Path = Path("/sys/bus/pci/devices")) -> list[str]:
+    """PCI addresses of NVIDIA display/3D controllers, seen without any driver (vendor 0x10de,
+    class 0x03xxxx), so a missing driver can be told from a machine without a GPU."""
+    found = []
+    try:
+        devices = sorted(root.iterdir())
+    except OSError:
+        return []
+    for device in devices:
+        try:
+            vendor = (device / "vendor").read_text().strip()
+            klass = (device / "class").read_text().strip()
+        except OSError:
+            continue
+        if vendor == "0x10de" and klass.startswith("0x03"):
+            found.append(device.name)
+    return found
 
 
 def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> None:
@@ -24,8 +44,13 @@ def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> N
         if settings.executor == "docker" and not found.nvidia_runtime:
             say(WARN, "gpus", "Docker has no 'nvidia' runtime, so containers cannot use the GPUs: install "
                 "the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`")
+    elif nvidia_pci_devices():
+        say(WARN, "gpus", f"this machine has {len(nvidia_pci_devices())} NVIDIA device(s) but the worker "
+            f"cannot use them ({found.gpu_error or 'NVML found no GPU'}): install the NVIDIA driver "
+            "(nvidia-smi must work), then restart the worker; tasks asking for GPUs go elsewhere until then")
     else:
-        say(OK, "gpus", f"none ({found.gpu_error or 'no NVIDIA GPU'})")
+        say(OK, "gpus", f"none ({found.gpu_error or 'no NVIDIA GPU'}); tasks that ask for GPUs go to "
+            "other workers")
 
     if settings.executor == "local":
         say(WARN, "executor", "local: tasks run WITHOUT isolation, as this user, with its files and network")
@@ -51,7 +76,9 @@ def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> N
             client.wait_ready(timeout=5)
         say(OK, "pool", f"{settings.pool} answers")
     except HiveMindError as exc:
-        say(FAIL, "pool", str(exc))
+        say(FAIL, "pool", f"{settings.pool} does not answer ({exc}). Check the address and port, that "
+            "`hivemind-nodepool serve` runs there and a firewall lets this machine reach it; a pool "
+            "that serves TLS needs --ca with its CA certificate")
         return
     try:
         saved = identity_file.load(settings.state_dir, settings.pool) if settings.state_dir.exists() else None
@@ -61,7 +88,9 @@ def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> N
     if saved is not None:
         say(OK, "identity", f"joined as {saved.worker_id} (state dir {settings.state_dir})")
     elif settings.join_token:
-        say(OK, "identity", "not joined yet; the join token will be used on `run`")
+        say(OK, "identity", "not joined yet; `run` joins with the join token (only the pool can check "
+            "it: if `run` says it was refused, ask the admin for a new one with "
+            "`hivemind-nodepool join-token create`)")
     else:
         say(FAIL, "identity", "not joined yet and no --join-token: ask the admin for one "
             "(`hivemind-nodepool join-token create`)")
