@@ -7,7 +7,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, Notification, ToolbarButton } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification, ToolbarButton, showErrorMessage } from '@jupyterlab/apputils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
 import { INotebookModel, NotebookPanel } from '@jupyterlab/notebook';
@@ -106,7 +106,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await model.adopt(task);
       } catch (error) {
         Notification.dismiss(pending);
-        Notification.error(`HiveMind did not accept ${path}: ${describe(error)}`, { autoClose: false });
+        const message = `HiveMind did not accept ${path}: ${describe(error)}`;
+        // toasts are cut at 140 characters; "Details" shows the whole message
+        Notification.error(message, {
+          autoClose: false,
+          actions: [{ label: 'Details', callback: () => void showErrorMessage('Run on HiveMind', message) }]
+        });
       }
     };
 

@@ -82,9 +82,21 @@ class PanelPage:
         self.page.wait_for_selector(SIDEBAR, state="attached", timeout=60_000)
 
     def open_panel(self) -> None:
-        if not self.page.locator(SIDEBAR).is_visible():
-            self.page.click('.jp-SideBar .lm-TabBar-tab[data-id="hivemind-sidebar"]')
-        self.page.wait_for_selector(SIDEBAR, state="visible")
+        self._show_sidebar(SIDEBAR, "hivemind-sidebar")
+
+    def _show_sidebar(self, selector: str, tab_id: str) -> None:
+        """Clicks a left-sidebar tab until its widget shows: the tab toggles, and a layout restore
+        that is still running may open or close it under the click."""
+        for _ in range(5):
+            if self.page.locator(selector).is_visible():
+                return
+            self.page.click(f'.jp-SideBar .lm-TabBar-tab[data-id="{tab_id}"]')
+            try:
+                self.page.wait_for_selector(selector, state="visible", timeout=3_000)
+                return
+            except Exception:  # the restore closed it again: click once more
+                continue
+        self.page.wait_for_selector(selector, state="visible")
 
     def record(self) -> None:
         self.page.evaluate(RECORDER)
@@ -113,10 +125,7 @@ class PanelPage:
             ".jp-DirListing-itemText", has_text=name)).first
 
     def open_file_browser(self) -> None:
-        # the sidebar tab toggles: click it only while the file browser is hidden
-        if not self.page.locator("#filebrowser").is_visible():
-            self.page.click('.jp-SideBar .lm-TabBar-tab[data-id="filebrowser"]')
-        self.page.wait_for_selector("#filebrowser", state="visible")
+        self._show_sidebar("#filebrowser", "filebrowser")
 
     def run_from_file_browser(self, name: str, fields: dict[str, str]) -> None:
         self.open_file_browser()

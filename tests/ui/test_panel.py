@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,11 +188,14 @@ def test_screenshots(panel: PanelPage, lab: Lab, theme: str) -> None:
 
 
 def test_restored_after_reload(panel: PanelPage) -> None:
-    panel.open_panel()
+    panel.open_file_browser()
+    saved = lambda request: "/lab/api/workspaces" in request.url and request.method == "PUT"  # noqa: E731
+    with panel.page.expect_request(saved, timeout=30_000):
+        panel.open_panel()  # JupyterLab saves the layout with the panel open
     panel.open_lab()
-    # ILayoutRestorer: the panel that was open comes back open
+    # ILayoutRestorer: the panel that was open comes back open, on the view it showed
     panel.page.wait_for_selector(SIDEBAR, state="visible", timeout=60_000)
-    assert Path(SCREENSHOTS).exists()
+    assert panel.page.locator("#filebrowser").is_hidden()
 
 
 def _task_count(panel: PanelPage) -> int:
@@ -206,9 +208,9 @@ def _dialog_error(panel: PanelPage, fields: dict[str, str], expected: str) -> No
     for name, value in fields.items():
         dialog.locator(f'[name="{name}"]').fill(value)
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
-    error = panel.page.locator(".jp-Dialog .jp-HiveMind-error")
-    error.wait_for()
-    assert expected in error.inner_text(), error.inner_text()
+    # the dialog comes back with what is wrong (the previous dialog may still be closing)
+    panel.page.locator(".jp-Dialog .jp-HiveMind-error", has_text=expected).wait_for()
+    panel.page.wait_for_function("document.querySelectorAll('.jp-Dialog').length === 1")
 
 
 def test_submit_dialog_refuses_bad_input(panel: PanelPage) -> None:
@@ -242,7 +244,13 @@ def test_server_refusals_are_shown(panel: PanelPage) -> None:
     panel.run_from_file_browser("two", {})
     toast = panel.page.locator(".Toastify__toast", has_text="HiveMind did not accept two")
     toast.wait_for(timeout=30_000)
-    assert "entry" in toast.inner_text()
+    assert "2 notebooks" in toast.inner_text() or "entry" in toast.inner_text()
+    # the toast is cut short; "Details" shows the server's whole message
+    toast.get_by_role("button", name="Details").click()
+    details = panel.page.locator(".jp-Dialog")
+    details.wait_for()
+    assert "a.ipynb" in details.inner_text()
+    details.locator(".jp-Dialog-button").last.click()
     # a body far over the server's limit (2 MB of parameters) is refused, and says why
     panel.open_file_browser()
     panel.file_item("hello.ipynb").click(button="right")
