@@ -17,6 +17,7 @@ from .errors import InvalidInput, TooLarge
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+INLINE_BYTES = 64 * 1024  # smaller chunks are hashed and written on the loop: cheaper than a thread hop
 
 
 def _fsync_dir(path: Path) -> None:
@@ -40,7 +41,6 @@ class BlobWriter:
         self.size = 0
         self._digest = hashlib.sha256()
         self._pending: asyncio.Future[None] | None = None
-        store.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd_name = f"{os.getpid()}-{time.monotonic_ns()}-{id(self):x}.part"
         self.tmp_path = store.tmp_dir / fd_name
         self._file = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 (closed in finish/abort)
@@ -62,7 +62,10 @@ class BlobWriter:
         if self.size > self.max_size:
             raise TooLarge(f"the upload is larger than the pool's limit of {self.max_size} bytes")
         await self._drain()  # the previous chunk is hashed and written before this one starts
-        self._pending = asyncio.get_running_loop().run_in_executor(None, self._absorb, data)
+        if len(data) <= INLINE_BYTES:
+            self._absorb(data)
+        else:
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self._absorb, data)
 
     @property
     def sha256(self) -> str:
@@ -116,7 +119,7 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
-        root.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, sha256: str) -> Path:
         if not _HEX.match(sha256):

@@ -27,6 +27,23 @@ from .units import format_size
 log = logging.getLogger(__name__)
 
 Signature = tuple[float, int, int, tuple[tuple[str, str], ...]]
+FleetView = tuple[tuple[str, int, bool, Amount, tuple[tuple[str, str], ...]], ...]
+
+
+def fleet_view(workers: list[WorkerEntry], planned: dict[str, Amount] | None = None) -> FleetView:
+    """What placement depends on, per worker: equal views give equal verdicts. `planned` is taken
+    off the free capacity (placements decided but not yet in the allocations)."""
+    planned = planned or {}
+    return tuple(
+        (
+            w.worker_id,
+            w.state,
+            w.connected,
+            w.free - planned.get(w.worker_id, Amount()),
+            tuple(sorted(w.facts.labels.items())),
+        )
+        for w in workers
+    )
 
 
 def _plural(n: float, word: str) -> str:
@@ -112,6 +129,8 @@ class Scheduler:
         self.interval = interval
         self.cycles = 0
         self._label_cache: dict[str, dict[str, str]] = {}  # task id -> labels, parsed once
+        self._last_view: FleetView | None = None  # the workers as the last completed pass saw them
+        self._failed: dict[Signature, str] = {}  # that pass's reasons, by request signature
 
     def _labels(self, row: sqlite3.Row) -> dict[str, str]:
         labels = self._label_cache.get(row["id"])
@@ -124,14 +143,23 @@ class Scheduler:
         """One scheduling pass; returns how many tasks were assigned. Every decision of the pass
         (assignments and waiting reasons) is stored in one transaction."""
         store = self.book.store
-        queued = store.tasks_in_states([pb.QUEUED])
+        workers = list(self.fleet.workers.values())
+        # When no worker changed since the last pass (state, free capacity, labels), that pass's
+        # verdicts still hold: only tasks never looked at (new or requeued) need a look.
+        view = fleet_view(workers)
+        same_fleet = view == self._last_view
+        self._last_view = None  # set again only when this pass completes
+        queued = store.queued_tasks(unexplained_only=same_fleet)
+        if not same_fleet:
+            self._failed = {}
         if not queued:
-            self._label_cache.clear()
+            if not same_fleet:
+                self._label_cache.clear()
+            self._last_view = view
             return 0
         if len(self._label_cache) > 2 * len(queued) + 1000:  # forget tasks that left the queue
             keep = {row["id"] for row in queued}
             self._label_cache = {k: v for k, v in self._label_cache.items() if k in keep}
-        workers = list(self.fleet.workers.values())
         total = Amount()
         for w in workers:
             if w.connected and w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
@@ -143,7 +171,7 @@ class Scheduler:
         by_owner: dict[str, deque[sqlite3.Row]] = defaultdict(deque)
         for row in sorted(queued, key=lambda r: (-int(r["priority"]), float(r["queued_at"]), r["id"])):
             by_owner[row["owner"]].append(row)
-        failed: dict[Signature, str] = {}  # free capacity only shrinks within a cycle
+        failed = self._failed  # free capacity only shrinks within a pass (and between equal views)
         placements: list[tuple[sqlite3.Row, WorkerEntry]] = []
         reasons: list[tuple[sqlite3.Row, str]] = []
         planned: dict[str, Amount] = {}  # what this pass has handed each worker so far
@@ -174,9 +202,11 @@ class Scheduler:
                 failed[signature] = reason
             if row["pending_reason"] != reason:
                 reasons.append((row, reason))
-        if not placements and not reasons:
-            return 0
-        return await self.book.assign_many(placements, reasons)
+        # The verdicts hold for the fleet as it is once these placements are in.
+        verdict_view = fleet_view(workers, planned)
+        placed = await self.book.assign_many(placements, reasons) if (placements or reasons) else 0
+        self._last_view = verdict_view
+        return placed
 
     def update_metrics(self) -> None:
         up = sum(1 for w in self.fleet.workers.values() if w.connected and w.state != pb.WORKER_LOST)

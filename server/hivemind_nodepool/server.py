@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import grpc
@@ -96,7 +97,13 @@ def write_pool_file(data_dir: Path, address: str, metrics: str | None) -> Path:
     return path
 
 
+# The store's writer thread and the blob threads wake from fsync needing the GIL back; with the
+# default 5 ms switch interval a busy event loop keeps them waiting that long each time.
+GIL_SWITCH_INTERVAL = 0.0005
+
+
 async def serve(settings: PoolSettings) -> None:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     pool = Pool(settings)
     metrics_address = pool.metrics.serve(settings.metrics_listen) if settings.metrics_listen else None
     server, port, _ = await create_server(settings, pool)

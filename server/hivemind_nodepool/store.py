@@ -147,6 +147,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX login_failures_by_at ON login_failures(at);
     CREATE INDEX login_failures_by_name ON login_failures(name, at);
     """,
+    # Queued tasks no scheduling pass has judged yet (1 is QUEUED): a pass over an unchanged fleet
+    # reads only these, however long the queue.
+    """
+    CREATE INDEX tasks_unexplained ON tasks(queued_at, id) WHERE state = 1 AND pending_reason = '';
+    """,
 ]
 
 
@@ -507,6 +512,16 @@ class Store:
             f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY queued_at, id",  # noqa: S608
             [int(s) for s in states],
         )
+
+    def queued_tasks(self, unexplained_only: bool = False) -> list[sqlite3.Row]:
+        """Tasks waiting to be placed; with unexplained_only, those no scheduling pass has judged."""
+        if unexplained_only:  # literal terms, so SQLite can use the partial index
+            return self.all(
+                f"SELECT * FROM tasks INDEXED BY tasks_unexplained WHERE state = {int(pb.QUEUED)} "  # noqa: S608
+                "AND pending_reason = '' "
+                "ORDER BY queued_at, id"
+            )
+        return self.all("SELECT * FROM tasks WHERE state = ? ORDER BY queued_at, id", (pb.QUEUED,))
 
     def usage_by_owner(self, states: Sequence[int]) -> dict[str, Amount]:
         """What each user's tasks in `states` hold: the scheduler's fair-share input."""
