@@ -133,8 +133,8 @@ _DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=BCRYPT_ROUN
 class LoginLimiter:
     """Five failures for one name within a minute: refused until the oldest failure ages out.
 
-    Memory answers; the store keeps a copy of recent failures (written without waiting) so a pool
-    restart does not hand an attacker a fresh allowance."""
+    Memory answers; the store keeps a copy of recent failures (stored before the refusal is sent) so
+    a pool restart does not hand an attacker a fresh allowance."""
 
     def __init__(
         self, store: Store | None = None, failures: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW
@@ -170,8 +170,6 @@ class LoginLimiter:
         self._recent(name, now).append(now)
         if len(self._seen) > 100_000:  # bound memory under a flood of made-up names
             self._seen.clear()
-        if self.store is not None:
-            self.store.record_login_failure(name[:256], time.time(), self.window)
 
     def succeeded(self, name: str) -> None:
         if self._seen.pop(name, None) is not None and self.store is not None:
@@ -191,6 +189,7 @@ class Authenticator:
         ok = await asyncio.to_thread(password_matches, password, stored)
         if row is None or not ok or row["disabled"]:
             self.limiter.failed(name)
+            await self.store.record_login_failure(name, time.time(), self.limiter.window)
             raise Unauthenticated("wrong user name or password, or the account is disabled")
         self.limiter.succeeded(name)
         token = new_token("hmu")

@@ -373,12 +373,14 @@ class Store:
 
     # -- failed sign-ins (so the login rate limit survives a restart) ---------------------------
 
-    def record_login_failure(self, name: str, at: float, window: float) -> None:
+    async def record_login_failure(self, name: str, at: float, window: float) -> None:
+        """Keep one failure; failures older than the window are dropped on the way (bounded table)."""
+
         def job(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM login_failures WHERE at < ?", (at - window,))
             db.execute("INSERT INTO login_failures (name, at) VALUES (?, ?)", (name, at))
 
-        self.write_nowait(job, "a failed sign-in")
+        await self.awrite(job)
 
     def clear_login_failures(self, name: str) -> None:
         self.write_nowait(

@@ -191,3 +191,19 @@ def test_login_rate_limit(pool: PoolProcess) -> None:
     with pytest.raises(RateLimited, match="too many"):
         client.login("alice", "alice-password")  # even the right password, for a while
     assert pool.client().login("bob", "bob-password1").user.name == "bob"  # other names unaffected
+
+
+def test_login_rate_limit_survives_a_restart(pool: PoolProcess) -> None:
+    pool.add_user("alice", "alice-password")
+    client = PoolClient(pool.address)
+    for _ in range(5):
+        with pytest.raises(Unauthenticated):
+            client.login("alice", "guess-guess")
+    client.close()
+    pool.restart(hard=True)  # even after kill -9: each failure was stored as it happened
+    client = PoolClient(pool.address)
+    try:
+        with pytest.raises(RateLimited, match="too many"):
+            client.login("alice", "alice-password")
+    finally:
+        client.close()

@@ -180,3 +180,75 @@ def test_unsent_assignment_is_resent_after_reconnect(pool: PoolProcess) -> None:
         assert (again.task_id, again.attempt) == (task.id, 1)
     finally:
         worker.close()
+
+
+def _worker_state(admin: object, worker_id: str) -> int:
+    (found,) = [w for w in admin.list_workers() if w.id == worker_id]  # type: ignore[attr-defined]
+    return int(found.state)
+
+
+def test_closed_stream_is_offline_at_once_and_keeps_its_task_if_it_returns(tmp_path: Path) -> None:
+    # A long heartbeat timeout: OFFLINE must come from the closed stream, not from silence.
+    pool = PoolProcess(tmp_path / "pool", heartbeat_interval=1.0, heartbeat_timeout=60.0).start()
+    worker = FakeWorker(pool.address, pool.join_token(), cpus=1)
+    other = None
+    try:
+        admin = pool.admin()
+        worker.connect()
+        task = submit(admin)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        worker.disconnect()  # the daemon stops (or restarts): its stream closes
+        wait_for(
+            lambda: _worker_state(admin, worker.worker_id) == pb.WORKER_OFFLINE,
+            timeout=10,
+            what="the worker shown OFFLINE",
+        )
+        assert admin.get_task(task.id).state == pb.RUNNING  # not requeued: it may come back
+        # No new work goes to it while it is away; a connected worker gets it instead.
+        waiting = submit(admin)
+        other = FakeWorker(pool.address, pool.join_token(), name="other", cpus=1).connect()
+        assert other.next_assignment().task_id == waiting.id
+        # It comes back still running the attempt: nothing was lost, no retry spent.
+        worker.connect()
+        assert _worker_state(admin, worker.worker_id) == pb.WORKER_ONLINE
+        done = worker.run_to_success(assignment, make_result_zip(tmp_path / "r.zip"))
+        assert done.state == pb.SUCCEEDED and done.attempt == 1 and done.retries_used == 0
+    finally:
+        worker.close()
+        if other is not None:
+            other.close()
+        pool.stop()
+
+
+def test_closed_stream_that_does_not_return_loses_its_task_after_the_timeout(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    worker = FakeWorker(pool.address, pool.join_token())
+    try:
+        worker.connect()
+        task = submit(admin)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        worker.disconnect()
+        wait_for(
+            lambda: admin.get_task(task.id).state == pb.QUEUED,
+            timeout=pool.heartbeat_timeout + 10,
+            what="the task requeued",
+        )
+        requeued = admin.get_task(task.id)
+        assert requeued.retries_used == 1 and "lost" in requeued.timeline[-1].message
+        assert _worker_state(admin, worker.worker_id) == pb.WORKER_LOST
+    finally:
+        worker.close()
+
+
+def test_idle_worker_that_leaves_is_offline_not_lost(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    worker = FakeWorker(pool.address, pool.join_token()).connect()
+    try:
+        worker.disconnect()
+        wait_for(lambda: _worker_state(admin, worker.worker_id) == pb.WORKER_OFFLINE, what="OFFLINE")
+        time.sleep(pool.heartbeat_timeout + 1.5)  # past the timeout: nothing to declare lost
+        assert _worker_state(admin, worker.worker_id) == pb.WORKER_OFFLINE
+    finally:
+        worker.close()
