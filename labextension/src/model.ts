@@ -176,12 +176,16 @@ export class HiveMindModel implements IDisposable {
       this.total = page.total ?? this.tasks.length;
       this.nextPageToken = page.next_page_token ?? '';
       this.tasksError = '';
+      this._recovered();
     } catch (error) {
       if (generation !== this._generation) {
         return;
       }
       this._handleAuthError(error);
       this.tasksError = describe(error);
+      if (error instanceof ApiError && RETRYABLE.has(error.status)) {
+        this._scheduleRecovery();
+      }
     } finally {
       if (generation === this._generation) {
         this.tasksLoading = false;
@@ -339,6 +343,7 @@ export class HiveMindModel implements IDisposable {
     }
     this._disposed = true;
     this._clearPoolTimer();
+    this._recovered();
     this.stream.dispose();
     Signal.clearData(this);
   }
@@ -531,6 +536,30 @@ export class HiveMindModel implements IDisposable {
     }
   }
 
+  /**
+   * The pool (or Jupyter) did not answer: look again later by itself, backing off from 3 s to 30 s,
+   * so a panel left open recovers after an outage without a storm of requests.
+   */
+  private _scheduleRecovery(): void {
+    if (this._recoveryTimer !== null || this._disposed || !this.signedIn) {
+      return;
+    }
+    const delay = Math.min(30000, 3000 * 2 ** this._recoveryAttempt);
+    this._recoveryAttempt += 1;
+    this._recoveryTimer = window.setTimeout(() => {
+      this._recoveryTimer = null;
+      void this.refreshSession();
+    }, delay);
+  }
+
+  private _recovered(): void {
+    this._recoveryAttempt = 0;
+    if (this._recoveryTimer !== null) {
+      window.clearTimeout(this._recoveryTimer);
+      this._recoveryTimer = null;
+    }
+  }
+
   private _onConnection(_: TaskStream, state: ConnectionState): void {
     this.connection = state;
     this._emit();
@@ -567,6 +596,8 @@ export class HiveMindModel implements IDisposable {
   }
 
   private _disposed = false;
+  private _recoveryTimer: number | null = null;
+  private _recoveryAttempt = 0;
   private _generation = 0;
   private _byId = new Map<string, ITask>();
   private _detail: ITask | undefined = undefined;
@@ -583,6 +614,9 @@ export function withTimeline(task: ITask, previous: ITask | undefined): ITask {
   }
   return { ...task, timeline: previous.timeline };
 }
+
+/** Statuses that mean "not now" rather than "no": 0 (no answer), 502 and 504 (the pool is away). */
+const RETRYABLE = new Set([0, 502, 503, 504]);
 
 /** The list's filter: every task, the unfinished or finished ones, or one state. */
 export type TaskFilter = '' | 'active' | 'finished' | TaskState;

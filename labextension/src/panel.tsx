@@ -74,6 +74,15 @@ function PanelBody(props: { model: HiveMindModel; openPath: (path: string) => vo
   } else {
     content = (
       <>
+        {session.reachable === false && (
+          <p className="jp-HiveMind-notice" role="status">
+            The pool{session.pool ? ` at ${session.pool}` : ''} does not answer right now. Your tasks
+            keep running there; this panel catches up when it is back.{' '}
+            <button type="button" className="jp-HiveMind-link" onClick={() => void model.refreshSession()}>
+              Check again
+            </button>
+          </p>
+        )}
         <Tabs model={model} />
         <div className="jp-HiveMind-view" role="tabpanel" aria-label={model.view === 'pool' ? 'Pool' : 'My tasks'}>
           {model.view === 'pool' ? (

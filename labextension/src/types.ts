@@ -140,9 +140,11 @@ export interface IPoolStatus {
 
 export interface ISession {
   signed_in: boolean;
-  user?: string;
+  user?: string | null;
   admin?: boolean;
-  pool?: string;
+  pool?: string | null;
+  /** false when the credential is saved but the pool does not answer right now */
+  reachable?: boolean;
 }
 
 export interface ITaskPage {

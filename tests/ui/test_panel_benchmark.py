@@ -156,3 +156,24 @@ def test_live_update_with_1000_tasks(panel: PanelPage, ui_pool: PoolProcess, his
         f"\n  WebSocket message to row repainted (the panel's share): {_ms(in_page)}"
         f"\n  cancel RPC to row changed (includes the server's 0.3 s watcher poll): {_ms(end_to_end)}"
     )
+
+
+def test_pool_down_says_what_to_do_and_recovers(panel: PanelPage, ui_pool: PoolProcess) -> None:
+    page = panel.page
+    ui_pool.stop()
+    try:
+        panel.open_lab()
+        panel.open_panel()
+        notice = page.locator(f"{SIDEBAR} .jp-HiveMind-notice", has_text="does not answer")
+        notice.wait_for(timeout=60_000)
+        assert ui_pool.address in notice.inner_text()
+        error = page.locator(f"{SIDEBAR} .jp-HiveMind-message-error")
+        error.wait_for(timeout=60_000)
+        assert "could not be loaded" in error.inner_text()
+        assert ui_pool.address in error.inner_text(), "the message names the pool's address"
+    finally:
+        ui_pool.start()
+    # back: the panel looks again by itself (backing off), so the list returns without a reload
+    # or a click
+    page.locator(ROWS).first.wait_for(timeout=60_000)
+    assert page.locator(f"{SIDEBAR} .jp-HiveMind-notice").count() == 0
