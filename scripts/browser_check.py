@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 
-from jupyterlab import browser_check
+from jupyterlab import browser_check  # type: ignore[import-untyped]
 
 # Chromium here must not try to reach hosts it cannot reach.
 CHROMIUM_ARGS = [
@@ -53,9 +53,9 @@ async def run_browser(url: str) -> None:
                 print("Navigating to", url, flush=True)
                 await page.goto(url)
                 await page.wait_for_selector("#main", timeout=100_000)
-                marker = await page.wait_for_selector("#browserTest", timeout=100_000, state="attached")
+                await page.wait_for_selector("#browserTest", timeout=100_000, state="attached")
                 await page.wait_for_selector(".completed", state="attached", timeout=100_000)
-                errors = json.loads(await marker.text_content() or "[]")
+                errors = json.loads(await page.locator("#browserTest").text_content() or "[]")
                 # HiveMind's own panel must have been added to the sidebar by its plugin.
                 if not await page.query_selector("#hivemind-sidebar"):
                     page_errors.append("the HiveMind sidebar panel (#hivemind-sidebar) is missing")
@@ -70,7 +70,7 @@ async def run_browser(url: str) -> None:
     print("Browser check complete: JupyterLab started without errors", flush=True)
 
 
-class CheckApp(browser_check.BrowserApp):  # type: ignore[misc]
+class CheckApp(browser_check.BrowserApp):
     """JupyterLab's BrowserApp, started from this module so the server finds it as an extension."""
 
     name = __name__
