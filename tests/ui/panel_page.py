@@ -135,12 +135,18 @@ class PanelPage:
         self.page.locator(".lm-Menu-item", has_text="Run on HiveMind").click()
         self.fill_dialog(fields)
 
-    def fill_dialog(self, fields: dict[str, str]) -> None:
+    def fill_dialog(self, fields: dict[str, str], accept: bool = True) -> None:
         dialog = self.page.locator(".jp-Dialog")
         dialog.wait_for()
-        for name, value in fields.items():
-            dialog.locator(f'[name="{name}"]').fill(value)
-        dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+        # the dialog's form renders after it opens: fill until each field holds its value
+        for _ in range(5):
+            for name, value in fields.items():
+                dialog.locator(f'[name="{name}"]').fill(value)
+            self.page.wait_for_timeout(100)
+            if all(dialog.locator(f'[name="{n}"]').input_value() == v for n, v in fields.items()):
+                break
+        if accept:
+            dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
 
     def detail_state(self) -> str | None:
         return self.page.locator(DETAIL).get_attribute("data-state")

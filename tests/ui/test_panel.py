@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .conftest import PASSWORD, REPO, USER, Lab
-from .panel_page import SIDEBAR, SOCKET_SPY, PanelPage
+from .panel_page import DETAIL, SIDEBAR, SOCKET_SPY, PanelPage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -116,19 +116,39 @@ def test_cancel_a_long_task_from_the_notebook_toolbar(panel: PanelPage) -> None:
     assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-retry").count() == 1
 
 
+def test_retry_runs_it_again_as_a_new_task(panel: PanelPage) -> None:
+    first = panel.page.locator(DETAIL).get_attribute("data-task-id")
+    panel.page.click(f"{SIDEBAR} .jp-HiveMind-retry")
+    again = panel.page.locator(f"{DETAIL}:not([data-task-id=\"{first}\"])")
+    again.wait_for()
+    panel.wait_detail_state("RUNNING")
+    panel.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
+    panel.wait_detail_state("CANCELLED", timeout=60_000)
+    panel.back_to_list()
+    # both attempts are in the list, the retry first
+    rows = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow")
+    assert rows.nth(1).get_attribute("data-task-id") == first
+
+
 def test_task_list_filter_and_keyboard(panel: PanelPage) -> None:
     panel.back_to_list()
     rows = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow")
     rows.first.wait_for()
-    assert rows.count() == 2
-    panel.page.select_option(f'{SIDEBAR} select[aria-label="Filter tasks by state"]', "CANCELLED")
+    assert rows.count() == 3
+    panel.page.select_option(f'{SIDEBAR} select[aria-label="Filter tasks by state"]', "SUCCEEDED")
     panel.page.wait_for_function(
         "document.querySelectorAll('#hivemind-sidebar .jp-HiveMind-taskRow').length === 1"
     )
-    assert rows.first.get_attribute("data-state") == "CANCELLED"
+    assert rows.first.get_attribute("data-state") == "SUCCEEDED"
+    panel.page.select_option(f'{SIDEBAR} select[aria-label="Filter tasks by state"]', "finished")
+    panel.page.wait_for_function(
+        "document.querySelectorAll('#hivemind-sidebar .jp-HiveMind-taskRow').length === 3"
+    )
+    panel.page.select_option(f'{SIDEBAR} select[aria-label="Filter tasks by state"]', "active")
+    panel.page.locator(f"{SIDEBAR} .jp-HiveMind-message-empty", has_text="No active tasks").wait_for()
     panel.page.select_option(f'{SIDEBAR} select[aria-label="Filter tasks by state"]', "")
     panel.page.wait_for_function(
-        "document.querySelectorAll('#hivemind-sidebar .jp-HiveMind-taskRow').length === 2"
+        "document.querySelectorAll('#hivemind-sidebar .jp-HiveMind-taskRow').length === 3"
     )
     # keyboard: focus the first row, arrow down, Enter opens it, Escape goes back
     panel.page.locator(f"{SIDEBAR} .jp-HiveMind-rowButton").first.focus()
@@ -204,10 +224,8 @@ def _task_count(panel: PanelPage) -> int:
 
 
 def _dialog_error(panel: PanelPage, fields: dict[str, str], expected: str) -> None:
-    dialog = panel.page.locator(".jp-Dialog")
-    for name, value in fields.items():
-        dialog.locator(f'[name="{name}"]').fill(value)
-    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    panel.fill_dialog(fields, accept=False)
+    panel.page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").click()
     # the dialog comes back with what is wrong (the previous dialog may still be closing)
     panel.page.locator(".jp-Dialog .jp-HiveMind-error", has_text=expected).wait_for()
     panel.page.wait_for_function("document.querySelectorAll('.jp-Dialog').length === 1")

@@ -151,6 +151,13 @@ def test_live_update_with_1000_tasks(panel: PanelPage, ui_pool: PoolProcess, his
             if timing is not None:
                 in_page.append(timing)
     assert in_page, "no WebSocket message was seen before the row changed"
+    # a task that cannot be placed says why
+    page.locator(f'{ROWS}[data-task-id="{queued[-1]}"] button').click()
+    reason = page.locator(f"{SIDEBAR} .jp-HiveMind-pending")
+    reason.wait_for()
+    assert reason.inner_text().startswith("Waiting: ") and len(reason.inner_text()) > len("Waiting: ")
+    print(f"  pending reason shown: {reason.inner_text()!r}")
+    panel.back_to_list()
     print(
         f"\n[panel benchmark] live update with {HISTORY} tasks in the list"
         f"\n  WebSocket message to row repainted (the panel's share): {_ms(in_page)}"
