@@ -26,6 +26,7 @@ SCREENSHOTS = REPO / "docs" / "screenshots"
 def panel(browser: Any, lab: Lab, ui_worker: Any) -> Iterator[PanelPage]:
     context = browser.new_context(viewport={"width": 1280, "height": 820})
     context.add_init_script(SOCKET_SPY)
+    context.set_default_timeout(60_000)  # the machines running these are shared and sometimes slow
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -54,6 +54,7 @@ def history(ui_pool: PoolProcess, ui_tmp: Path, lab: Lab) -> list[str]:
 def panel(browser: Any, lab: Lab, history: list[str]) -> Iterator[PanelPage]:
     context = browser.new_context(viewport={"width": 1280, "height": 820})
     context.add_init_script(SOCKET_SPY)
+    context.set_default_timeout(60_000)  # the machines running these are shared and sometimes slow
     page = context.new_page()
     panel = PanelPage(page, lab.url, lab.token)
     panel.open_lab()
