@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .channel import DEFAULT_PORT
 from .errors import InvalidInput
-from .units import parse_duration, parse_size
+from .layered_settings import FieldKinds, load_layers
 
 DEFAULT_DATA_DIR = Path(".hivemind") / "pool"
 
@@ -55,48 +53,16 @@ class PoolSettings:
             raise InvalidInput("default max retries must be between 0 and 100")
 
 
-_DURATIONS = {
-    "heartbeat_interval",
-    "heartbeat_timeout",
-    "schedule_interval",
-    "token_ttl",
-    "join_token_ttl",
-    "default_timeout",
-    "max_timeout",
-    "retention",
-    "gc_interval",
-    "shutdown_grace",
-}
-_SIZES = {"max_bundle_size", "max_result_size"}
-_PATHS = {"data_dir", "tls_cert", "tls_key"}
-_BOOLS = {"insecure", "allow_network"}
-_INTS = {"default_max_retries"}
-
-
-def _convert(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        if name in _DURATIONS:
-            return parse_duration(value if isinstance(value, (int, float)) else str(value))
-        if name in _SIZES:
-            return parse_size(value if isinstance(value, int) else str(value))
-        if name in _PATHS:
-            return Path(str(value)).expanduser()
-        if name in _BOOLS:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise InvalidInput(f"{name}: not a yes/no value: {value!r}")
-        if name in _INTS:
-            return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name}: bad value {value!r}") from None
-    return str(value)
+KINDS = FieldKinds(
+    durations=frozenset({
+        "heartbeat_interval", "heartbeat_timeout", "schedule_interval", "token_ttl", "join_token_ttl",
+        "default_timeout", "max_timeout", "retention", "gc_interval", "shutdown_grace",
+    }),
+    sizes=frozenset({"max_bundle_size", "max_result_size"}),
+    paths=frozenset({"data_dir", "tls_cert", "tls_key"}),
+    bools=frozenset({"insecure", "allow_network"}),
+    ints=frozenset({"default_max_retries"}),
+)
 
 
 def load_settings(
@@ -104,30 +70,6 @@ def load_settings(
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
 ) -> PoolSettings:
-    """Merge the layers; unknown keys in the file are an error (a typo should not pass silently)."""
-    names = {f.name for f in dataclasses.fields(PoolSettings)}
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            data = tomllib.loads(Path(config_file).read_text())
-        except OSError as exc:
-            raise InvalidInput(f"cannot read the config file {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInput(f"the config file {config_file} is not valid TOML: {exc}") from None
-        section = data.get("pool", data)
-        for key, value in section.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                raise InvalidInput(f"unknown setting {key!r} in {config_file}")
-            values[name] = _convert(name, value)
-    env = os.environ if environ is None else environ
-    for name in names:
-        text = env.get("HIVEMIND_" + name.upper())
-        if text is not None:
-            values[name] = _convert(name, text)
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _convert(name, value)
-    settings = PoolSettings(**values)
-    settings.validate()
-    return settings
+    """The pool's settings with every layer applied (the file's [pool] table)."""
+    return load_layers(PoolSettings, "pool", KINDS, config_file=config_file, overrides=overrides,
+                       environ=environ)

@@ -136,6 +136,6 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
         for pair in filter(None, item.split(",")):
             key, sep, value = pair.partition("=")
             if not sep or not key.strip():
-                raise InvalidInput(f"a label is KEY=VALUE, not {pair!r}")
+                raise InvalidInput(f"bad label {pair!r}: a label is KEY=VALUE")
             labels[key.strip()] = value.strip()
     return labels

@@ -14,7 +14,7 @@ from harness.worker_fixtures import remove_task_containers
 
 from hivemind_nodepool.errors import InvalidInput
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_worker.settings import load_settings, parse_labels
+from hivemind_worker.settings import load_settings
 
 from .helpers import bundle, notebook, stdout_of, submit, user, wait_for, wait_state
 
@@ -126,7 +126,8 @@ def test_settings_layers_flags_win(tmp_path: Path) -> None:
     assert load_settings(config, {}, environ=env).pool == "env:2"
     with pytest.raises(InvalidInput):
         load_settings(None, {"executor": "kubernetes"}, environ={})
-    assert parse_labels("gpu=a100, room = 2") == {"gpu": "a100", "room": "2"}
+    labels = load_settings(None, {"labels": "gpu=a100, room = 2"}, environ={}).labels
+    assert labels == {"gpu": "a100", "room": "2"}
 
 
 def test_facts_module_prints_json() -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.errors import InvalidInput
-from hivemind_nodepool.units import parse_duration, parse_size
+from hivemind_nodepool.layered_settings import FieldKinds, load_layers
+from hivemind_nodepool.submission import parse_labels
 
 from .image import runtime_tag
 
@@ -71,84 +70,27 @@ class WorkerSettings:
                 raise InvalidInput(f"bad label name {key!r}")
 
 
-_DURATIONS = {"heartbeat_interval", "drain_grace", "default_timeout"}
-_SIZES = {"max_memory", "default_memory", "tmpfs_size", "env_cache_size", "bundle_cache_size",
-          "max_output_bytes", "max_result_bytes"}
-_PATHS = {"state_dir", "ca", "build_ca_bundle"}
-_BOOLS = {"insecure", "keep_attempts"}
-_FLOATS = {"max_cpus"}
-_INTS = {"max_gpus", "pids_limit"}
-
-
-def parse_labels(value: str | dict[str, Any]) -> dict[str, str]:
+def _labels(value: str | dict[str, Any]) -> dict[str, str]:
     """{'gpu': 'a100', 'room': '2'} from 'gpu=a100,room=2' (or a TOML table)."""
     if isinstance(value, dict):
         return {str(k): str(v) for k, v in value.items()}
-    labels: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"bad label {item!r}: write key=value")
-        labels[key.strip()] = val.strip()
-    return labels
+    return parse_labels([value])
 
 
-def _convert(name: str, value: Any) -> Any:
-    try:
-        if name == "labels":
-            return parse_labels(value)
-        if name in _DURATIONS:
-            return parse_duration(value if isinstance(value, (int, float)) else str(value))
-        if name in _SIZES:
-            return parse_size(value if isinstance(value, int) else str(value))
-        if name in _PATHS:
-            return Path(str(value)).expanduser() if str(value) else None
-        if name in _BOOLS:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise InvalidInput(f"{name}: not a yes/no value: {value!r}")
-        if name in _FLOATS:
-            return float(value)
-        if name in _INTS:
-            return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name}: bad value {value!r}") from None
-    return None if value is None else str(value)
+KINDS = FieldKinds(
+    durations=frozenset({"heartbeat_interval", "drain_grace", "default_timeout"}),
+    sizes=frozenset({"max_memory", "default_memory", "tmpfs_size", "env_cache_size", "bundle_cache_size",
+                     "max_output_bytes", "max_result_bytes"}),
+    paths=frozenset({"state_dir", "ca", "build_ca_bundle"}),
+    bools=frozenset({"insecure", "keep_attempts"}),
+    floats=frozenset({"max_cpus"}),
+    ints=frozenset({"max_gpus", "pids_limit"}),
+    custom={"labels": _labels},
+)
 
 
 def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None,
                   environ: dict[str, str] | None = None) -> WorkerSettings:
-    """Merge the layers; an unknown key in the file is an error (a typo should not pass silently)."""
-    names = {f.name for f in dataclasses.fields(WorkerSettings)}
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            data = tomllib.loads(Path(config_file).read_text())
-        except OSError as exc:
-            raise InvalidInput(f"cannot read the config file {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInput(f"the config file {config_file} is not valid TOML: {exc}") from None
-        section = data.get("worker", data)
-        if not isinstance(section, dict):
-            raise InvalidInput(f"[worker] in {config_file} must be a table")
-        for key, value in section.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                raise InvalidInput(f"unknown setting {key!r} in {config_file}")
-            values[name] = _convert(name, value)
-    env = os.environ if environ is None else environ
-    for name in names:
-        text = env.get("HIVEMIND_" + name.upper())
-        if text is not None:
-            values[name] = _convert(name, text)
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _convert(name, value)
-    settings = WorkerSettings(**values)
-    settings.validate()
-    return settings
+    """The worker's settings with every layer applied (the file's [worker] table)."""
+    return load_layers(WorkerSettings, "worker", KINDS, config_file=config_file, overrides=overrides,
+                       environ=environ)
