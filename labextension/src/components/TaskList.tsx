@@ -112,8 +112,7 @@ export function TaskList(props: { model: HiveMindModel }): JSX.Element {
   return (
     <div className="jp-HiveMind-tasks">
       <div className="jp-HiveMind-toolbar">
-        <label className="jp-HiveMind-filter">
-          <span>State</span>
+        <label className="jp-HiveMind-filter" title="Show the tasks in this state">
           <select
             className="jp-mod-styled"
             value={model.filter}
@@ -135,11 +134,12 @@ export function TaskList(props: { model: HiveMindModel }): JSX.Element {
         </span>
         <button
           type="button"
-          className="jp-mod-styled jp-HiveMind-secondary"
+          className="jp-mod-styled jp-HiveMind-secondary jp-HiveMind-refresh"
           onClick={() => void model.reloadTasks()}
           title="Load the list again"
+          aria-label="Refresh"
         >
-          Refresh
+          <span aria-hidden="true">↻</span>
         </button>
       </div>
       {body}
