@@ -1,6 +1,7 @@
 """The WorkerGateway service: what workers call. Workers only dial out; the pool answers on the
 Connect stream they open. Every report names an attempt; a report about anything but the task's
-current attempt on this worker is refused with FAILED_PRECONDITION (fencing)."""
+current attempt on this worker is refused with FAILED_PRECONDITION (fencing). One exception: the
+attempt a user cancelled may still upload its result so far, once (`lifecycle.fenced_upload`)."""
 
 from __future__ import annotations
 
@@ -354,7 +355,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         header = first.header
         if not header.requeue and header.outcome not in OUTCOMES:
             raise InvalidInput("the outcome is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT (or set requeue)")
-        self.book.check_attempt(worker.name, header.task_id, header.attempt)
+        self.book.check_upload(worker.name, header)
         writer = self.pool.blobs.writer(self.pool.settings.max_result_size)
         claimed: str | None = None
         sha = ""
@@ -381,12 +382,12 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 except BundleError as exc:
                     raise InvalidInput(f"the result was refused: {exc}") from None
                 # The task may have been cancelled or moved while the bytes came in.
-                self.book.check_attempt(worker.name, header.task_id, header.attempt)
+                self.book.check_upload(worker.name, header)
                 await writer.finish()
                 result = (sha, writer.size)
             else:
                 writer.abort()  # an empty result: nothing to keep
-            self.book.check_attempt(worker.name, header.task_id, header.attempt)
+            self.book.check_upload(worker.name, header)
             final = await self.book.finish(worker.name, header, result)
         except BaseException:
             writer.abort()

@@ -49,6 +49,28 @@ def fenced(row: sqlite3.Row, worker_id: str, attempt: int) -> sqlite3.Row:
     return row
 
 
+def is_partial_result(row: sqlite3.Row, worker_id: str, header: pb.ResultHeader) -> bool:
+    """A cancelled task's result so far: the attempt that was running when the user cancelled sends
+    outcome CANCELLED while the task is CANCELLED and holds no result yet. The pool keeps the blob
+    (the notebook up to the stop, outputs/) and changes nothing else."""
+    return (
+        not header.requeue
+        and header.outcome == pb.CANCELLED
+        and row["state"] == pb.CANCELLED
+        and row["worker_id"] == worker_id
+        and int(row["attempt"]) == header.attempt
+        and not row["result_sha256"]
+        and not row["blobs_expired"]
+    )
+
+
+def fenced_upload(row: sqlite3.Row, worker_id: str, header: pb.ResultHeader) -> sqlite3.Row:
+    """`fenced` for an attempt's outcome, which also lets a cancelled attempt's partial result in."""
+    if is_partial_result(row, worker_id, header):
+        return row
+    return fenced(row, worker_id, header.attempt)
+
+
 def _row(db: sqlite3.Connection, task_id: str) -> sqlite3.Row:
     """The task as the write transaction sees it (a caller's copy may be stale by now)."""
     row: sqlite3.Row | None = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -112,6 +134,10 @@ class TaskBook:
     def check_attempt(self, worker_id: str, task_id: str, attempt: int) -> sqlite3.Row:
         """The task, when this worker runs its current attempt; FAILED_PRECONDITION when stale."""
         return fenced(self.require_task(task_id), worker_id, attempt)
+
+    def check_upload(self, worker_id: str, header: pb.ResultHeader) -> sqlite3.Row:
+        """The task, when this worker may send this outcome (see `fenced_upload`)."""
+        return fenced_upload(self.require_task(header.task_id), worker_id, header)
 
     # -- transitions ----------------------------------------------------------------------------
 
@@ -315,7 +341,10 @@ class TaskBook:
         task_id, attempt = header.task_id, header.attempt
 
         def job(db: sqlite3.Connection) -> sqlite3.Row:
-            row = fenced(_row(db, task_id), worker_id, attempt)
+            row = _row(db, task_id)
+            if is_partial_result(row, worker_id, header):
+                return self._keep_partial(db, row, header, result)
+            row = fenced(row, worker_id, attempt)
             db.execute(
                 "UPDATE attempts SET ended_at = ?, outcome = ? WHERE task_id = ? AND attempt = ?",
                 (time.time(), header.outcome, task_id, attempt),
@@ -353,6 +382,28 @@ class TaskBook:
             worker.allocations.pop((task_id, attempt), None)
         self._after(task_id)
         return final
+
+    def _keep_partial(
+        self, db: sqlite3.Connection, row: sqlite3.Row, header: pb.ResultHeader, result: tuple[str, int] | None
+    ) -> sqlite3.Row:
+        """Store a cancelled attempt's result so far on its task; the state and timeline stay."""
+        ended = db.execute(
+            "SELECT outcome FROM attempts WHERE task_id = ? AND attempt = ?", (row["id"], header.attempt)
+        ).fetchone()
+        if result is None or ended is None or ended["outcome"] != pb.CANCELLED:
+            raise Conflict(
+                f"task {row['id']} has ended (CANCELLED); only attempt {header.attempt}'s result so far "
+                "can still be stored"
+            )
+        sha, size = result
+        db.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)", (sha, size, time.time())
+        )
+        fields: dict[str, Any] = {"result_sha256": sha, "result_size": size}
+        if header.HasField("metrics"):
+            fields["metrics"] = header.metrics.SerializeToString()
+        self.store.update_task(db, row["id"], **fields)
+        return _row(db, row["id"])
 
     async def requeue(self, row: sqlite3.Row, message: str, spend_retry: bool) -> int | None:
         """Take an active task off its worker: back to QUEUED, or LOST when its retries are spent.

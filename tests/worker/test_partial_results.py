@@ -13,7 +13,6 @@ import pytest
 from harness.worker import WorkerProcess
 from harness.worker_fixtures import remove_task_containers
 
-from hivemind_nodepool.errors import HiveMindError
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_worker.attempt import container_name
 
@@ -94,9 +93,6 @@ def test_cancel_builds_the_result_so_far(pool, executor: str, request: pytest.Fi
         remove_task_containers(worker.worker_id)
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, HiveMindError),
-                   reason="the pool ends a cancelled task at once and refuses the worker's later "
-                          "upload, so the partial result it sends is not kept yet")
 def test_a_cancelled_task_result_can_be_fetched(pool, local_worker: WorkerProcess, tmp_path: Path) -> None:
     alice = user(pool)
     task = submit(alice, bundle(notebook(*CELLS)))
