@@ -384,7 +384,11 @@ class TaskBook:
         return final
 
     def _keep_partial(
-        self, db: sqlite3.Connection, row: sqlite3.Row, header: pb.ResultHeader, result: tuple[str, int] | None
+        self,
+        db: sqlite3.Connection,
+        row: sqlite3.Row,
+        header: pb.ResultHeader,
+        result: tuple[str, int] | None,
     ) -> sqlite3.Row:
         """Store a cancelled attempt's result so far on its task; the state and timeline stay."""
         ended = db.execute(
@@ -397,7 +401,8 @@ class TaskBook:
             )
         sha, size = result
         db.execute(
-            "INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)", (sha, size, time.time())
+            "INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?, ?, ?)",
+            (sha, size, time.time()),
         )
         fields: dict[str, Any] = {"result_sha256": sha, "result_size": size}
         if header.HasField("metrics"):
