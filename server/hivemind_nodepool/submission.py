@@ -78,14 +78,15 @@ def find_entry(folder: Path, entry: str | None, how_to_choose: str = "--entry NA
         if not entry or clean.is_absolute() or ".." in clean.parts or "\\" in entry:
             raise InvalidInput(f"the entry notebook {entry!r} must be a path inside the folder")
         if clean.suffix != ".ipynb" or not (folder / clean).is_file():
-            raise InvalidInput(f"there is no notebook {entry!r} in {folder}")
+            raise InvalidInput(f"there is no notebook {entry!r} in the folder {folder.name!r}")
         return clean.as_posix()
     notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
     if len(notebooks) == 1:
         return notebooks[0]
     if not notebooks:
-        raise InvalidInput(f"{folder} holds no notebook (.ipynb) to run")
-    raise InvalidInput(f"{folder} holds {len(notebooks)} notebooks ({', '.join(notebooks[:5])}); "
+        raise InvalidInput(f"the folder {folder.name!r} holds no notebook (.ipynb) to run")
+    raise InvalidInput(f"the folder {folder.name!r} holds {len(notebooks)} notebooks "
+                       f"({', '.join(notebooks[:5])}); "
                        f"say which one to run with {how_to_choose}")
 
 
