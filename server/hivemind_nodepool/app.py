@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from typing import Any
 
+from . import views
 from .auth import Authenticator
 from .blobs import BlobStore
 from .config import PoolSettings
 from .events import TaskNotifier
+from .feed import TaskFeedHub
 from .fleet import Fleet, WorkerEntry
 from .lifecycle import TaskBook, amount_of
 from .liveness import Liveness
@@ -33,6 +36,10 @@ class Pool:
         self.notifier = TaskNotifier()
         self.fleet = Fleet()
         self.book = TaskBook(self.store, self.fleet, self.notifier, settings, self.metrics)
+        self.feed = TaskFeedHub(
+            self.store, lambda row: self.describe_task(row, timeline=False), settings.feed_queue_limit
+        )
+        self.notifier.add_listener(self.feed.changed)
         self.auth = Authenticator(self.store)
         self.collector = Collector(self.store, self.blobs, settings.retention, settings.gc_interval)
         self.scheduler = Scheduler(self.book, self.fleet, self.metrics, settings.schedule_interval)
@@ -42,6 +49,15 @@ class Pool:
         self.tasks: list[asyncio.Task[None]] = []  # background loops, once serving
         self.stopping = False  # set at shutdown: streams the pool ends are not workers leaving
         self._recover()
+
+    def describe_task(self, row: sqlite3.Row, timeline: bool = True) -> pb.Task:
+        """The task as the wire shows it (a pb.Task), with its worker's name."""
+        worker = self.fleet.get(row["worker_id"]) if row["worker_id"] else None
+        name = worker.name if worker is not None else ""
+        if row["worker_id"] and worker is None:
+            found = self.store.get_worker(row["worker_id"])
+            name = found["name"] if found is not None else ""
+        return views.task(row, self.store.timeline(row["id"]) if timeline else None, name)
 
     def _recover(self) -> None:
         """After a restart: drop half-written uploads; every worker that was online, or still holds a

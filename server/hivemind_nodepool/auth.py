@@ -219,6 +219,16 @@ class Authenticator:
         return Principal("user", row["user"], admin=bool(row["admin"]), token_hash=token_hash)
 
 
+    def recheck(self, principal: Principal) -> None:
+        """For long streams: Unauthenticated once the caller's token was revoked (sign-out, a
+        disabled account) or expired after the stream began."""
+        row = self.store.get_token(principal.token_hash)
+        if row is None or row["revoked"] or row["disabled"]:
+            raise Unauthenticated("your sign-in was revoked: sign in again (`hivemind login`)")
+        if row["expires_at"] < time.time():
+            raise Unauthenticated("your token has expired: sign in again (`hivemind login`)")
+
+
 def bearer_token(metadata: Any) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":

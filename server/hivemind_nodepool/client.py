@@ -194,6 +194,36 @@ class PoolClient:
                 log.info("watch of %s interrupted; resuming after event %d", task_id, last)
                 time.sleep(0.5)
 
+    def watch_tasks(self, all_users: bool = False,
+                    reconnect_for: float = 60.0) -> Iterator[pb.TaskFeedMessage]:
+        """Your tasks as they change, pushed by the pool (every user's with all_users: admins).
+
+        Each (re)connection starts with a `ready` message: read the task list after it (ListTasks)
+        and apply the `task` messages that follow; a `resync` asks for the same. When the pool goes
+        away the iterator reconnects for up to `reconnect_for` seconds, then raises PoolUnavailable;
+        other errors are raised at once. Closing the client ends it with `Cancelled`.
+        """
+        down_since: float | None = None
+        while True:
+            call = self._pool.WatchTasks(pb.WatchTasksRequest(all_users=all_users),
+                                         metadata=self._metadata())
+            try:
+                for message in call:
+                    down_since = None
+                    yield message
+                return
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, self.address)
+                if not isinstance(error, PoolUnavailable):
+                    raise error from None
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > reconnect_for:
+                    raise error from None
+                log.info("task feed interrupted (%s); reconnecting", error)
+                time.sleep(0.5)
+            finally:
+                call.cancel()
+
     def wait(self, task_id: str, timeout: float | None = None) -> pb.Task:
         """Block until the task ends; return it."""
         deadline = None if timeout is None else time.monotonic() + timeout

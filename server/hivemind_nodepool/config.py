@@ -41,6 +41,8 @@ class PoolSettings:
     gc_interval: float = 600.0
     allow_network: bool = False  # the policy: may tasks that ask for network get it
     shutdown_grace: float = 5.0
+    feed_queue_limit: int = 1000  # tasks a WatchTasks reader may fall behind by before a resync
+    feed_auth_recheck: float = 15.0  # an idle task feed re-checks its caller's token this often
 
     def validate(self) -> None:
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
@@ -51,17 +53,20 @@ class PoolSettings:
             raise InvalidInput("give both --tls-cert and --tls-key, or neither")
         if self.default_max_retries < 0 or self.default_max_retries > 100:
             raise InvalidInput("default max retries must be between 0 and 100")
+        if self.feed_queue_limit < 1 or self.feed_auth_recheck <= 0:
+            raise InvalidInput("feed_queue_limit must be 1 or more and feed_auth_recheck positive")
 
 
 KINDS = FieldKinds(
     durations=frozenset({
         "heartbeat_interval", "heartbeat_timeout", "schedule_interval", "token_ttl", "join_token_ttl",
         "default_timeout", "max_timeout", "retention", "gc_interval", "shutdown_grace",
+        "feed_auth_recheck",
     }),
     sizes=frozenset({"max_bundle_size", "max_result_size"}),
     paths=frozenset({"data_dir", "tls_cert", "tls_key"}),
     bools=frozenset({"insecure", "allow_network"}),
-    ints=frozenset({"default_max_retries"}),
+    ints=frozenset({"default_max_retries", "feed_queue_limit"}),
 )
 
 

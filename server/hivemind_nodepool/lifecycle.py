@@ -227,6 +227,8 @@ class TaskBook:
             for row, worker, attempt in planned:
                 worker.allocations.pop((row["id"], attempt), None)
             raise
+        for row, _reason in reasons:
+            self.notifier.changed(row["id"])  # a new pending reason: task feeds show it
         placed = 0
         now = time.time()
         for (row, worker, attempt), ok in zip(planned, done, strict=True):
@@ -283,6 +285,8 @@ class TaskBook:
 
         if await self.store.awrite(job):
             self.notifier.notify(task_id)  # watchers only: a forward move frees no capacity
+        elif fields:
+            self.notifier.changed(task_id)  # progress only: no event, but task feeds show it
 
     async def record_events(
         self, worker_id: str, task_id: str, attempt: int, events: list[pb.TaskEvent]

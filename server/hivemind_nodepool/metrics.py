@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .channel import split_address
@@ -37,6 +39,12 @@ class PoolMetrics:
         )
         self.submitted = Counter("hivemind_tasks_submitted", "Tasks accepted", registry=self.registry)
         self.workers_lost = Counter("hivemind_workers_lost", "Workers declared lost", registry=self.registry)
+        self.calls = Counter(
+            "hivemind_rpcs", "RPCs started, by method", ["method"], registry=self.registry
+        )
+        self.task_feeds = Gauge(
+            "hivemind_task_feeds", "Open WatchTasks streams", registry=self.registry
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -63,3 +71,20 @@ class PoolMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class CallCounter(grpc.aio.ServerInterceptor):
+    """Counts every RPC by method (hivemind_rpcs_total): what clients ask, and how often."""
+
+    def __init__(self, metrics: PoolMetrics) -> None:
+        self.calls = metrics.calls
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is not None:  # unknown methods are not counted: no unbounded label values
+            self.calls.labels(handler_call_details.method).inc()
+        return handler

@@ -22,6 +22,7 @@ from .channel import MAX_MESSAGE_BYTES, check_plaintext_allowed, join_address, s
 from .config import PoolSettings
 from .errors import InvalidInput
 from .gateway import WorkerGatewayService
+from .metrics import CallCounter
 from .proto import nodepool_pb2 as pb
 from .proto import nodepool_pb2_grpc as pb_grpc
 from .service import NodePoolService
@@ -59,7 +60,9 @@ async def create_server(
     host, port = split_address(settings.listen)
     if settings.tls_cert is None:
         check_plaintext_allowed(host, settings.insecure)
-    server = grpc.aio.server(interceptors=[AuthInterceptor(pool.auth)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[CallCounter(pool.metrics), AuthInterceptor(pool.auth)], options=SERVER_OPTIONS
+    )
     pb_grpc.add_NodePoolServicer_to_server(NodePoolService(pool), server)
     pb_grpc.add_WorkerGatewayServicer_to_server(WorkerGatewayService(pool), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -130,6 +133,7 @@ async def serve(settings: PoolSettings) -> None:
         if entry.outbox is not None:
             entry.outbox.put_nowait(None)
     pool.notifier.notify_all()
+    pool.feed.close("the pool is shutting down; reconnect in a moment")
     await server.stop(settings.shutdown_grace)
     for task in pool.tasks:
         with contextlib.suppress(asyncio.CancelledError):

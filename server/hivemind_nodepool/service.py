@@ -56,12 +56,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         return row
 
     def _task(self, row: sqlite3.Row, timeline: bool = True) -> pb.Task:
-        worker = self.pool.fleet.get(row["worker_id"]) if row["worker_id"] else None
-        name = worker.name if worker is not None else ""
-        if row["worker_id"] and worker is None:
-            found = self.store.get_worker(row["worker_id"])
-            name = found["name"] if found is not None else ""
-        return views.task(row, self.store.timeline(row["id"]) if timeline else None, name)
+        return self.pool.describe_task(row, timeline)
 
     # -- sign-in --------------------------------------------------------------------------------
 
@@ -236,6 +231,28 @@ class NodePoolService(pb_grpc.NodePoolServicer):
                 # Re-read at least every 10 s anyway: cheap, and covers writes from another process.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=10.0)
+
+    @stream
+    async def WatchTasks(
+        self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TaskFeedMessage]:
+        principal = auth.current_user()
+        if request.all_users and not principal.admin:
+            raise PermissionDenied("only admins watch every user's tasks")
+        owner = None if request.all_users else principal.name
+        gauge = self.pool.metrics.task_feeds
+        with self.pool.feed.watch(principal.name, owner) as watcher:
+            gauge.inc()
+            try:
+                yield pb.TaskFeedMessage(ready=pb.Empty())
+                while True:
+                    message = await watcher.next(timeout=self.pool.settings.feed_auth_recheck)
+                    if message is None:  # quiet for a while: is the caller still signed in?
+                        self.pool.auth.recheck(principal)
+                        continue
+                    yield message
+            finally:
+                gauge.dec()
 
     @stream
     async def FetchResult(

@@ -483,6 +483,12 @@ class Store:
     def get_task(self, task_id: str) -> sqlite3.Row | None:
         return self.one("SELECT * FROM tasks WHERE id = ?", (task_id,))
 
+    def tasks_by_ids(self, task_ids: Sequence[str]) -> list[sqlite3.Row]:
+        if not task_ids:
+            return []
+        marks = ",".join("?" * len(task_ids))
+        return self.all(f"SELECT * FROM tasks WHERE id IN ({marks})", list(task_ids))  # noqa: S608
+
     def timeline(self, task_id: str) -> list[sqlite3.Row]:
         return self.all(
             "SELECT * FROM events WHERE task_id = ? AND kind = ? ORDER BY seq", (task_id, pb.TaskEvent.STATE)

@@ -871,6 +871,64 @@ class WatchRequest(_message.Message):
 Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 
 @_typing.final
+class WatchTasksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_USERS_FIELD_NUMBER: _builtins.int
+    all_users: _builtins.bool
+    """every user's tasks; admins only"""
+    def __init__(
+        self,
+        *,
+        all_users: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTasksRequest: _TypeAlias = WatchTasksRequest  # noqa: Y015
+
+@_typing.final
+class TaskFeedMessage(_message.Message):
+    """One message of WatchTasks. The first is always `ready`: from then on every change is pushed, so
+    a client reads the current list (ListTasks) after `ready` and misses nothing. Then one `task`
+    (the whole Task, without its timeline) each time one of the watched tasks changes: a state
+    transition, progress, its worker, its pending reason, its result. Changes close together may be
+    merged into one message carrying the latest. `resync` says the reader fell behind and changes
+    were dropped: read the list again; the stream goes on.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READY_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    RESYNC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ready(self) -> Global___Empty: ...
+    @_builtins.property
+    def task(self) -> Global___Task: ...
+    @_builtins.property
+    def resync(self) -> Global___Empty: ...
+    def __init__(
+        self,
+        *,
+        ready: Global___Empty | None = ...,
+        task: Global___Task | None = ...,
+        resync: Global___Empty | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "ready", b"ready", "resync", b"resync", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "ready", b"ready", "resync", b"resync", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["ready", "task", "resync"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___TaskFeedMessage: _TypeAlias = TaskFeedMessage  # noqa: Y015
+
+@_typing.final
 class Gpu(_message.Message):
     """---------------------------------------------------------------------------------------------
     Workers

@@ -89,6 +89,11 @@ class NodePoolStub:
                 request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.TaskRef.SerializeToString,
                 response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.WatchTasks = channel.unary_stream(
+                '/hivemind.nodepool.v1.NodePool/WatchTasks',
+                request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WatchTasksRequest.SerializeToString,
+                response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.TaskFeedMessage.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/hivemind.nodepool.v1.NodePool/ListWorkers',
                 request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Empty.SerializeToString,
@@ -209,6 +214,13 @@ class NodePoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTasks(self, request, context):
+        """The caller's tasks as they change, pushed (see TaskFeedMessage); all_users for admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -316,6 +328,11 @@ def add_NodePoolServicer_to_server(servicer, server):
                     servicer.FetchResult,
                     request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.TaskRef.FromString,
                     response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Chunk.SerializeToString,
+            ),
+            'WatchTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTasks,
+                    request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WatchTasksRequest.FromString,
+                    response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.TaskFeedMessage.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
@@ -638,6 +655,33 @@ class NodePool:
             '/hivemind.nodepool.v1.NodePool/FetchResult',
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.TaskRef.SerializeToString,
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hivemind.nodepool.v1.NodePool/WatchTasks',
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WatchTasksRequest.SerializeToString,
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.TaskFeedMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,8 @@ class NodePoolStub:
     STATE event; without it, it ends after the events stored so far.
     """
     FetchResult: _grpc.UnaryStreamMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Chunk]
+    WatchTasks: _grpc.UnaryStreamMultiCallable[_nodepool_pb2.WatchTasksRequest, _nodepool_pb2.TaskFeedMessage]
+    """The caller's tasks as they change, pushed (see TaskFeedMessage); all_users for admins."""
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListWorkersResponse]
     GetPoolStatus: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.PoolStatus]
     CreateUser: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.CreateUserRequest, _nodepool_pb2.User]
@@ -97,6 +99,8 @@ class NodePoolAsyncStub(NodePoolStub):
     STATE event; without it, it ends after the events stored so far.
     """
     FetchResult: _aio.UnaryStreamMultiCallable[_nodepool_pb2.TaskRef, _nodepool_pb2.Chunk]  # type: ignore[assignment]
+    WatchTasks: _aio.UnaryStreamMultiCallable[_nodepool_pb2.WatchTasksRequest, _nodepool_pb2.TaskFeedMessage]  # type: ignore[assignment]
+    """The caller's tasks as they change, pushed (see TaskFeedMessage); all_users for admins."""
     ListWorkers: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListWorkersResponse]  # type: ignore[assignment]
     GetPoolStatus: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.PoolStatus]  # type: ignore[assignment]
     CreateUser: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.CreateUserRequest, _nodepool_pb2.User]  # type: ignore[assignment]
@@ -191,6 +195,14 @@ class NodePoolServicer(metaclass=_abc_1.ABCMeta):
         request: _nodepool_pb2.TaskRef,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_nodepool_pb2.Chunk], _abc.AsyncIterator[_nodepool_pb2.Chunk]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchTasks(
+        self,
+        request: _nodepool_pb2.WatchTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nodepool_pb2.TaskFeedMessage], _abc.AsyncIterator[_nodepool_pb2.TaskFeedMessage]]:
+        """The caller's tasks as they change, pushed (see TaskFeedMessage); all_users for admins."""
 
     @_abc_1.abstractmethod
     def ListWorkers(
