@@ -27,7 +27,7 @@ class HiveMindExtension(ExtensionApp):
         self.hivemind = HiveMind(parent=self)
         self.connector = PoolConnector(self.hivemind)
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hivemind")
-        self.feed = TaskFeed(self.connector, self.executor, self.hivemind.poll_interval)
+        self.feed = TaskFeed(self.connector, self.executor)
         self.settings.update(
             hivemind_settings=self.hivemind,
             hivemind_connector=self.connector,

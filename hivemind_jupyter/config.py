@@ -34,7 +34,8 @@ class HiveMind(Configurable):
         ["cancel", "detach"], "cancel", config=True,
         help="Interrupting a waiting %%hivemind cell cancels the remote task, or only detaches from it.")
     poll_interval = Float(
-        1.0, config=True, help="Seconds between the server's shared task-watcher queries to the pool.")
+        1.0, config=True,
+        help="Unused: the pool pushes task changes (WatchTasks). Kept so older configurations load.")
 
     @default("pool_address")
     def _pool_address_default(self) -> str:

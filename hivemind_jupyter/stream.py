@@ -1,8 +1,9 @@
-"""The WebSocket fan-out: one shared task watcher and one event watcher per task, many sockets.
+"""The WebSocket fan-out: one shared task feed and one event watcher per task, many sockets.
 
-However many browser tabs are open, the server asks the pool about the user's tasks once per
-`poll_interval` (and only while a socket is open), and follows each subscribed task's events
-with a single WatchTask stream whose events are copied to every subscribed socket.
+However many browser tabs are open, the server holds one WatchTasks stream to the pool (only while
+a socket is open) and copies each pushed task change to every socket; it reads the task list only
+after (re)connecting. Each subscribed task's events come from a single WatchTask stream whose
+events are copied to every subscribed socket.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
@@ -21,7 +23,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from tornado import web, websocket
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import Cancelled, HiveMindError, Unauthenticated
+from hivemind_nodepool.errors import Cancelled, HiveMindError, PoolUnavailable, Unauthenticated
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 from .handlers.base import AUTH_RESOURCE, http_status
@@ -32,7 +34,11 @@ from .pool import PoolConnector
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = (pb.QUEUED, pb.ASSIGNED, pb.PREPARING, pb.RUNNING, pb.UPLOADING)
-RECENT_PAGE = 20
+RESYNC_PAGE = 100  # newest tasks read after the feed (re)connects
+MAX_KNOWN = 5000  # tasks whose last sent state is remembered (to send only changes)
+RECONNECT_FOR = 30.0  # seconds the stream retries by itself before the feed starts it again
+RETRY_DELAY = 2.0
+CREDENTIAL_CHECK = 2.0  # seconds between local reads of the credential file
 MAX_BUFFERED_EVENTS = 20_000
 MAX_SUBSCRIPTIONS = 200
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -132,37 +138,86 @@ class EventWatcher:
         self.client.close()
 
 
-class TaskFeed:
-    """The server's one view of the user's tasks, shared by every open socket."""
+class PoolFollower:
+    """One WatchTasks stream read in a thread; each message is handed to the event loop."""
 
-    def __init__(self, connector: PoolConnector, executor: Executor, interval: float) -> None:
+    def __init__(self, client: PoolClient, loop: asyncio.AbstractEventLoop,
+                 on_message: Callable[[PoolFollower, pb.TaskFeedMessage], None],
+                 on_end: Callable[[PoolFollower, BaseException | None], None]) -> None:
+        self.client = client
+        self.loop = loop
+        self.on_message = on_message
+        self.on_end = on_end
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hivemind-task-feed", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            for message in self.client.watch_tasks(reconnect_for=RECONNECT_FOR):
+                if self._stopped.is_set():
+                    return
+                self.loop.call_soon_threadsafe(self.on_message, self, message)
+        except Cancelled:
+            if self._stopped.is_set():
+                return
+            error = PoolUnavailable("the task feed was cut off")
+        except Exception as exc:  # a thread must not die silently
+            error = exc
+        finally:
+            self.client.close()
+        if not self._stopped.is_set():
+            self.loop.call_soon_threadsafe(self.on_end, self, error)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.client.close()
+
+
+class TaskFeed:
+    """The server's one view of the user's tasks, shared by every open socket.
+
+    While a socket is open, one WatchTasks stream (for the signed-in credential) brings each change
+    of the user's tasks as the pool pushes it, and every socket gets it. After each (re)connection
+    the feed reads the task list once and sends what changed while it was away. Signing in or out
+    is noticed from the credential file (read locally every few seconds), never by asking the pool.
+    """
+
+    def __init__(self, connector: PoolConnector, executor: Executor) -> None:
         self.connector = connector
         self.executor = executor
-        self.interval = interval
         self.sockets: set[Socket] = set()
         self.watchers: dict[str, EventWatcher] = {}
-        self.polls = 0  # pool queries made, for tests and diagnostics
-        self._snapshot: dict[str, tuple[Any, ...]] | None = None
-        self._active: set[str] = set()
+        self.resyncs = 0  # task list reads, for tests and diagnostics
+        self.pushed = 0  # task changes the pool pushed
+        self._known: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._baseline = False  # whether the first list since the sockets opened was read
         self._signed_in: bool | None = None
-        self._poller: asyncio.Task[None] | None = None
+        self._key: tuple[str, str] | None = None
+        self._follower: PoolFollower | None = None
+        self._held: list[pb.Task] | None = None  # pushes that arrive while the list is read
+        self._again = False
+        self._credential_check: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
 
     # -- sockets --------------------------------------------------------------------------------
 
     def add(self, socket: Socket) -> None:
         self.sockets.add(socket)
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+        if self._credential_check is None or self._credential_check.done():
+            self._credential_check = asyncio.get_running_loop().create_task(self._check_credential())
+            self._restart()
 
     def remove(self, socket: Socket) -> None:
         self.sockets.discard(socket)
         for watcher in list(self.watchers.values()):
             if socket in watcher.subscribers:
                 watcher.remove(socket)
-        if not self.sockets and self._poller is not None:
-            self._poller.cancel()
-            self._poller = None
-            self._snapshot = None
+        if not self.sockets:
+            self._stop_following()
+            self._known.clear()
+            self._baseline = False
 
     def subscribe(self, socket: Socket, task_id: str, after: int) -> None:
         watcher = self.watchers.get(task_id)
@@ -195,62 +250,172 @@ class TaskFeed:
             socket.send(message)
 
     def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        self._stop_following()
         for watcher in list(self.watchers.values()):
             watcher.stop()
         self.watchers.clear()
         self.sockets.clear()
 
-    # -- the shared task watcher ----------------------------------------------------------------
+    # -- the shared pool stream -----------------------------------------------------------------
 
-    def _poll_once(self) -> list[pb.Task] | None:
-        """Blocking: the tasks that changed since the last poll (None when signed out)."""
-        self.polls += 1
-        try:
-            client = self.connector.client()
-            active = client.list_tasks(ACTIVE_STATES, page_size=500).tasks
-            recent = client.list_tasks(page_size=RECENT_PAGE).tasks
-        except Unauthenticated:
+    def credential_changed(self) -> None:
+        """Signed in or out here (the session handler): follow the new credential now."""
+        if self.sockets:
+            self._restart()
+
+    def _credential_key(self) -> tuple[str, str] | None:
+        saved = self.connector.credential()
+        if saved is None or saved.expired:
             return None
-        current = {t.id: t for t in recent}
-        current.update({t.id: t for t in active})
-        for task_id in self._active - current.keys():  # ended since the last poll
-            try:
-                current[task_id] = client.get_task(task_id)
-            except HiveMindError:
-                continue
-        self._active = {t.id for t in active}
-        keys = {task_id: _change_key(task) for task_id, task in current.items()}
-        previous = self._snapshot
-        self._snapshot = keys
-        if previous is None:
-            return []
-        return [current[i] for i, key in keys.items() if previous.get(i) != key]
+        return saved.pool, saved.token
 
-    async def _poll_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _check_credential(self) -> None:
+        """Follow sign-ins and sign-outs made elsewhere (`hivemind login`, `%hivemind login`)."""
         while self.sockets:
+            await asyncio.sleep(CREDENTIAL_CHECK)
             try:
-                changed = await loop.run_in_executor(self.executor, self._poll_once)
-            except asyncio.CancelledError:
-                raise
-            except HiveMindError as exc:
-                log.info("the task watcher cannot reach the pool: %s", exc)
-                changed = []
+                key = self._credential_key()
             except Exception:
-                log.exception("the task watcher failed; it keeps going")
-                changed = []
-            signed_in = changed is not None
-            if signed_in != self._signed_in:
-                if self._signed_in is not None:
-                    self.broadcast({"type": "session", "signed_in": signed_in})
-                self._signed_in = signed_in
-                if not signed_in:
-                    self._snapshot = None
-            for task in changed or []:
-                self.broadcast({"type": "task", "task": to_dict(task)})
-            await asyncio.sleep(self.interval)
+                log.exception("reading the HiveMind credential failed")
+                continue
+            if key != self._key:
+                self._restart()
+
+    def _stop_following(self) -> None:
+        if self._credential_check is not None:
+            self._credential_check.cancel()
+            self._credential_check = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
+
+    def _restart(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
+        if not self.sockets:
+            return
+        key = self._credential_key()
+        if key != self._key:
+            self._known.clear()
+            self._baseline = False
+        self._key = key
+        if key is None:
+            self._set_signed_in(False)
+            return
+        try:
+            client = self.connector.new_client()
+        except Unauthenticated:
+            self._set_signed_in(False)
+            return
+        except HiveMindError as exc:  # a bad address or CA file: try again later
+            log.info("the task feed cannot start: %s", exc)
+            self._retry = asyncio.get_running_loop().call_later(RETRY_DELAY * 5, self._restart)
+            return
+        self._follower = PoolFollower(client, asyncio.get_running_loop(), self._on_message, self._on_end)
+
+    def _on_message(self, follower: PoolFollower, message: pb.TaskFeedMessage) -> None:
+        if follower is not self._follower:
+            return  # from a stream already replaced
+        kind = message.WhichOneof("body")
+        if kind == "task":
+            self.pushed += 1
+            if self._held is not None:
+                self._held.append(message.task)
+            else:
+                self._send(message.task)
+        elif kind in ("ready", "resync"):
+            self._set_signed_in(True)
+            if self._held is not None:
+                self._again = True  # a list is being read; read it once more after
+            else:
+                asyncio.get_running_loop().create_task(self._resync())
+
+    def _on_end(self, follower: PoolFollower, error: BaseException | None) -> None:
+        if follower is not self._follower:
+            return
+        self._follower = None
+        if isinstance(error, Unauthenticated):
+            log.info("the task feed was refused (%s); waiting for a new sign-in", error)
+            self._set_signed_in(False)
+            return  # the credential check starts again once the credential changes
+        log.info("the task feed ended (%s); trying again in %.0f s", error, RETRY_DELAY)
+        self._retry = asyncio.get_running_loop().call_later(RETRY_DELAY, self._restart)
+
+    def _set_signed_in(self, signed_in: bool) -> None:
+        if signed_in != self._signed_in:
+            if self._signed_in is not None:
+                self.broadcast({"type": "session", "signed_in": signed_in})
+            self._signed_in = signed_in
+
+    def _send(self, task: pb.Task) -> None:
+        key = _change_key(task)
+        if self._known.get(task.id) == key:
+            return
+        self._known[task.id] = key
+        self._known.move_to_end(task.id)
+        while len(self._known) > MAX_KNOWN:
+            self._known.popitem(last=False)
+        self.broadcast({"type": "task", "task": to_dict(task)})
+
+    def _read_list(self, unfinished: list[str]) -> list[pb.Task]:
+        """Blocking: the newest tasks (one ListTasks), and tasks that were unfinished when last seen
+        but are not among them (they may have ended meanwhile)."""
+        self.resyncs += 1
+        client = self.connector.client()
+        tasks = list(client.list_tasks(page_size=RESYNC_PAGE).tasks)
+        listed = {t.id for t in tasks}
+        for task_id in unfinished:
+            if task_id not in listed:
+                try:
+                    tasks.append(client.get_task(task_id))
+                except HiveMindError:
+                    continue
+        return tasks
+
+    async def _resync(self) -> None:
+        """Read the list once and send what changed since the sockets last heard; pushes that
+        arrive meanwhile are held and sent after it, so nothing older overtakes them."""
+        self._held = []
+        follower = self._follower
+        try:
+            while True:
+                self._again = False
+                unfinished = [i for i, key in self._known.items() if key[0] in ACTIVE_STATES]
+                loop = asyncio.get_running_loop()
+                try:
+                    tasks = await loop.run_in_executor(self.executor, self._read_list, unfinished)
+                except Unauthenticated:
+                    self._set_signed_in(False)
+                    return
+                except HiveMindError as exc:
+                    log.info("the task list could not be read: %s", exc)
+                    return  # the stream's next ready (after it reconnects) reads it again
+                if follower is not self._follower:
+                    return
+                if self._baseline:
+                    for task in tasks:
+                        self._send(task)
+                else:  # the first look: the panel read the list itself; remember it only
+                    for task in tasks:
+                        self._known[task.id] = _change_key(task)
+                    self._baseline = True
+                if not self._again:
+                    return
+        finally:
+            held, self._held = self._held or [], None
+            if follower is self._follower:
+                for task in held:
+                    self._send(task)
+            elif self._again and self._follower is not None:
+                # A new stream said ready while the old one's list was read: read it for the new.
+                asyncio.get_running_loop().create_task(self._resync())
 
 
 class StreamHandler(JupyterHandler, websocket.WebSocketHandler):

@@ -52,6 +52,7 @@ class SessionHandler(HiveMindHandler):
             if exc.status_code == 401:
                 raise ApiError(401, "wrong username or password for the HiveMind pool") from None
             raise
+        self.settings["hivemind_feed"].credential_changed()
         self.reply(await self.blocking(self._status))
 
     @web.authenticated
@@ -61,5 +62,6 @@ class SessionHandler(HiveMindHandler):
             await self.blocking(self.connector.sign_out)
         except HiveMindError as exc:  # signing out locally cannot fail on the pool's account
             self.log.info("sign-out: %s", exc)
+        self.settings["hivemind_feed"].credential_changed()
         self.set_status(204)
         self.finish()

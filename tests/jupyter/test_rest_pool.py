@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
+from harness import PoolProcess
 
 from hivemind_jupyter.packaging import pack_path
 from hivemind_nodepool.submission import TaskRequest
@@ -15,6 +19,28 @@ from hivemind_nodepool.submission import TaskRequest
 PASSWORD, USER = "ada-password-1", "ada"
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[PoolProcess]:
+    """The real pool, serving its metrics too, so tests can count the RPCs the extension makes."""
+    process = PoolProcess(tmp_path / "pool", extra_args=["--metrics-listen", "127.0.0.1:0"]).start()
+    try:
+        yield process
+    finally:
+        try:
+            process.stop()
+        finally:
+            process.kill()
+
+
+def rpc_count(pool: PoolProcess, method: str) -> int:
+    """How many times the pool has been called on NodePool/<method> since it started."""
+    with urllib.request.urlopen(f"http://{pool.metrics}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    pattern = rf'^hivemind_rpcs_total{{method="/hivemind.nodepool.v1.NodePool/{method}"}} ([0-9.e+]+)$'
+    found = re.search(pattern, text, re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
 
 
 def write_notebook(path: Path, *sources: str) -> None:
@@ -150,7 +176,6 @@ def test_stream_pushes_task_changes_and_events(api, signed_in, local_worker, jp_
     run = jp_asyncio_loop.run_until_complete
     first = run(jp_ws_fetch("hivemind", "api", "stream"))
     second = run(jp_ws_fetch("hivemind", "api", "stream"))
-    time.sleep(0.5)  # let the shared watcher take its first look
     status, task = api("POST", "tasks", body={"path": "ws/nb.ipynb", "memory": "512M"})
     assert status == 201
     task_id = task["id"]
@@ -180,6 +205,12 @@ def test_stream_pushes_task_changes_and_events(api, signed_in, local_worker, jp_
         assert states  # task changes pushed without asking
     feed = jp_serverapp.web_app.settings["hivemind_feed"]
     assert len(feed.sockets) == 2 and len(feed.watchers) <= 1  # one watcher for both sockets
+    # Pushed, not polled: one pool stream for both sockets, and the task list read only once (when
+    # it connected), however long the sockets stay open.
+    assert rpc_count(signed_in, "WatchTasks") == 1 and feed.pushed > 0
+    assert rpc_count(signed_in, "ListTasks") == feed.resyncs == 1
+    time.sleep(2)
+    assert rpc_count(signed_in, "ListTasks") == 1
     first.write_message(json.dumps({"subscribe": "t-nope", "after": 0}))
     first.write_message("not json")
     first.write_message(json.dumps({"subscribe": task_id, "after": -1}))
@@ -187,3 +218,46 @@ def test_stream_pushes_task_changes_and_events(api, signed_in, local_worker, jp_
     assert sorted(r["status"] for r in replies if r["type"] == "error") == [400, 400, 404]
     first.close()
     second.close()
+
+
+def _next_message(run, socket, predicate, timeout: float = 60) -> dict:
+    """The first message on the socket that satisfies predicate (others are skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = json.loads(run(socket.read_message()))
+        if predicate(message):
+            return message
+    raise AssertionError("the expected message did not come")
+
+
+def _run_loop_for(run, seconds: float) -> None:
+    import asyncio
+
+    run(asyncio.sleep(seconds))
+
+
+def test_stream_survives_a_pool_restart_and_follows_sign_out(api, signed_in, jp_ws_fetch, jp_asyncio_loop,
+                                                             jp_serverapp, jp_root_dir: Path):
+    write_notebook(jp_root_dir / "r" / "nb.ipynb", "x = 1")
+    run = jp_asyncio_loop.run_until_complete
+    socket = run(jp_ws_fetch("hivemind", "api", "stream"))
+    feed = jp_serverapp.web_app.settings["hivemind_feed"]
+    deadline = time.monotonic() + 30
+    while feed.resyncs < 1 and time.monotonic() < deadline:
+        _run_loop_for(run, 0.1)
+    assert feed.resyncs == 1
+    status, before = api("POST", "tasks", body={"path": "r/nb.ipynb", "memory": "512M"})
+    assert status == 201
+    _next_message(run, socket, lambda m: m["type"] == "task" and m["task"]["id"] == before["id"])
+    signed_in.restart()
+    # The feed reconnects by itself and reads the list once more; a task submitted now is pushed.
+    while feed.resyncs < 2 and time.monotonic() < deadline + 60:
+        _run_loop_for(run, 0.2)
+    assert feed.resyncs == 2
+    status, after = api("POST", "tasks", body={"path": "r/nb.ipynb", "memory": "512M"})
+    assert status == 201, after
+    _next_message(run, socket, lambda m: m["type"] == "task" and m["task"]["id"] == after["id"])
+    assert api("DELETE", "session")[0] == 204
+    message = _next_message(run, socket, lambda m: m["type"] == "session")
+    assert message == {"type": "session", "signed_in": False}
+    socket.close()
