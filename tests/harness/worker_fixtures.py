@@ -34,9 +34,9 @@ def _stop(worker: WorkerProcess) -> None:
 @pytest.fixture
 def docker_worker(pool: PoolProcess, docker_engine: None) -> Iterator[WorkerProcess]:
     """A docker-executor worker (needs the Docker engine and the runtime image)."""
-    from hivemind_worker.image import runtime_image_exists
-
     from conftest import require
+
+    from hivemind_worker.image import runtime_image_exists
 
     require(runtime_image_exists(), "the runtime image is missing: hivemind-worker image build --bootstrap")
     worker = WorkerProcess(pool, executor="docker", name="docker-worker").start()
