@@ -17,7 +17,7 @@ from . import auth, views
 from . import manifest as manifests
 from .app import Pool
 from .bundle import BundleError, list_files
-from .channel import CHUNK_SIZE
+from .channel import CHUNK_SIZE, MAX_MESSAGE_BYTES
 from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied
 from .proto import nodepool_pb2 as pb
 from .proto import nodepool_pb2_grpc as pb_grpc
@@ -27,6 +27,7 @@ from .store import TERMINAL_STATES
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 500
+MAX_PAGE_BYTES = MAX_MESSAGE_BYTES // 2
 DEFAULT_PAGE = 50
 MAX_TTL = 365 * 86400
 SMALL_BUNDLE = 256 * 1024
@@ -166,10 +167,19 @@ class NodePoolService(pb_grpc.NodePoolServicer):
                 raise InvalidInput(f"unknown task state {state}")
         owner = None if (request.all_users and principal.admin) else principal.name
         rows, total = self.store.list_tasks(owner, list(request.states), size, offset)
-        following = str(offset + size) if offset + size < total else ""
-        return pb.ListTasksResponse(
-            tasks=[self._task(r, timeline=False) for r in rows], next_page_token=following, total=total
-        )
+        # A page also ends before it outgrows the message limit (parameters can be up to 1 MiB a
+        # task); the caller follows next_page_token for the rest.
+        tasks: list[pb.Task] = []
+        page_bytes = 0
+        for row in rows:
+            task = self._task(row, timeline=False)
+            page_bytes += task.ByteSize()
+            if tasks and page_bytes > MAX_PAGE_BYTES:
+                break
+            tasks.append(task)
+        end = offset + len(tasks)
+        following = str(end) if end < total else ""
+        return pb.ListTasksResponse(tasks=tasks, next_page_token=following, total=total)
 
     @unary
     async def CancelTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:

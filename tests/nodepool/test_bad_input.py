@@ -290,3 +290,15 @@ def test_manifest_json_round_trip() -> None:
     for bad in ("[1]", "{", '{"cpus": 1}', '{"resources": {"cpus": "many"}}'):
         with pytest.raises(HiveMindError):
             manifests.from_json(bad)
+
+
+def test_a_page_of_huge_tasks_stays_under_the_message_limit(pool: PoolProcess) -> None:
+    """Tasks may carry up to 1 MiB of parameters each; 500 of them would not fit one message, so
+    a page ends early and says where to go on."""
+    pool.add_user("big", "big-password")
+    client = pool.login("big", "big-password")
+    blob = json.dumps({"data": "x" * 900_000})
+    ids = {submit(client, parameters_json=blob).id for _ in range(12)}
+    first = client.list_tasks(page_size=500)
+    assert 0 < len(first.tasks) < 12 and first.next_page_token and first.total == 12
+    assert {task.id for task in client.iter_tasks()} == ids
