@@ -9,8 +9,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import InvalidInput, TooLarge
 
@@ -113,6 +114,27 @@ class BlobWriter:
         if not self._file.closed:
             self._file.close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+async def receive_chunks(parts: AsyncIterator[Any], writer: BlobWriter, what: str, head: str) -> str:
+    """Write the chunks of a client-streamed upload (after its first part, the `head`) into
+    writer; return the sha256 the client claims at the end ('' allowed: the caller decides).
+
+    Both uploads (SubmitRequest, UploadResultRequest) share this shape: head, chunk..., sha256."""
+    claimed: str | None = None
+    async for part in parts:
+        kind = part.WhichOneof("part")
+        if claimed is not None:
+            raise InvalidInput(f"nothing may follow the sha256 in {what}")
+        if kind == "chunk":
+            await writer.write(part.chunk)
+        elif kind == "sha256":
+            claimed = part.sha256
+        else:
+            raise InvalidInput(f"{what} has exactly one {head}, sent first")
+    if claimed is None:
+        raise InvalidInput("the upload ended without its sha256, so it was not stored; send it again")
+    return claimed
 
 
 class BlobStore:

@@ -16,6 +16,7 @@ import grpc
 
 from . import auth
 from .app import Pool
+from .blobs import receive_chunks
 from .bundle import BundleError, check_entries, open_archive
 from .channel import CHUNK_SIZE
 from .errors import InvalidInput, NotFound, Unauthenticated
@@ -357,21 +358,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             raise InvalidInput("the outcome is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT (or set requeue)")
         self.book.check_upload(worker.name, header)
         writer = self.pool.blobs.writer(self.pool.settings.max_result_size)
-        claimed: str | None = None
         sha = ""
         try:
-            async for part in parts:
-                kind = part.WhichOneof("part")
-                if claimed is not None:
-                    raise InvalidInput("nothing may follow the sha256 in an upload")
-                if kind == "chunk":
-                    await writer.write(part.chunk)
-                elif kind == "sha256":
-                    claimed = part.sha256
-                else:
-                    raise InvalidInput("an upload has exactly one header, sent first")
-            if claimed is None:
-                raise InvalidInput("the upload ended without its sha256, so it was not stored; send it again")
+            claimed = await receive_chunks(parts, writer, "an upload", "header")
             result: tuple[str, int] | None = None
             if claimed or writer.size:
                 await writer.verify(claimed)

@@ -16,6 +16,7 @@ import grpc
 from . import auth, views
 from . import manifest as manifests
 from .app import Pool
+from .blobs import receive_chunks
 from .bundle import BundleError, list_files
 from .channel import CHUNK_SIZE, MAX_MESSAGE_BYTES
 from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied
@@ -102,21 +103,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         manifest = first.manifest
         manifests.validate(manifest, settings.max_timeout)
         writer = self.pool.blobs.writer(settings.max_bundle_size)
-        claimed: str | None = None
         sha = ""
         try:
-            async for part in parts:
-                kind = part.WhichOneof("part")
-                if claimed is not None:
-                    raise InvalidInput("nothing may follow the sha256 in a submission")
-                if kind == "chunk":
-                    await writer.write(part.chunk)
-                elif kind == "sha256":
-                    claimed = part.sha256
-                else:
-                    raise InvalidInput("a submission has exactly one manifest, sent first")
-            if claimed is None:
-                raise InvalidInput("the upload ended without its sha256, so it was not stored; send it again")
+            claimed = await receive_chunks(parts, writer, "a submission", "manifest")
             if writer.size == 0:
                 raise InvalidInput("the bundle is empty; send a ZIP with the entry notebook")
             await writer.verify(claimed)
