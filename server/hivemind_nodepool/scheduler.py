@@ -89,7 +89,7 @@ def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry]) ->
         return "; ".join(reasons)
     if not any(w.capacity.covers(want) for w in matching):
         return "no single worker has all of: " + _describe(want)
-    return f"waiting: all fitting workers are busy (needs {_describe(want)})"
+    return f"all fitting workers are busy (needs {_describe(want)})"
 
 
 def _describe(want: Amount) -> str:

@@ -42,7 +42,7 @@ def test_pending_reasons_per_resource(pool: PoolProcess) -> None:
         assert listed[gpus.id] == "needs 2 GPUs, the largest worker has 1"
         busy = submit(admin, cpus=4)
         wait_for(
-            lambda: reason_of(admin, busy.id).startswith("waiting: all fitting workers are busy"),
+            lambda: reason_of(admin, busy.id).startswith("all fitting workers are busy"),
             what="busy reason",
         )
     finally:

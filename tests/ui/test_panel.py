@@ -10,11 +10,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.pool import PoolProcess
+
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.submission import TaskRequest, package_path
 
 from .conftest import PASSWORD, REPO, USER, Lab
 from .panel_page import DETAIL, SIDEBAR, SOCKET_SPY, PanelPage
@@ -67,11 +72,29 @@ def test_sign_in(panel: PanelPage) -> None:
     panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-connection-open")
 
 
-def test_submit_from_file_browser_runs_live_to_success(panel: PanelPage) -> None:
+def test_submit_from_file_browser_runs_live_to_success(panel: PanelPage, lab: Lab, ui_pool: PoolProcess,
+                                                       tmp_path: Path) -> None:
+    # Another user's long task fills the worker first, so this one visibly waits in the queue (a
+    # free worker assigns it within milliseconds, faster than a person could see QUEUED).
+    admin = ui_pool.admin()
+    manifest, packed = package_path(lab.root / "slow.ipynb", TaskRequest(cpus=2, memory="256M"),
+                                    workdir=tmp_path)
+    blocker = admin.submit(manifest, packed.path)
+    deadline = time.monotonic() + 60
+    while admin.get_task(blocker.id).state != pb.RUNNING:
+        assert time.monotonic() < deadline, "the blocking task did not start"
+        time.sleep(0.2)
     panel.page.evaluate("window.__hmSameDocument = true")
     panel.record()
     panel.run_from_file_browser("hello.ipynb", {"cpus": "1", "memory": "512M", "parameters": 'greeting="hi"'})
     panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-detail[data-task-id]")
+    panel.wait_detail_state("QUEUED")
+    # while it waits, the panel says why (pushed from the pool within a scheduling cycle)
+    reason = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-pending")
+    reason.wait_for()
+    assert "Waiting:" in reason.inner_text() and "busy" in reason.inner_text().lower()
+    admin.cancel_task(blocker.id)
+    admin.close()
     panel.wait_detail_state("SUCCEEDED")
     seen = panel.states_seen()
     assert seen[0] == "QUEUED", seen
