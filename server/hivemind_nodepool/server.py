@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -103,6 +104,7 @@ def write_pool_file(data_dir: Path, address: str, metrics: str | None) -> Path:
 # The store's writer thread and the blob threads wake from fsync needing the GIL back; with the
 # default 5 ms switch interval a busy event loop keeps them waiting that long each time.
 GIL_SWITCH_INTERVAL = 0.0005
+SHUTDOWN_MARGIN = 10.0  # seconds after the grace period before a hung shutdown is cut short
 
 
 async def serve(settings: PoolSettings) -> None:
@@ -125,6 +127,9 @@ async def serve(settings: PoolSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    # A shutdown that hangs is a bug, but SIGTERM must still end the pool: past the grace period
+    # and a margin, print every thread's stack to the log (to find the culprit) and exit.
+    faulthandler.dump_traceback_later(settings.shutdown_grace + SHUTDOWN_MARGIN, exit=True)
     pool.stopping = True
     await pool.health.enter_graceful_shutdown()
     for task in pool.tasks:
@@ -143,4 +148,4 @@ async def serve(settings: PoolSettings) -> None:
         current = json.loads((settings.data_dir / POOL_FILE).read_text())
         if current.get("pid") == os.getpid():
             (settings.data_dir / POOL_FILE).unlink()
-    log.info("stopped")
+    log.info("stopped")  # the watchdog stays armed until the process has really exited
