@@ -27,6 +27,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_TIMEOUT = 30.0
+RESUME_PAUSE = 0.5  # seconds between attempts to resume a stream while the pool is away
 TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT, pb.LOST})
 
 
@@ -85,6 +86,18 @@ class PoolClient:
             yield from method(request, metadata=self._metadata(), timeout=timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.address) from None
+
+    def _pause_to_resume(self, exc: grpc.RpcError, down_since: float | None, reconnect_for: float) -> float:
+        """For a broken stream: while the pool has been away for less than reconnect_for, wait a
+        moment and return since when it is away, so the caller resumes; otherwise raise the error."""
+        error = from_rpc_error(exc, self.address)
+        if not isinstance(error, PoolUnavailable):
+            raise error from None
+        since = down_since or time.monotonic()
+        if time.monotonic() - since > reconnect_for:
+            raise error from None
+        time.sleep(RESUME_PAUSE)
+        return since
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel connects, or raise PoolUnavailable."""
@@ -185,14 +198,8 @@ class PoolClient:
                     yield event
                 return
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, self.address)
-                if not isinstance(error, PoolUnavailable):
-                    raise error from None
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > reconnect_for:
-                    raise error from None
+                down_since = self._pause_to_resume(exc, down_since, reconnect_for)
                 log.info("watch of %s interrupted; resuming after event %d", task_id, last)
-                time.sleep(0.5)
 
     def watch_tasks(self, all_users: bool = False,
                     reconnect_for: float = 60.0) -> Iterator[pb.TaskFeedMessage]:
@@ -213,14 +220,8 @@ class PoolClient:
                     yield message
                 return
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc, self.address)
-                if not isinstance(error, PoolUnavailable):
-                    raise error from None
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > reconnect_for:
-                    raise error from None
-                log.info("task feed interrupted (%s); reconnecting", error)
-                time.sleep(0.5)
+                down_since = self._pause_to_resume(exc, down_since, reconnect_for)
+                log.info("task feed interrupted; reconnecting")
             finally:
                 call.cancel()
 
