@@ -285,6 +285,10 @@ class TaskFeed:
         if self._credential_check is not None:
             self._credential_check.cancel()
             self._credential_check = None
+        self._drop_follower()
+
+    def _drop_follower(self) -> None:
+        """Stop the pool stream and any pending retry of it."""
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -293,12 +297,7 @@ class TaskFeed:
             self._follower = None
 
     def _restart(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        if self._follower is not None:
-            self._follower.stop()
-            self._follower = None
+        self._drop_follower()
         if not self.sockets:
             return
         key = self._credential_key()

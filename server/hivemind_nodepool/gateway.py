@@ -294,9 +294,8 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         path = self.pool.blobs.path_for(row["bundle_sha256"])
         if not path.is_file():
             raise NotFound(f"the bundle of task {row['id']} is missing from the pool's storage")
-        with open(path, "rb") as handle:
-            while block := handle.read(CHUNK_SIZE):
-                yield pb.Chunk(data=block)
+        for block in self.pool.blobs.read_chunks(row["bundle_sha256"], CHUNK_SIZE):
+            yield pb.Chunk(data=block)
 
     @unary
     async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.Empty:

@@ -19,6 +19,20 @@ MAX_DETAILS = 1000  # status messages travel in headers; a message echoing huge 
 R = TypeVar("R")
 
 
+async def _abort_with(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
+    """End the call with the status for exc (call it from the except block that caught exc).
+
+    HiveMindErrors become their status and message; an abort already under way passes through;
+    anything else is logged with its traceback and answered INTERNAL, without details."""
+    if isinstance(exc, (grpc.aio.AbortError, grpc.aio.UsageError)):
+        raise exc
+    if isinstance(exc, HiveMindError):
+        code, details = status_for(exc)
+        await context.abort(code, details[:MAX_DETAILS])
+    log.exception("%s failed", name)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the pool; see its log")
+
+
 def unary(
     method: Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]],
 ) -> Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]]:
@@ -26,14 +40,8 @@ def unary(
     async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
             return await method(self, request, context)
-        except HiveMindError as exc:
-            code, details = status_for(exc)
-            await context.abort(code, details[:MAX_DETAILS])
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the pool; see its log")
+        except Exception as exc:
+            await _abort_with(context, method.__name__, exc)
         raise AssertionError("unreachable")
 
     return wrapper
@@ -47,13 +55,7 @@ def stream(
         try:
             async for item in method(self, request, context):
                 yield item
-        except HiveMindError as exc:
-            code, details = status_for(exc)
-            await context.abort(code, details[:MAX_DETAILS])
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the pool; see its log")
+        except Exception as exc:
+            await _abort_with(context, method.__name__, exc)
 
     return wrapper

@@ -265,9 +265,8 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         path = self.pool.blobs.path_for(row["result_sha256"])
         if not path.is_file():
             raise NotFound(f"the result of task {row['id']} is missing from the pool's storage")
-        with open(path, "rb") as handle:
-            while block := handle.read(CHUNK_SIZE):
-                yield pb.Chunk(data=block)
+        for block in self.pool.blobs.read_chunks(row["result_sha256"], CHUNK_SIZE):
+            yield pb.Chunk(data=block)
 
     # -- the pool -------------------------------------------------------------------------------
 

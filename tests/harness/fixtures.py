@@ -12,11 +12,5 @@ from .pool import PoolProcess
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[PoolProcess]:
-    process = PoolProcess(tmp_path / "pool").start()
-    try:
+    with PoolProcess(tmp_path / "pool") as process:
         yield process
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.errors import HiveMindError
+
+from . import processes
 
 ADMIN_NAME = "admin"
 ADMIN_PASSWORD = "admin-password-1"
@@ -109,20 +110,20 @@ class PoolProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait; returns the exit status (None when it was not running)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        return processes.stop(self.proc, timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        processes.kill(self.proc)
+
+    def __enter__(self) -> PoolProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop it (SIGTERM), and make sure it is gone even when stopping failed."""
+        try:
+            self.stop()
+        finally:
+            self.kill()
 
     def restart(self, hard: bool = False) -> PoolProcess:
         """Stop (SIGKILL when hard) and start again on the same port and data dir."""

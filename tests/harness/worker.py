@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
+from . import processes
 from .pool import PoolProcess
 
 # Environment builds on machines whose Docker engine has no bridge network need the host's network;
@@ -99,17 +99,8 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (drain) and wait; returns the exit status."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
+        return processes.stop(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: its containers stay until it (or another run) reaps them."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        processes.kill(self.proc)

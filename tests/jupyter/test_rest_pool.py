@@ -24,14 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[PoolProcess]:
     """The real pool, serving its metrics too, so tests can count the RPCs the extension makes."""
-    process = PoolProcess(tmp_path / "pool", extra_args=["--metrics-listen", "127.0.0.1:0"]).start()
-    try:
+    with PoolProcess(tmp_path / "pool", extra_args=["--metrics-listen", "127.0.0.1:0"]) as process:
         yield process
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()
 
 
 def rpc_count(pool: PoolProcess, method: str) -> int:

@@ -88,15 +88,9 @@ def ui_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ui_pool(ui_tmp: Path) -> Iterator[PoolProcess]:
-    process = PoolProcess(ui_tmp / "pool").start()
-    try:
+    with PoolProcess(ui_tmp / "pool") as process:
         process.add_user(USER, PASSWORD)
         yield process
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,8 @@ INTERFACES = "import os\nprint('interfaces', sorted(os.listdir('/sys/class/net')
 @pytest.fixture
 def open_pool(tmp_path: Path) -> Iterator[PoolProcess]:
     """A pool whose policy lets tasks that ask for network have it."""
-    process = PoolProcess(tmp_path / "open-pool", env={"HIVEMIND_ALLOW_NETWORK": "1"}).start()
-    try:
+    with PoolProcess(tmp_path / "open-pool", env={"HIVEMIND_ALLOW_NETWORK": "1"}) as process:
         yield process
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()
 
 
 def _has_network(name: str) -> bool:
