@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness.pool import PoolProcess  # noqa: E402
 
 from hivemind_nodepool.client import PoolClient  # noqa: E402
-from hivemind_nodepool.errors import Cancelled  # noqa: E402
 from hivemind_nodepool.proto import nodepool_pb2 as pb  # noqa: E402
+from hivemind_nodepool.protocol.errors import Cancelled  # noqa: E402
 
 PASSWORD = "benchmark-password"
 NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
@@ -45,8 +45,12 @@ def bundle() -> bytes:
 
 def manifest() -> pb.Manifest:
     # Larger than any worker (there is none): tasks stay queued, the queue only grows.
-    return pb.Manifest(entry_notebook="main.ipynb", parameters_json="{}", max_retries=-1,
-                       resources=pb.Resources(cpus=1, memory_bytes=64 * 1024**2))
+    return pb.Manifest(
+        entry_notebook="main.ipynb",
+        parameters_json="{}",
+        max_retries=-1,
+        resources=pb.Resources(cpus=1, memory_bytes=64 * 1024**2),
+    )
 
 
 class Reader:
@@ -88,8 +92,9 @@ def submissions_per_second(clients: list[PoolClient], count: int, data: bytes) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small workloads, for a smoke run")
     args = parser.parse_args()
     count = 200 if args.quick else 1000
@@ -124,9 +129,11 @@ def main() -> None:
             print(f"submissions/s, no feed open:      {quiet:8.1f}")
             print(f"submissions/s, 1 feed open:       {single:8.1f}   ratio {single / quiet:.2f}")
             print(f"submissions/s, 20 feeds open:     {watched:8.1f}   ratio {watched / quiet:.2f}")
-            print(f"push delay after the answer (ms): median {statistics.median(delays):.1f}, "
-                  f"p95 {delays[int(len(delays) * 0.95)]:.1f} over {len(delays)} deliveries; "
-                  f"{missing} not delivered")
+            print(
+                f"push delay after the answer (ms): median {statistics.median(delays):.1f}, "
+                f"p95 {delays[int(len(delays) * 0.95)]:.1f} over {len(delays)} deliveries; "
+                f"{missing} not delivered"
+            )
         finally:
             pool.stop()
 

@@ -72,8 +72,10 @@ def bench_latency(executor: str, lines: int, interval: float) -> dict[str, float
         shell = InteractiveShell.instance()
         os.chdir(work)
         shell.run_line_magic("load_ext", "hivemind_jupyter")
-        cell = (f"import time\nfor i in range({lines}):\n"
-                f"    print('STAMP', repr(time.time()), flush=True)\n    time.sleep({interval})\n")
+        cell = (
+            f"import time\nfor i in range({lines}):\n"
+            f"    print('STAMP', repr(time.time()), flush=True)\n    time.sleep({interval})\n"
+        )
         recorder = ArrivalRecorder()
         real_stdout = sys.stdout
         sys.stdout = recorder
@@ -93,8 +95,13 @@ def bench_latency(executor: str, lines: int, interval: float) -> dict[str, float
         os.chdir(home)
         shutil.rmtree(work, ignore_errors=True)
     values = recorder.latencies
-    return {"lines": len(values), "median_ms": statistics.median(values) * 1000,
-            "p95_ms": percentile(values, 0.95) * 1000, "max_ms": max(values) * 1000, "cell_seconds": total}
+    return {
+        "lines": len(values),
+        "median_ms": statistics.median(values) * 1000,
+        "p95_ms": percentile(values, 0.95) * 1000,
+        "max_ms": max(values) * 1000,
+        "cell_seconds": total,
+    }
 
 
 def make_folder(root: Path, files: int, total_bytes: int) -> None:
@@ -112,7 +119,7 @@ def make_folder(root: Path, files: int, total_bytes: int) -> None:
 
 def bench_packaging(files: int, total_mb: int, repeats: int) -> dict[str, float]:
     from hivemind_jupyter.packaging import pack_cell
-    from hivemind_nodepool.submission import TaskRequest
+    from hivemind_nodepool.client.submission import TaskRequest
 
     work = Path(tempfile.mkdtemp(prefix="hivemind-pack-"))
     try:
@@ -121,8 +128,9 @@ def bench_packaging(files: int, total_mb: int, repeats: int) -> dict[str, float]
         ours, stdlib = [], []
         for _ in range(repeats):
             start = time.perf_counter()
-            _, packed = pack_cell("print('hi')", TaskRequest(), work / "bundle.zip", folder=folder,
-                                  max_bytes=4 * 1024**3)
+            _, packed = pack_cell(
+                "print('hi')", TaskRequest(), work / "bundle.zip", folder=folder, max_bytes=4 * 1024**3
+            )
             ours.append(time.perf_counter() - start)
             packed_size = packed.packed_bytes
             (work / "bundle.zip").unlink()
@@ -137,16 +145,25 @@ def bench_packaging(files: int, total_mb: int, repeats: int) -> dict[str, float]
             (work / "plain.zip").unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"ours_s": statistics.median(ours), "stdlib_s": statistics.median(stdlib),
-            "ratio": statistics.median(ours) / statistics.median(stdlib),
-            "ours_mb": packed_size / 1024**2, "stdlib_mb": plain_size / 1024**2}
+    return {
+        "ours_s": statistics.median(ours),
+        "stdlib_s": statistics.median(stdlib),
+        "ratio": statistics.median(ours) / statistics.median(stdlib),
+        "ours_mb": packed_size / 1024**2,
+        "stdlib_mb": plain_size / 1024**2,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--executor", choices=["docker", "local"], default=None,
-                        help="the worker's executor (default: docker when the runtime image exists)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["docker", "local"],
+        default=None,
+        help="the worker's executor (default: docker when the runtime image exists)",
+    )
     parser.add_argument("--lines", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between remote prints")
     parser.add_argument("--files", type=int, default=1000)
@@ -159,19 +176,24 @@ def main() -> None:
         executor = args.executor
         if executor is None:
             from hivemind_worker.image import runtime_image_exists
+
             try:
                 executor = "docker" if runtime_image_exists() else "local"
             except Exception:
                 executor = "local"
         lat = bench_latency(executor, args.lines, args.interval)
-        print(f"live output, {executor} worker: {lat['lines']} lines, median {lat['median_ms']:.1f} ms, "
-              f"p95 {lat['p95_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
-              f"(target median < 250 ms; whole cell {lat['cell_seconds']:.1f} s)")
+        print(
+            f"live output, {executor} worker: {lat['lines']} lines, median {lat['median_ms']:.1f} ms, "
+            f"p95 {lat['p95_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
+            f"(target median < 250 ms; whole cell {lat['cell_seconds']:.1f} s)"
+        )
     pack = bench_packaging(args.files, args.megabytes, args.repeats)
-    print(f"packaging {args.files} files / {args.megabytes} MB: HiveMind {pack['ours_s']:.2f} s "
-          f"({pack['ours_mb']:.0f} MB), stdlib zipfile {pack['stdlib_s']:.2f} s "
-          f"({pack['stdlib_mb']:.0f} MB); "
-          f"ratio {pack['ratio']:.2f} (median of {args.repeats})")
+    print(
+        f"packaging {args.files} files / {args.megabytes} MB: HiveMind {pack['ours_s']:.2f} s "
+        f"({pack['ours_mb']:.0f} MB), stdlib zipfile {pack['stdlib_s']:.2f} s "
+        f"({pack['stdlib_mb']:.0f} MB); "
+        f"ratio {pack['ratio']:.2f} (median of {args.repeats})"
+    )
 
 
 if __name__ == "__main__":

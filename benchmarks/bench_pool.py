@@ -56,12 +56,18 @@ def tiny_bundle(folder: Path) -> Path:
 
 
 def manifest(cpus: float = 0.5) -> pb.Manifest:
-    return pb.Manifest(name="bench", entry_notebook="main.ipynb", parameters_json="{}",
-                       resources=pb.Resources(cpus=cpus, memory_bytes=64 * 1024**2), max_retries=-1)
+    return pb.Manifest(
+        name="bench",
+        entry_notebook="main.ipynb",
+        parameters_json="{}",
+        resources=pb.Resources(cpus=cpus, memory_bytes=64 * 1024**2),
+        max_retries=-1,
+    )
 
 
-def rate(count: int, threads: int, work: Callable[[PoolClient], None],
-         make: Callable[[], PoolClient]) -> float:
+def rate(
+    count: int, threads: int, work: Callable[[PoolClient], None], make: Callable[[], PoolClient]
+) -> float:
     """Calls per second of `work`, `count` calls spread over `threads` clients."""
     clients = [make() for _ in range(threads)]
     for client in clients:
@@ -86,8 +92,10 @@ def bench_submissions(pool: PoolProcess, token: str, folder: Path, count: int) -
     make = lambda: PoolClient(pool.address, token=token)  # noqa: E731
     floor = rate(count, 8, lambda c: c.whoami(), make)
     submits = rate(count, 8, lambda c: c.submit(manifest(), bundle), make)
-    print(f"submissions: {submits:8.0f}/s   WhoAmI floor: {floor:8.0f}/s   "
-          f"ratio {submits / floor:.2f} of the floor   (target 500/s)")
+    print(
+        f"submissions: {submits:8.0f}/s   WhoAmI floor: {floor:8.0f}/s   "
+        f"ratio {submits / floor:.2f} of the floor   (target 500/s)"
+    )
 
 
 def bench_dispatch(pool: PoolProcess, token: str, folder: Path, tasks: int, workers: int) -> None:
@@ -96,8 +104,10 @@ def bench_dispatch(pool: PoolProcess, token: str, folder: Path, tasks: int, work
     with ThreadPoolExecutor(8) as submitters:
         list(submitters.map(lambda _: user.submit(manifest(), bundle), range(tasks)))
     join = pool.join_token()
-    fleet = [FakeWorker(pool.address, join, name=f"bench-{i}", cpus=4, heartbeat_interval=5.0)
-             for i in range(workers)]
+    fleet = [
+        FakeWorker(pool.address, join, name=f"bench-{i}", cpus=4, heartbeat_interval=5.0)
+        for i in range(workers)
+    ]
     done = threading.Semaphore(0)
     stop = threading.Event()
 
@@ -125,8 +135,10 @@ def bench_dispatch(pool: PoolProcess, token: str, folder: Path, tasks: int, work
     for worker in fleet:
         worker.close()
     user.close()
-    print(f"dispatches:  {tasks / elapsed:8.0f}/s   ({tasks} tasks through {workers} workers, each "
-          f"assigned, run and finished; target 200/s)")
+    print(
+        f"dispatches:  {tasks / elapsed:8.0f}/s   ({tasks} tasks through {workers} workers, each "
+        f"assigned, run and finished; target 200/s)"
+    )
 
 
 def cpu_share(pid: int, seconds: float) -> float:
@@ -199,8 +211,10 @@ def bench_heartbeats(pool: PoolProcess, workers: int, window: float) -> None:
         online = sum(1 for w in status["workers"] if w["state"] == "WORKER_ONLINE")
     finally:
         crowd.close()
-    print(f"heartbeats:  {busy * 100:7.1f}% of one core with {online} workers online "
-          f"(idle pool: {idle * 100:.1f}%; target under 20%)")
+    print(
+        f"heartbeats:  {busy * 100:7.1f}% of one core with {online} workers online "
+        f"(idle pool: {idle * 100:.1f}%; target under 20%)"
+    )
 
 
 def bench_transfer(pool: PoolProcess, token: str, folder: Path, size: int) -> None:
@@ -242,22 +256,30 @@ def bench_transfer(pool: PoolProcess, token: str, folder: Path, size: int) -> No
     client.close()
     copy = statistics.median(copies)
     mib = bundle.stat().st_size / 1024**2
-    print(f"upload:      {mib / upload:8.0f} MiB/s  {upload / copy:.2f}x a disk copy ({mib / copy:.0f} MiB/s)"
-          f"   (target within 3x)")
-    print(f"download:    {mib / download:8.0f} MiB/s  {download / copy:.2f}x a disk copy"
-          f"   (identical: {same})")
+    print(
+        f"upload:      {mib / upload:8.0f} MiB/s  {upload / copy:.2f}x a disk copy ({mib / copy:.0f} MiB/s)"
+        f"   (target within 3x)"
+    )
+    print(
+        f"download:    {mib / download:8.0f} MiB/s  {download / copy:.2f}x a disk copy   (identical: {same})"
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small workloads, for a smoke run")
     args = parser.parse_args()
     quick = args.quick
     with tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp:
         folder = Path(tmp)
-        pool = PoolProcess(folder / "pool", heartbeat_interval=5.0, heartbeat_timeout=15.0,
-                           extra_args=["--max-bundle-size", "4G"]).start()
+        pool = PoolProcess(
+            folder / "pool",
+            heartbeat_interval=5.0,
+            heartbeat_timeout=15.0,
+            extra_args=["--max-bundle-size", "4G"],
+        ).start()
         try:
             pool.add_user("bench", PASSWORD)
             token = pool.login("bench", PASSWORD).token or ""

@@ -55,23 +55,52 @@ def round_trip(client, data: bytes) -> float:
 
 def bare_docker(folder: Path) -> None:
     subprocess.run(
-        ["docker", "run", "--rm", "--init", "--network", "none", "--read-only", "--tmpfs",
-         "/tmp:rw,nosuid,nodev,size=1g", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-         "--pids-limit", "512", "--memory", "512m", "--user", "1000:1000",
-         "-v", f"{folder}:/task", runtime_tag(),
-         "papermill", "--no-progress-bar", "/task/main.ipynb", "/tmp/out.ipynb"],
-        check=True, capture_output=True)
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--init",
+            "--network",
+            "none",
+            "--read-only",
+            "--tmpfs",
+            "/tmp:rw,nosuid,nodev,size=1g",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--pids-limit",
+            "512",
+            "--memory",
+            "512m",
+            "--user",
+            "1000:1000",
+            "-v",
+            f"{folder}:/task",
+            runtime_tag(),
+            "papermill",
+            "--no-progress-bar",
+            "/task/main.ipynb",
+            "/tmp/out.ipynb",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def local_papermill(folder: Path) -> None:
     papermill = Path(sys.executable).parent / "papermill"
-    subprocess.run([str(papermill), "--no-progress-bar", str(folder / "main.ipynb"),
-                    str(folder / "out.ipynb")], check=True, capture_output=True)
+    subprocess.run(
+        [str(papermill), "--no-progress-bar", str(folder / "main.ipynb"), str(folder / "out.ipynb")],
+        check=True,
+        capture_output=True,
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hivemind-bench-"))
@@ -92,8 +121,9 @@ def main() -> int:
         local = timed(lambda: local_papermill(folder), args.repeat)
 
         requirements = f"{EXTRA_PACKAGE}  # bench {os.urandom(4).hex()}\n".encode()
-        with_requirements = bundle(notebook("import tomli_w\ntomli_w.dumps({'a': 1})"),
-                                   {"requirements.txt": requirements})
+        with_requirements = bundle(
+            notebook("import tomli_w\ntomli_w.dumps({'a': 1})"), {"requirements.txt": requirements}
+        )
         miss = round_trip(client, with_requirements)
         hits = [round_trip(client, with_requirements) for _ in range(max(2, args.repeat // 2))]
 
@@ -116,8 +146,11 @@ def main() -> int:
         if worker is not None:
             worker.stop()
         pool.stop()
-        subprocess.run(["docker", "image", "prune", "-f", "--filter", "label=org.hivemind.role=env"],
-                       capture_output=True, check=False)
+        subprocess.run(
+            ["docker", "image", "prune", "-f", "--filter", "label=org.hivemind.role=env"],
+            capture_output=True,
+            check=False,
+        )
         shutil.rmtree(work, ignore_errors=True)
 
 

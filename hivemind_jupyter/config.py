@@ -11,31 +11,38 @@ import os
 from traitlets import Bool, Enum, Float, Int, Unicode, default, validate
 from traitlets.config import Configurable
 
-from hivemind_nodepool.errors import InvalidInput
-from hivemind_nodepool.units import parse_size
+from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.units import parse_size
 
 
 class HiveMind(Configurable):
     """HiveMind for Jupyter: where the pool is and what a task asks for by default."""
 
     pool_address = Unicode(
-        "", config=True, help="The NodePool's HOST:PORT used when signing in without one ($HIVEMIND_POOL).")
-    ca_file = Unicode(
-        "", config=True, help="A CA certificate (PEM) for TLS to the pool ($HIVEMIND_CA_FILE).")
+        "", config=True, help="The NodePool's HOST:PORT used when signing in without one ($HIVEMIND_POOL)."
+    )
+    ca_file = Unicode("", config=True, help="A CA certificate (PEM) for TLS to the pool ($HIVEMIND_CA_FILE).")
     insecure = Bool(False, config=True, help="Allow plaintext gRPC to a pool off loopback.")
     results_dir = Unicode(
-        "hivemind-results", config=True,
-        help="Folder for fetched results, relative to the contents root (server) or working dir (kernel).")
+        "hivemind-results",
+        config=True,
+        help="Folder for fetched results, relative to the contents root (server) or working dir (kernel).",
+    )
     default_cpus = Float(1.0, config=True, help="CPU cores a task asks for when it does not say.")
     default_memory = Unicode("2G", config=True, help="Memory a task asks for when it does not say.")
     default_gpus = Int(0, config=True, help="GPUs a task asks for when it does not say.")
     max_bundle_size = Unicode("1G", config=True, help="The cap on a task's files before compression.")
     interrupt_action = Enum(
-        ["cancel", "detach"], "cancel", config=True,
-        help="Interrupting a waiting %%hivemind cell cancels the remote task, or only detaches from it.")
+        ["cancel", "detach"],
+        "cancel",
+        config=True,
+        help="Interrupting a waiting %%hivemind cell cancels the remote task, or only detaches from it.",
+    )
     poll_interval = Float(
-        1.0, config=True,
-        help="Unused: the pool pushes task changes (WatchTasks). Kept so older configurations load.")
+        1.0,
+        config=True,
+        help="Unused: the pool pushes task changes (WatchTasks). Kept so older configurations load.",
+    )
 
     @default("pool_address")
     def _pool_address_default(self) -> str:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hivemind_nodepool.client import TERMINAL_STATES, PoolClient, state_name
-from hivemind_nodepool.errors import Cancelled, HiveMindError
+from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.units import format_duration
+from hivemind_nodepool.protocol.errors import Cancelled, HiveMindError
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.units import format_duration
 
 from .config import HiveMind
 from .live_view import LiveView, make_view
@@ -87,8 +88,11 @@ class TaskHandle:
 
     def logs(self) -> str:
         """The remote stdout and stderr so far, in order."""
-        parts = [event.text for event in self._client().watch(self.task_id, follow=False, reconnect_for=5)
-                 if event.kind in (pb.TaskEvent.STDOUT, pb.TaskEvent.STDERR)]
+        parts = [
+            event.text
+            for event in self._client().watch(self.task_id, follow=False, reconnect_for=5)
+            if event.kind in (pb.TaskEvent.STDOUT, pb.TaskEvent.STDERR)
+        ]
         return "".join(parts)
 
     def cancel(self) -> str:
@@ -177,8 +181,10 @@ class TaskHandle:
 
     def _interrupted(self, view: LiveView) -> None:
         if self.settings.interrupt_action == "detach":
-            note = (f"interrupted: detached from task {self.task_id}, which keeps running. "
-                    f"Follow it again with `%hivemind attach {self.task_id}`.")
+            note = (
+                f"interrupted: detached from task {self.task_id}, which keeps running. "
+                f"Follow it again with `%hivemind attach {self.task_id}`."
+            )
         else:
             try:
                 self._client().cancel_task(self.task_id)
@@ -200,10 +206,13 @@ class TaskHandle:
             result.outputs = cell_outputs(fetched.notebook)
             rich = [o for o in result.outputs if o.get("output_type") in ("display_data", "execute_result")]
             if show and len(rich) > view.displays_shown:  # outputs the live events did not carry
-                show_outputs(rich[view.displays_shown:], _publish_display)
+                show_outputs(rich[view.displays_shown :], _publish_display)
             if show and not view.streamed:
-                show_outputs([o for o in result.outputs if o.get("output_type") == "stream"],
-                             lambda d, m: None, _write_stream)
+                show_outputs(
+                    [o for o in result.outputs if o.get("output_type") == "stream"],
+                    lambda d, m: None,
+                    _write_stream,
+                )
             view.remote_error = view.remote_error or error_traceback(result.outputs)
         if fetched is not None:
             result.variables, problems = load_pulled(fetched.folder)
@@ -228,8 +237,10 @@ class TaskHandle:
             raise RemoteTaskError(result.task, self._remote_error)
 
     def __repr__(self) -> str:
-        return (f"<HiveMind task {self.task_id}: .status() .wait() .result() .logs() .cancel(); "
-                f"after a restart: %hivemind attach {self.task_id}>")
+        return (
+            f"<HiveMind task {self.task_id}: .status() .wait() .result() .logs() .cancel(); "
+            f"after a restart: %hivemind attach {self.task_id}>"
+        )
 
 
 def _publish_display(data: dict[str, Any], metadata: dict[str, Any]) -> None:

@@ -15,16 +15,23 @@ import sys
 import time
 from typing import Any
 
-from hivemind_nodepool.client import TERMINAL_STATES, state_name
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.units import format_duration
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.units import format_duration
 
 from .results import joined_mime_bundle
 
 log = logging.getLogger(__name__)
 
-_COLOURS = {"SUCCEEDED": "#2e7d32", "FAILED": "#c62828", "CANCELLED": "#6d4c41", "TIMED_OUT": "#c62828",
-            "LOST": "#c62828", "RUNNING": "#1565c0", "QUEUED": "#6a1b9a"}
+_COLOURS = {
+    "SUCCEEDED": "#2e7d32",
+    "FAILED": "#c62828",
+    "CANCELLED": "#6d4c41",
+    "TIMED_OUT": "#c62828",
+    "LOST": "#c62828",
+    "RUNNING": "#1565c0",
+    "QUEUED": "#6a1b9a",
+}
 
 
 def _display(obj: Any, **kwargs: Any) -> Any:
@@ -99,7 +106,8 @@ class LiveView:
             return
         if output.get("output_type") == "error":
             self.remote_error = [str(line) for line in output.get("traceback") or []] or [
-                f"{output.get('ename')}: {output.get('evalue')}"]
+                f"{output.get('ename')}: {output.get('evalue')}"
+            ]
             return
         if output.get("output_type") in ("display_data", "execute_result"):
             _publish(joined_mime_bundle(output.get("data") or {}), output.get("metadata") or {})

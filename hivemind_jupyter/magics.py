@@ -22,11 +22,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import TraitError
 
-from hivemind_nodepool.client import TERMINAL_STATES, state_name
-from hivemind_nodepool.errors import HiveMindError, InvalidInput
+from hivemind_nodepool.client.submission import TaskRequest, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.submission import TaskRequest, parse_assignment, parse_labels
-from hivemind_nodepool.units import format_duration, format_size, parse_duration, parse_size
+from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration, parse_size
 
 from .config import HiveMind
 from .handle import TaskHandle
@@ -54,12 +54,23 @@ def cell_parser() -> _Parser:
     parser.add_argument("--cpus", type=float, help="CPU cores (fractions allowed)")
     parser.add_argument("--memory", help="memory, e.g. 512M or 8G")
     parser.add_argument("--gpus", type=int, help="GPUs")
-    parser.add_argument("--labels", action="append", default=[], metavar="K=V[,K=V]",
-                        help="the worker must carry these labels")
+    parser.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="the worker must carry these labels",
+    )
     parser.add_argument("--dir", help="send this folder's files with the cell")
     parser.add_argument("--requirements", metavar="FILE", help="a requirements.txt for the environment")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a papermill parameter (a Python literal or text)")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a papermill parameter (a Python literal or text)",
+    )
     parser.add_argument("--push", action="append", default=[], metavar="A,B", help="variables to send")
     parser.add_argument("--pull", action="append", default=[], metavar="C,D", help="variables to bring back")
     parser.add_argument("--timeout", help="e.g. 90s, 30m, 2h")
@@ -137,15 +148,24 @@ class CellOptions:
             raise UsageError(f"%%hivemind --requirements: {args.requirements} is not a file")
         self.no_wait = bool(args.no_wait)
         self.request = TaskRequest(
-            cpus=cpus, memory=memory, gpus=gpus, parameters=parameters,
-            timeout=timeout, max_retries=-1 if args.retries is None else args.retries,
-            name=args.name or "", labels=labels, pull_variables=tuple(self.pull))
+            cpus=cpus,
+            memory=memory,
+            gpus=gpus,
+            parameters=parameters,
+            timeout=timeout,
+            max_retries=-1 if args.retries is None else args.retries,
+            name=args.name or "",
+            labels=labels,
+            pull_variables=tuple(self.pull),
+        )
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -178,9 +198,14 @@ class HiveMindMagics(Magics):
             try:
                 client = self.connector.client()
                 manifest, packed = pack_cell(
-                    cell, options.request, workdir / "bundle.zip", folder=options.folder,
-                    requirements=options.requirements, push=options.push_values,
-                    max_bytes=self.settings.max_bundle_bytes)
+                    cell,
+                    options.request,
+                    workdir / "bundle.zip",
+                    folder=options.folder,
+                    requirements=options.requirements,
+                    push=options.push_values,
+                    max_bytes=self.settings.max_bundle_bytes,
+                )
             except InvalidInput as exc:
                 raise UsageError(f"%%hivemind: {exc}") from None
             except HiveMindError as exc:
@@ -225,8 +250,12 @@ class HiveMindMagics(Magics):
         parser = _Parser(prog="%hivemind login", add_help=False)
         parser.add_argument("--pool", default=None, help="HOST:PORT of the pool")
         parser.add_argument("--user", default=None)
-        parser.add_argument("--password-env", default=None, metavar="VAR",
-                            help="read the password from this environment variable")
+        parser.add_argument(
+            "--password-env",
+            default=None,
+            metavar="VAR",
+            help="read the password from this environment variable",
+        )
         args = parser.parse_args(rest)
         saved = self.connector.credential()
         user = args.user or (saved.user if saved else None) or getpass.getuser()
@@ -253,17 +282,25 @@ class HiveMindMagics(Magics):
         client = self.connector.client()
         status = client.pool_status()
         workers = client.list_workers()
-        print(f"pool {client.address}: {status.workers_online} of {status.workers_total} workers online; "
-              f"{status.allocated.cpus:g}/{status.capacity.cpus:g} CPUs, "
-              f"{status.allocated.gpus}/{status.capacity.gpus} GPUs in use")
+        print(
+            f"pool {client.address}: {status.workers_online} of {status.workers_total} workers online; "
+            f"{status.allocated.cpus:g}/{status.capacity.cpus:g} CPUs, "
+            f"{status.allocated.gpus}/{status.capacity.gpus} GPUs in use"
+        )
         busy = ", ".join(f"{k} {v}" for k, v in sorted(status.tasks_by_state.items()) if v)
         print(f"tasks: {busy or 'none'}")
         if workers:
-            rows = [[w.name, pb.WorkerState.Name(w.state).removeprefix("WORKER_").lower(),
-                     f"{w.allocated.cpus:g}/{w.capacity.cpus:g}",
-                     f"{format_size(w.allocated.memory_bytes)}/{format_size(w.capacity.memory_bytes)}",
-                     f"{w.allocated.gpus}/{w.capacity.gpus}", str(len(w.running_task_ids))]
-                    for w in workers]
+            rows = [
+                [
+                    w.name,
+                    pb.WorkerState.Name(w.state).removeprefix("WORKER_").lower(),
+                    f"{w.allocated.cpus:g}/{w.capacity.cpus:g}",
+                    f"{format_size(w.allocated.memory_bytes)}/{format_size(w.capacity.memory_bytes)}",
+                    f"{w.allocated.gpus}/{w.capacity.gpus}",
+                    str(len(w.running_task_ids)),
+                ]
+                for w in workers
+            ]
             print(_table(rows, ["WORKER", "STATE", "CPUS", "MEMORY", "GPUS", "TASKS"]))
 
     def _cmd_tasks(self, rest: list[str]) -> None:
@@ -283,8 +320,15 @@ class HiveMindMagics(Magics):
         for task in page.tasks:
             end = task.updated_at if task.state in TERMINAL_STATES else None
             age = (end or task.updated_at) - task.created_at
-            rows.append([task.id, task.manifest.name, state_name(task.state), task.worker_name or "-",
-                         format_duration(max(age, 0.0))])
+            rows.append(
+                [
+                    task.id,
+                    task.manifest.name,
+                    state_name(task.state),
+                    task.worker_name or "-",
+                    format_duration(max(age, 0.0)),
+                ]
+            )
         print(_table(rows, ["ID", "NAME", "STATE", "WORKER", "TIME"]) if rows else "no tasks")
         if page.total > len(rows):
             print(f"({len(rows)} of {page.total}; --limit N for more)")

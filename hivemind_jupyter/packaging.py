@@ -18,11 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hivemind_nodepool.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
-from hivemind_nodepool.errors import InvalidInput
-from hivemind_nodepool.manifest import to_json, validate
+from hivemind_nodepool.client.submission import DEFAULT_MAX_BUNDLE_BYTES, TaskRequest, package_path
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.submission import DEFAULT_MAX_BUNDLE_BYTES, TaskRequest, package_path
+from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
+from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.manifest import to_json, validate
 
 CELL_ENTRY = "main.ipynb"
 PUSH_DIR = "_hivemind/push"
@@ -58,8 +58,14 @@ def spec_manifest(request: TaskRequest, entry: str) -> pb.Manifest:
 
 
 def _code_cell(source: str, tag: str) -> dict[str, Any]:
-    return {"cell_type": "code", "execution_count": None, "id": tag, "metadata": {"tags": [tag]},
-            "outputs": [], "source": source}
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": tag,
+        "metadata": {"tags": [tag]},
+        "outputs": [],
+        "source": source,
+    }
 
 
 def _push_source(names: list[str]) -> str:
@@ -73,8 +79,9 @@ def _push_source(names: list[str]) -> str:
     )
 
 
-def cell_notebook(code: str, parameters: Mapping[str, Any] | None = None,
-                  push: list[str] | None = None) -> dict[str, Any]:
+def cell_notebook(
+    code: str, parameters: Mapping[str, Any] | None = None, push: list[str] | None = None
+) -> dict[str, Any]:
     """The notebook (nbformat 4 as a dict) that runs one cell on the pool."""
     cells: list[dict[str, Any]] = []
     if push:
@@ -106,7 +113,8 @@ def pickle_pushed(values: Mapping[str, Any]) -> dict[str, bytes]:
             entries[f"{PUSH_DIR}/{name}.pickle"] = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise InvalidInput(
-                f"cannot send variable {name!r} with --push: it cannot be pickled ({exc})") from None
+                f"cannot send variable {name!r} with --push: it cannot be pickled ({exc})"
+            ) from None
     return entries
 
 
@@ -126,9 +134,16 @@ def _folder_files(folder: Path | None) -> list[tuple[str, Path]]:
     return [(name, path) for name, path, _ in collect_files(folder)]
 
 
-def pack_cell(code: str, request: TaskRequest, destination: Path, *, folder: Path | None = None,
-              requirements: Path | None = None, push: Mapping[str, Any] | None = None,
-              max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> tuple[pb.Manifest, PackedBundle]:
+def pack_cell(
+    code: str,
+    request: TaskRequest,
+    destination: Path,
+    *,
+    folder: Path | None = None,
+    requirements: Path | None = None,
+    push: Mapping[str, Any] | None = None,
+    max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+) -> tuple[pb.Manifest, PackedBundle]:
     """A cell (plus an optional folder) as a bundle at destination, and its manifest."""
     files = _folder_files(folder)
     taken = {name for name, _ in files}
@@ -147,15 +162,22 @@ def pack_cell(code: str, request: TaskRequest, destination: Path, *, folder: Pat
     return manifest, pack(destination, files, extra, max_bytes=max_bytes)
 
 
-def pack_path(target: Path, request: TaskRequest, workdir: Path, *, entry: str | None = None,
-              max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> tuple[pb.Manifest, PackedBundle]:
+def pack_path(
+    target: Path,
+    request: TaskRequest,
+    workdir: Path,
+    *,
+    entry: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+) -> tuple[pb.Manifest, PackedBundle]:
     """A notebook (sent with its folder) or a folder (with its entry notebook), as `hivemind submit`
     packages it; the entry must be a notebook inside the folder."""
     if entry is not None and not target.is_dir():
         raise InvalidInput("give `entry` only with a folder")
     placeholder = target.name if target.is_file() else "entry.ipynb"
     validate(request.to_manifest(entry or placeholder))  # bad requests fail before any packing
-    manifest, packed = package_path(target, request, entry=entry, workdir=workdir, max_bytes=max_bytes,
-                                    how_to_choose='the "entry" field')
+    manifest, packed = package_path(
+        target, request, entry=entry, workdir=workdir, max_bytes=max_bytes, how_to_choose='the "entry" field'
+    )
     validate(manifest)
     return manifest, packed

@@ -10,11 +10,10 @@ import logging
 import threading
 from pathlib import Path
 
-from hivemind_nodepool import credentials
-from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.credentials import Credential
-from hivemind_nodepool.errors import InvalidInput, Unauthenticated
+from hivemind_nodepool.client import PoolClient, credentials
+from hivemind_nodepool.client.credentials import Credential
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import InvalidInput, Unauthenticated
 
 from .config import HiveMind
 
@@ -63,8 +62,9 @@ class PoolConnector:
             if self._key != key or self._client is None:
                 if self._client is not None:
                     self._client.close()
-                self._client = PoolClient(saved.pool, token=saved.token, ca_file=ca or None,
-                                          insecure=insecure)
+                self._client = PoolClient(
+                    saved.pool, token=saved.token, ca_file=ca or None, insecure=insecure
+                )
                 self._key = key
             return self._client
 
@@ -86,8 +86,14 @@ class PoolConnector:
         ca, insecure = self._ca_and_insecure()
         with PoolClient(address, ca_file=ca or None, insecure=insecure) as anonymous:
             answer = anonymous.login(username, password)
-        saved = Credential(pool=address, user=answer.user.name or username, token=answer.token,
-                           expires_at=answer.expires_at, ca_file=ca or None, insecure=insecure)
+        saved = Credential(
+            pool=address,
+            user=answer.user.name or username,
+            token=answer.token,
+            expires_at=answer.expires_at,
+            ca_file=ca or None,
+            insecure=insecure,
+        )
         credentials.save(saved, self.config_dir)
         log.info("signed in to %s as %s", address, saved.user)
         return saved, answer.user

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hivemind_nodepool.bundle import safe_extract
-from hivemind_nodepool.client import PoolClient, state_name
-from hivemind_nodepool.errors import Conflict, HiveMindError
+from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import safe_extract
+from hivemind_nodepool.protocol.errors import Conflict, HiveMindError
+from hivemind_nodepool.protocol.states import state_name
 
 from .packaging import TAG_CELL
 
@@ -109,8 +110,9 @@ def fetch_into(client: PoolClient, task: pb.Task, results_root: Path) -> Fetched
 
 def public_files(result: FetchedResult) -> list[Path]:
     """The files a person cares about (HiveMind's own bookkeeping left out)."""
-    return [p for p in result.files
-            if not p.relative_to(result.folder).as_posix().startswith(INTERNAL_PREFIX)]
+    return [
+        p for p in result.files if not p.relative_to(result.folder).as_posix().startswith(INTERNAL_PREFIX)
+    ]
 
 
 def cell_outputs(notebook: Path) -> list[dict[str, Any]]:
@@ -151,7 +153,7 @@ def load_pulled(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
         return {}, {"*": f"the variables file is unreadable: {exc}"}
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    for name, entry in (payload.items() if isinstance(payload, dict) else []):
+    for name, entry in payload.items() if isinstance(payload, dict) else []:
         if not isinstance(entry, dict):
             continue
         if "pickle" in entry:
@@ -171,12 +173,17 @@ def load_pulled(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 def joined_mime_bundle(data: dict[str, Any]) -> dict[str, Any]:
     """nbformat stores text as lists of lines; display wants one string (JSON types stay as they are)."""
-    return {mime: "".join(value) if isinstance(value, list) and not mime.endswith("json") else value
-            for mime, value in data.items()}
+    return {
+        mime: "".join(value) if isinstance(value, list) and not mime.endswith("json") else value
+        for mime, value in data.items()
+    }
 
 
-def show_outputs(outputs: list[dict[str, Any]], publish: Callable[[dict, dict], None],
-                 write_stream: Callable[[str, str], None] | None = None) -> int:
+def show_outputs(
+    outputs: list[dict[str, Any]],
+    publish: Callable[[dict, dict], None],
+    write_stream: Callable[[str, str], None] | None = None,
+) -> int:
     """Show rich outputs (and streams when write_stream is given) as if produced here; returns
     how many were shown."""
     shown = 0

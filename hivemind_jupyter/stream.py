@@ -23,8 +23,8 @@ from jupyter_server.base.handlers import JupyterHandler
 from tornado import web, websocket
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import Cancelled, HiveMindError, PoolUnavailable, Unauthenticated
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import Cancelled, HiveMindError, PoolUnavailable, Unauthenticated
 
 from .handlers.base import AUTH_RESOURCE, http_status
 from .handlers.tasks import TASK_ID
@@ -49,15 +49,28 @@ class Socket(Protocol):
 
 
 def _change_key(task: pb.Task) -> tuple[Any, ...]:
-    return (task.state, task.updated_at, task.progress.cells_done, task.progress.cells_total,
-            task.worker_id, task.pending_reason, task.attempt, task.last_event_seq)
+    return (
+        task.state,
+        task.updated_at,
+        task.progress.cells_done,
+        task.progress.cells_total,
+        task.worker_id,
+        task.pending_reason,
+        task.attempt,
+        task.last_event_seq,
+    )
 
 
 class EventWatcher:
     """Follows one task's events in a thread and hands each to the subscribed sockets, in order."""
 
-    def __init__(self, task_id: str, client: PoolClient, loop: asyncio.AbstractEventLoop,
-                 on_idle: Callable[[EventWatcher], None]) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        client: PoolClient,
+        loop: asyncio.AbstractEventLoop,
+        on_idle: Callable[[EventWatcher], None],
+    ) -> None:
         self.task_id = task_id
         self.client = client
         self.loop = loop
@@ -82,10 +95,17 @@ class EventWatcher:
         except HiveMindError as exc:
             if not self._stopped.is_set():
                 status = http_status(exc)
-                message = f"no task {self.task_id} (it does not exist or is not yours)" \
-                    if status in (403, 404) else str(exc)
-                error = {"type": "error", "task_id": self.task_id, "error": message,
-                         "status": 404 if status == 403 else status}
+                message = (
+                    f"no task {self.task_id} (it does not exist or is not yours)"
+                    if status in (403, 404)
+                    else str(exc)
+                )
+                error = {
+                    "type": "error",
+                    "task_id": self.task_id,
+                    "error": message,
+                    "status": 404 if status == 403 else status,
+                }
         except Exception as exc:  # a thread must not die silently
             log.exception("watching %s failed", self.task_id)
             error = {"type": "error", "task_id": self.task_id, "error": str(exc), "status": 502}
@@ -118,9 +138,15 @@ class EventWatcher:
             socket.send(self.error)
             return
         if self.events and after < self.events[0][0] - 1:
-            socket.send({"type": "error", "task_id": self.task_id, "status": 400,
-                         "error": f"events up to {self.events[0][0] - 1} are no longer buffered; "
-                                  "read them with GET /hivemind/api/tasks/{id}/events"})
+            socket.send(
+                {
+                    "type": "error",
+                    "task_id": self.task_id,
+                    "status": 400,
+                    "error": f"events up to {self.events[0][0] - 1} are no longer buffered; "
+                    "read them with GET /hivemind/api/tasks/{id}/events",
+                }
+            )
         last = after
         for seq, event in self.events:
             if seq > last:
@@ -141,9 +167,13 @@ class EventWatcher:
 class PoolFollower:
     """One WatchTasks stream read in a thread; each message is handed to the event loop."""
 
-    def __init__(self, client: PoolClient, loop: asyncio.AbstractEventLoop,
-                 on_message: Callable[[PoolFollower, pb.TaskFeedMessage], None],
-                 on_end: Callable[[PoolFollower, BaseException | None], None]) -> None:
+    def __init__(
+        self,
+        client: PoolClient,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[PoolFollower, pb.TaskFeedMessage], None],
+        on_end: Callable[[PoolFollower, BaseException | None], None],
+    ) -> None:
         self.client = client
         self.loop = loop
         self.on_message = on_message
@@ -225,8 +255,9 @@ class TaskFeed:
             try:
                 client = self.connector.new_client()
             except HiveMindError as exc:
-                socket.send({"type": "error", "task_id": task_id, "error": str(exc),
-                             "status": http_status(exc)})
+                socket.send(
+                    {"type": "error", "task_id": task_id, "error": str(exc), "status": http_status(exc)}
+                )
                 return
             watcher = EventWatcher(task_id, client, asyncio.get_running_loop(), self._watcher_idle)
             self.watchers[task_id] = watcher

@@ -63,8 +63,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         produced = generate(Path(tmp))
         if options.check:
-            stale = [p.name for p in produced if not (TARGET / p.name).exists()
-                     or not filecmp.cmp(p, TARGET / p.name, shallow=False)]
+            stale = [
+                p.name
+                for p in produced
+                if not (TARGET / p.name).exists() or not filecmp.cmp(p, TARGET / p.name, shallow=False)
+            ]
             if stale:
                 print("stale generated stubs: " + ", ".join(stale), file=sys.stderr)
                 print("run: python scripts/gen_proto.py", file=sys.stderr)

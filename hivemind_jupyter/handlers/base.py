@@ -14,7 +14,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import (
+from hivemind_nodepool.protocol.errors import (
     AlreadyExists,
     Conflict,
     DeadlineExceeded,
@@ -108,8 +108,9 @@ class HiveMindHandler(ExtensionHandlerMixin, APIHandler):
             raise ApiError(400, "the request body must be a JSON object")
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(unknown)}; "
-                                f"allowed: {', '.join(sorted(allowed))}")
+            raise ApiError(
+                400, f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            )
         return data
 
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -117,7 +118,8 @@ class HiveMindHandler(ExtensionHandlerMixin, APIHandler):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self.settings["hivemind_executor"], functools.partial(fn, *args, **kwargs))
+                self.settings["hivemind_executor"], functools.partial(fn, *args, **kwargs)
+            )
         except HiveMindError as exc:
             raise ApiError(http_status(exc), str(exc) or exc.__class__.__name__) from None
 

@@ -7,7 +7,7 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from hivemind_nodepool.errors import HiveMindError, PoolUnavailable, Unauthenticated
+from hivemind_nodepool.protocol.errors import HiveMindError, PoolUnavailable, Unauthenticated
 
 from .base import ApiError, HiveMindHandler
 
@@ -16,8 +16,12 @@ class SessionHandler(HiveMindHandler):
     def _status(self) -> dict[str, Any]:
         """Blocking: the session as the panel shows it (the token itself never leaves the server)."""
         saved = self.connector.credential()
-        answer: dict[str, Any] = {"signed_in": False, "user": None, "admin": False,
-                                  "pool": self.connector.pool_address()}
+        answer: dict[str, Any] = {
+            "signed_in": False,
+            "user": None,
+            "admin": False,
+            "pool": self.connector.pool_address(),
+        }
         if saved is None or saved.expired:
             return answer
         try:

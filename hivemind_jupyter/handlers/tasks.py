@@ -13,10 +13,10 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import InvalidInput
+from hivemind_nodepool.client.submission import TaskRequest
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.submission import TaskRequest
-from hivemind_nodepool.units import parse_duration, parse_size
+from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
 from ..jsonify import to_dict
 from ..packaging import pack_path
@@ -25,8 +25,18 @@ from .base import ApiError, HiveMindHandler
 
 T = TypeVar("T")
 TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-SUBMIT_FIELDS = {"path", "entry", "name", "cpus", "memory", "gpus", "parameters", "timeout", "labels",
-                 "retries"}
+SUBMIT_FIELDS = {
+    "path",
+    "entry",
+    "name",
+    "cpus",
+    "memory",
+    "gpus",
+    "parameters",
+    "timeout",
+    "labels",
+    "retries",
+}
 MAX_EVENTS = 10_000
 STATE_NAMES = frozenset(pb.TaskState.DESCRIPTOR.values_by_name) - {"TASK_STATE_UNSPECIFIED"}
 
@@ -110,8 +120,13 @@ class TasksHandler(TaskBase):
         if len(token) > 1024:
             raise ApiError(400, "page_token is too long")
         page = await self.pool(lambda c: c.list_tasks(states, page_size=limit, page_token=token))
-        self.reply({"tasks": [to_dict(t) for t in page.tasks], "next_page_token": page.next_page_token,
-                    "total": page.total})
+        self.reply(
+            {
+                "tasks": [to_dict(t) for t in page.tasks],
+                "next_page_token": page.next_page_token,
+                "total": page.total,
+            }
+        )
 
     def _request(self, body: dict[str, Any]) -> TaskRequest:
         settings = self.hivemind
@@ -120,10 +135,10 @@ class TasksHandler(TaskBase):
         retries = _integer(body, "retries")
         memory = body.get("memory")
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (str, int))):
-            raise InvalidInput("memory must be a size like \"8G\" or a number of bytes")
+            raise InvalidInput('memory must be a size like "8G" or a number of bytes')
         timeout = body.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (str, int, float))):
-            raise InvalidInput("timeout must be a duration like \"30m\" or a number of seconds")
+            raise InvalidInput('timeout must be a duration like "30m" or a number of seconds')
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput("parameters must be a JSON object")
@@ -145,8 +160,9 @@ class TasksHandler(TaskBase):
         client = self.connector.client()  # fail fast (401) before packaging a big folder
         workdir = Path(tempfile.mkdtemp(prefix="hivemind-submit-"))
         try:
-            manifest, packed = pack_path(target, request, workdir, entry=entry,
-                                         max_bytes=self.hivemind.max_bundle_bytes)
+            manifest, packed = pack_path(
+                target, request, workdir, entry=entry, max_bytes=self.hivemind.max_bundle_bytes
+            )
             return client.submit(manifest, packed.path)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -207,9 +223,11 @@ class ResultHandler(TaskBase):
             def rel(path: Path) -> str:
                 return path.relative_to(root).as_posix()
 
-            return {"folder": rel(result.folder),
-                    "notebook": rel(result.notebook) if result.notebook else None,
-                    "files": [rel(p) for p in public_files(result)]}
+            return {
+                "folder": rel(result.folder),
+                "notebook": rel(result.notebook) if result.notebook else None,
+                "files": [rel(p) for p in public_files(result)],
+            }
 
         self.reply(await self.task_call(task_id, fetch))
 

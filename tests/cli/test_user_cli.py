@@ -18,18 +18,28 @@ from harness.worker import WorkerProcess
 PASSWORD = "correct horse battery"
 
 
-def hivemind(config: Path, *args: str, stdin: str | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def hivemind(
+    config: Path, *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(config)}
-    return subprocess.run([sys.executable, "-m", "hivemind_nodepool.cli.user", *args], input=stdin,
-                          capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "hivemind_nodepool.cli.user", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def notebook(folder: Path, source: str, name: str = "job.ipynb") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("n = 3", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(source)]
+    nb.cells = [
+        nbformat.v4.new_code_cell("n = 3", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(source),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = folder / name
     nbformat.write(nb, path)
@@ -40,8 +50,9 @@ def notebook(folder: Path, source: str, name: str = "job.ipynb") -> Path:
 def signed_in(pool: PoolProcess, tmp_path: Path) -> Path:
     pool.add_user("ada", PASSWORD)
     config = tmp_path / "config"
-    result = hivemind(config, "login", "--pool", pool.address, "--user", "ada", "--password-stdin",
-                      stdin=PASSWORD + "\n")
+    result = hivemind(
+        config, "login", "--pool", pool.address, "--user", "ada", "--password-stdin", stdin=PASSWORD + "\n"
+    )
     assert result.returncode == 0, result.stderr
     return config
 
@@ -54,7 +65,7 @@ def test_login_keeps_a_private_credential_and_logout_revokes_it(pool: PoolProces
     assert hivemind(signed_in, "logout").returncode == 0
     assert not credential.exists()
     from hivemind_nodepool.client import PoolClient
-    from hivemind_nodepool.errors import Unauthenticated
+    from hivemind_nodepool.protocol.errors import Unauthenticated
 
     with PoolClient(pool.address, token=token) as client, pytest.raises(Unauthenticated):
         client.whoami()  # the token was revoked on the pool, not only forgotten here
@@ -62,26 +73,44 @@ def test_login_keeps_a_private_credential_and_logout_revokes_it(pool: PoolProces
 
 def test_wrong_password_and_no_sign_in_say_what_to_do(pool: PoolProcess, tmp_path: Path) -> None:
     pool.add_user("bob", PASSWORD)
-    result = hivemind(tmp_path / "c", "login", "--pool", pool.address, "--user", "bob", "--password-stdin",
-                      stdin="wrong\n")
+    result = hivemind(
+        tmp_path / "c", "login", "--pool", pool.address, "--user", "bob", "--password-stdin", stdin="wrong\n"
+    )
     assert result.returncode == 1 and "hivemind:" in result.stderr and "Traceback" not in result.stderr
     result = hivemind(tmp_path / "c", "tasks")
     assert result.returncode == 1 and "hivemind login" in result.stderr
 
 
 def test_pool_down_is_one_clear_line(tmp_path: Path) -> None:
-    result = hivemind(tmp_path / "c", "login", "--pool", "127.0.0.1:1", "--user", "x", "--password-stdin",
-                      stdin="pw\n")
+    result = hivemind(
+        tmp_path / "c", "login", "--pool", "127.0.0.1:1", "--user", "x", "--password-stdin", stdin="pw\n"
+    )
     assert result.returncode == 1
     assert "cannot reach the HiveMind pool" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_submit_wait_logs_fetch_and_retry(pool: PoolProcess, signed_in: Path, tmp_path: Path) -> None:
     WorkerProcess(pool, executor="local", name="cli-worker").start()
-    job = notebook(tmp_path / "project", "import os\nos.makedirs('outputs', exist_ok=True)\n"
-                   "open('outputs/answer.txt', 'w').write(str(n * 14))\nprint('answer', n * 14)")
-    result = hivemind(signed_in, "submit", str(job), "--cpus", "1", "--memory", "512M", "-p", "n=3",
-                      "--name", "cli-job", "--wait", timeout=240)
+    job = notebook(
+        tmp_path / "project",
+        "import os\nos.makedirs('outputs', exist_ok=True)\n"
+        "open('outputs/answer.txt', 'w').write(str(n * 14))\nprint('answer', n * 14)",
+    )
+    result = hivemind(
+        signed_in,
+        "submit",
+        str(job),
+        "--cpus",
+        "1",
+        "--memory",
+        "512M",
+        "-p",
+        "n=3",
+        "--name",
+        "cli-job",
+        "--wait",
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     task_id = result.stdout.splitlines()[0].strip()
     assert "answer 42" in result.stdout and "SUCCEEDED" in result.stderr
@@ -104,8 +133,9 @@ def test_submit_wait_logs_fetch_and_retry(pool: PoolProcess, signed_in: Path, tm
     assert "cli-worker" in hivemind(signed_in, "workers").stdout
 
 
-def test_a_failing_notebook_makes_submit_wait_fail(pool: PoolProcess, signed_in: Path,
-                                                   tmp_path: Path) -> None:
+def test_a_failing_notebook_makes_submit_wait_fail(
+    pool: PoolProcess, signed_in: Path, tmp_path: Path
+) -> None:
     WorkerProcess(pool, executor="local", name="cli-worker").start()
     job = notebook(tmp_path / "bad", "raise ValueError('remote boom')")
     result = hivemind(signed_in, "submit", str(job), "--memory", "512M", "--wait", timeout=240)
@@ -125,16 +155,19 @@ def test_cancel_a_queued_task(pool: PoolProcess, signed_in: Path, tmp_path: Path
     assert result.returncode == 0 and "CANCELLED" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["submit", "missing.ipynb"], "does not exist"),
-    (["submit", "{folder}", "--memory", "lots"], "not a size"),
-    (["submit", "{folder}", "-p", "not-an-assignment"], "NAME=VALUE"),
-    (["submit", "{folder}", "--cpus", "0"], "more than 0"),
-    (["submit", "{folder}", "--timeout", "soon"], "not a duration"),
-    (["submit", "{folder}", "--label", "nolabel"], "KEY=VALUE"),
-    (["logs", "t-does-not-exist"], "t-does-not-exist"),
-    (["cancel", "t-does-not-exist"], "t-does-not-exist"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["submit", "missing.ipynb"], "does not exist"),
+        (["submit", "{folder}", "--memory", "lots"], "not a size"),
+        (["submit", "{folder}", "-p", "not-an-assignment"], "NAME=VALUE"),
+        (["submit", "{folder}", "--cpus", "0"], "more than 0"),
+        (["submit", "{folder}", "--timeout", "soon"], "not a duration"),
+        (["submit", "{folder}", "--label", "nolabel"], "KEY=VALUE"),
+        (["logs", "t-does-not-exist"], "t-does-not-exist"),
+        (["cancel", "t-does-not-exist"], "t-does-not-exist"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(signed_in: Path, tmp_path: Path, args: list[str], message: str) -> None:
     folder = tmp_path / "proj"
     notebook(folder, "print(1)")
@@ -144,8 +177,21 @@ def test_bad_input_gets_a_clear_error(signed_in: Path, tmp_path: Path, args: lis
 
 
 def test_every_command_has_help(tmp_path: Path) -> None:
-    for command in ["", "login", "logout", "whoami", "submit", "tasks", "show", "logs", "cancel", "retry",
-                    "fetch", "workers", "up"]:
+    for command in [
+        "",
+        "login",
+        "logout",
+        "whoami",
+        "submit",
+        "tasks",
+        "show",
+        "logs",
+        "cancel",
+        "retry",
+        "fetch",
+        "workers",
+        "up",
+    ]:
         result = hivemind(tmp_path, *([command] if command else []), "--help")
         assert result.returncode == 0 and "usage: hivemind" in result.stdout
 
@@ -153,16 +199,29 @@ def test_every_command_has_help(tmp_path: Path) -> None:
 def test_hivemind_up_runs_a_notebook_against_its_own_pool(tmp_path: Path) -> None:
     """The README's first command in small: a pool, a local worker, a %%hivemind notebook."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("%load_ext hivemind_jupyter"),
-                nbformat.v4.new_code_cell("%%hivemind --memory 512M --pull value\n"
-                                          "value = 6 * 7\nprint('remote')"),
-                nbformat.v4.new_code_cell("print('back home', value)")]
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext hivemind_jupyter"),
+        nbformat.v4.new_code_cell("%%hivemind --memory 512M --pull value\nvalue = 6 * 7\nprint('remote')"),
+        nbformat.v4.new_code_cell("print('back home', value)"),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "try.ipynb"
     nbformat.write(nb, path)
     env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(tmp_path / "config")}
-    command = [sys.executable, "-m", "hivemind_nodepool.cli.user", "up", "--data-dir", str(tmp_path / "data"),
-               "--port", "0", "--executor", "local", "--run", str(path)]
+    command = [
+        sys.executable,
+        "-m",
+        "hivemind_nodepool.cli.user",
+        "up",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--port",
+        "0",
+        "--executor",
+        "local",
+        "--run",
+        str(path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "remote" in result.stdout and "back home 42" in result.stdout

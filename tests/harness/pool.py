@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import HiveMindError
+from hivemind_nodepool.protocol.errors import HiveMindError
 
 from . import processes
 

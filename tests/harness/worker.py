@@ -51,9 +51,26 @@ class WorkerProcess:
 
     def command(self) -> list[str]:
         token = self.join_token or self.pool.join_token()
-        command = [sys.executable, "-m", "hivemind_worker.cli", "-v", "run", "--pool", self.pool.address,
-                   "--join-token", token, "--executor", self.executor, "--state-dir", str(self.state_dir),
-                   "--name", self.name, "--heartbeat-interval", "0.5", *self.extra_args]
+        command = [
+            sys.executable,
+            "-m",
+            "hivemind_worker.cli",
+            "-v",
+            "run",
+            "--pool",
+            self.pool.address,
+            "--join-token",
+            token,
+            "--executor",
+            self.executor,
+            "--state-dir",
+            str(self.state_dir),
+            "--name",
+            self.name,
+            "--heartbeat-interval",
+            "0.5",
+            *self.extra_args,
+        ]
         if self.labels:
             command += ["--labels", ",".join(f"{k}={v}" for k, v in self.labels.items())]
         return command
@@ -69,6 +86,7 @@ class WorkerProcess:
 
     def _identity(self) -> str:
         import json
+
         try:
             return str(json.loads((self.state_dir / "identity.json").read_text())["worker_id"])
         except (OSError, ValueError, KeyError):

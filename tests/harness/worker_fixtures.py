@@ -15,8 +15,12 @@ def remove_task_containers(worker_id: str) -> None:
     """Remove containers a test's worker left behind (only that worker's, by label)."""
     if not worker_id:
         return
-    found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.hivemind.worker={worker_id}"],
-                           capture_output=True, text=True, check=False).stdout.split()
+    found = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.hivemind.worker={worker_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     if found:
         subprocess.run(["docker", "rm", "-f", *found], capture_output=True, check=False)
 

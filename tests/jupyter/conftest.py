@@ -11,8 +11,13 @@ from tornado.httpclient import HTTPClientError
 
 # pytest-jupyter's fixtures for these tests only: loading it as a plugin would also apply its
 # event-loop hooks to every other test in the suite.
-globals().update({name: value for name, value in vars(_jupyter_server_plugin).items()
-                  if type(value).__name__ == "FixtureFunctionDefinition"})
+globals().update(
+    {
+        name: value
+        for name, value in vars(_jupyter_server_plugin).items()
+        if type(value).__name__ == "FixtureFunctionDefinition"
+    }
+)
 
 
 @pytest.fixture
@@ -26,8 +31,10 @@ def hivemind_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 
 @pytest.fixture
 def jp_server_config(hivemind_config_dir: Path) -> dict:
-    return {"ServerApp": {"jpserver_extensions": {"hivemind_jupyter": True}},
-            "HiveMind": {"poll_interval": 0.2}}
+    return {
+        "ServerApp": {"jpserver_extensions": {"hivemind_jupyter": True}},
+        "HiveMind": {"poll_interval": 0.2},
+    }
 
 
 async def _call(jp_fetch, method: str, *path: str, body=None, **kwargs):

@@ -41,19 +41,32 @@ def test_terminal_view_prints_each_change_once(shell):
 def test_display_events_are_shown_with_their_mime_types(shell):
     view = TerminalView(task(pb.RUNNING))
     outputs = [
-        {"output_type": "display_data", "data": {"text/html": ["<b>", "x</b>"], "text/plain": "x"},
-         "metadata": {}},
-        {"output_type": "execute_result", "data": {"application/json": {"a": [1, 2]}}, "metadata": {},
-         "execution_count": 1},
-        {"output_type": "error", "ename": "ValueError", "evalue": "bad",
-         "traceback": ["line 1", "ValueError"]},
+        {
+            "output_type": "display_data",
+            "data": {"text/html": ["<b>", "x</b>"], "text/plain": "x"},
+            "metadata": {},
+        },
+        {
+            "output_type": "execute_result",
+            "data": {"application/json": {"a": [1, 2]}},
+            "metadata": {},
+            "execution_count": 1,
+        },
+        {
+            "output_type": "error",
+            "ename": "ValueError",
+            "evalue": "bad",
+            "traceback": ["line 1", "ValueError"],
+        },
     ]
     with capture_output() as captured:
         for output in outputs:
             view.on_event(pb.TaskEvent(kind=pb.TaskEvent.DISPLAY, data_json=json.dumps(output)))
         view.on_event(pb.TaskEvent(kind=pb.TaskEvent.DISPLAY, data_json="not json"))
-    assert [o.data for o in captured.outputs] == [{"text/html": "<b>x</b>", "text/plain": "x"},
-                                                  {"application/json": {"a": [1, 2]}}]
+    assert [o.data for o in captured.outputs] == [
+        {"text/html": "<b>x</b>", "text/plain": "x"},
+        {"application/json": {"a": [1, 2]}},
+    ]
     assert view.displays_shown == 2
     assert view.remote_error == ["line 1", "ValueError"]
 

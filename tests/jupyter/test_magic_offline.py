@@ -11,7 +11,7 @@ from IPython.utils.capture import capture_output
 
 from hivemind_jupyter.config import HiveMind
 from hivemind_jupyter.magics import CellOptions, PoolProblem
-from hivemind_nodepool import credentials
+from hivemind_nodepool.client import credentials
 
 
 def free_port() -> int:
@@ -20,31 +20,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("--cpus", "expected one argument"),
-    ("--cpus many", "invalid float"),
-    ("--cpus 0", "more than 0"),
-    ("--cpus -2", "more than 0"),
-    ("--gpus -1", "negative"),
-    ("--gpus 1.5", "invalid int"),
-    ("--memory lots", "not a size"),
-    ("--memory 0", "more than 0"),
-    ("--timeout soon", "not a duration"),
-    ("--retries -3", "negative"),
-    ("--labels novalue", "KEY=VALUE"),
-    ("-p 1x=3", "NAME=VALUE"),
-    ("-p novalue", "NAME=VALUE"),
-    ("-p class=3", "not a valid"),
-    ("--push undefined_var", "no variable undefined_var"),
-    ("--push 'not a name'", "not a valid"),
-    ("--pull 1abc", "not a valid"),
-    ("--pull _hm_secret", "reserved"),
-    ("--dir /no/such/folder", "not a folder"),
-    ("--requirements /no/such/file.txt", "not a file"),
-    ("--bogus", "unrecognized arguments"),
-    ("extra words", "unrecognized arguments"),
-    ("--name 'unbalanced", "cannot split"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--cpus", "expected one argument"),
+        ("--cpus many", "invalid float"),
+        ("--cpus 0", "more than 0"),
+        ("--cpus -2", "more than 0"),
+        ("--gpus -1", "negative"),
+        ("--gpus 1.5", "invalid int"),
+        ("--memory lots", "not a size"),
+        ("--memory 0", "more than 0"),
+        ("--timeout soon", "not a duration"),
+        ("--retries -3", "negative"),
+        ("--labels novalue", "KEY=VALUE"),
+        ("-p 1x=3", "NAME=VALUE"),
+        ("-p novalue", "NAME=VALUE"),
+        ("-p class=3", "not a valid"),
+        ("--push undefined_var", "no variable undefined_var"),
+        ("--push 'not a name'", "not a valid"),
+        ("--pull 1abc", "not a valid"),
+        ("--pull _hm_secret", "reserved"),
+        ("--dir /no/such/folder", "not a folder"),
+        ("--requirements /no/such/file.txt", "not a file"),
+        ("--bogus", "unrecognized arguments"),
+        ("extra words", "unrecognized arguments"),
+        ("--name 'unbalanced", "cannot split"),
+    ],
+)
 def test_bad_options_are_usage_errors(line, message):
     with pytest.raises(UsageError) as caught:
         CellOptions(line, HiveMind(), {})
@@ -57,7 +60,9 @@ def test_good_options_are_parsed(tmp_path: Path):
         f"--cpus 2.5 --memory 1G --gpus 1 --labels site=lab2,gpu=a100 --labels os=linux -p lr=0.1 "
         f"-p name=resnet -p flags=[1,2] -p flag=True --push a,b --pull c --pull d,c --timeout 1h30m "
         f"--retries 2 --name train --no-wait --dir {tmp_path} --requirements {tmp_path}/requirements.txt",
-        HiveMind(), {"a": 1, "b": [2]})
+        HiveMind(),
+        {"a": 1, "b": [2]},
+    )
     request = options.request
     assert (request.cpus, request.memory, request.gpus) == (2.5, 1024**3, 1)
     assert request.labels == {"site": "lab2", "gpu": "a100", "os": "linux"}
@@ -91,8 +96,9 @@ def test_not_signed_in_is_one_clear_line(shell):
 
 def test_pool_down_is_one_clear_line(shell, hivemind_config_dir: Path):
     address = f"127.0.0.1:{free_port()}"
-    credentials.save(credentials.Credential(pool=address, user="ada", token="t" * 40, expires_at=0),
-                     hivemind_config_dir)
+    credentials.save(
+        credentials.Credential(pool=address, user="ada", token="t" * 40, expires_at=0), hivemind_config_dir
+    )
     for code in ("%%hivemind\nprint(1)\n", "%hivemind status", "%hivemind tasks", "%hivemind logs t-1"):
         with capture_output() as captured:
             result = shell.run_cell(code)
@@ -101,11 +107,15 @@ def test_pool_down_is_one_clear_line(shell, hivemind_config_dir: Path):
         assert len(lines) == 1 and "cannot reach the HiveMind pool" in lines[0] and address in lines[0]
 
 
-@pytest.mark.parametrize("line", ["frobnicate", "logs", "cancel a b", "attach", "tasks --state NOPE",
-                                  "tasks --limit 0", "login --bogus"])
+@pytest.mark.parametrize(
+    "line",
+    ["frobnicate", "logs", "cancel a b", "attach", "tasks --state NOPE", "tasks --limit 0", "login --bogus"],
+)
 def test_bad_line_commands_are_usage_errors(shell, line, hivemind_config_dir: Path):
-    credentials.save(credentials.Credential(pool=f"127.0.0.1:{free_port()}", user="ada", token="t",
-                                            expires_at=0), hivemind_config_dir)
+    credentials.save(
+        credentials.Credential(pool=f"127.0.0.1:{free_port()}", user="ada", token="t", expires_at=0),
+        hivemind_config_dir,
+    )
     with capture_output():
         result = shell.run_cell(f"%hivemind {line}")
     assert isinstance(result.error_in_exec, UsageError), line

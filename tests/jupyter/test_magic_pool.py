@@ -14,17 +14,21 @@ import pytest
 from IPython.utils.capture import capture_output
 
 from hivemind_jupyter.results import RemoteTaskError
-from hivemind_nodepool.client import TERMINAL_STATES, PoolClient
-from hivemind_nodepool.credentials import load
+from hivemind_nodepool.client import PoolClient
+from hivemind_nodepool.client.credentials import load
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.states import TERMINAL_STATES
 
 pytestmark = pytest.mark.slow
 
 # A 1x1 PNG, so the remote cell can show an image without matplotlib.
-PNG = base64.b64encode(bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360f8cfc0f01f0005fe02fea73581"
-    "840000000049454e44ae426082")).decode()
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360f8cfc0f01f0005fe02fea73581"
+        "840000000049454e44ae426082"
+    )
+).decode()
 
 
 def my_client() -> PoolClient:
@@ -58,8 +62,10 @@ rows = frame["rows"] + [4]
 {{"answer": y}}
 """
     with capture_output() as captured:
-        result = shell.run_cell(f"%%hivemind --push x,frame --pull y,rows,nothere -p n=2 -p label=abc "
-                                f"--memory 512M --name demo\n{cell}")
+        result = shell.run_cell(
+            f"%%hivemind --push x,frame --pull y,rows,nothere -p n=2 -p label=abc "
+            f"--memory 512M --name demo\n{cell}"
+        )
     assert result.error_in_exec is None, captured.stdout + captured.stderr
     assert "hello 21 2 abc" in captured.stdout
     mimes = [output.data for output in captured.outputs]
@@ -98,8 +104,10 @@ class Recorder(io.TextIOBase):
 def test_stdout_arrives_before_the_task_ends(signed_in, local_worker, shell, monkeypatch):
     recorder = Recorder("first line")
     monkeypatch.setattr(sys, "stdout", recorder)
-    result = shell.run_cell("%%hivemind --memory 512M\nimport time\nprint('first line', flush=True)\n"
-                            "time.sleep(4)\nprint('last line')\n")
+    result = shell.run_cell(
+        "%%hivemind --memory 512M\nimport time\nprint('first line', flush=True)\n"
+        "time.sleep(4)\nprint('last line')\n"
+    )
     monkeypatch.undo()
     assert result.error_in_exec is None
     assert recorder.state_when_seen is not None
@@ -110,7 +118,8 @@ def test_stdout_arrives_before_the_task_ends(signed_in, local_worker, shell, mon
 def test_remote_error_fails_the_cell_with_the_remote_traceback(signed_in, local_worker, shell):
     with capture_output() as captured:
         result = shell.run_cell(
-            "%%hivemind --memory 512M\nprint('before')\ndef boom():\n    return 1 / 0\nboom()\n")
+            "%%hivemind --memory 512M\nprint('before')\ndef boom():\n    return 1 / 0\nboom()\n"
+        )
     assert isinstance(result.error_in_exec, RemoteTaskError)
     assert result.error_in_exec.state == "FAILED"
     assert "before" in captured.stdout
@@ -121,8 +130,11 @@ def test_remote_error_fails_the_cell_with_the_remote_traceback(signed_in, local_
 
 def test_no_wait_handle_and_attach(signed_in, local_worker, shell):
     with capture_output():
-        handle = shell.run_cell_magic("hivemind", "--no-wait --memory 512M --pull z",
-                                      "import time\nprint('working')\ntime.sleep(1)\nz = 'done'\n")
+        handle = shell.run_cell_magic(
+            "hivemind",
+            "--no-wait --memory 512M --pull z",
+            "import time\nprint('working')\ntime.sleep(1)\nz = 'done'\n",
+        )
     assert handle.status() in {"QUEUED", "ASSIGNED", "PREPARING", "RUNNING", "UPLOADING", "SUCCEEDED"}
     assert handle.id in repr(handle)
     with capture_output():

@@ -38,8 +38,9 @@ def test_notebook_runs_cells_on_a_docker_worker(signed_in, docker_worker, tmp_pa
         "%%hivemind --memory 512M\nraise ValueError('remote failure')",
         "print('never runs')",
     )
-    client = NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     with pytest.raises(CellExecutionError) as caught:
         client.execute()
     assert "remote failure" in str(caught.value)
@@ -49,8 +50,11 @@ def test_notebook_runs_cells_on_a_docker_worker(signed_in, docker_worker, tmp_pa
     html = [o.data["text/html"] for o in outputs_of(remote, "display_data") if "text/html" in o.data]
     assert any("made in a container" in h for h in html)
     assert any(o.data.get("text/plain") == "135" for o in outputs_of(remote, "display_data"))
-    assert any("SUCCEEDED" in o.data.get("text/plain", "")
-               for o in remote.outputs if o.output_type in ("display_data", "update_display_data"))
+    assert any(
+        "SUCCEEDED" in o.data.get("text/plain", "")
+        for o in remote.outputs
+        if o.output_type in ("display_data", "update_display_data")
+    )
     assert "total is 135" in "".join(o.get("text", "") for o in outputs_of(nb.cells[2], "stream"))
     failed = nb.cells[3]
     errors = outputs_of(failed, "error")
@@ -68,8 +72,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 def run_example(name: str, tmp_path: Path) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     return nb
 
 

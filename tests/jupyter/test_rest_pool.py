@@ -14,7 +14,7 @@ import pytest
 from harness import PoolProcess
 
 from hivemind_jupyter.packaging import pack_path
-from hivemind_nodepool.submission import TaskRequest
+from hivemind_nodepool.client.submission import TaskRequest
 
 PASSWORD, USER = "ada-password-1", "ada"
 
@@ -76,14 +76,27 @@ def test_sign_in_and_out(api, pool, hivemind_config_dir: Path):
 
 def test_submit_follow_fetch_retry(api, signed_in, local_worker, jp_root_dir: Path):
     project = jp_root_dir / "project"
-    write_notebook(project / "analysis.ipynb", "factor = 1",
-                   "import os\nos.makedirs('outputs', exist_ok=True)\n"
-                   "open('outputs/result.txt', 'w').write(str(21 * factor))\nprint('factor is', factor)")
+    write_notebook(
+        project / "analysis.ipynb",
+        "factor = 1",
+        "import os\nos.makedirs('outputs', exist_ok=True)\n"
+        "open('outputs/result.txt', 'w').write(str(21 * factor))\nprint('factor is', factor)",
+    )
     (project / ".hivemindignore").write_text("big.bin\n")
     (project / "big.bin").write_bytes(b"x" * 1000)
-    status, task = api("POST", "tasks", body={"path": "project/analysis.ipynb", "parameters": {"factor": 2},
-                                              "memory": "512M", "cpus": 0.5, "timeout": "5m",
-                                              "labels": {}, "name": "analysis"})
+    status, task = api(
+        "POST",
+        "tasks",
+        body={
+            "path": "project/analysis.ipynb",
+            "parameters": {"factor": 2},
+            "memory": "512M",
+            "cpus": 0.5,
+            "timeout": "5m",
+            "labels": {},
+            "name": "analysis",
+        },
+    )
     assert status == 201, task
     assert task["state"] == "QUEUED" and task["manifest"]["name"] == "analysis"
     assert task["manifest"]["resources"]["cpus"] == 0.5
@@ -145,8 +158,13 @@ def test_another_users_task_is_404(api, signed_in, jp_root_dir: Path, tmp_path: 
     write_notebook(tmp_path / "bob" / "nb.ipynb", "x = 1")
     manifest, packed = pack_path(tmp_path / "bob" / "nb.ipynb", TaskRequest(memory="512M"), tmp_path)
     theirs = bob.submit(manifest, packed.path)
-    for method, path in [("GET", ()), ("POST", ("cancel",)), ("POST", ("retry",)), ("POST", ("result",)),
-                         ("GET", ("events",))]:
+    for method, path in [
+        ("GET", ()),
+        ("POST", ("cancel",)),
+        ("POST", ("retry",)),
+        ("POST", ("result",)),
+        ("GET", ("events",)),
+    ]:
         status, body = api(method, "tasks", theirs.id, *path)
         assert status == 404, (path, body)
         assert theirs.id in body["error"]
@@ -164,8 +182,9 @@ def test_folder_over_the_cap_names_the_biggest_files(api, signed_in, jp_root_dir
     assert status == 400 and "weights.bin" in body["error"] and ".hivemindignore" in body["error"]
 
 
-def test_stream_pushes_task_changes_and_events(api, signed_in, local_worker, jp_root_dir: Path,
-                                               jp_ws_fetch, jp_asyncio_loop, jp_serverapp):
+def test_stream_pushes_task_changes_and_events(
+    api, signed_in, local_worker, jp_root_dir: Path, jp_ws_fetch, jp_asyncio_loop, jp_serverapp
+):
     write_notebook(jp_root_dir / "ws" / "nb.ipynb", "n = 3", "for i in range(n):\n    print('line', i)")
     run = jp_asyncio_loop.run_until_complete
     first = run(jp_ws_fetch("hivemind", "api", "stream"))
@@ -234,8 +253,9 @@ def _run_loop_for(run, seconds: float) -> None:
     run(asyncio.sleep(seconds))
 
 
-def test_stream_survives_a_pool_restart_and_follows_sign_out(api, signed_in, jp_ws_fetch, jp_asyncio_loop,
-                                                             jp_serverapp, jp_root_dir: Path):
+def test_stream_survives_a_pool_restart_and_follows_sign_out(
+    api, signed_in, jp_ws_fetch, jp_asyncio_loop, jp_serverapp, jp_root_dir: Path
+):
     write_notebook(jp_root_dir / "r" / "nb.ipynb", "x = 1")
     run = jp_asyncio_loop.run_until_complete
     socket = run(jp_ws_fetch("hivemind", "api", "stream"))

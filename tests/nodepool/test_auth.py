@@ -8,7 +8,8 @@ import pytest
 from harness import FakeWorker, PoolProcess
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import (
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import (
     Conflict,
     InvalidInput,
     NotFound,
@@ -16,7 +17,6 @@ from hivemind_nodepool.errors import (
     RateLimited,
     Unauthenticated,
 )
-from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 from .helpers import submit
 

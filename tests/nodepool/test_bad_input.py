@@ -14,9 +14,9 @@ import grpc
 import pytest
 from harness import FakeWorker, PoolProcess
 
-from hivemind_nodepool.errors import Conflict, HiveMindError, InvalidInput, NotFound, RateLimited
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
+from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, InvalidInput, NotFound, RateLimited
 
 from .helpers import GiB, bundle_bytes, manifest, submit
 
@@ -278,7 +278,7 @@ def test_bad_worker_input(pool: PoolProcess, tmp_path: Path) -> None:
 
 
 def test_manifest_json_round_trip() -> None:
-    from hivemind_nodepool import manifest as manifests
+    from hivemind_nodepool.protocol import manifest as manifests
 
     original = manifest(
         cpus=2, memory=4 * GiB, parameters_json=json.dumps({"alpha": 1}), labels={"gpu": "a100"}

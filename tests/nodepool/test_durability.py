@@ -13,8 +13,8 @@ from pathlib import Path
 from harness import FakeWorker, PoolProcess
 from harness.fake_worker import make_result_zip
 
-from hivemind_nodepool.errors import HiveMindError
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import HiveMindError
 
 from .helpers import bundle_bytes, manifest
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from harness import PoolProcess
 
-from hivemind_nodepool.errors import HiveMindError
-from hivemind_nodepool.store import Store
+from hivemind_nodepool.pool.store import Store
+from hivemind_nodepool.protocol.errors import HiveMindError
 
 from .helpers import bundle_bytes, manifest
 

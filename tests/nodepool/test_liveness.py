@@ -9,8 +9,8 @@ import pytest
 from harness import FakeWorker, PoolProcess
 from harness.fake_worker import make_result_zip
 
-from hivemind_nodepool.errors import Conflict
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import Conflict
 
 from .helpers import submit, wait_for
 

@@ -16,9 +16,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from harness import FakeWorker, PoolProcess
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.config import load_settings
-from hivemind_nodepool.errors import InvalidInput, PoolUnavailable
+from hivemind_nodepool.pool.config import load_settings
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import InvalidInput, PoolUnavailable
 
 from .helpers import submit, wait_for
 

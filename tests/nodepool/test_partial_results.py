@@ -14,8 +14,8 @@ from harness import FakeWorker, PoolProcess
 from harness.fake_worker import make_result_zip
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import Conflict, InvalidInput, NotFound
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import Conflict, InvalidInput, NotFound
 
 from .helpers import submit, wait_for
 

@@ -9,9 +9,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from hivemind_nodepool.blobs import BlobStore
-from hivemind_nodepool.retention import ORPHAN_AGE, Collector
-from hivemind_nodepool.store import MIGRATIONS, Store
+from hivemind_nodepool.pool.blobs import BlobStore
+from hivemind_nodepool.pool.retention import ORPHAN_AGE, Collector
+from hivemind_nodepool.pool.store import MIGRATIONS, Store
 
 
 def put_blob(blobs: BlobStore, data: bytes) -> str:

@@ -57,8 +57,10 @@ def test_fit_and_no_overcommit(pool: PoolProcess, tmp_path) -> None:  # type: ig
         first = worker.next_assignment()
         second = worker.next_assignment()
         assert {first.task_id, second.task_id} == {tasks[0].id, tasks[1].id}
-        wait_for(lambda: reason_of(admin, tasks[2].id).startswith("all fitting workers are busy"),
-                 what="third task waiting")
+        wait_for(
+            lambda: reason_of(admin, tasks[2].id).startswith("all fitting workers are busy"),
+            what="third task waiting",
+        )
         (state,) = admin.list_workers()
         assert state.allocated.cpus == 4 and state.capacity.cpus == 4
         assert admin.get_task(tasks[2].id).state == pb.QUEUED

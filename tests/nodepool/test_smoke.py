@@ -8,8 +8,8 @@ from pathlib import Path
 from harness import FakeWorker, PoolProcess
 from harness.fake_worker import make_result_zip
 
-from hivemind_nodepool.client import TERMINAL_STATES
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.states import TERMINAL_STATES
 
 from .helpers import bundle_bytes
 

@@ -17,15 +17,15 @@ from harness import FakeWorker, PoolProcess
 from harness.fake_worker import make_result_zip
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import (
+from hivemind_nodepool.pool.feed import MAX_WATCHERS_PER_USER
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import (
     Cancelled,
     HiveMindError,
     PermissionDenied,
     RateLimited,
     Unauthenticated,
 )
-from hivemind_nodepool.feed import MAX_WATCHERS_PER_USER
-from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 from .helpers import bundle_bytes, manifest, submit, wait_for
 
@@ -84,8 +84,11 @@ def _is_task(task_id: str, state: int | None = None):  # type: ignore[no-untyped
 def users(pool: PoolProcess) -> Iterator[dict[str, PoolClient]]:
     for name in ("alice", "bob"):
         pool.add_user(name, PASSWORD)
-    clients = {"alice": pool.login("alice", PASSWORD), "bob": pool.login("bob", PASSWORD),
-               "admin": pool.admin()}
+    clients = {
+        "alice": pool.login("alice", PASSWORD),
+        "bob": pool.login("bob", PASSWORD),
+        "admin": pool.admin(),
+    }
     yield clients
     for client in clients.values():
         client.close()
@@ -107,8 +110,14 @@ def test_first_ready_then_every_change_of_your_task(pool: PoolProcess, users, tm
         worker.status(assignment, pb.RUNNING)
         feed.until(_is_task(task.id, pb.RUNNING))
         # A progress report with no state change is pushed too.
-        worker.client.report_status(pb.StatusReport(
-            task_id=task.id, attempt=1, state=pb.RUNNING, progress=pb.Progress(cells_done=2, cells_total=5)))
+        worker.client.report_status(
+            pb.StatusReport(
+                task_id=task.id,
+                attempt=1,
+                state=pb.RUNNING,
+                progress=pb.Progress(cells_done=2, cells_total=5),
+            )
+        )
         progressed = feed.until(lambda m: _is_task(task.id)(m) and m.task.progress.cells_done == 2)[-1]
         assert progressed.task.progress.cells_total == 5
         worker.status(assignment, pb.UPLOADING)
@@ -176,8 +185,10 @@ def test_who_may_watch(pool: PoolProcess, users) -> None:
 
 def test_open_feeds_per_user_are_capped(pool: PoolProcess, users) -> None:
     alice = users["alice"]
-    calls = [alice._pool.WatchTasks(pb.WatchTasksRequest(), metadata=alice._metadata())
-             for _ in range(MAX_WATCHERS_PER_USER)]
+    calls = [
+        alice._pool.WatchTasks(pb.WatchTasksRequest(), metadata=alice._metadata())
+        for _ in range(MAX_WATCHERS_PER_USER)
+    ]
     try:
         for call in calls:
             assert next(call).WhichOneof("body") == "ready"
@@ -295,7 +306,7 @@ def test_closing_the_client_ends_the_iterator(pool: PoolProcess, users) -> None:
 def test_a_watchers_queue_keeps_the_newest_change_of_each_task_and_overflows_to_resync() -> None:
     import asyncio
 
-    from hivemind_nodepool.feed import TaskWatcher
+    from hivemind_nodepool.pool.feed import TaskWatcher
 
     async def scenario() -> list[str]:
         watcher = TaskWatcher("alice", "alice", limit=3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_nodepool.bundle import (
+from hivemind_nodepool.protocol.bundle import (
     BundleError,
     BundleLimits,
     collect_files,
@@ -18,7 +18,7 @@ from hivemind_nodepool.bundle import (
     read_member,
     safe_extract,
 )
-from hivemind_nodepool.errors import InvalidInput
+from hivemind_nodepool.protocol.errors import InvalidInput
 
 
 def _zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
@@ -106,7 +106,7 @@ def test_lying_sizes_are_caught_while_unpacking(tmp_path: Path) -> None:
         archive.writestr("data.bin", payload)
     raw = bytearray(path.read_bytes())
     central = raw.rfind(b"PK\x01\x02")
-    raw[central + 24:central + 28] = (10).to_bytes(4, "little")  # uncompressed size
+    raw[central + 24 : central + 28] = (10).to_bytes(4, "little")  # uncompressed size
     path.write_bytes(bytes(raw))
     with pytest.raises((BundleError, zipfile.BadZipFile)):
         safe_extract(path, tmp_path / "out")

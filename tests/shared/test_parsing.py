@@ -10,17 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_nodepool import credentials
-from hivemind_nodepool.channel import check_plaintext_allowed, is_loopback, split_address
-from hivemind_nodepool.errors import InvalidInput, Unauthenticated
-from hivemind_nodepool.submission import TaskRequest, package_path, parse_assignment, parse_labels
-from hivemind_nodepool.units import format_duration, format_size, parse_duration, parse_size
+from hivemind_nodepool.client import credentials
+from hivemind_nodepool.client.submission import TaskRequest, package_path, parse_assignment, parse_labels
+from hivemind_nodepool.protocol.errors import InvalidInput, Unauthenticated
+from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration, parse_size
+from hivemind_nodepool.protocol.wire import check_plaintext_allowed, is_loopback, split_address
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("512M", 512 * 1024**2), ("8G", 8 * 1024**3), ("1.5GiB", int(1.5 * 1024**3)), ("1000", 1000),
-    ("2g", 2 * 1024**3), (" 4 GB ", 4 * 1024**3),
-])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512M", 512 * 1024**2),
+        ("8G", 8 * 1024**3),
+        ("1.5GiB", int(1.5 * 1024**3)),
+        ("1000", 1000),
+        ("2g", 2 * 1024**3),
+        (" 4 GB ", 4 * 1024**3),
+    ],
+)
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
@@ -31,8 +38,10 @@ def test_bad_sizes_say_what_to_type(text: str) -> None:
         parse_size(text)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("1h30m", 5400),
-                                               ("7d", 604800), ("2w", 1209600)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("30m", 1800), ("1h30m", 5400), ("7d", 604800), ("2w", 1209600)],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -49,10 +58,15 @@ def test_formatting() -> None:
     assert format_duration(3725) == "1h 02m"
 
 
-@pytest.mark.parametrize(("address", "parts"), [
-    ("localhost:50051", ("localhost", 50051)), ("pool.lab", ("pool.lab", 50051)),
-    ("[::1]:7000", ("::1", 7000)), ("10.0.0.5:1", ("10.0.0.5", 1)),
-])
+@pytest.mark.parametrize(
+    ("address", "parts"),
+    [
+        ("localhost:50051", ("localhost", 50051)),
+        ("pool.lab", ("pool.lab", 50051)),
+        ("[::1]:7000", ("::1", 7000)),
+        ("10.0.0.5:1", ("10.0.0.5", 1)),
+    ],
+)
 def test_addresses(address: str, parts: tuple[str, int]) -> None:
     assert split_address(address) == parts
 
@@ -76,7 +90,7 @@ def test_plaintext_only_on_loopback() -> None:
 def test_parameters_and_labels() -> None:
     assert parse_assignment("alpha=0.5") == ("alpha", 0.5)
     assert parse_assignment("name=hello") == ("name", "hello")
-    assert parse_assignment('xs=[1, 2]') == ("xs", [1, 2])
+    assert parse_assignment("xs=[1, 2]") == ("xs", [1, 2])
     for bad in ["=1", "no-equals", "1x=2", "a b=3"]:
         with pytest.raises(InvalidInput):
             parse_assignment(bad)
@@ -103,9 +117,11 @@ def test_packaging_a_notebook_takes_its_folder(tmp_path: Path) -> None:
     (tmp_path / "analysis.ipynb").write_text("{}")
     (tmp_path / "data.csv").write_text("1")
     (tmp_path / ".hivemindignore").write_text("*.csv\n")
-    manifest, packed = package_path(tmp_path / "analysis.ipynb",
-                                    TaskRequest(cpus=2, memory="1G", parameters={"n": 3}, timeout="5m"),
-                                    workdir=tmp_path)
+    manifest, packed = package_path(
+        tmp_path / "analysis.ipynb",
+        TaskRequest(cpus=2, memory="1G", parameters={"n": 3}, timeout="5m"),
+        workdir=tmp_path,
+    )
     assert manifest.entry_notebook == "analysis.ipynb"
     assert manifest.resources.memory_bytes == 1024**3 and manifest.timeout_seconds == 300
     assert json.loads(manifest.parameters_json) == {"n": 3}

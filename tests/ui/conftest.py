@@ -42,17 +42,25 @@ def free_port() -> int:
 
 def notebook(*sources: str) -> str:
     cells = [
-        {"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
-         "source": source}
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": f"c{i}",
+            "metadata": {},
+            "outputs": [],
+            "source": source,
+        }
         for i, source in enumerate(sources)
     ]
     cells[0]["metadata"]["tags"] = ["parameters"]
-    return json.dumps({
-        "cells": cells,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    })
+    return json.dumps(
+        {
+            "cells": cells,
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    )
 
 
 @dataclass
@@ -67,7 +75,9 @@ class Lab:
         """Calls Jupyter's REST API with the token (for setup only: the tests act through the page)."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            f"{self.url}{path}", data=data, method=method,
+            f"{self.url}{path}",
+            data=data,
+            method=method,
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
         )
         try:
@@ -98,10 +108,26 @@ def ui_worker(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[subprocess.Popen[b
     """A real `hivemind-worker` with the local executor (a venv over the worker's own packages)."""
     log_path = ui_tmp / "worker.log"
     command = [
-        sys.executable, "-m", "hivemind_worker.cli", "run",
-        "--pool", ui_pool.address, "--join-token", ui_pool.join_token(),
-        "--executor", "local", "--state-dir", str(ui_tmp / "worker-state"),
-        "--name", "lab-box", "--max-cpus", "2", "--max-memory", "4G", "--heartbeat-interval", "1",
+        sys.executable,
+        "-m",
+        "hivemind_worker.cli",
+        "run",
+        "--pool",
+        ui_pool.address,
+        "--join-token",
+        ui_pool.join_token(),
+        "--executor",
+        "local",
+        "--state-dir",
+        str(ui_tmp / "worker-state"),
+        "--name",
+        "lab-box",
+        "--max-cpus",
+        "2",
+        "--max-memory",
+        "4G",
+        "--heartbeat-interval",
+        "1",
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -128,16 +154,20 @@ def lab(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[Lab]:
     """JupyterLab with the extension on a free port, a token, and private config and settings."""
     root = ui_tmp / "work"
     (root / "analysis").mkdir(parents=True)
-    (root / "hello.ipynb").write_text(notebook(
-        "greeting = 'hello'",
-        "import time\nfor i in range(4):\n    print(f'{greeting} {i}', flush=True)\n    time.sleep(0.5)",
-        "import os\nos.makedirs('outputs', exist_ok=True)\n"
-        "open('outputs/answer.txt', 'w').write('42')\nprint('done')",
-    ))
-    (root / "slow.ipynb").write_text(notebook(
-        "seconds = 600",
-        "import time\nprint('sleeping', flush=True)\ntime.sleep(seconds)",
-    ))
+    (root / "hello.ipynb").write_text(
+        notebook(
+            "greeting = 'hello'",
+            "import time\nfor i in range(4):\n    print(f'{greeting} {i}', flush=True)\n    time.sleep(0.5)",
+            "import os\nos.makedirs('outputs', exist_ok=True)\n"
+            "open('outputs/answer.txt', 'w').write('42')\nprint('done')",
+        )
+    )
+    (root / "slow.ipynb").write_text(
+        notebook(
+            "seconds = 600",
+            "import time\nprint('sleeping', flush=True)\ntime.sleep(seconds)",
+        )
+    )
     (root / "analysis" / "main.ipynb").write_text(notebook("x = 1", "print(x + 1)"))
     (root / "two").mkdir()
     (root / "two" / "a.ipynb").write_text(notebook("x = 1"))
@@ -158,10 +188,18 @@ def lab(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[Lab]:
     }
     log_path = ui_tmp / "jupyterlab.log"
     command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--HiveMind.poll_interval=0.3", "--LabApp.news_url=",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--HiveMind.poll_interval=0.3",
+        "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     with open(log_path, "ab") as log:

@@ -121,8 +121,9 @@ class PanelPage:
         self.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-tasks")
 
     def file_item(self, name: str) -> Any:
-        return self.page.locator(".jp-DirListing-item", has=self.page.locator(
-            ".jp-DirListing-itemText", has_text=name)).first
+        return self.page.locator(
+            ".jp-DirListing-item", has=self.page.locator(".jp-DirListing-itemText", has_text=name)
+        ).first
 
     def open_file_browser(self) -> None:
         self._show_sidebar("#filebrowser", "filebrowser")

@@ -22,7 +22,10 @@ PREFIX = "share/jupyter/labextensions/hivemind-jupyter/"
 def test_labextension_list_shows_it_enabled_and_ok() -> None:
     result = subprocess.run(
         [str(BIN / "jupyter"), "labextension", "list"],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "hivemind-jupyter" in line]
     assert lines, result.stdout + result.stderr
@@ -38,9 +41,20 @@ def test_jupyterlab_browser_check(chromium_path: str, tmp_path: Path) -> None:
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
     }
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "browser_check.py"), "--allow-root",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={free_port()}", f"--ServerApp.root_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path, check=False,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "browser_check.py"),
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={free_port()}",
+            f"--ServerApp.root_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
@@ -50,7 +64,10 @@ def test_jupyterlab_browser_check(chromium_path: str, tmp_path: Path) -> None:
 def test_wheel_ships_the_prebuilt_extension(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-5000:]
     wheel = next(tmp_path.glob("hivemind_jupyter-*.whl"))

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from harness.pool import PoolProcess
 
+from hivemind_nodepool.client.submission import TaskRequest, package_path
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.submission import TaskRequest, package_path
 
 from .conftest import PASSWORD, REPO, USER, Lab
 from .panel_page import DETAIL, SIDEBAR, SOCKET_SPY, PanelPage
@@ -39,8 +39,14 @@ def panel(browser: Any, lab: Lab, ui_worker: Any) -> Iterator[PanelPage]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: print(f"[browser {message.type}] {message.text}")
-            if message.type in ("error", "warning") else None)
+    page.on(
+        "console",
+        lambda message: (
+            print(f"[browser {message.type}] {message.text}")
+            if message.type in ("error", "warning")
+            else None
+        ),
+    )
     panel = PanelPage(page, lab.url, lab.token)
     panel.open_lab()
     panel.open_panel()
@@ -72,13 +78,15 @@ def test_sign_in(panel: PanelPage) -> None:
     panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-connection-open")
 
 
-def test_submit_from_file_browser_runs_live_to_success(panel: PanelPage, lab: Lab, ui_pool: PoolProcess,
-                                                       tmp_path: Path) -> None:
+def test_submit_from_file_browser_runs_live_to_success(
+    panel: PanelPage, lab: Lab, ui_pool: PoolProcess, tmp_path: Path
+) -> None:
     # Another user's long task fills the worker first, so this one visibly waits in the queue (a
     # free worker assigns it within milliseconds, faster than a person could see QUEUED).
     admin = ui_pool.admin()
-    manifest, packed = package_path(lab.root / "slow.ipynb", TaskRequest(cpus=2, memory="256M"),
-                                    workdir=tmp_path)
+    manifest, packed = package_path(
+        lab.root / "slow.ipynb", TaskRequest(cpus=2, memory="256M"), workdir=tmp_path
+    )
     blocker = admin.submit(manifest, packed.path)
     deadline = time.monotonic() + 60
     while admin.get_task(blocker.id).state != pb.RUNNING:
@@ -147,7 +155,7 @@ def test_cancel_a_long_task_from_the_notebook_toolbar(panel: PanelPage) -> None:
 def test_retry_runs_it_again_as_a_new_task(panel: PanelPage) -> None:
     first = panel.page.locator(DETAIL).get_attribute("data-task-id")
     panel.page.click(f"{SIDEBAR} .jp-HiveMind-retry")
-    again = panel.page.locator(f"{DETAIL}:not([data-task-id=\"{first}\"])")
+    again = panel.page.locator(f'{DETAIL}:not([data-task-id="{first}"])')
     again.wait_for()
     panel.wait_detail_state("RUNNING")
     panel.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
@@ -201,7 +209,8 @@ def test_pool_view_shows_the_worker(panel: PanelPage) -> None:
 
 def _set_theme(lab: Lab, theme: str) -> None:
     status, body = lab.api(
-        "PUT", "/lab/api/settings/@jupyterlab/apputils-extension:themes",
+        "PUT",
+        "/lab/api/settings/@jupyterlab/apputils-extension:themes",
         {"raw": json.dumps({"theme": theme})},
     )
     assert status == 204, (status, body)
@@ -215,7 +224,7 @@ def test_screenshots(panel: PanelPage, lab: Lab, theme: str, tmp_path: Path) -> 
     panel.open_lab()
     panel.open_panel()
     panel.page.wait_for_selector(
-        f"body[data-jp-theme-light=\"{'false' if theme == 'dark' else 'true'}\"]", state="attached"
+        f'body[data-jp-theme-light="{"false" if theme == "dark" else "true"}"]', state="attached"
     )
     panel.show_view("tasks")
     panel.back_to_list()
@@ -349,8 +358,11 @@ def test_reconnects_after_the_socket_drops(panel: PanelPage, lab: Lab) -> None:
 
 
 def test_settings_change_page_size_and_defaults(panel: PanelPage, lab: Lab) -> None:
-    settings = {"tasksPerPage": 2, "defaultResources": {"cpus": 2, "memory": "1G", "gpus": 0},
-                "defaultTimeout": "45m"}
+    settings = {
+        "tasksPerPage": 2,
+        "defaultResources": {"cpus": 2, "memory": "1G", "gpus": 0},
+        "defaultTimeout": "45m",
+    }
     status, body = lab.api("PUT", "/lab/api/settings/hivemind-jupyter:plugin", {"raw": json.dumps(settings)})
     assert status == 204, body
     try:

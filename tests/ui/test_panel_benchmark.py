@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from harness.pool import PoolProcess
 
-from hivemind_nodepool.submission import TaskRequest, package_path
+from hivemind_nodepool.client.submission import TaskRequest, package_path
 
 from .conftest import Lab
 from .panel_page import SIDEBAR, SOCKET_SPY, PanelPage
@@ -34,8 +34,9 @@ def history(ui_pool: PoolProcess, ui_tmp: Path, lab: Lab) -> list[str]:
     """Task ids, newest first; the first LEFT_QUEUED are still queued, the rest cancelled."""
     ui_pool.add_user(USER, PASSWORD)
     folder = lab.root / "analysis"
-    manifest, packed = package_path(folder, TaskRequest(cpus=1, memory="256M", labels={"site": "nowhere"}),
-                                    workdir=ui_tmp)
+    manifest, packed = package_path(
+        folder, TaskRequest(cpus=1, memory="256M", labels={"site": "nowhere"}), workdir=ui_tmp
+    )
     ids: list[str] = []
     started = time.perf_counter()
     with ui_pool.login(USER, PASSWORD) as client:
@@ -45,8 +46,10 @@ def history(ui_pool: PoolProcess, ui_tmp: Path, lab: Lab) -> list[str]:
         submitted = time.perf_counter()
         for task_id in ids[: HISTORY - LEFT_QUEUED]:
             client.cancel_task(task_id)
-    print(f"\nseeded {HISTORY} tasks: submit {submitted - started:.1f} s, "
-          f"cancel {HISTORY - LEFT_QUEUED} {time.perf_counter() - submitted:.1f} s")
+    print(
+        f"\nseeded {HISTORY} tasks: submit {submitted - started:.1f} s, "
+        f"cancel {HISTORY - LEFT_QUEUED} {time.perf_counter() - submitted:.1f} s"
+    )
     return list(reversed(ids))
 
 

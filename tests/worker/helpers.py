@@ -13,8 +13,9 @@ from typing import Any
 
 from harness.pool import PoolProcess
 
-from hivemind_nodepool.client import TERMINAL_STATES, PoolClient
+from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.states import TERMINAL_STATES
 
 GiB = 1024**3
 MiB = 1024**2
@@ -27,14 +28,33 @@ def notebook(*cells: str, parameters: str | None = None) -> bytes:
     """A notebook whose code cells are `cells`, with a tagged parameters cell first when given."""
     items: list[dict[str, Any]] = []
     if parameters is not None:
-        items.append({"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": parameters,
-                      "outputs": [], "execution_count": None, "id": "params"})
+        items.append(
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["parameters"]},
+                "source": parameters,
+                "outputs": [],
+                "execution_count": None,
+                "id": "params",
+            }
+        )
     for index, source in enumerate(cells):
-        items.append({"cell_type": "code", "metadata": {}, "source": source, "outputs": [],
-                      "execution_count": None, "id": f"cell{index}"})
-    document = {"cells": items, "nbformat": 4, "nbformat_minor": 5,
-                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                            "language": "python"}}}
+        items.append(
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "source": source,
+                "outputs": [],
+                "execution_count": None,
+                "id": f"cell{index}",
+            }
+        )
+    document = {
+        "cells": items,
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    }
     return json.dumps(document).encode()
 
 
@@ -61,24 +81,31 @@ def manifest(memory: int = GiB, cpus: float = 1, timeout: int = 300, **fields: A
     fields.setdefault("max_retries", 2)
     if "parameters" in fields:
         fields["parameters_json"] = json.dumps(fields.pop("parameters"))
-    return pb.Manifest(resources=pb.Resources(cpus=cpus, memory_bytes=memory), timeout_seconds=timeout,
-                       **fields)
+    return pb.Manifest(
+        resources=pb.Resources(cpus=cpus, memory_bytes=memory), timeout_seconds=timeout, **fields
+    )
 
 
 def submit(client: PoolClient, data: bytes, **fields: Any) -> pb.Task:
     return client.submit(manifest(**fields), io.BytesIO(data))
 
 
-def wait_state(client: PoolClient, task_id: str, states: set[int] | frozenset[int] = TERMINAL_STATES,
-               timeout: float = 120.0) -> pb.Task:
+def wait_state(
+    client: PoolClient,
+    task_id: str,
+    states: set[int] | frozenset[int] = TERMINAL_STATES,
+    timeout: float = 120.0,
+) -> pb.Task:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         task = client.get_task(task_id)
         if task.state in states:
             return task
         time.sleep(0.1)
-    raise AssertionError(f"task {task_id} is {pb.TaskState.Name(client.get_task(task_id).state)} "
-                         f"after {timeout:.0f}s, not one of {[pb.TaskState.Name(s) for s in states]}")
+    raise AssertionError(
+        f"task {task_id} is {pb.TaskState.Name(client.get_task(task_id).state)} "
+        f"after {timeout:.0f}s, not one of {[pb.TaskState.Name(s) for s in states]}"
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -109,5 +136,9 @@ def stdout_of(events: list[pb.TaskEvent]) -> str:
 
 def task_containers(task_id: str) -> list[str]:
     """Containers (running or not) of a task, by the label the worker puts on them."""
-    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.hivemind.task={task_id}"],
-                          capture_output=True, text=True, check=False).stdout.split()
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.hivemind.task={task_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()

@@ -12,8 +12,8 @@ import pytest
 from harness.worker import WorkerProcess
 from harness.worker_fixtures import remove_task_containers
 
-from hivemind_nodepool.errors import InvalidInput
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_worker.settings import load_settings
 
 from .helpers import bundle, notebook, stdout_of, submit, user, wait_for, wait_state
@@ -22,8 +22,14 @@ SLOW = "import time\nprint('started', flush=True)\ntime.sleep(6)\nprint('finishe
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hivemind_worker.cli", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "hivemind_worker.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def test_identity_is_kept_and_reused_without_a_join_token(pool, tmp_path: Path) -> None:
@@ -34,8 +40,9 @@ def test_identity_is_kept_and_reused_without_a_join_token(pool, tmp_path: Path) 
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     assert worker.stop() == 0
     # No join token this time: the saved credential is enough.
-    again = WorkerProcess(pool, executor="local", state_dir=tmp_path / "state", name="keeper",
-                          join_token="not-a-valid-token")
+    again = WorkerProcess(
+        pool, executor="local", state_dir=tmp_path / "state", name="keeper", join_token="not-a-valid-token"
+    )
     again.start()
     try:
         assert again.worker_id == first_id
@@ -73,8 +80,9 @@ def test_drain_past_the_grace_hands_the_task_back_without_a_retry(pool, tmp_path
 
 def test_live_output_is_capped_with_a_visible_notice(pool, tmp_path: Path) -> None:
     alice = user(pool)
-    worker = WorkerProcess(pool, executor="local", name="capped",
-                           env={"HIVEMIND_MAX_OUTPUT_BYTES": "20000"}).start()
+    worker = WorkerProcess(
+        pool, executor="local", name="capped", env={"HIVEMIND_MAX_OUTPUT_BYTES": "20000"}
+    ).start()
     try:
         loud = "for i in range(3000):\n    print('line %05d ' % i + 'x' * 40)"
         task = submit(alice, bundle(notebook(loud, "print('after')")))
@@ -116,8 +124,9 @@ def test_cli_bad_input_gets_clear_errors(tmp_path: Path) -> None:
 
 def test_settings_layers_flags_win(tmp_path: Path) -> None:
     config = tmp_path / "worker.toml"
-    config.write_text('[worker]\npool = "file:1"\nmax_memory = "4G"\nlabels = {room = "b12"}\n'
-                      'drain_grace = "2m"\n')
+    config.write_text(
+        '[worker]\npool = "file:1"\nmax_memory = "4G"\nlabels = {room = "b12"}\ndrain_grace = "2m"\n'
+    )
     env = {"HIVEMIND_POOL": "env:2", "HIVEMIND_MAX_CPUS": "3"}
     settings = load_settings(config, {"pool": "flag:3"}, environ=env)
     assert settings.pool == "flag:3"
@@ -131,8 +140,13 @@ def test_settings_layers_flags_win(tmp_path: Path) -> None:
 
 
 def test_facts_module_prints_json() -> None:
-    result = subprocess.run([sys.executable, "-m", "hivemind_worker.facts"], capture_output=True, text=True,
-                            timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "hivemind_worker.facts"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     facts = json.loads(result.stdout)
     assert facts["cpu_cores"] >= 1 and facts["memory_bytes"] > 0
     assert isinstance(facts["gpus"], list)
@@ -142,8 +156,15 @@ def test_doctor_reports_what_to_fix(pool, tmp_path: Path) -> None:
     result = _cli("doctor", "--executor", "local", "--pool", pool.address, "--state-dir", str(tmp_path / "s"))
     assert "[  ok] pool" in result.stdout
     assert "not joined yet" in result.stdout and result.returncode == 1
-    result = _cli("doctor", "--executor", "docker", "--image", "hivemind-runtime:does-not-exist",
-                  "--state-dir", str(tmp_path / "s"))
+    result = _cli(
+        "doctor",
+        "--executor",
+        "docker",
+        "--image",
+        "hivemind-runtime:does-not-exist",
+        "--state-dir",
+        str(tmp_path / "s"),
+    )
     assert result.returncode == 1
     assert "image build" in result.stdout or "Docker engine does not answer" in result.stdout
 
@@ -158,16 +179,24 @@ def test_two_tasks_with_the_same_new_requirements_build_once(pool, docker_engine
     try:
         # A comment makes a requirements file nobody built before, so this run builds it.
         requirements = f"{EXTRA_PACKAGE}  # {os.urandom(6).hex()}\n".encode()
-        data = bundle(notebook("import tomli_w\nprint(tomli_w.dumps({'a': 1}))"),
-                      {"requirements.txt": requirements})
+        data = bundle(
+            notebook("import tomli_w\nprint(tomli_w.dumps({'a': 1}))"), {"requirements.txt": requirements}
+        )
         tasks = [submit(alice, data, cpus=0.5), submit(alice, data, cpus=0.5)]
         finals = [wait_state(alice, t.id, timeout=300) for t in tasks]
         assert all(f.state == pb.SUCCEEDED for f in finals), [f.error for f in finals]
-        builds = [e.text for t in tasks for e in alice.watch(t.id, follow=False)
-                  if e.kind == pb.TaskEvent.NOTICE and "new environment" in e.text]
+        builds = [
+            e.text
+            for t in tasks
+            for e in alice.watch(t.id, follow=False)
+            if e.kind == pb.TaskEvent.NOTICE and "new environment" in e.text
+        ]
         assert len(builds) == 1, builds
     finally:
         worker.stop()
         remove_task_containers(worker.worker_id)
-        subprocess.run(["docker", "image", "prune", "-f", "--filter", "label=org.hivemind.role=env"],
-                       capture_output=True, check=False)
+        subprocess.run(
+            ["docker", "image", "prune", "-f", "--filter", "label=org.hivemind.role=env"],
+            capture_output=True,
+            check=False,
+        )

@@ -40,10 +40,7 @@ def forget_environment(requirements: bytes, tmp_path: Path) -> None:
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CELLS = (
-    "import time, tomli_w\n"
-    "for i in range(4):\n"
-    "    print('tick', i, flush=True)\n"
-    "    time.sleep(0.4)\n",
+    "import time, tomli_w\nfor i in range(4):\n    print('tick', i, flush=True)\n    time.sleep(0.4)\n",
     "from IPython.display import HTML, display\n"
     "display(HTML('<b>bold</b>'))\n"
     "import os\n"
@@ -54,8 +51,9 @@ CELLS = (
 )
 
 
-def test_parameters_requirements_live_output_and_image_reuse(pool, docker_worker: WorkerProcess,
-                                                             tmp_path: Path) -> None:
+def test_parameters_requirements_live_output_and_image_reuse(
+    pool, docker_worker: WorkerProcess, tmp_path: Path
+) -> None:
     alice = user(pool)
     requirements = f"{EXTRA_PACKAGE}\n".encode()
     forget_environment(requirements, tmp_path)  # so this run builds it, and the next reuses it

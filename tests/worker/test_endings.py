@@ -58,8 +58,9 @@ def test_out_of_memory_fails_with_the_reason(pool, docker_worker: WorkerProcess)
 
 def test_notebook_error_fails_with_the_remote_traceback(pool, docker_worker: WorkerProcess) -> None:
     alice = user(pool)
-    task = submit(alice, bundle(notebook("x = 1", "def broken():\n    return 1 / 0\nbroken()",
-                                         "print('never')")))
+    task = submit(
+        alice, bundle(notebook("x = 1", "def broken():\n    return 1 / 0\nbroken()", "print('never')"))
+    )
     final = wait_state(alice, task.id, timeout=120)
     assert final.state == pb.FAILED
     assert "ZeroDivisionError" in final.error

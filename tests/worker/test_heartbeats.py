@@ -58,10 +58,12 @@ def slow_index() -> Iterator[_SlowIndex]:
         server.server_close()
 
 
-@pytest.mark.parametrize("executor", ["local", pytest.param("docker", marks=[pytest.mark.docker,
-                                                                             pytest.mark.slow])])
-def test_heartbeats_keep_going_during_a_slow_build(pool, slow_index: _SlowIndex, executor: str,
-                                                    request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    "executor", ["local", pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.slow])]
+)
+def test_heartbeats_keep_going_during_a_slow_build(
+    pool, slow_index: _SlowIndex, executor: str, request: pytest.FixtureRequest
+) -> None:
     if executor == "docker":
         request.getfixturevalue("docker_engine")
     alice = user(pool)
@@ -69,10 +71,12 @@ def test_heartbeats_keep_going_during_a_slow_build(pool, slow_index: _SlowIndex,
     try:
         port = slow_index.server_address[1]
         # A comment makes the requirements new, so the environment is really built.
-        requirements = (f"--index-url http://127.0.0.1:{port}/simple\n"
-                        f"hivemind-no-such-package  # {os.urandom(6).hex()}\n").encode()
-        task = submit(alice, bundle(notebook("print('never')"), {"requirements.txt": requirements}),
-                      max_retries=0)
+        requirements = (
+            f"--index-url http://127.0.0.1:{port}/simple\nhivemind-no-such-package  # {os.urandom(6).hex()}\n"
+        ).encode()
+        task = submit(
+            alice, bundle(notebook("print('never')"), {"requirements.txt": requirements}), max_retries=0
+        )
         wait_for(slow_index.held.is_set, 120, "the build to ask the slow index")
         seen: list[tuple[float, float]] = []  # (when we looked, the pool's last heartbeat)
         with pool.admin() as admin:
@@ -83,8 +87,10 @@ def test_heartbeats_keep_going_during_a_slow_build(pool, slow_index: _SlowIndex,
                 time.sleep(0.1)
         beats = sorted({at for _, at in seen})
         gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
-        print(f"{executor}: {len(beats)} heartbeats in {seen[-1][0] - seen[0][0]:.1f}s while the build "
-              f"waited; largest gap {max(gaps, default=0):.2f}s")
+        print(
+            f"{executor}: {len(beats)} heartbeats in {seen[-1][0] - seen[0][0]:.1f}s while the build "
+            f"waited; largest gap {max(gaps, default=0):.2f}s"
+        )
         assert len(beats) >= 4, f"the pool's last heartbeat barely moved during the build: {beats}"
         assert max(gaps) < MAX_GAP, gaps
         final = wait_state(alice, task.id, timeout=180)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_nodepool.bundle import BundleError, BundleLimits
-from hivemind_nodepool.errors import InvalidInput
+from hivemind_nodepool.protocol.bundle import BundleError, BundleLimits
+from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_worker.attempt import container_name, unpack
 from hivemind_worker.errors import WorkerError
 from hivemind_worker.results import build_result, collect_outputs
@@ -20,8 +20,9 @@ from hivemind_worker.results import build_result, collect_outputs
 from .helpers import notebook, submit, user
 
 
-def _zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]],
-         compression: int = zipfile.ZIP_DEFLATED) -> Path:
+def _zip(
+    path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]], compression: int = zipfile.ZIP_DEFLATED
+) -> Path:
     with zipfile.ZipFile(path, "w", compression) as archive:
         for info, data in entries:
             archive.writestr(info, data)
@@ -81,7 +82,7 @@ def test_lying_sizes_are_caught_while_unpacking(tmp_path: Path) -> None:
     # Patch the declared uncompressed size (local header and central directory) down to 10 bytes.
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
         at = raw.find(signature)
-        raw[at + offset:at + offset + 4] = (10).to_bytes(4, "little")
+        raw[at + offset : at + offset + 4] = (10).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
     with pytest.raises((BundleError, zipfile.BadZipFile)):
         unpack(path, tmp_path / "task", BundleLimits())
@@ -119,8 +120,15 @@ def test_result_never_follows_links_out_of_the_task(tmp_path: Path) -> None:
     (out / "variables.json").symlink_to(secret)
     names = [name for name, _ in collect_outputs(task, ["outputs/**"])]
     assert names == ["outputs/ok.txt"]
-    packed = build_result(tmp_path / "result.zip", task, out, entry_notebook="main.ipynb",
-                          patterns=["outputs/**"], meta={}, max_bytes=10 * 1024 * 1024)
+    packed = build_result(
+        tmp_path / "result.zip",
+        task,
+        out,
+        entry_notebook="main.ipynb",
+        patterns=["outputs/**"],
+        meta={},
+        max_bytes=10 * 1024 * 1024,
+    )
     with zipfile.ZipFile(packed.path) as archive:
         contents = b"".join(archive.read(n) for n in archive.namelist())
         assert "main.ipynb" not in archive.namelist()
@@ -133,8 +141,15 @@ def test_result_size_is_capped(tmp_path: Path) -> None:
     out.mkdir()
     (task / "outputs" / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     with pytest.raises(WorkerError, match="too big"):
-        build_result(tmp_path / "r.zip", task, out, entry_notebook="main.ipynb", patterns=["outputs/**"],
-                     meta={}, max_bytes=1024 * 1024)
+        build_result(
+            tmp_path / "r.zip",
+            task,
+            out,
+            entry_notebook="main.ipynb",
+            patterns=["outputs/**"],
+            meta={},
+            max_bytes=1024 * 1024,
+        )
 
 
 @pytest.mark.parametrize("task_id", ["t-abc", "../../etc", "x" * 300, "a b;rm -rf /", ""])

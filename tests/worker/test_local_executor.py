@@ -18,12 +18,15 @@ from .helpers import bundle, notebook, result_files, stdout_of, submit, user, wa
 
 def test_local_task_with_parameters_and_variables(pool, local_worker: WorkerProcess, tmp_path: Path) -> None:
     alice = user(pool)
-    cells = ("import os\nprint('token' , os.environ.get('HIVEMIND_JOIN_TOKEN'))\n"
-             "print('keys', sorted(k for k in os.environ if k.startswith('HIVEMIND_')))",
-             "result = {'n': n * 2}\nos.makedirs('outputs', exist_ok=True)\n"
-             "open('outputs/r.txt', 'w').write(str(result))")
-    task = submit(alice, bundle(notebook(*cells, parameters="n = 1")), parameters={"n": 21},
-                  pull_variables=["result"])
+    cells = (
+        "import os\nprint('token' , os.environ.get('HIVEMIND_JOIN_TOKEN'))\n"
+        "print('keys', sorted(k for k in os.environ if k.startswith('HIVEMIND_')))",
+        "result = {'n': n * 2}\nos.makedirs('outputs', exist_ok=True)\n"
+        "open('outputs/r.txt', 'w').write(str(result))",
+    )
+    task = submit(
+        alice, bundle(notebook(*cells, parameters="n = 1")), parameters={"n": 21}, pull_variables=["result"]
+    )
     final = wait_state(alice, task.id, timeout=120)
     assert final.state == pb.SUCCEEDED, (final.error, final.traceback, local_worker.log()[-2000:])
     text = stdout_of(list(alice.watch(task.id, follow=False)))
@@ -37,19 +40,32 @@ def test_local_task_with_parameters_and_variables(pool, local_worker: WorkerProc
 
 def test_local_cancel_and_timeout_kill_the_whole_tree(pool, local_worker: WorkerProcess) -> None:
     alice = user(pool)
-    sleeper = ("import subprocess, time\nchild = subprocess.Popen(['sleep', '300'])\n"
-               "open('child.pid', 'w').write(str(child.pid))\nprint('started', child.pid, flush=True)\n"
-               "time.sleep(300)")
+    sleeper = (
+        "import subprocess, time\nchild = subprocess.Popen(['sleep', '300'])\n"
+        "open('child.pid', 'w').write(str(child.pid))\nprint('started', child.pid, flush=True)\n"
+        "time.sleep(300)"
+    )
     task = submit(alice, bundle(notebook(sleeper)))
-    started = wait_for(lambda: [e.text for e in alice.watch(task.id, follow=False)
-                                if e.kind == pb.TaskEvent.STDOUT and "started" in e.text], 60, "start")
+    started = wait_for(
+        lambda: [
+            e.text
+            for e in alice.watch(task.id, follow=False)
+            if e.kind == pb.TaskEvent.STDOUT and "started" in e.text
+        ],
+        60,
+        "start",
+    )
     child = int(started[0].split()[1])
     alice.cancel_task(task.id)
     assert wait_state(alice, task.id, timeout=30).state == pb.CANCELLED
 
     import psutil
-    wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
-             10, "the task's child process to be killed")
+
+    wait_for(
+        lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+        10,
+        "the task's child process to be killed",
+    )
 
     timed = submit(alice, bundle(notebook("import time\ntime.sleep(300)")), timeout=2)
     final = wait_state(alice, timed.id, timeout=60)
@@ -68,7 +84,7 @@ def test_venv_per_requirements_is_built_once_and_evicted_lru(tmp_path: Path) -> 
     """Two users of the same requirements at once build one venv; past the size limit the least
     recently used venv that nobody holds is removed."""
     envs = LocalEnvironments(tmp_path / "venvs", size_limit=1)
-    first = b"psutil\n"          # already in the worker's packages: no download needed
+    first = b"psutil\n"  # already in the worker's packages: no download needed
     second = b"psutil  # another environment\n"
     refs: list[str] = []
     barrier = threading.Barrier(2)

@@ -71,14 +71,16 @@ def test_timeout_returns_the_notebook_so_far(pool, docker_worker: WorkerProcess,
     assert task_containers(task.id) == []
 
 
-@pytest.mark.parametrize("executor", [pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.slow]),
-                                      "local"])
+@pytest.mark.parametrize(
+    "executor", [pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.slow]), "local"]
+)
 def test_cancel_builds_the_result_so_far(pool, executor: str, request: pytest.FixtureRequest) -> None:
     if executor == "docker":
         request.getfixturevalue("docker_engine")
     alice = user(pool)
-    worker = WorkerProcess(pool, executor=executor, name=f"keeper-{executor}",
-                           env={"HIVEMIND_KEEP_ATTEMPTS": "1"}).start()
+    worker = WorkerProcess(
+        pool, executor=executor, name=f"keeper-{executor}", env={"HIVEMIND_KEEP_ATTEMPTS": "1"}
+    ).start()
     try:
         task = submit(alice, bundle(notebook(*CELLS)))
         wait_for(lambda: _printed(alice, task.id, "second cell started"), 90, "the second cell to start")

@@ -24,9 +24,11 @@ from .helpers import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-SLOW = ("import time\nprint('started', flush=True)\ntime.sleep(4)\n"
-        "import os\nos.makedirs('outputs', exist_ok=True)\nopen('outputs/done.txt', 'w').write('done')\n"
-        "print('finished', flush=True)")
+SLOW = (
+    "import time\nprint('started', flush=True)\ntime.sleep(4)\n"
+    "import os\nos.makedirs('outputs', exist_ok=True)\nopen('outputs/done.txt', 'w').write('done')\n"
+    "print('finished', flush=True)"
+)
 
 
 def _started(alice, task_id: str) -> bool:

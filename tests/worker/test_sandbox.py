@@ -14,7 +14,7 @@ from .helpers import MiB, bundle, notebook, result_files, submit, task_container
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-PROBE = r'''
+PROBE = r"""
 import json, os, socket, subprocess, sys
 found = {}
 
@@ -79,13 +79,17 @@ hog = subprocess.run([sys.executable, "-c", "b = []\nwhile True: b.append(bytear
 found["hog_exit"] = hog.returncode
 open("outputs/probe.json", "w").write(json.dumps(found))
 print(json.dumps(found))
-'''
+"""
 
 
 def test_sandbox_from_inside(pool, docker_worker: WorkerProcess, tmp_path: Path) -> None:
     alice = user(pool)
-    task = submit(alice, bundle(notebook("import os; os.makedirs('outputs', exist_ok=True)", PROBE)),
-                  memory=384 * MiB, timeout=300)
+    task = submit(
+        alice,
+        bundle(notebook("import os; os.makedirs('outputs', exist_ok=True)", PROBE)),
+        memory=384 * MiB,
+        timeout=300,
+    )
     final = wait_state(alice, task.id, timeout=240)
     assert final.state == pb.SUCCEEDED, (final.error, final.traceback)
     found = json.loads(result_files(alice, task.id, tmp_path)["outputs/probe.json"])

@@ -13,8 +13,8 @@ from harness.pool import PoolProcess
 from harness.worker import WorkerProcess
 from harness.worker_fixtures import remove_task_containers
 
-from hivemind_nodepool.errors import InvalidInput
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_worker.settings import load_settings
 
 from .helpers import bundle, notebook, stdout_of, submit, task_containers, user, wait_state
@@ -30,8 +30,9 @@ def open_pool(tmp_path: Path) -> Iterator[PoolProcess]:
 
 
 def _has_network(name: str) -> bool:
-    found = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}"], capture_output=True,
-                           text=True, check=False).stdout.split()
+    found = subprocess.run(
+        ["docker", "network", "ls", "--format", "{{.Name}}"], capture_output=True, text=True, check=False
+    ).stdout.split()
     return name in found
 
 
@@ -71,8 +72,12 @@ def test_allowed_network_uses_the_task_network(open_pool: PoolProcess, docker_en
     from conftest import require
 
     network = f"hivemind-test-{os.urandom(4).hex()}"
-    made = subprocess.run(["docker", "network", "create", "--label", "org.hivemind.test=1", network],
-                          capture_output=True, text=True, check=False)
+    made = subprocess.run(
+        ["docker", "network", "create", "--label", "org.hivemind.test=1", network],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     require(made.returncode == 0, f"this engine cannot create a network: {made.stderr.strip()}")
     worker = _worker(open_pool, "net-worker", "--task-network", network)
     try:

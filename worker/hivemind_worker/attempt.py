@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hivemind_nodepool.bundle import BundleError, BundleLimits, safe_extract
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import BundleError, BundleLimits, safe_extract
+from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
 
 from .bundles import BundleCache
 from .errors import EnvironmentBuildError, NoTaskNetwork, WorkerError
@@ -82,9 +82,17 @@ def _clean_relative(name: str) -> str:
 
 
 class Attempt:
-    def __init__(self, assignment: pb.Assignment, client: PoolClient, executor: Executor, *,
-                 bundles: BundleCache, attempts_root: Path, config: AttemptConfig,
-                 on_done: Callable[[Attempt], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        assignment: pb.Assignment,
+        client: PoolClient,
+        executor: Executor,
+        *,
+        bundles: BundleCache,
+        attempts_root: Path,
+        config: AttemptConfig,
+        on_done: Callable[[Attempt], None] = lambda _: None,
+    ) -> None:
         self.assignment = assignment
         self.task_id = assignment.task_id
         self.number = assignment.attempt
@@ -101,8 +109,9 @@ class Attempt:
         self.started_at = time.monotonic()
         self._last_progress_report = 0.0
         self._thread = threading.Thread(target=self._main, name=f"attempt-{self.name}", daemon=True)
-        self.events = EventStream(client, self.task_id, self.number, config.max_output_bytes,
-                                  on_fenced=self._fenced)
+        self.events = EventStream(
+            client, self.task_id, self.number, config.max_output_bytes, on_fenced=self._fenced
+        )
         self.done = threading.Event()
 
     @property
@@ -127,8 +136,12 @@ class Attempt:
 
     def _status(self, state: int, message: str = "", progress: tuple[int, int] | None = None) -> None:
         self.state = state
-        report = pb.StatusReport(task_id=self.task_id, attempt=self.number, state=state,  # type: ignore[arg-type]
-                                 message=message)
+        report = pb.StatusReport(
+            task_id=self.task_id,
+            attempt=self.number,
+            state=state,  # type: ignore[arg-type]
+            message=message,
+        )
         if progress is not None:
             report.progress.cells_done, report.progress.cells_total = progress
         try:
@@ -142,8 +155,10 @@ class Attempt:
     def _on_runner_event(self, event: dict[str, Any]) -> None:
         kind = event.get("t")
         if kind in ("stdout", "stderr"):
-            self.events.add(pb.TaskEvent.STDOUT if kind == "stdout" else pb.TaskEvent.STDERR,
-                            text=str(event.get("text", "")))
+            self.events.add(
+                pb.TaskEvent.STDOUT if kind == "stdout" else pb.TaskEvent.STDERR,
+                text=str(event.get("text", "")),
+            )
         elif kind == "display":
             output = event.get("output")
             if isinstance(output, dict):
@@ -227,15 +242,22 @@ class Attempt:
                 return self._stopped(header), None
             resources = manifest.resources
             spec = RunSpec(
-                name=self.name, task_dir=task_dir, out_dir=out_dir, notebook=entry,
-                parameters=parameters, pull_variables=list(manifest.pull_variables),
-                environment=environment, cpus=resources.cpus,
+                name=self.name,
+                task_dir=task_dir,
+                out_dir=out_dir,
+                notebook=entry,
+                parameters=parameters,
+                pull_variables=list(manifest.pull_variables),
+                environment=environment,
+                cpus=resources.cpus,
                 memory_bytes=resources.memory_bytes or self.config.default_memory,
                 gpus=resources.gpus,
-                timeout=float(manifest.timeout_seconds) if manifest.timeout_seconds > 0
+                timeout=float(manifest.timeout_seconds)
+                if manifest.timeout_seconds > 0
                 else self.config.default_timeout,
                 allow_network=self.assignment.allow_network,
-                labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)})
+                labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)},
+            )
             self._status(pb.RUNNING, "running")
             outcome = self.executor.run(spec, self._on_runner_event, self.stopper)
         if outcome.status == outcomes.STOPPED:
@@ -250,13 +272,24 @@ class Attempt:
             self._apply(header, outcome)
             self._status(pb.UPLOADING, "uploading the result")
         result_path = self.folder / "result.zip"
-        meta = {"task_id": self.task_id, "attempt": self.number, "outcome": pb.TaskState.Name(header.outcome),
-                "error": header.error, "cpu_seconds": outcome.cpu_seconds,
-                "peak_memory_bytes": outcome.peak_memory_bytes}
+        meta = {
+            "task_id": self.task_id,
+            "attempt": self.number,
+            "outcome": pb.TaskState.Name(header.outcome),
+            "error": header.error,
+            "cpu_seconds": outcome.cpu_seconds,
+            "peak_memory_bytes": outcome.peak_memory_bytes,
+        }
         try:
-            build_result(result_path, task_dir, out_dir, entry_notebook=entry,
-                         patterns=list(manifest.outputs) or list(DEFAULT_OUTPUTS), meta=meta,
-                         max_bytes=self.config.max_result_bytes)
+            build_result(
+                result_path,
+                task_dir,
+                out_dir,
+                entry_notebook=entry,
+                patterns=list(manifest.outputs) or list(DEFAULT_OUTPUTS),
+                meta=meta,
+                max_bytes=self.config.max_result_bytes,
+            )
         except HiveMindError as exc:
             header.outcome, header.error = pb.FAILED, f"the result could not be returned: {exc}"
             return header, None
@@ -297,8 +330,12 @@ class Attempt:
         while True:
             try:
                 self.client.upload_result(header, result)
-                log.info("%s ended %s%s", self.name, pb.TaskState.Name(header.outcome),
-                         f": {header.error.splitlines()[0]}" if header.error else "")
+                log.info(
+                    "%s ended %s%s",
+                    self.name,
+                    pb.TaskState.Name(header.outcome),
+                    f": {header.error.splitlines()[0]}" if header.error else "",
+                )
                 return
             except (Conflict, NotFound) as exc:
                 log.warning("the pool refused the outcome of %s: %s", self.name, exc)

@@ -27,14 +27,14 @@ from typing import Any
 import grpc
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import (
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import (
     HiveMindError,
     InvalidInput,
     PoolUnavailable,
     Unauthenticated,
     from_rpc_error,
 )
-from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 from . import facts as machine
 from . import identity as identity_file
@@ -56,10 +56,10 @@ class Daemon:
         self.state_dir = Path(settings.state_dir).expanduser()
         self.attempts: dict[tuple[str, int], Attempt] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()        # leave the connection loop
+        self._stop = threading.Event()  # leave the connection loop
         self._draining = threading.Event()
         self._drain_started = 0.0
-        self._hurry = threading.Event()       # a second signal: hand everything back now
+        self._hurry = threading.Event()  # a second signal: hand everything back now
         self._call: Any = None
         self._outbox: queue.Queue[pb.WorkerMessage | None] | None = None
         self._last_heard = time.monotonic()
@@ -71,9 +71,12 @@ class Daemon:
         self.bundles: BundleCache | None = None
         self.proto_facts: pb.MachineFacts | None = None
         self.config = AttemptConfig(
-            max_output_bytes=settings.max_output_bytes, max_result_bytes=settings.max_result_bytes,
-            default_timeout=settings.default_timeout, default_memory=settings.default_memory,
-            keep_folders=settings.keep_attempts)
+            max_output_bytes=settings.max_output_bytes,
+            max_result_bytes=settings.max_result_bytes,
+            default_timeout=settings.default_timeout,
+            default_memory=settings.default_memory,
+            keep_folders=settings.keep_attempts,
+        )
 
     # -- setting up -----------------------------------------------------------------------------
 
@@ -81,16 +84,26 @@ class Daemon:
         s = self.settings
         if s.executor == "local":
             from .executors.local import LocalExecutor
+
             return LocalExecutor(self.state_dir, env_cache_size=s.env_cache_size)
         from .executors.docker import DockerExecutor
         from .image import docker_client, image_id
+
         client = docker_client()
         image_id(client, s.image)  # fails early, saying how to build it
-        return DockerExecutor(client, s.image, self.state_dir, worker_id=self.worker_id,
-                              pids_limit=s.pids_limit, tmpfs_size=s.tmpfs_size,
-                              default_memory=s.default_memory, env_cache_size=s.env_cache_size,
-                              build_network=s.build_network, build_ca_bundle=s.build_ca_bundle,
-                              task_network=s.task_network)
+        return DockerExecutor(
+            client,
+            s.image,
+            self.state_dir,
+            worker_id=self.worker_id,
+            pids_limit=s.pids_limit,
+            tmpfs_size=s.tmpfs_size,
+            default_memory=s.default_memory,
+            env_cache_size=s.env_cache_size,
+            build_network=s.build_network,
+            build_ca_bundle=s.build_ca_bundle,
+            task_network=s.task_network,
+        )
 
     def _facts(self) -> pb.MachineFacts:
         s = self.settings
@@ -110,15 +123,22 @@ class Daemon:
             log.info("rejoining %s as worker %s", s.pool, saved.worker_id)
             return
         if not s.join_token:
-            raise Unauthenticated(f"this worker has not joined {s.pool} yet: pass --join-token "
-                                  "(an admin creates one with `hivemind-nodepool join-token create`)")
+            raise Unauthenticated(
+                f"this worker has not joined {s.pool} yet: pass --join-token "
+                "(an admin creates one with `hivemind-nodepool join-token create`)"
+            )
         try:
-            answer = self._retrying(lambda: self.client.register_worker(
-                s.join_token, s.name or socket.gethostname(), self.proto_facts))
+            answer = self._retrying(
+                lambda: self.client.register_worker(
+                    s.join_token, s.name or socket.gethostname(), self.proto_facts
+                )
+            )
         except Unauthenticated as exc:
-            raise Unauthenticated(f"the pool refused the join token ({exc}): ask the admin for a new "
-                                  "one (`hivemind-nodepool join-token create`) and pass it with "
-                                  "--join-token") from None
+            raise Unauthenticated(
+                f"the pool refused the join token ({exc}): ask the admin for a new "
+                "one (`hivemind-nodepool join-token create`) and pass it with "
+                "--join-token"
+            ) from None
         self.worker_id = answer.worker_id
         saved = identity_file.Identity(answer.worker_id, answer.credential, s.pool)
         identity_file.save(self.state_dir, saved)
@@ -174,8 +194,9 @@ class Daemon:
                 self._session()
             except Unauthenticated as exc:
                 if not self.settings.join_token:
-                    raise Unauthenticated(f"the pool refused this worker's credential ({exc}); "
-                                          "join again with --join-token") from None
+                    raise Unauthenticated(
+                        f"the pool refused this worker's credential ({exc}); join again with --join-token"
+                    ) from None
                 log.warning("the pool refused this worker's credential (%s); joining again", exc)
                 identity_file.forget(self.state_dir)
                 self._join()
@@ -196,8 +217,11 @@ class Daemon:
 
     def _running(self) -> list[pb.RunningAttempt]:
         with self._lock:
-            return [pb.RunningAttempt(task_id=t, attempt=a) for (t, a), run in self.attempts.items()
-                    if not run.done.is_set()]
+            return [
+                pb.RunningAttempt(task_id=t, attempt=a)
+                for (t, a), run in self.attempts.items()
+                if not run.done.is_set()
+            ]
 
     def _session(self) -> None:
         """One Connect stream, from Hello to its end."""
@@ -216,8 +240,9 @@ class Daemon:
         self._call, self._outbox = call, outbox
         self._last_heard = time.monotonic()
         ended = threading.Event()
-        beats = threading.Thread(target=self._heartbeats, args=(outbox, call, ended), name="heartbeats",
-                                 daemon=True)
+        beats = threading.Thread(
+            target=self._heartbeats, args=(outbox, call, ended), name="heartbeats", daemon=True
+        )
         beats.start()
         try:
             for message in call:
@@ -234,15 +259,22 @@ class Daemon:
         if not self._stop.is_set():
             raise PoolUnavailable("the pool closed the connection")
 
-    def _heartbeats(self, outbox: queue.Queue[pb.WorkerMessage | None], call: Any,
-                    ended: threading.Event) -> None:
+    def _heartbeats(
+        self, outbox: queue.Queue[pb.WorkerMessage | None], call: Any, ended: threading.Event
+    ) -> None:
         while not ended.wait(self.heartbeat_interval):
             load = os.getloadavg()[0] / max(os.cpu_count() or 1, 1)
-            outbox.put(pb.WorkerMessage(heartbeat=pb.Heartbeat(
-                running=self._running(), load=load, draining=self._draining.is_set())))
+            outbox.put(
+                pb.WorkerMessage(
+                    heartbeat=pb.Heartbeat(
+                        running=self._running(), load=load, draining=self._draining.is_set()
+                    )
+                )
+            )
             if time.monotonic() - self._last_heard > self.heartbeat_timeout + self.heartbeat_interval:
-                log.warning("the pool has been silent for %.0fs; reconnecting",
-                            time.monotonic() - self._last_heard)
+                log.warning(
+                    "the pool has been silent for %.0fs; reconnecting", time.monotonic() - self._last_heard
+                )
                 call.cancel()
                 return
 
@@ -251,12 +283,17 @@ class Daemon:
         if kind == "welcome":
             welcome = message.welcome
             if welcome.heartbeat_interval_seconds > 0:
-                self.heartbeat_interval = min(self.settings.heartbeat_interval,
-                                              welcome.heartbeat_interval_seconds)
+                self.heartbeat_interval = min(
+                    self.settings.heartbeat_interval, welcome.heartbeat_interval_seconds
+                )
             if welcome.heartbeat_timeout_seconds > 0:
                 self.heartbeat_timeout = welcome.heartbeat_timeout_seconds
-            log.info("connected to %s as %s (heartbeat every %.1fs)", self.settings.pool,
-                     welcome.worker_id or self.worker_id, self.heartbeat_interval)
+            log.info(
+                "connected to %s as %s (heartbeat every %.1fs)",
+                self.settings.pool,
+                welcome.worker_id or self.worker_id,
+                self.heartbeat_interval,
+            )
         elif kind == "assignment":
             self._assign(message.assignment)
         elif kind == "cancel":
@@ -264,8 +301,9 @@ class Daemon:
             with self._lock:
                 run = self.attempts.get((order.task_id, order.attempt))
             if run is not None:
-                log.info("%s: %s %s", run.name, "handing back" if order.requeue else "cancelling",
-                         order.reason)
+                log.info(
+                    "%s: %s %s", run.name, "handing back" if order.requeue else "cancelling", order.reason
+                )
                 run.cancel(order.reason, requeue=order.requeue)
         elif kind == "drain":
             log.info("the admin asked this worker to drain")
@@ -277,14 +315,24 @@ class Daemon:
         with self._lock:
             if key in self.attempts:
                 return  # sent again after a reconnect: already running
-            run = Attempt(assignment, self.client, self.executor, bundles=self.bundles,
-                          attempts_root=self.state_dir / "attempts", config=self.config,
-                          on_done=self._finished)
+            run = Attempt(
+                assignment,
+                self.client,
+                self.executor,
+                bundles=self.bundles,
+                attempts_root=self.state_dir / "attempts",
+                config=self.config,
+                on_done=self._finished,
+            )
             self.attempts[key] = run
         if self._draining.is_set():
             run.cancel("the worker is draining", requeue=True)
-        log.info("assigned %s attempt %d (%s)", assignment.task_id, assignment.attempt,
-                 assignment.manifest.name or assignment.manifest.entry_notebook)
+        log.info(
+            "assigned %s attempt %d (%s)",
+            assignment.task_id,
+            assignment.attempt,
+            assignment.manifest.name or assignment.manifest.entry_notebook,
+        )
         run.start()
 
     def _finished(self, run: Attempt) -> None:

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hivemind_nodepool.errors import HiveMindError
+from hivemind_nodepool.protocol.errors import HiveMindError
 
 from . import facts as machine
 from . import identity as identity_file
@@ -36,49 +36,78 @@ def nvidia_pci_devices(root: Path = Path("/sys/bus/pci/devices")) -> list[str]:
 
 def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> None:
     found = machine.detect(settings.state_dir if settings.state_dir.exists() else None)
-    say(OK, "machine", f"{found.cpu_cores} cores, {found.memory_bytes / 1024**3:.1f} GiB memory, "
-        f"{found.disk_free_bytes / 1024**3:.1f} GiB free disk")
+    say(
+        OK,
+        "machine",
+        f"{found.cpu_cores} cores, {found.memory_bytes / 1024**3:.1f} GiB memory, "
+        f"{found.disk_free_bytes / 1024**3:.1f} GiB free disk",
+    )
     if found.gpus:
         names = ", ".join(f"{g.index}: {g.name} ({g.memory_bytes / 1024**3:.0f} GiB)" for g in found.gpus)
         say(OK, "gpus", names)
         if settings.executor == "docker" and not found.nvidia_runtime:
-            say(WARN, "gpus", "Docker has no 'nvidia' runtime, so containers cannot use the GPUs: install "
-                "the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`")
+            say(
+                WARN,
+                "gpus",
+                "Docker has no 'nvidia' runtime, so containers cannot use the GPUs: install "
+                "the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`",
+            )
     elif nvidia_pci_devices():
-        say(WARN, "gpus", f"this machine has {len(nvidia_pci_devices())} NVIDIA device(s) but the worker "
+        say(
+            WARN,
+            "gpus",
+            f"this machine has {len(nvidia_pci_devices())} NVIDIA device(s) but the worker "
             f"cannot use them ({found.gpu_error or 'NVML found no GPU'}): install the NVIDIA driver "
-            "(nvidia-smi must work), then restart the worker; tasks asking for GPUs go elsewhere until then")
+            "(nvidia-smi must work), then restart the worker; tasks asking for GPUs go elsewhere until then",
+        )
     else:
-        say(OK, "gpus", f"none ({found.gpu_error or 'no NVIDIA GPU'}); tasks that ask for GPUs go to "
-            "other workers")
+        say(
+            OK,
+            "gpus",
+            f"none ({found.gpu_error or 'no NVIDIA GPU'}); tasks that ask for GPUs go to other workers",
+        )
 
     if settings.executor == "local":
         say(WARN, "executor", "local: tasks run WITHOUT isolation, as this user, with its files and network")
     elif not found.docker_ok:
-        say(FAIL, "docker", f"the Docker engine does not answer ({found.docker_error}). Start it "
-            "(scripts/start-docker.sh here), add this user to the docker group, or use --executor local")
+        say(
+            FAIL,
+            "docker",
+            f"the Docker engine does not answer ({found.docker_error}). Start it "
+            "(scripts/start-docker.sh here), add this user to the docker group, or use --executor local",
+        )
     else:
         say(OK, "docker", "the engine answers")
         from .image import docker_client, image_exists
+
         client = docker_client()
         if image_exists(client, settings.image):
             say(OK, "image", f"{settings.image} is present")
         else:
-            say(FAIL, "image", f"{settings.image} is missing: run `hivemind-worker image build` "
-                "(with --bootstrap where no registry is reachable)")
+            say(
+                FAIL,
+                "image",
+                f"{settings.image} is missing: run `hivemind-worker image build` "
+                "(with --bootstrap where no registry is reachable)",
+            )
 
     if not settings.pool:
         say(WARN, "pool", "no pool address given (--pool HOST:PORT): connection not checked")
         return
     from hivemind_nodepool.client import PoolClient
+
     try:
         with PoolClient(settings.pool, ca_file=settings.ca, insecure=settings.insecure, timeout=5) as client:
             client.wait_ready(timeout=5)
         say(OK, "pool", f"{settings.pool} answers")
     except HiveMindError as exc:
-        say(FAIL, "pool", f"{settings.pool} does not answer ({exc}). Check the address and port, that "
+        say(
+            FAIL,
+            "pool",
+            f"{settings.pool} does not answer ({exc}). Check the address and port, that "
             "`hivemind-nodepool serve` runs there and a firewall lets this machine reach it; a pool "
-            "that serves TLS needs --ca with its CA certificate")
+            "that serves TLS needs --ca with its CA certificate",
+        )
         return
     try:
         saved = identity_file.load(settings.state_dir, settings.pool) if settings.state_dir.exists() else None
@@ -88,12 +117,20 @@ def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> N
     if saved is not None:
         say(OK, "identity", f"joined as {saved.worker_id} (state dir {settings.state_dir})")
     elif settings.join_token:
-        say(OK, "identity", "not joined yet; `run` joins with the join token (only the pool can check "
+        say(
+            OK,
+            "identity",
+            "not joined yet; `run` joins with the join token (only the pool can check "
             "it: if `run` says it was refused, ask the admin for a new one with "
-            "`hivemind-nodepool join-token create`)")
+            "`hivemind-nodepool join-token create`)",
+        )
     else:
-        say(FAIL, "identity", "not joined yet and no --join-token: ask the admin for one "
-            "(`hivemind-nodepool join-token create`)")
+        say(
+            FAIL,
+            "identity",
+            "not joined yet and no --join-token: ask the admin for one "
+            "(`hivemind-nodepool join-token create`)",
+        )
 
 
 def run_doctor(settings: WorkerSettings) -> int:

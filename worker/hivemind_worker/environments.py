@@ -101,8 +101,10 @@ class EnvironmentCache(ABC):
             with lock, self._file_lock(key):
                 ref = self.exists(key)
                 if ref is None:
-                    notice(f"installing requirements.txt into a new environment ({key[:12]}); "
-                           "later tasks with the same requirements reuse it")
+                    notice(
+                        f"installing requirements.txt into a new environment ({key[:12]}); "
+                        "later tasks with the same requirements reuse it"
+                    )
                     started = time.monotonic()
                     ref, size = self.build(key, requirements)
                     self.builds += 1
@@ -168,8 +170,9 @@ class EnvironmentCache(ABC):
                     break
                 if key in self._in_use:
                     continue
-                log.info("evicting environment %s (%d bytes, least recently used)", key[:12],
-                         entry.get("size", 0))
+                log.info(
+                    "evicting environment %s (%d bytes, least recently used)", key[:12], entry.get("size", 0)
+                )
                 try:
                     self.remove(key, str(entry.get("ref", "")))
                 except Exception as exc:  # in use by another worker, say: try again next time
@@ -188,8 +191,16 @@ class DockerEnvironments(EnvironmentCache):
 
     REPOSITORY = "hivemind-env"
 
-    def __init__(self, client: Any, base_tag: str, state_dir: Path, size_limit: int, *,
-                 network: str | None = None, ca_bundle: Path | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        base_tag: str,
+        state_dir: Path,
+        size_limit: int,
+        *,
+        network: str | None = None,
+        ca_bundle: Path | None = None,
+    ) -> None:
         super().__init__(state_dir, size_limit)
         self.client = client
         self.base_tag = base_tag
@@ -200,6 +211,7 @@ class DockerEnvironments(EnvironmentCache):
     def base_identity(self) -> str:
         if self._base_id is None:
             from .image import image_id
+
             self._base_id = image_id(self.client, self.base_tag)
         return self._base_id
 
@@ -211,6 +223,7 @@ class DockerEnvironments(EnvironmentCache):
 
     def exists(self, key: str) -> str | None:
         import docker.errors
+
         try:
             image = self.client.images.get(self.tag(key))
         except docker.errors.ImageNotFound:
@@ -219,6 +232,7 @@ class DockerEnvironments(EnvironmentCache):
 
     def build(self, key: str, requirements: bytes) -> tuple[str, int]:
         from .image import default_build_network, default_ca_bundle
+
         network = self.network if self.network is not None else default_build_network(self.client)
         ca_bundle = self.ca_bundle if self.ca_bundle is not None else default_ca_bundle()
         with tempfile.TemporaryDirectory(prefix="hivemind-req-") as tmp:
@@ -231,35 +245,60 @@ class DockerEnvironments(EnvironmentCache):
             # Mounts, not `volumes=`: the SDK would also declare those paths as image volumes,
             # and the commit below would carry the declarations into the environment image.
             mounts = [Mount("/hivemind/req", str(folder), type="bind", read_only=True)]
-            command = ["pip", "install", "--no-cache-dir", "--disable-pip-version-check", "--no-input",
-                       "--prefix", "/opt/hivemind/env", "-r", "/hivemind/req/requirements.txt"]
+            command = [
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--prefix",
+                "/opt/hivemind/env",
+                "-r",
+                "/hivemind/req/requirements.txt",
+            ]
             if ca_bundle and str(ca_bundle) != "none":
-                mounts.append(Mount("/hivemind/ca.pem", str(Path(ca_bundle).resolve()), type="bind",
-                                    read_only=True))
+                mounts.append(
+                    Mount("/hivemind/ca.pem", str(Path(ca_bundle).resolve()), type="bind", read_only=True)
+                )
                 command[2:2] = ["--cert", "/hivemind/ca.pem"]
             container = self.client.containers.create(
-                self.base_tag, command=command, user="1000:1000", network_mode=network,
-                mounts=mounts, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},  # noqa: S108 (in the container)
+                self.base_tag,
+                command=command,
+                user="1000:1000",
+                network_mode=network,
+                mounts=mounts,
+                tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},  # noqa: S108 (in the container)
                 cap_drop=["ALL"],
-                security_opt=["no-new-privileges"], pids_limit=1024,
-                labels={"org.hivemind.role": "env-build", "org.hivemind.env": key})
+                security_opt=["no-new-privileges"],
+                pids_limit=1024,
+                labels={"org.hivemind.role": "env-build", "org.hivemind.env": key},
+            )
             try:
                 container.start()
                 try:
                     status = container.wait(timeout=BUILD_TIMEOUT)
                 except Exception:
                     raise EnvironmentBuildError(
-                        f"installing requirements.txt took longer than {BUILD_TIMEOUT:.0f}s") from None
+                        f"installing requirements.txt took longer than {BUILD_TIMEOUT:.0f}s"
+                    ) from None
                 output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
                 if status.get("StatusCode") != 0:
                     raise EnvironmentBuildError(
                         f"installing requirements.txt failed (pip exit {status.get('StatusCode')}):\n"
-                        + _tail(output))
+                        + _tail(output)
+                    )
                 tag = self.tag(key)
                 repository, _, version = tag.partition(":")
-                container.commit(repository=repository, tag=version, changes=[
-                    'CMD ["python3"]', "USER 1000:1000", "WORKDIR /task",
-                    f"LABEL org.hivemind.role=env org.hivemind.env={key}"])
+                container.commit(
+                    repository=repository,
+                    tag=version,
+                    changes=[
+                        'CMD ["python3"]',
+                        "USER 1000:1000",
+                        "WORKDIR /task",
+                        f"LABEL org.hivemind.role=env org.hivemind.env={key}",
+                    ],
+                )
             finally:
                 container.remove(force=True)
         image = self.client.images.get(tag)
@@ -268,6 +307,7 @@ class DockerEnvironments(EnvironmentCache):
 
     def remove(self, key: str, ref: str) -> None:
         import docker.errors
+
         with contextlib.suppress(docker.errors.ImageNotFound):
             self.client.images.remove(ref or self.tag(key), noprune=False)
 
@@ -299,32 +339,52 @@ class LocalEnvironments(EnvironmentCache):
         folder = self._folder(key)
         shutil.rmtree(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(folder)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise EnvironmentBuildError(f"creating a venv failed:\n{_tail(result.stderr)}")
         python = folder / "bin" / "python"
         where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-        purelib = subprocess.run([str(python), "-c", where], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+        purelib = subprocess.run(
+            [str(python), "-c", where], capture_output=True, text=True, check=True
+        ).stdout.strip()
         Path(purelib, "_hivemind_worker_base.pth").write_text("\n".join(_site_packages()) + "\n")
         requirements_file = folder / "requirements.txt"
         requirements_file.write_bytes(requirements)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
         try:
             result = subprocess.run(
-                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-                 "-r", str(requirements_file)], capture_output=True, text=True, check=False,
-                timeout=BUILD_TIMEOUT, env=env)
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "-r",
+                    str(requirements_file),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=BUILD_TIMEOUT,
+                env=env,
+            )
         except subprocess.TimeoutExpired:
             shutil.rmtree(folder, ignore_errors=True)
             raise EnvironmentBuildError(
-                f"installing requirements.txt took longer than {BUILD_TIMEOUT:.0f}s") from None
+                f"installing requirements.txt took longer than {BUILD_TIMEOUT:.0f}s"
+            ) from None
         if result.returncode != 0:
             shutil.rmtree(folder, ignore_errors=True)
             raise EnvironmentBuildError(
                 f"installing requirements.txt failed (pip exit {result.returncode}):\n"
-                + _tail(result.stdout + result.stderr))
+                + _tail(result.stdout + result.stderr)
+            )
         (folder / ".complete").touch()
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
         return str(python), size

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hivemind_nodepool.errors import HiveMindError
+from hivemind_nodepool.protocol.errors import HiveMindError
 
 
 class WorkerError(HiveMindError):

@@ -16,17 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
 
 log = logging.getLogger(__name__)
 
 BATCH_INTERVAL = 0.1
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 500
-MAX_TEXT_CHARS = 200_000          # one text event; the pool takes up to 256 KiB
+MAX_TEXT_CHARS = 200_000  # one text event; the pool takes up to 256 KiB
 MAX_DATA_BYTES = 2 * 1024 * 1024  # one display output; a bigger one is replaced by a notice
-MERGE_LIMIT = 64 * 1024           # consecutive text of one stream merges up to this size
+MERGE_LIMIT = 64 * 1024  # consecutive text of one stream merges up to this size
 _TEXT_KINDS = (pb.TaskEvent.STDOUT, pb.TaskEvent.STDERR)
 
 
@@ -37,16 +37,22 @@ def _size(event: pb.TaskEvent) -> int:
 class EventStream:
     """Collects one attempt's events and delivers them, in order, exactly once."""
 
-    def __init__(self, client: PoolClient, task_id: str, attempt: int, max_bytes: int = 16 * 1024**2,
-                 on_fenced: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        client: PoolClient,
+        task_id: str,
+        attempt: int,
+        max_bytes: int = 16 * 1024**2,
+        on_fenced: Callable[[str], None] | None = None,
+    ) -> None:
         self.client = client
         self.task_id = task_id
         self.attempt = attempt
         self.max_bytes = max_bytes
         self.on_fenced = on_fenced
         self._lock = threading.Condition()
-        self._pending: list[pb.TaskEvent] = []   # not numbered yet
-        self._unacked: list[pb.TaskEvent] = []   # numbered, sent or not, not acknowledged
+        self._pending: list[pb.TaskEvent] = []  # not numbered yet
+        self._unacked: list[pb.TaskEvent] = []  # numbered, sent or not, not acknowledged
         self._next_seq = 1
         self.acked = 0
         self.used_bytes = 0
@@ -60,8 +66,13 @@ class EventStream:
 
     # -- producing ------------------------------------------------------------------------------
 
-    def add(self, kind: int, text: str = "", data: dict[str, Any] | None = None,
-            progress: tuple[int, int] | None = None) -> None:
+    def add(
+        self,
+        kind: int,
+        text: str = "",
+        data: dict[str, Any] | None = None,
+        progress: tuple[int, int] | None = None,
+    ) -> None:
         event = pb.TaskEvent(kind=kind, at=time.time(), text=text, attempt=self.attempt)  # type: ignore[arg-type]
         if data is not None:
             event.data_json = json.dumps(data, separators=(",", ":"), default=str)
@@ -85,8 +96,9 @@ class EventStream:
         elif len(event.data_json) > MAX_DATA_BYTES:
             self.dropped_bytes += size
             event.kind = pb.TaskEvent.NOTICE
-            event.text = (f"an output of {size / 1024**2:.1f} MiB was too big to stream; the "
-                          "executed notebook has it")
+            event.text = (
+                f"an output of {size / 1024**2:.1f} MiB was too big to stream; the executed notebook has it"
+            )
             event.data_json = ""
             size = _size(event)
         if self.truncated:
@@ -97,15 +109,20 @@ class EventStream:
             room = self.max_bytes - self.used_bytes
             if event.kind in _TEXT_KINDS and room > 0:  # keep what fits, up to a line end
                 cut = event.text.rfind("\n", 0, room) + 1 or room
-                self._pending.append(pb.TaskEvent(kind=event.kind, at=event.at, attempt=self.attempt,
-                                                  text=event.text[:cut]))
+                self._pending.append(
+                    pb.TaskEvent(kind=event.kind, at=event.at, attempt=self.attempt, text=event.text[:cut])
+                )
                 self.used_bytes += cut
                 size -= cut
             self.dropped_bytes += size
-            self._pending.append(pb.TaskEvent(
-                kind=pb.TaskEvent.NOTICE, at=time.time(), attempt=self.attempt,
-                text=f"output truncated: this task's live output passed {self.max_bytes / 1024**2:.0f} MiB, "
-                     "so further output is not streamed (the executed notebook still has it)"))
+            limit_mib = self.max_bytes / 1024**2
+            notice = (
+                f"output truncated: this task's live output passed {limit_mib:.0f} MiB, "
+                "so further output is not streamed (the executed notebook still has it)"
+            )
+            self._pending.append(
+                pb.TaskEvent(kind=pb.TaskEvent.NOTICE, at=time.time(), attempt=self.attempt, text=notice)
+            )
             return False
         self.used_bytes += size
         return True
@@ -117,8 +134,13 @@ class EventStream:
         merged: list[pb.TaskEvent] = []
         for event in self._pending:
             last = merged[-1] if merged else None
-            if (last is not None and event.kind in _TEXT_KINDS and last.kind == event.kind
-                    and len(last.text) + len(event.text) <= MERGE_LIMIT and last.attempt == event.attempt):
+            if (
+                last is not None
+                and event.kind in _TEXT_KINDS
+                and last.kind == event.kind
+                and len(last.text) + len(event.text) <= MERGE_LIMIT
+                and last.attempt == event.attempt
+            ):
                 last.text += event.text
                 continue
             merged.append(event)
@@ -144,8 +166,11 @@ class EventStream:
             with self._lock:
                 while not (self._pending or self._unacked or self._closing):
                     self._lock.wait()
-                if self.fenced or self._abandoned or (
-                        self._closing and not self._pending and not self._unacked):
+                if (
+                    self.fenced
+                    or self._abandoned
+                    or (self._closing and not self._pending and not self._unacked)
+                ):
                     return
                 self._number()
                 batch = self._batch()
@@ -153,7 +178,8 @@ class EventStream:
                 continue
             try:
                 acked = self.client.report_events(
-                    pb.EventBatch(task_id=self.task_id, attempt=self.attempt, events=batch))
+                    pb.EventBatch(task_id=self.task_id, attempt=self.attempt, events=batch)
+                )
                 backoff = 0.5
             except (Conflict, NotFound) as exc:
                 log.warning("events of %s attempt %d refused: %s", self.task_id, self.attempt, exc)
@@ -165,8 +191,9 @@ class EventStream:
                 return
             except HiveMindError as exc:
                 level = logging.DEBUG if isinstance(exc, PoolUnavailable) else logging.WARNING
-                log.log(level, "sending events of %s failed (%s); retrying in %.1fs",
-                        self.task_id, exc, backoff)
+                log.log(
+                    level, "sending events of %s failed (%s); retrying in %.1fs", self.task_id, exc, backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -192,9 +219,14 @@ class EventStream:
         """Deliver what is left (up to timeout), then stop the sender."""
         with self._lock:
             if self.truncated and self.dropped_bytes:
-                self._pending.append(pb.TaskEvent(
-                    kind=pb.TaskEvent.NOTICE, at=time.time(), attempt=self.attempt,
-                    text=f"{self.dropped_bytes / 1024**2:.1f} MiB of output was not streamed"))
+                self._pending.append(
+                    pb.TaskEvent(
+                        kind=pb.TaskEvent.NOTICE,
+                        at=time.time(),
+                        attempt=self.attempt,
+                        text=f"{self.dropped_bytes / 1024**2:.1f} MiB of output was not streamed",
+                    )
+                )
         delivered = self.flush(timeout)
         with self._lock:
             self._closing = True

@@ -67,9 +67,14 @@ def detect_gpus() -> tuple[list[GpuInfo], str]:
             name = pynvml.nvmlDeviceGetName(handle)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(GpuInfo(index=index, name=name.decode() if isinstance(name, bytes) else str(name),
-                                memory_bytes=int(memory.total),
-                                uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid)))
+            gpus.append(
+                GpuInfo(
+                    index=index,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_bytes=int(memory.total),
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                )
+            )
     except Exception as exc:
         return gpus, f"reading GPUs failed: {exc}"
     finally:
@@ -84,6 +89,7 @@ def check_docker() -> tuple[bool, bool, str]:
     """(engine answers, has the NVIDIA runtime, why not)."""
     try:
         import docker
+
         client = docker.from_env(timeout=5)
         try:
             client.ping()
@@ -104,10 +110,13 @@ def detect(state_dir: Path | None = None, with_docker: bool = True) -> Facts:
         cpu_cores=psutil.cpu_count(logical=True) or 1,
         memory_bytes=int(psutil.virtual_memory().total),
         disk_free_bytes=int(psutil.disk_usage(str(where)).free),
-        gpus=gpus, gpu_error=gpu_error, docker_ok=docker_ok, nvidia_runtime=nvidia_runtime,
+        gpus=gpus,
+        gpu_error=gpu_error,
+        docker_ok=docker_ok,
+        nvidia_runtime=nvidia_runtime,
         docker_error=docker_error,
         platform=f"{platform.system()} {platform.release()} {platform.machine()}; "
-                 f"Python {platform.python_version()}",
+        f"Python {platform.python_version()}",
     )
 
 
@@ -121,12 +130,21 @@ def capacity(facts: Facts, max_cpus: float = 0.0, max_memory: int = 0, max_gpus:
 
 def to_proto(facts: Facts, executor: str, labels: dict[str, str], capacity: pb.Resources) -> pb.MachineFacts:
     return pb.MachineFacts(
-        hostname=facts.hostname[:255], cpu_cores=facts.cpu_cores, memory_bytes=facts.memory_bytes,
+        hostname=facts.hostname[:255],
+        cpu_cores=facts.cpu_cores,
+        memory_bytes=facts.memory_bytes,
         disk_free_bytes=facts.disk_free_bytes,
-        gpus=[pb.Gpu(index=g.index, name=g.name[:200], memory_bytes=g.memory_bytes, uuid=g.uuid)
-              for g in facts.gpus],
-        docker_ok=facts.docker_ok, executors=[executor], labels=labels, version=facts.version,
-        capacity=capacity, platform=facts.platform[:200])
+        gpus=[
+            pb.Gpu(index=g.index, name=g.name[:200], memory_bytes=g.memory_bytes, uuid=g.uuid)
+            for g in facts.gpus
+        ],
+        docker_ok=facts.docker_ok,
+        executors=[executor],
+        labels=labels,
+        version=facts.version,
+        capacity=capacity,
+        platform=facts.platform[:200],
+    )
 
 
 def main() -> int:

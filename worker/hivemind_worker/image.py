@@ -46,12 +46,12 @@ def runtime_tag(version: str = __version__) -> str:
 @dataclass
 class BuildOptions:
     tag: str = ""
-    base_image: str = ""            # empty: the Dockerfile's default (python:3.12-slim)
-    bootstrap: bool = False         # make the base with debootstrap when it is missing
-    network: str | None = None      # the build steps' network mode; None: see default_build_network
-    ca_bundle: Path | None = None   # an extra CA bundle for pip; None: the host's (Path("none"): no)
-    if_missing: bool = False        # do nothing when the tag already exists
-    mirror: str | None = None       # debootstrap's mirror; None: debootstrap's default
+    base_image: str = ""  # empty: the Dockerfile's default (python:3.12-slim)
+    bootstrap: bool = False  # make the base with debootstrap when it is missing
+    network: str | None = None  # the build steps' network mode; None: see default_build_network
+    ca_bundle: Path | None = None  # an extra CA bundle for pip; None: the host's (Path("none"): no)
+    if_missing: bool = False  # do nothing when the tag already exists
+    mirror: str | None = None  # debootstrap's mirror; None: debootstrap's default
 
     def resolved_tag(self) -> str:
         return self.tag or runtime_tag()
@@ -66,7 +66,8 @@ def docker_client() -> docker.DockerClient:
     except docker.errors.DockerException as exc:
         raise WorkerError(
             f"the Docker engine does not answer ({exc}). Start Docker (scripts/start-docker.sh "
-            "on these machines) or run the worker with --executor local.") from None
+            "on these machines) or run the worker with --executor local."
+        ) from None
 
 
 def default_build_network(client: docker.DockerClient) -> str | None:
@@ -122,8 +123,9 @@ class _DebootstrapProgress:
 def _run_with_progress(command: list[str], on_line: Callable[[str], None]) -> tuple[int, list[str]]:
     """Run a command, passing each line of its output to on_line; (exit code, last lines)."""
     tail: list[str] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace") as process:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
         assert process.stdout is not None
         for raw in process.stdout:
             line = raw.rstrip()
@@ -156,8 +158,12 @@ def remove_build_stage(client: docker.DockerClient) -> list[str]:
     return removed
 
 
-def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror: str | None = None,
-                   say: Callable[[str], None] = print) -> str:
+def bootstrap_base(
+    client: docker.DockerClient,
+    tag: str = BOOTSTRAP_TAG,
+    mirror: str | None = None,
+    say: Callable[[str], None] = print,
+) -> str:
     """Build a minimal Debian with Python by debootstrap and import it into Docker as `tag`."""
     if os.geteuid() != 0:
         raise WorkerError("--bootstrap runs debootstrap, which needs root")
@@ -166,8 +172,13 @@ def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror
         raise WorkerError("--bootstrap needs debootstrap: apt-get install debootstrap")
     with tempfile.TemporaryDirectory(prefix="hivemind-rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
-        command = [debootstrap, "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES),
-                   BOOTSTRAP_SUITE, str(root)]
+        command = [
+            debootstrap,
+            "--variant=minbase",
+            "--include=" + ",".join(BOOTSTRAP_PACKAGES),
+            BOOTSTRAP_SUITE,
+            str(root),
+        ]
         if mirror:
             command.append(mirror)
         say(f"bootstrapping a {BOOTSTRAP_SUITE} base with debootstrap (about a minute)")
@@ -182,8 +193,9 @@ def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         assert tar.stdout is not None
         try:
-            client.api.import_image_from_stream(tar.stdout, repository=tag.partition(":")[0],
-                                                tag=tag.partition(":")[2] or "latest")
+            client.api.import_image_from_stream(
+                tar.stdout, repository=tag.partition(":")[0], tag=tag.partition(":")[2] or "latest"
+            )
         finally:
             tar.stdout.close()
             tar.wait()
@@ -192,8 +204,9 @@ def bootstrap_base(client: docker.DockerClient, tag: str = BOOTSTRAP_TAG, mirror
     return tag
 
 
-def build_runtime(options: BuildOptions, client: docker.DockerClient | None = None,
-                  say: Callable[[str], None] = print) -> str:
+def build_runtime(
+    options: BuildOptions, client: docker.DockerClient | None = None, say: Callable[[str], None] = print
+) -> str:
     """Build (or, with if_missing, find) the runtime image; returns its tag."""
     client = client or docker_client()
     tag = options.resolved_tag()
@@ -222,14 +235,23 @@ def build_runtime(options: BuildOptions, client: docker.DockerClient | None = No
             ca.write_bytes(b"")
         say(f"building {tag}" + (f" from {base}" if base else ""))
         network = options.network if options.network is not None else default_build_network(client)
-        stream = client.api.build(path=str(context), tag=tag, buildargs=build_args, rm=True,
-                                  forcerm=True, pull=False, network_mode=network, decode=True)
+        stream = client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs=build_args,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            network_mode=network,
+            decode=True,
+        )
         tail: list[str] = []
         try:
             for line in stream:
                 if "error" in line:
-                    raise WorkerError(f"building {tag} failed: {line['error'].strip()}\n"
-                                      + "".join(tail[-15:]))
+                    raise WorkerError(
+                        f"building {tag} failed: {line['error'].strip()}\n" + "".join(tail[-15:])
+                    )
                 text = line.get("stream", "")
                 if text:
                     tail.append(text)
@@ -262,4 +284,5 @@ def image_id(client: docker.DockerClient, tag: str) -> str:
     except docker.errors.ImageNotFound:
         raise WorkerError(
             f"the runtime image {tag} is missing: run `hivemind-worker image build` "
-            "(add --bootstrap where no registry is reachable)") from None
+            "(add --bootstrap where no registry is reachable)"
+        ) from None

@@ -22,7 +22,7 @@ from typing import Any
 
 import pathspec
 
-from hivemind_nodepool.bundle import PackedBundle, pack
+from hivemind_nodepool.protocol.bundle import PackedBundle, pack
 
 from .errors import WorkerError
 
@@ -67,8 +67,16 @@ def collect_outputs(task_dir: Path, patterns: Iterable[str]) -> list[tuple[str, 
     return found
 
 
-def build_result(destination: Path, task_dir: Path, out_dir: Path, *, entry_notebook: str,
-                 patterns: Iterable[str], meta: dict[str, Any], max_bytes: int) -> PackedBundle:
+def build_result(
+    destination: Path,
+    task_dir: Path,
+    out_dir: Path,
+    *,
+    entry_notebook: str,
+    patterns: Iterable[str],
+    meta: dict[str, Any],
+    max_bytes: int,
+) -> PackedBundle:
     """Write the result ZIP; raises WorkerError when it would pass max_bytes."""
     extra: dict[str, bytes] = {}
     notebook = read_regular(out_dir / "executed.ipynb", max_bytes)
@@ -77,14 +85,19 @@ def build_result(destination: Path, task_dir: Path, out_dir: Path, *, entry_note
     variables = read_regular(out_dir / "variables.json", max_bytes)
     if variables is not None:
         extra[VARIABLES] = variables
-    files = [(name, path) for name, path in collect_outputs(task_dir, patterns)
-             if name != entry_notebook and not name.startswith(".hivemind/")]
+    files = [
+        (name, path)
+        for name, path in collect_outputs(task_dir, patterns)
+        if name != entry_notebook and not name.startswith(".hivemind/")
+    ]
     meta = dict(meta, entry_notebook=entry_notebook, files=sorted([n for n, _ in files] + list(extra)))
     extra[RESULT_META] = json.dumps(meta, indent=1).encode()
     sizes = sorted(((path.stat().st_size, name) for name, path in files), reverse=True)
     total = sum(size for size, _ in sizes) + sum(len(data) for data in extra.values())
     if total > max_bytes:
         biggest = ", ".join(f"{name} ({size / 1024**2:.1f} MiB)" for size, name in sizes[:5])
-        raise WorkerError(f"the result is too big to return: {total / 1024**2:.1f} MiB, over the "
-                          f"{max_bytes / 1024**2:.0f} MiB limit (biggest files: {biggest or 'none'})")
+        raise WorkerError(
+            f"the result is too big to return: {total / 1024**2:.1f} MiB, over the "
+            f"{max_bytes / 1024**2:.0f} MiB limit (biggest files: {biggest or 'none'})"
+        )
     return pack(destination, files, extra)

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import credentials
-from ..errors import HiveMindError, InvalidInput
-from ..proto import nodepool_pb2 as pb
-from ..units import format_duration, format_size, parse_duration
+from hivemind_nodepool.client import credentials
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
+from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 class Local:
     def __init__(self, data_dir: Path) -> None:
-        from ..store import Store
+        from hivemind_nodepool.pool.store import Store
 
         if not (data_dir / "pool.db").exists():
             raise InvalidInput(
@@ -142,8 +142,8 @@ class Local:
         self.store = Store(data_dir)
 
     def add_user(self, name: str, password: str, admin: bool) -> pb.User:
-        from .. import auth, views
-        from ..errors import AlreadyExists
+        from hivemind_nodepool.pool import auth, views
+        from hivemind_nodepool.protocol.errors import AlreadyExists
 
         auth.check_user_name(name)
         if self.store.get_user(name) is not None:
@@ -151,13 +151,13 @@ class Local:
         return views.user(self.store.add_user(name, auth.hash_password(password), admin))
 
     def list_users(self) -> list[pb.User]:
-        from .. import views
+        from hivemind_nodepool.pool import views
 
         return [views.user(r) for r in self.store.list_users()]
 
     def disable_user(self, name: str) -> pb.User:
-        from .. import views
-        from ..errors import NotFound
+        from hivemind_nodepool.pool import views
+        from hivemind_nodepool.protocol.errors import NotFound
 
         if self.store.get_user(name) is None:
             raise NotFound(f"no user {name!r}")
@@ -167,18 +167,18 @@ class Local:
         return views.user(row)
 
     def create_join_token(self, ttl: float) -> pb.JoinToken:
-        from ..service import create_join_token
+        from hivemind_nodepool.pool.service import create_join_token
 
         return create_join_token(self.store, "(local admin)", ttl)
 
     def list_join_tokens(self) -> list[pb.JoinToken]:
-        from .. import views
+        from hivemind_nodepool.pool import views
 
         return [views.join_token(r) for r in self.store.list_join_tokens()]
 
     def revoke_join_token(self, token_id: str) -> pb.JoinToken:
-        from .. import views
-        from ..errors import NotFound
+        from hivemind_nodepool.pool import views
+        from hivemind_nodepool.protocol.errors import NotFound
 
         if self.store.get_join_token(token_id) is None:
             raise NotFound(f"no join token {token_id!r}")
@@ -202,7 +202,7 @@ class Local:
 
 class Remote:
     def __init__(self, args: argparse.Namespace) -> None:
-        from ..client import PoolClient
+        from hivemind_nodepool.client.pool_client import PoolClient
 
         token = args.token
         ca = args.ca
@@ -274,7 +274,7 @@ def _backend(args: argparse.Namespace) -> Local | Remote:
         if args.data_dir:
             raise InvalidInput("give --data-dir or --pool, not both")
         return Remote(args)
-    from ..config import default_data_dir
+    from hivemind_nodepool.pool.config import default_data_dir
 
     return Local(args.data_dir or default_data_dir())
 
@@ -302,8 +302,8 @@ def _when(ts: float) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..server import serve
+    from hivemind_nodepool.pool.config import load_settings
+    from hivemind_nodepool.pool.server import serve
 
     overrides = {
         "listen": args.listen,
@@ -393,8 +393,8 @@ def cmd_join_token(args: argparse.Namespace) -> int:
 
 
 def cmd_tls(args: argparse.Namespace) -> int:
-    from ..config import default_data_dir
-    from ..tls import default_hosts, init
+    from hivemind_nodepool.pool.config import default_data_dir
+    from hivemind_nodepool.pool.tls import default_hosts, init
 
     directory = args.dir or (args.data_dir or default_data_dir()) / "tls"
     files = init(directory, args.host or default_hosts(), days=args.days, force=args.force)

@@ -9,13 +9,21 @@ from typing import TextIO
 
 from google.protobuf import json_format
 
-from ..client import state_name
-from ..proto import nodepool_pb2 as pb
-from ..units import format_duration, format_size
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.states import state_name
+from hivemind_nodepool.protocol.units import format_duration, format_size
 
 STATE_MARKS = {
-    "QUEUED": "…", "ASSIGNED": "→", "PREPARING": "⚙", "RUNNING": "▶", "UPLOADING": "⇧",
-    "SUCCEEDED": "✔", "FAILED": "✘", "CANCELLED": "■", "TIMED_OUT": "⌛", "LOST": "?",
+    "QUEUED": "…",
+    "ASSIGNED": "→",
+    "PREPARING": "⚙",
+    "RUNNING": "▶",
+    "UPLOADING": "⇧",
+    "SUCCEEDED": "✔",
+    "FAILED": "✘",
+    "CANCELLED": "■",
+    "TIMED_OUT": "⌛",
+    "LOST": "?",
 }
 
 
@@ -31,16 +39,19 @@ def task_line(task: pb.Task) -> str:
     if resources.gpus:
         want += f", {resources.gpus} gpu"
     where = task.worker_name or task.pending_reason or ""
-    return (f"{task.id:<14} {STATE_MARKS.get(state, ' ')} {state:<10} {task.manifest.name[:28]:<28} "
-            f"{format_duration(elapsed):>8}  {want:<24} {where}")
+    return (
+        f"{task.id:<14} {STATE_MARKS.get(state, ' ')} {state:<10} {task.manifest.name[:28]:<28} "
+        f"{format_duration(elapsed):>8}  {want:<24} {where}"
+    )
 
 
 def print_tasks(tasks: list[pb.Task], out: TextIO = sys.stdout) -> None:
     if not tasks:
         print("no tasks yet: submit one with `hivemind submit NOTEBOOK`", file=out)
         return
-    print(f"{'ID':<14}   {'STATE':<10} {'NAME':<28} {'ELAPSED':>8}  {'RESOURCES':<24} WORKER / REASON",
-          file=out)
+    print(
+        f"{'ID':<14}   {'STATE':<10} {'NAME':<28} {'ELAPSED':>8}  {'RESOURCES':<24} WORKER / REASON", file=out
+    )
     for task in tasks:
         print(task_line(task), file=out)
 
@@ -92,16 +103,22 @@ def _display_text(data_json: str) -> str:
 
 def print_workers(workers: list[pb.Worker], out: TextIO = sys.stdout) -> None:
     if not workers:
-        print("no workers have joined: start one with `hivemind-worker run --pool ... --join-token ...`",
-              file=out)
+        print(
+            "no workers have joined: start one with `hivemind-worker run --pool ... --join-token ...`",
+            file=out,
+        )
         return
-    print(f"{'NAME':<20} {'STATE':<9} {'CPU free/total':>15} {'MEMORY free/total':>22} {'GPU':>7}  TASKS",
-          file=out)
+    print(
+        f"{'NAME':<20} {'STATE':<9} {'CPU free/total':>15} {'MEMORY free/total':>22} {'GPU':>7}  TASKS",
+        file=out,
+    )
     for worker in workers:
         cap, used = worker.capacity, worker.allocated
         state = pb.WorkerState.Name(worker.state).removeprefix("WORKER_")
         cpu = f"{cap.cpus - used.cpus:g}/{cap.cpus:g}"
         mem = f"{format_size(cap.memory_bytes - used.memory_bytes)}/{format_size(cap.memory_bytes)}"
         gpu = f"{cap.gpus - used.gpus}/{cap.gpus}"
-        print(f"{worker.name[:20]:<20} {state:<9} {cpu:>15} {mem:>22} {gpu:>7}  "
-              f"{len(worker.running_task_ids)}", file=out)
+        print(
+            f"{worker.name[:20]:<20} {state:<9} {cpu:>15} {mem:>22} {gpu:>7}  {len(worker.running_task_ids)}",
+            file=out,
+        )

@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import credentials
-from ..client import PoolClient
-from ..errors import HiveMindError, PoolUnavailable
-from ..proto import nodepool_pb2 as pb
+from hivemind_nodepool.client import credentials
+from hivemind_nodepool.client.pool_client import PoolClient
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import HiveMindError, PoolUnavailable
 
 
 def _say(message: str) -> None:
@@ -36,15 +36,14 @@ def _tool(name: str) -> str:
 
 
 def docker_ready() -> bool:
-    """True when a Docker engine answers and the runtime image is there."""
+    """True when a Docker engine answers and the runtime image is there (the worker's own check)."""
     try:
-        from hivemind_worker.image import runtime_image_exists
-    except ImportError:
+        checked = subprocess.run(
+            [_tool("hivemind-worker"), "image", "check"], capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    try:
-        return bool(runtime_image_exists())
-    except Exception:
-        return False
+    return checked.returncode == 0
 
 
 def _wait_for_file(path: Path, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
@@ -65,9 +64,21 @@ def _local_admin(data_dir: Path, pool_dir: Path) -> tuple[str, str]:
         return saved["name"], saved["password"]
     name = os.environ.get("USER") or "me"
     password = secrets.token_urlsafe(18)
-    subprocess.run([_tool("hivemind-nodepool"), "user", "add", name, "--admin", "--password-stdin",
-                    "--data-dir", str(pool_dir)], input=password.encode(), check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            _tool("hivemind-nodepool"),
+            "user",
+            "add",
+            name,
+            "--admin",
+            "--password-stdin",
+            "--data-dir",
+            str(pool_dir),
+        ],
+        input=password.encode(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump({"name": name, "password": password}, handle)
@@ -107,8 +118,9 @@ def run_notebook(path: Path, output_dir: Path) -> int:
     from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(path, as_version=4)
-    runner = NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    runner = NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     status = 0
     try:
         runner.execute()
@@ -143,14 +155,26 @@ def run_up(args: argparse.Namespace) -> int:
     if executor == "auto":
         executor = "docker" if docker_ready() else "local"
         if executor == "local":
-            _say("no Docker engine with the runtime image answers, so the worker uses the LOCAL "
-                 "executor: tasks run as your user, NOT isolated. (scripts/start-docker.sh and "
-                 "`hivemind-worker image build --bootstrap` give you the Docker sandbox.)")
+            _say(
+                "no Docker engine with the runtime image answers, so the worker uses the LOCAL "
+                "executor: tasks run as your user, NOT isolated. (scripts/start-docker.sh and "
+                "`hivemind-worker image build --bootstrap` give you the Docker sandbox.)"
+            )
     with _processes() as started:
         (pool_dir / "pool.json").unlink(missing_ok=True)
         _say(f"starting the pool (data in {pool_dir})")
-        started.append(subprocess.Popen([_tool("hivemind-nodepool"), "serve", "--listen",
-                                         f"127.0.0.1:{args.port}", "--data-dir", str(pool_dir)]))
+        started.append(
+            subprocess.Popen(
+                [
+                    _tool("hivemind-nodepool"),
+                    "serve",
+                    "--listen",
+                    f"127.0.0.1:{args.port}",
+                    "--data-dir",
+                    str(pool_dir),
+                ]
+            )
+        )
         _wait_for_file(pool_dir / "pool.json", started[-1], "the pool")
         address = json.loads((pool_dir / "pool.json").read_text())["address"]
         _say(f"the pool listens on {address}")
@@ -161,18 +185,34 @@ def run_up(args: argparse.Namespace) -> int:
             login = client.login(name, password)
         except PoolUnavailable:
             raise
-        credentials.save(credentials.Credential(pool=address, user=name, token=login.token,
-                                                expires_at=login.expires_at))
+        credentials.save(
+            credentials.Credential(pool=address, user=name, token=login.token, expires_at=login.expires_at)
+        )
         _say(f"signed in as {name} (credential in {credentials.config_dir()})")
         token = client.create_join_token(ttl_seconds=3600).token
         _say(f"starting a worker with the {executor} executor")
-        started.append(subprocess.Popen([_tool("hivemind-worker"), "run", "--pool", address,
-                                         "--join-token", token, "--executor", executor,
-                                         "--state-dir", str(worker_dir)]))
+        started.append(
+            subprocess.Popen(
+                [
+                    _tool("hivemind-worker"),
+                    "run",
+                    "--pool",
+                    address,
+                    "--join-token",
+                    token,
+                    "--executor",
+                    executor,
+                    "--state-dir",
+                    str(worker_dir),
+                ]
+            )
+        )
         worker = _wait_for_worker(client)
         cap = worker.capacity
-        _say(f"worker {worker.name} is online: {cap.cpus:g} CPUs, "
-             f"{cap.memory_bytes / 1024**3:.1f} GiB, {cap.gpus} GPUs")
+        _say(
+            f"worker {worker.name} is online: {cap.cpus:g} CPUs, "
+            f"{cap.memory_bytes / 1024**3:.1f} GiB, {cap.gpus} GPUs"
+        )
         if args.run:
             return run_notebook(Path(args.run), data_dir)
         if args.no_lab:

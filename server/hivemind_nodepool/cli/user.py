@@ -11,14 +11,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .. import credentials
-from ..bundle import safe_extract
-from ..client import PoolClient, state_name
-from ..errors import HiveMindError, InvalidInput
-from ..proto import nodepool_pb2 as pb
-from ..submission import TaskRequest, package_path, parse_assignment, parse_labels
-from ..units import format_size
-from .output import as_dict, print_event, print_task, print_tasks, print_workers
+from hivemind_nodepool.cli.output import as_dict, print_event, print_task, print_tasks, print_workers
+from hivemind_nodepool.client import credentials
+from hivemind_nodepool.client.pool_client import PoolClient
+from hivemind_nodepool.client.submission import TaskRequest, package_path, parse_assignment, parse_labels
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import safe_extract
+from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
+from hivemind_nodepool.protocol.states import state_name
+from hivemind_nodepool.protocol.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,23 @@ def _client() -> PoolClient:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
-        f"Password for {args.user} at {args.pool}: ")
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if args.password_stdin
+        else getpass.getpass(f"Password for {args.user} at {args.pool}: ")
+    )
     with PoolClient(args.pool, ca_file=args.ca, insecure=args.insecure) as client:
         answer = client.login(args.user, password)
-    path = credentials.save(credentials.Credential(
-        pool=args.pool, user=answer.user.name, token=answer.token, expires_at=answer.expires_at,
-        ca_file=str(Path(args.ca).resolve()) if args.ca else None, insecure=args.insecure))
+    path = credentials.save(
+        credentials.Credential(
+            pool=args.pool,
+            user=answer.user.name,
+            token=answer.token,
+            expires_at=answer.expires_at,
+            ca_file=str(Path(args.ca).resolve()) if args.ca else None,
+            insecure=args.insecure,
+        )
+    )
     role = " (admin)" if answer.user.admin else ""
     print(f"signed in to {args.pool} as {answer.user.name}{role}; credential saved in {path}")
     return 0
@@ -64,10 +75,15 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace) -> TaskRequest:
     return TaskRequest(
-        cpus=args.cpus, memory=args.memory, gpus=args.gpus,
+        cpus=args.cpus,
+        memory=args.memory,
+        gpus=args.gpus,
         parameters=dict(parse_assignment(item) for item in args.parameter or []),
-        timeout=args.timeout, max_retries=args.retries, name=args.name or "",
-        labels=parse_labels(args.label), priority=args.priority,
+        timeout=args.timeout,
+        max_retries=args.retries,
+        name=args.name or "",
+        labels=parse_labels(args.label),
+        priority=args.priority,
     )
 
 
@@ -81,8 +97,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     request = _request(args)
     with tempfile.TemporaryDirectory(prefix="hivemind-submit-") as workdir:
         manifest, packed = package_path(args.path, request, entry=args.entry, workdir=workdir)
-        print(f"packaged {packed.files} files ({format_size(packed.unpacked_bytes)}, "
-              f"{format_size(packed.packed_bytes)} zipped)", file=sys.stderr)
+        print(
+            f"packaged {packed.files} files ({format_size(packed.unpacked_bytes)}, "
+            f"{format_size(packed.packed_bytes)} zipped)",
+            file=sys.stderr,
+        )
         with _client() as client:
             task = client.submit(manifest, packed.path, on_progress=_upload_progress(packed.packed_bytes))
             print(task.id)
@@ -173,14 +192,15 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .up import run_up
+    from hivemind_nodepool.cli.up import run_up
 
     return run_up(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hivemind", description="Use a HiveMind pool: sign in, submit notebooks, follow and fetch them.")
+        prog="hivemind", description="Use a HiveMind pool: sign in, submit notebooks, follow and fetch them."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -207,16 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cpus", type=float, default=1.0, help="CPU cores (default 1)")
     sub.add_argument("--memory", default="2G", help="memory, e.g. 512M or 8G (default 2G)")
     sub.add_argument("--gpus", type=int, default=0, help="GPUs (default 0)")
-    sub.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE",
-                     help="a papermill parameter; VALUE is JSON or a string (repeatable)")
-    sub.add_argument("--label", action="append", metavar="KEY=VALUE",
-                     help="only run on workers carrying this label (repeatable)")
+    sub.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a papermill parameter; VALUE is JSON or a string (repeatable)",
+    )
+    sub.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="only run on workers carrying this label (repeatable)",
+    )
     sub.add_argument("--timeout", help="stop the task after this long, e.g. 30m or 2h")
     sub.add_argument("--retries", type=int, default=-1, help="retries after a lost worker (default: pool's)")
     sub.add_argument("--priority", type=int, default=0, help="higher runs first among your own tasks")
     sub.add_argument("--name", help="a name to show (default: the notebook's)")
-    sub.add_argument("--wait", action="store_true",
-                     help="follow the task's output; exit 0 only if it SUCCEEDED")
+    sub.add_argument(
+        "--wait", action="store_true", help="follow the task's output; exit 0 only if it SUCCEEDED"
+    )
 
     sub = add("tasks", cmd_tasks, "list your tasks, newest first")
     sub.add_argument("--state", action="append", help="only tasks in this state (repeatable)")
@@ -247,20 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("up", cmd_up, "start a pool, a worker and JupyterLab on this machine, for a first try")
     sub.add_argument("--data-dir", default=".hivemind", help="where the local pool keeps its state")
     sub.add_argument("--port", type=int, default=50051, help="the local pool's port (0: any free one)")
-    sub.add_argument("--executor", choices=["auto", "docker", "local"], default="auto",
-                     help="how the local worker runs tasks (auto: Docker when the engine answers)")
+    sub.add_argument(
+        "--executor",
+        choices=["auto", "docker", "local"],
+        default="auto",
+        help="how the local worker runs tasks (auto: Docker when the engine answers)",
+    )
     sub.add_argument("--no-lab", action="store_true", help="do not start JupyterLab")
-    sub.add_argument("--run", metavar="NOTEBOOK",
-                     help="execute this notebook headlessly against the local pool, print what came "
-                          "back, and stop everything")
+    sub.add_argument(
+        "--run",
+        metavar="NOTEBOOK",
+        help="execute this notebook headlessly against the local pool, print what came "
+        "back, and stop everything",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.handler(args))
     except HiveMindError as exc:

@@ -22,27 +22,27 @@ RunnerEvent = dict[str, Any]
 EventSink = Callable[[RunnerEvent], None]
 
 # How a run ended, as the executor saw it (the attempt maps these to task states).
-OK = "ok"                    # the notebook ran to the end
-NOTEBOOK_ERROR = "error"     # a cell raised; traceback attached
+OK = "ok"  # the notebook ran to the end
+NOTEBOOK_ERROR = "error"  # a cell raised; traceback attached
 KERNEL_DIED = "kernel_died"
 OUT_OF_MEMORY = "oom"
-DIED = "died"                # the container or process ended without reporting an end
+DIED = "died"  # the container or process ended without reporting an end
 RUNNER_ERROR = "runner_error"
 TIMED_OUT = "timed_out"
-STOPPED = "stopped"          # cancelled or handed back: Stopper.kind says which
+STOPPED = "stopped"  # cancelled or handed back: Stopper.kind says which
 
 
 @dataclass
 class RunSpec:
     """Everything one run needs. Paths are on the host."""
 
-    name: str                   # unique per attempt, e.g. hivemind-<task>-<attempt>
-    task_dir: Path              # the unpacked bundle; the notebook's working folder
-    out_dir: Path               # where the runner writes executed.ipynb and variables.json
-    notebook: str               # relative to task_dir
+    name: str  # unique per attempt, e.g. hivemind-<task>-<attempt>
+    task_dir: Path  # the unpacked bundle; the notebook's working folder
+    out_dir: Path  # where the runner writes executed.ipynb and variables.json
+    notebook: str  # relative to task_dir
     parameters: dict[str, Any]
     pull_variables: list[str]
-    environment: str            # an image tag (docker) or a Python interpreter (local)
+    environment: str  # an image tag (docker) or a Python interpreter (local)
     cpus: float = 0.0
     memory_bytes: int = 0
     gpus: int = 0
@@ -119,21 +119,31 @@ class LineParser:
 def outcome_from_end(end: RunnerEvent | None, exit_code: int | None) -> RunOutcome:
     """The outcome a runner reported, or DIED when it reported none."""
     if end is None:
-        return RunOutcome(DIED, error=f"the task's process ended without a result (exit code {exit_code})",
-                          exit_code=exit_code)
+        return RunOutcome(
+            DIED,
+            error=f"the task's process ended without a result (exit code {exit_code})",
+            exit_code=exit_code,
+        )
     metrics = end.get("metrics") or {}
     return RunOutcome(
-        status=str(end.get("status", RUNNER_ERROR)), error=str(end.get("error") or ""),
-        traceback=str(end.get("traceback") or ""), exit_code=exit_code,
+        status=str(end.get("status", RUNNER_ERROR)),
+        error=str(end.get("error") or ""),
+        traceback=str(end.get("traceback") or ""),
+        exit_code=exit_code,
         cpu_seconds=float(metrics.get("cpu_seconds") or 0.0),
-        peak_memory_bytes=int(metrics.get("peak_memory_bytes") or 0))
+        peak_memory_bytes=int(metrics.get("peak_memory_bytes") or 0),
+    )
 
 
 def write_request(spec: RunSpec, task_dir_inside: str, out_dir_inside: str) -> Path:
     """The runner's request file, in the output folder; returns its host path."""
     request = {
-        "notebook": spec.notebook, "cwd": task_dir_inside, "out_dir": out_dir_inside,
-        "parameters": spec.parameters, "pull_variables": spec.pull_variables, "kernel": "python3",
+        "notebook": spec.notebook,
+        "cwd": task_dir_inside,
+        "out_dir": out_dir_inside,
+        "parameters": spec.parameters,
+        "pull_variables": spec.pull_variables,
+        "kernel": "python3",
     }
     path = spec.out_dir / "request.json"
     path.write_text(json.dumps(request))

@@ -43,7 +43,7 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-CONTAINER_USER = (1000, 1000)   # the runtime image's non-root user
+CONTAINER_USER = (1000, 1000)  # the runtime image's non-root user
 TASK_DIR = "/task"
 OUT_DIR = "/hivemind/out"
 RUNNER_PATH = "/hivemind/runner.py"
@@ -62,10 +62,21 @@ class DockerExecutor(Executor):
     name = "docker"
     isolated = True
 
-    def __init__(self, client: docker.DockerClient, image: str, state_dir: Path, *, worker_id: str = "",
-                 pids_limit: int = 512, tmpfs_size: int = 1024**3, default_memory: int = 2 * 1024**3,
-                 env_cache_size: int = 20 * 1024**3, build_network: str | None = None,
-                 build_ca_bundle: Path | None = None, task_network: str = "bridge") -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        image: str,
+        state_dir: Path,
+        *,
+        worker_id: str = "",
+        pids_limit: int = 512,
+        tmpfs_size: int = 1024**3,
+        default_memory: int = 2 * 1024**3,
+        env_cache_size: int = 20 * 1024**3,
+        build_network: str | None = None,
+        build_ca_bundle: Path | None = None,
+        task_network: str = "bridge",
+    ) -> None:
         self.client = client
         self.task_network = task_network
         self.image = image
@@ -75,11 +86,17 @@ class DockerExecutor(Executor):
         self.default_memory = default_memory
         self.gpu_runtime = nvidia_runtime_available(client)
         self.environments = DockerEnvironments(
-            client, image, state_dir / "environments", env_cache_size, network=build_network,
-            ca_bundle=build_ca_bundle)
+            client,
+            image,
+            state_dir / "environments",
+            env_cache_size,
+            network=build_network,
+            ca_bundle=build_ca_bundle,
+        )
 
-    def environment_for(self, requirements: bytes | None,
-                        on_notice: Callable[[str], None]) -> AbstractContextManager[str]:
+    def environment_for(
+        self, requirements: bytes | None, on_notice: Callable[[str], None]
+    ) -> AbstractContextManager[str]:
         return self.environments.use(requirements, on_notice)
 
     def check_network(self) -> None:
@@ -96,7 +113,8 @@ class DockerExecutor(Executor):
                 f"for tasks (no Docker network named {name!r}; engines started with --bridge=none "
                 "have none). To fix it, the worker's admin creates one, `docker network create "
                 "hivemind-tasks`, and starts the worker with --task-network hivemind-tasks (or runs "
-                "dockerd with its default bridge). Tasks never fall back to the host's network.")
+                "dockerd with its default bridge). Tasks never fall back to the host's network."
+            )
 
     def prepare_dirs(self, spec: RunSpec) -> None:
         """The container's user must write the task and output folders. Running as root we hand
@@ -130,8 +148,8 @@ class DockerExecutor(Executor):
             "security_opt": ["no-new-privileges"],
             "pids_limit": self.pids_limit,
             "mem_limit": memory,
-            "memswap_limit": memory,       # no swap: a memory hog stops at its limit
-            "init": True,                  # reaps the kernel's zombies
+            "memswap_limit": memory,  # no swap: a memory hog stops at its limit
+            "init": True,  # reaps the kernel's zombies
             "ipc_mode": "private",
             "mounts": [
                 Mount(TASK_DIR, str(spec.task_dir), type="bind"),
@@ -152,15 +170,20 @@ class DockerExecutor(Executor):
         self.prepare_dirs(spec)
         self._remove(spec.name)  # a leftover of an earlier try of the same attempt
         container = self.client.containers.create(
-            spec.environment, command=["python3", RUNNER_PATH, f"{OUT_DIR}/request.json"],
-            detach=True, **self.container_options(spec))
+            spec.environment,
+            command=["python3", RUNNER_PATH, f"{OUT_DIR}/request.json"],
+            detach=True,
+            **self.container_options(spec),
+        )
         parser = LineParser(on_event)
         stderr_tail: list[str] = []
         try:
-            stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True,
-                                            logs=True, demux=True)
-            reader = threading.Thread(target=self._read, args=(stream, parser, stderr_tail),
-                                      name=f"read-{spec.name}", daemon=True)
+            stream = self.client.api.attach(
+                container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+            )
+            reader = threading.Thread(
+                target=self._read, args=(stream, parser, stderr_tail), name=f"read-{spec.name}", daemon=True
+            )
             container.start()
             reader.start()
             deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
@@ -175,8 +198,10 @@ class DockerExecutor(Executor):
             if stop_kind:
                 self._stop(container, reader)
                 if stop_kind == TIMED_OUT:
-                    return RunOutcome(TIMED_OUT, error=f"the task ran longer than its timeout "
-                                      f"({spec.timeout:.0f}s) and was stopped")
+                    return RunOutcome(
+                        TIMED_OUT,
+                        error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) and was stopped",
+                    )
                 return RunOutcome(STOPPED, error=stopper.reason)
             reader.join()
             result = container.wait(timeout=30)
@@ -196,8 +221,9 @@ class DockerExecutor(Executor):
             self._remove(spec.name)
 
     @staticmethod
-    def _read(stream: Iterator[tuple[bytes | None, bytes | None]], parser: LineParser,
-              stderr_tail: list[str]) -> None:
+    def _read(
+        stream: Iterator[tuple[bytes | None, bytes | None]], parser: LineParser, stderr_tail: list[str]
+    ) -> None:
         try:
             for out, err in stream:
                 if out:
@@ -237,7 +263,8 @@ class DockerExecutor(Executor):
 
     def running_names(self) -> list[str]:
         containers = self.client.containers.list(
-            all=True, filters={"label": [f"{ROLE_LABEL}=task", f"org.hivemind.worker={self.worker_id}"]})
+            all=True, filters={"label": [f"{ROLE_LABEL}=task", f"org.hivemind.worker={self.worker_id}"]}
+        )
         return [c.name for c in containers]
 
     def reap_leftovers(self, keep: set[str]) -> list[str]:

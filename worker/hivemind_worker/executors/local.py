@@ -39,8 +39,10 @@ from .base import (
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
-WARNING = ("the local executor does not isolate tasks: they run as this worker's user, with its "
-           "files and network. Use --executor docker where Docker is available.")
+WARNING = (
+    "the local executor does not isolate tasks: they run as this worker's user, with its "
+    "files and network. Use --executor docker where Docker is available."
+)
 
 
 def _tree(process: psutil.Process) -> list[psutil.Process]:
@@ -81,8 +83,9 @@ class LocalExecutor(Executor):
         self.environments = LocalEnvironments(state_dir / "venvs", env_cache_size)
         log.warning(WARNING)
 
-    def environment_for(self, requirements: bytes | None,
-                        on_notice: Callable[[str], None]) -> AbstractContextManager[str]:
+    def environment_for(
+        self, requirements: bytes | None, on_notice: Callable[[str], None]
+    ) -> AbstractContextManager[str]:
         return self.environments.use(requirements, on_notice)
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
@@ -92,16 +95,22 @@ class LocalExecutor(Executor):
         if spec.gpus <= 0:
             env["CUDA_VISIBLE_DEVICES"] = ""
         process = subprocess.Popen(
-            [spec.environment, str(RUNNER), str(spec.out_dir / "request.json")], cwd=spec.task_dir,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            start_new_session=True)
+            [spec.environment, str(RUNNER), str(spec.out_dir / "request.json")],
+            cwd=spec.task_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         assert process.stdout is not None and process.stderr is not None
         parser = LineParser(on_event)
         stderr_tail: list[str] = []
         readers = [
             threading.Thread(target=self._pump, args=(process.stdout, parser.feed), daemon=True),
-            threading.Thread(target=self._pump, args=(process.stderr, lambda b: self._keep(stderr_tail, b)),
-                             daemon=True),
+            threading.Thread(
+                target=self._pump, args=(process.stderr, lambda b: self._keep(stderr_tail, b)), daemon=True
+            ),
         ]
         for reader in readers:
             reader.start()
@@ -145,11 +154,15 @@ class LocalExecutor(Executor):
         if stop == STOPPED:
             return RunOutcome(STOPPED, error=stopper.reason)
         if stop == TIMED_OUT:
-            return RunOutcome(TIMED_OUT, error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) "
-                              "and was stopped")
+            return RunOutcome(
+                TIMED_OUT, error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) and was stopped"
+            )
         if stop == OUT_OF_MEMORY:
-            return RunOutcome(OUT_OF_MEMORY, peak_memory_bytes=peak, error=(
-                f"out of memory: the task used more than its limit ({spec.memory_bytes} bytes)"))
+            return RunOutcome(
+                OUT_OF_MEMORY,
+                peak_memory_bytes=peak,
+                error=(f"out of memory: the task used more than its limit ({spec.memory_bytes} bytes)"),
+            )
         outcome = outcome_from_end(parser.end, process.returncode)
         outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, peak)
         if parser.end is None and stderr_tail:

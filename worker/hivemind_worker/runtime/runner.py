@@ -108,8 +108,11 @@ class NotebookSaver:
         import nbformat
 
         began = time.monotonic()
-        self.nb.metadata["hivemind"] = {"cells_done": self.done, "cells_total": self.total,
-                                        "finished": finished}
+        self.nb.metadata["hivemind"] = {
+            "cells_done": self.done,
+            "cells_total": self.total,
+            "finished": finished,
+        }
         partial = self.path + suffix
         with open(partial, "w", encoding="utf-8") as handle:
             nbformat.write(self.nb, handle)
@@ -155,12 +158,16 @@ def _metrics(started: float) -> dict[str, float]:
             break
         except (OSError, ValueError):
             continue
-    return {"cpu_seconds": round(cpu, 3), "peak_memory_bytes": int(peak),
-            "runner_seconds": round(time.monotonic() - started, 3)}
+    return {
+        "cpu_seconds": round(cpu, 3),
+        "peak_memory_bytes": int(peak),
+        "runner_seconds": round(time.monotonic() - started, 3),
+    }
 
 
-def _make_client(nb: Any, emitter: Emitter, cwd: str, kernel_name: str,
-                 saver: NotebookSaver | None = None) -> Any:
+def _make_client(
+    nb: Any, emitter: Emitter, cwd: str, kernel_name: str, saver: NotebookSaver | None = None
+) -> Any:
     from nbclient import NotebookClient
 
     class StreamingClient(NotebookClient):
@@ -168,24 +175,32 @@ def _make_client(nb: Any, emitter: Emitter, cwd: str, kernel_name: str,
 
         quiet = False
 
-        def output(self, outs: list[Any], msg: dict[str, Any], display_id: str | None,
-                   cell_index: int) -> Any:
+        def output(
+            self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int
+        ) -> Any:
             out = super().output(outs, msg, display_id, cell_index)
             if out is None or self.quiet:
                 return out
             if out.get("output_type") == "stream":
                 name = out.get("name", "stdout")
-                emitter.emit("stderr" if name == "stderr" else "stdout", text=out.get("text", ""),
-                             cell=cell_index)
+                emitter.emit(
+                    "stderr" if name == "stderr" else "stdout", text=out.get("text", ""), cell=cell_index
+                )
             else:
                 emitter.emit("display", output=out, cell=cell_index)
             if saver is not None:
                 saver.output_arrived()
             return out
 
-    return StreamingClient(nb, timeout=None, kernel_name=kernel_name, allow_errors=False,
-                           record_timing=True, startup_timeout=120,
-                           resources={"metadata": {"path": cwd}})
+    return StreamingClient(
+        nb,
+        timeout=None,
+        kernel_name=kernel_name,
+        allow_errors=False,
+        record_timing=True,
+        startup_timeout=120,
+        resources={"metadata": {"path": cwd}},
+    )
 
 
 def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
@@ -217,8 +232,12 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
                 try:
                     client.execute_cell(nb.cells[index], index)
                 except CellExecutionError as exc:
-                    result.update(status="error", error=f"{exc.ename}: {exc.evalue}".strip(": "),
-                                  traceback=_ANSI.sub("", exc.traceback or str(exc)), cell=index)
+                    result.update(
+                        status="error",
+                        error=f"{exc.ename}: {exc.evalue}".strip(": "),
+                        traceback=_ANSI.sub("", exc.traceback or str(exc)),
+                        cell=index,
+                    )
                     break
                 finally:
                     saver.cell_done(done)
@@ -228,15 +247,20 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
                 client.quiet = True
                 wanted = [str(name) for name in names if str(name).isidentifier()]
                 target = os.path.join(out_dir, "variables.json")
-                code = (_PULL_CODE + f"__hivemind_pull({wanted!r}, {target!r}, {MAX_VARIABLE_BYTES})\n"
-                        "del __hivemind_pull\n")
+                code = (
+                    _PULL_CODE + f"__hivemind_pull({wanted!r}, {target!r}, {MAX_VARIABLE_BYTES})\n"
+                    "del __hivemind_pull\n"
+                )
                 pull = nbformat.v4.new_code_cell(code)
                 nb.cells.append(pull)  # nbclient stores the cell by index; removed again below
                 try:
                     client.execute_cell(pull, len(nb.cells) - 1)
                 except CellExecutionError as exc:
-                    result.update(status="error", error=f"reading back variables failed: {exc.evalue}",
-                                  traceback=_ANSI.sub("", exc.traceback or ""))
+                    result.update(
+                        status="error",
+                        error=f"reading back variables failed: {exc.evalue}",
+                        traceback=_ANSI.sub("", exc.traceback or ""),
+                    )
                 finally:
                     nb.cells.pop()
     except DeadKernelError as exc:
@@ -255,8 +279,12 @@ def main(argv: list[str]) -> int:
             request = json.load(handle)
         result = run(request, emitter)
     except Exception as exc:  # report anything, never die silently
-        result = {"status": "runner_error", "error": f"{type(exc).__name__}: {exc}",
-                  "traceback": traceback.format_exc(), "metrics": _metrics(started)}
+        result = {
+            "status": "runner_error",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+            "metrics": _metrics(started),
+        }
     emitter.emit("end", **result)
     return 0 if result["status"] == "ok" else 1
 

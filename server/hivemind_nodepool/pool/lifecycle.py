@@ -11,22 +11,19 @@ import sqlite3
 import time
 from typing import Any
 
-from .config import PoolSettings
-from .errors import Conflict, NotFound
-from .events import TaskNotifier
-from .fleet import Amount, Fleet, WorkerEntry
-from .metrics import PoolMetrics
-from .proto import nodepool_pb2 as pb
-from .store import ACTIVE_STATES, TERMINAL_STATES, Store
+from hivemind_nodepool.pool.config import PoolSettings
+from hivemind_nodepool.pool.events import TaskNotifier
+from hivemind_nodepool.pool.fleet import Amount, Fleet, WorkerEntry
+from hivemind_nodepool.pool.metrics import PoolMetrics
+from hivemind_nodepool.pool.store import Store
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import Conflict, NotFound
+from hivemind_nodepool.protocol.states import ON_WORKER_STATES, TERMINAL_STATES, state_name
 
 log = logging.getLogger(__name__)
 
 # Forward moves a worker may report while it runs an attempt.
 _ORDER: dict[int, int] = {pb.ASSIGNED: 0, pb.PREPARING: 1, pb.RUNNING: 2, pb.UPLOADING: 3}
-
-
-def state_name(state: int) -> str:
-    return pb.TaskState.Name(state)  # type: ignore[arg-type]
 
 
 def new_task_id() -> str:
@@ -44,7 +41,7 @@ def fenced(row: sqlite3.Row, worker_id: str, attempt: int) -> sqlite3.Row:
             f"attempt {attempt} of task {row['id']} is stale: the task's current attempt is "
             f"{row['attempt']}; stop it"
         )
-    if row["state"] not in ACTIVE_STATES:
+    if row["state"] not in ON_WORKER_STATES:
         raise Conflict(f"task {row['id']} has ended ({state_name(row['state'])}); stop attempt {attempt}")
     return row
 
@@ -421,7 +418,7 @@ class TaskBook:
 
         def job(db: sqlite3.Connection) -> int | None:
             current = _row(db, row["id"])
-            if current["state"] not in ACTIVE_STATES or int(current["attempt"]) != attempt:
+            if current["state"] not in ON_WORKER_STATES or int(current["attempt"]) != attempt:
                 return None
             used = int(current["retries_used"]) + (1 if spend_retry else 0)
             db.execute(
@@ -457,7 +454,7 @@ class TaskBook:
             current = _row(db, row["id"])
             if current["state"] in TERMINAL_STATES:
                 raise Conflict(f"task {current['id']} has already ended ({state_name(current['state'])})")
-            if current["state"] in ACTIVE_STATES:
+            if current["state"] in ON_WORKER_STATES:
                 db.execute(
                     "UPDATE attempts SET ended_at = ?, outcome = ? WHERE task_id = ? AND attempt = ?",
                     (time.time(), state, current["id"], int(current["attempt"])),
@@ -466,7 +463,7 @@ class TaskBook:
             return current
 
         before = await self.store.awrite(job)
-        if before["state"] in ACTIVE_STATES:
+        if before["state"] in ON_WORKER_STATES:
             attempt = int(before["attempt"])
             worker = self.fleet.get(before["worker_id"])
             if worker is not None:

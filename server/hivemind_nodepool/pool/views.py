@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from .fleet import WorkerEntry
-from .proto import nodepool_pb2 as pb
+from hivemind_nodepool.pool.fleet import WorkerEntry
+from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 
 def user(row: sqlite3.Row) -> pb.User:

@@ -8,20 +8,21 @@ import sqlite3
 import time
 from typing import Any
 
-from . import views
-from .auth import Authenticator
-from .blobs import BlobStore
-from .config import PoolSettings
-from .events import TaskNotifier
-from .feed import TaskFeedHub
-from .fleet import Fleet, WorkerEntry
-from .lifecycle import TaskBook, amount_of
-from .liveness import Liveness
-from .metrics import PoolMetrics
-from .proto import nodepool_pb2 as pb
-from .retention import Collector
-from .scheduler import Scheduler
-from .store import ACTIVE_STATES, Store
+from hivemind_nodepool.pool import views
+from hivemind_nodepool.pool.auth import Authenticator
+from hivemind_nodepool.pool.blobs import BlobStore
+from hivemind_nodepool.pool.config import PoolSettings
+from hivemind_nodepool.pool.events import TaskNotifier
+from hivemind_nodepool.pool.feed import TaskFeedHub
+from hivemind_nodepool.pool.fleet import Fleet, WorkerEntry
+from hivemind_nodepool.pool.lifecycle import TaskBook, amount_of
+from hivemind_nodepool.pool.liveness import Liveness
+from hivemind_nodepool.pool.metrics import PoolMetrics
+from hivemind_nodepool.pool.retention import Collector
+from hivemind_nodepool.pool.scheduler import Scheduler
+from hivemind_nodepool.pool.store import Store
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Pool:
         removed = self.blobs.clean_tmp()
         if removed:
             log.info("removed %d half-written upload(s) left by the last run", removed)
-        active = self.store.tasks_in_states(ACTIVE_STATES)
+        active = self.store.tasks_in_states(ON_WORKER_STATES)
         holders = {row["worker_id"] for row in active}
         for row in self.store.list_workers():
             if row["state"] not in (pb.WORKER_ONLINE, pb.WORKER_DRAINING) and row["id"] not in holders:

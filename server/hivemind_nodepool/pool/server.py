@@ -17,16 +17,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .app import Pool
-from .auth import AuthInterceptor
-from .channel import MAX_MESSAGE_BYTES, check_plaintext_allowed, join_address, split_address
-from .config import PoolSettings
-from .errors import InvalidInput
-from .gateway import WorkerGatewayService
-from .metrics import CallCounter
-from .proto import nodepool_pb2 as pb
-from .proto import nodepool_pb2_grpc as pb_grpc
-from .service import NodePoolService
+from hivemind_nodepool.pool.app import Pool
+from hivemind_nodepool.pool.auth import AuthInterceptor
+from hivemind_nodepool.pool.config import PoolSettings
+from hivemind_nodepool.pool.gateway import WorkerGatewayService
+from hivemind_nodepool.pool.metrics import CallCounter
+from hivemind_nodepool.pool.service import NodePoolService
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
+from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.wire import (
+    MAX_MESSAGE_BYTES,
+    check_plaintext_allowed,
+    join_address,
+    split_address,
+)
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
-from . import auth
-from .app import Pool
-from .blobs import receive_chunks
-from .bundle import BundleError, check_entries, open_archive
-from .channel import CHUNK_SIZE
-from .errors import InvalidInput, NotFound, Unauthenticated
-from .fleet import AttemptKey, WorkerEntry
-from .lifecycle import amount_of
-from .manifest import LABEL_KEY, LABEL_VALUE
-from .proto import nodepool_pb2 as pb
-from .proto import nodepool_pb2_grpc as pb_grpc
-from .rpc import stream, unary
-from .store import ACTIVE_STATES
+from hivemind_nodepool.pool import auth
+from hivemind_nodepool.pool.app import Pool
+from hivemind_nodepool.pool.blobs import receive_chunks
+from hivemind_nodepool.pool.fleet import AttemptKey, WorkerEntry
+from hivemind_nodepool.pool.lifecycle import amount_of
+from hivemind_nodepool.pool.rpc import stream, unary
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
+from hivemind_nodepool.protocol.bundle import BundleError, check_entries, open_archive
+from hivemind_nodepool.protocol.errors import InvalidInput, NotFound, Unauthenticated
+from hivemind_nodepool.protocol.manifest import LABEL_KEY, LABEL_VALUE
+from hivemind_nodepool.protocol.states import ON_WORKER_STATES
+from hivemind_nodepool.protocol.wire import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 row is not None
                 and row["worker_id"] == entry.worker_id
                 and row["attempt"] == item.attempt
-                and row["state"] in ACTIVE_STATES
+                and row["state"] in ON_WORKER_STATES
             ):
                 entry.allocations[key] = amount_of(row)
                 continue
@@ -227,7 +227,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 )
             )
         entry.reported = reported
-        for row in self.store.tasks_in_states(ACTIVE_STATES):
+        for row in self.store.tasks_in_states(ON_WORKER_STATES):
             if row["worker_id"] != entry.worker_id or (row["id"], row["attempt"]) in reported:
                 continue
             if row["state"] == pb.ASSIGNED:
@@ -389,7 +389,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             "requeued" if header.requeue else pb.TaskState.Name(header.outcome),
             worker.name,
         )
-        from . import views
+        from hivemind_nodepool.pool import views
 
         return views.task(final, self.store.timeline(final["id"]))
 

@@ -18,8 +18,15 @@ from typing import Any
 import bcrypt
 import grpc
 
-from .errors import HiveMindError, InvalidInput, PermissionDenied, RateLimited, Unauthenticated, status_for
-from .store import Store
+from hivemind_nodepool.pool.store import Store
+from hivemind_nodepool.protocol.errors import (
+    HiveMindError,
+    InvalidInput,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    status_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +224,6 @@ class Authenticator:
         if row["disabled"]:
             raise Unauthenticated(f"the account {row['user']!r} is disabled")
         return Principal("user", row["user"], admin=bool(row["admin"]), token_hash=token_hash)
-
 
     def recheck(self, principal: Principal) -> None:
         """For long streams: Unauthenticated once the caller's token was revoked (sign-out, a

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import Unauthenticated
+from hivemind_nodepool.protocol.errors import Unauthenticated
 
 CREDENTIALS_FILE = "credentials.json"
 

@@ -17,12 +17,12 @@ import sqlite3
 import time
 from collections import defaultdict, deque
 
-from .fleet import Amount, Fleet, WorkerEntry
-from .lifecycle import TaskBook, amount_of
-from .metrics import PoolMetrics
-from .proto import nodepool_pb2 as pb
-from .store import ACTIVE_STATES
-from .units import format_size
+from hivemind_nodepool.pool.fleet import Amount, Fleet, WorkerEntry
+from hivemind_nodepool.pool.lifecycle import TaskBook, amount_of
+from hivemind_nodepool.pool.metrics import PoolMetrics
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.states import ON_WORKER_STATES
+from hivemind_nodepool.protocol.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class Scheduler:
             if w.connected and w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
                 total = total + w.capacity
         share = {
-            owner: dominant_share(use, total) for owner, use in store.usage_by_owner(ACTIVE_STATES).items()
+            owner: dominant_share(use, total) for owner, use in store.usage_by_owner(ON_WORKER_STATES).items()
         }
 
         by_owner: dict[str, deque[sqlite3.Row]] = defaultdict(deque)

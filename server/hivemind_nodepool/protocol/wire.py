@@ -1,30 +1,16 @@
-"""Addresses and gRPC channels: one place decides TLS, loopback and message limits."""
+"""Wire-level facts both ends agree on: the default port, chunk and message sizes, addresses, and
+when plaintext is allowed (loopback only, unless the operator says otherwise)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from pathlib import Path
 
-import grpc
-
-from .errors import InvalidInput
+from hivemind_nodepool.protocol.errors import InvalidInput
 
 DEFAULT_PORT = 50051
 CHUNK_SIZE = 1024 * 1024  # bytes per streamed chunk
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # chunks are 1 MiB; nothing legitimate is bigger
-
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Reconnect quickly after a pool restart: workers and watchers resume within seconds.
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-]
 
 
 def split_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -78,18 +64,3 @@ def check_plaintext_allowed(host: str, insecure: bool) -> None:
             f"refusing plaintext gRPC to {host}: it is not a loopback address. Use TLS "
             "(--ca FILE; an admin creates one with `hivemind-nodepool tls init`) or pass --insecure."
         )
-
-
-def create_channel(address: str, ca_file: str | Path | None = None, insecure: bool = False) -> grpc.Channel:
-    """A channel to the pool: TLS when a CA is given, plaintext only on loopback or with insecure."""
-    host, port = split_address(address)
-    target = join_address(host, port)
-    if ca_file:
-        try:
-            root = Path(ca_file).read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read the CA certificate {ca_file}: {exc.strerror}") from None
-        credentials = grpc.ssl_channel_credentials(root_certificates=root)
-        return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-    check_plaintext_allowed(host, insecure)
-    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .channel import split_address
-from .proto import nodepool_pb2 as pb
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.wire import split_address
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,8 @@ class PoolMetrics:
         )
         self.submitted = Counter("hivemind_tasks_submitted", "Tasks accepted", registry=self.registry)
         self.workers_lost = Counter("hivemind_workers_lost", "Workers declared lost", registry=self.registry)
-        self.calls = Counter(
-            "hivemind_rpcs", "RPCs started, by method", ["method"], registry=self.registry
-        )
-        self.task_feeds = Gauge(
-            "hivemind_task_feeds", "Open WatchTasks streams", registry=self.registry
-        )
+        self.calls = Counter("hivemind_rpcs", "RPCs started, by method", ["method"], registry=self.registry)
+        self.task_feeds = Gauge("hivemind_task_feeds", "Open WatchTasks streams", registry=self.registry)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -17,14 +17,25 @@ from pathlib import Path, PurePosixPath
 
 import pathspec
 
-from .errors import InvalidInput
+from hivemind_nodepool.protocol.errors import InvalidInput
 
 MANIFEST_NAME = "hivemind.json"
 IGNORE_FILES = (".gitignore", ".hivemindignore")
 # Never worth sending: version control, caches, environments, earlier results.
 DEFAULT_IGNORES = (
-    ".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".ipynb_checkpoints/", ".venv/", "venv/",
-    ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", "node_modules/", "hivemind-results/",
+    ".git/",
+    ".hg/",
+    ".svn/",
+    "__pycache__/",
+    "*.pyc",
+    ".ipynb_checkpoints/",
+    ".venv/",
+    "venv/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    "node_modules/",
+    "hivemind-results/",
     ".DS_Store",
 )
 _COPY_BLOCK = 1024 * 1024
@@ -162,7 +173,8 @@ def safe_extract(path: str | Path, destination: str | Path, limits: BundleLimits
                     written += len(block)
                     if entry_bytes > info.file_size or written > limits.max_unpacked_bytes:
                         raise BundleError(
-                            f"entry {info.filename!r} unpacks to more bytes than it declares or allowed")
+                            f"entry {info.filename!r} unpacks to more bytes than it declares or allowed"
+                        )
                     sink.write(block)
     return written
 
@@ -223,7 +235,8 @@ def pack(
         listing = ", ".join(f"{name} ({size / 1024**2:.1f} MiB)" for name, _, size in biggest)
         raise InvalidInput(
             f"the folder holds {total / 1024**2:.1f} MiB, over the {max_bytes / 1024**2:.0f} MiB limit. "
-            f"Biggest files: {listing}. Add them to .hivemindignore or pick a smaller folder.")
+            f"Biggest files: {listing}. Add them to .hivemindignore or pick a smaller folder."
+        )
     target = Path(destination)
     names: list[str] = []
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
@@ -233,5 +246,6 @@ def pack(
         for name, data in extra.items():
             archive.writestr(name, data)
             names.append(name)
-    return PackedBundle(path=target, files=len(names), unpacked_bytes=total,
-                        packed_bytes=target.stat().st_size, names=names)
+    return PackedBundle(
+        path=target, files=len(names), unpacked_bytes=total, packed_bytes=target.stat().st_size, names=names
+    )

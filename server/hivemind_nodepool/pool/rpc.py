@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from .errors import HiveMindError, status_for
+from hivemind_nodepool.protocol.errors import HiveMindError, status_for
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,13 @@ from typing import BinaryIO, ParamSpec, TypeVar, cast
 
 import grpc
 
-from . import credentials as credentials_file
-from .channel import CHUNK_SIZE, create_channel
-from .errors import HiveMindError, PoolUnavailable, from_rpc_error
-from .proto import nodepool_pb2 as pb
-from .proto import nodepool_pb2_grpc as pb_grpc
+from hivemind_nodepool.client import credentials as credentials_file
+from hivemind_nodepool.client.channel import create_channel
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
+from hivemind_nodepool.protocol.errors import PoolUnavailable, from_rpc_error
+from hivemind_nodepool.protocol.states import TERMINAL_STATES
+from hivemind_nodepool.protocol.wire import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,6 @@ R = TypeVar("R")
 
 DEFAULT_TIMEOUT = 30.0
 RESUME_PAUSE = 0.5  # seconds between attempts to resume a stream while the pool is away
-TERMINAL_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT, pb.LOST})
-
-
-def state_name(state: int) -> str:
-    """'RUNNING' for pb.RUNNING."""
-    return pb.TaskState.Name(state)  # type: ignore[arg-type]
 
 
 class PoolClient:
@@ -80,8 +76,9 @@ class PoolClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.address) from None
 
-    def _stream(self, method: Callable[..., Iterable[R]], request: object,
-                timeout: float | None = None) -> Iterator[R]:
+    def _stream(
+        self, method: Callable[..., Iterable[R]], request: object, timeout: float | None = None
+    ) -> Iterator[R]:
         try:
             yield from method(request, metadata=self._metadata(), timeout=timeout)
         except grpc.RpcError as exc:
@@ -113,8 +110,9 @@ class PoolClient:
 
     def login(self, username: str, password: str, ttl_seconds: int = 0) -> pb.LoginResponse:
         """Sign in; the client uses the new token from now on."""
-        answer = self._unary(self._pool.Login, pb.LoginRequest(
-            username=username, password=password, ttl_seconds=ttl_seconds))
+        answer = self._unary(
+            self._pool.Login, pb.LoginRequest(username=username, password=password, ttl_seconds=ttl_seconds)
+        )
         self.token = answer.token
         return answer
 
@@ -127,9 +125,13 @@ class PoolClient:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    def submit(self, manifest: pb.Manifest, bundle: str | Path | BinaryIO,
-               chunk_size: int = CHUNK_SIZE,
-               on_progress: Callable[[int], None] | None = None) -> pb.Task:
+    def submit(
+        self,
+        manifest: pb.Manifest,
+        bundle: str | Path | BinaryIO,
+        chunk_size: int = CHUNK_SIZE,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> pb.Task:
         """Stream a bundle ZIP with its manifest; the answer is the accepted (durable) task."""
 
         def parts(handle: BinaryIO) -> Iterator[pb.SubmitRequest]:
@@ -152,11 +154,16 @@ class PoolClient:
     def get_task(self, task_id: str) -> pb.Task:
         return self._unary(self._pool.GetTask, pb.TaskRef(task_id=task_id))
 
-    def list_tasks(self, states: Iterable[int] = (), page_size: int = 0, page_token: str = "",
-                   all_users: bool = False) -> pb.ListTasksResponse:
+    def list_tasks(
+        self, states: Iterable[int] = (), page_size: int = 0, page_token: str = "", all_users: bool = False
+    ) -> pb.ListTasksResponse:
         wanted = cast("list[pb.TaskState.ValueType]", list(states))
-        return self._unary(self._pool.ListTasks, pb.ListTasksRequest(
-            states=wanted, page_size=page_size, page_token=page_token, all_users=all_users))
+        return self._unary(
+            self._pool.ListTasks,
+            pb.ListTasksRequest(
+                states=wanted, page_size=page_size, page_token=page_token, all_users=all_users
+            ),
+        )
 
     def iter_tasks(self, states: Iterable[int] = (), all_users: bool = False) -> Iterator[pb.Task]:
         """Every matching task, newest first, following pages."""
@@ -175,8 +182,9 @@ class PoolClient:
     def retry_task(self, task_id: str) -> pb.Task:
         return self._unary(self._pool.RetryTask, pb.TaskRef(task_id=task_id))
 
-    def watch(self, task_id: str, after_seq: int = 0, follow: bool = True,
-              reconnect_for: float = 60.0) -> Iterator[pb.TaskEvent]:
+    def watch(
+        self, task_id: str, after_seq: int = 0, follow: bool = True, reconnect_for: float = 60.0
+    ) -> Iterator[pb.TaskEvent]:
         """A task's events from after_seq on, in order, each once.
 
         With follow the stream lasts until the task ends. When the pool goes away, the watch
@@ -187,8 +195,8 @@ class PoolClient:
         while True:
             try:
                 stream = self._pool.WatchTask(
-                    pb.WatchRequest(task_id=task_id, after_seq=last, follow=follow),
-                    metadata=self._metadata())
+                    pb.WatchRequest(task_id=task_id, after_seq=last, follow=follow), metadata=self._metadata()
+                )
                 for event in stream:
                     down_since = None
                     if event.seq and event.seq <= last:
@@ -201,8 +209,9 @@ class PoolClient:
                 down_since = self._pause_to_resume(exc, down_since, reconnect_for)
                 log.info("watch of %s interrupted; resuming after event %d", task_id, last)
 
-    def watch_tasks(self, all_users: bool = False,
-                    reconnect_for: float = 60.0) -> Iterator[pb.TaskFeedMessage]:
+    def watch_tasks(
+        self, all_users: bool = False, reconnect_for: float = 60.0
+    ) -> Iterator[pb.TaskFeedMessage]:
         """Your tasks as they change, pushed by the pool (every user's with all_users: admins).
 
         Each (re)connection starts with a `ready` message: read the task list after it (ListTasks)
@@ -212,8 +221,7 @@ class PoolClient:
         """
         down_since: float | None = None
         while True:
-            call = self._pool.WatchTasks(pb.WatchTasksRequest(all_users=all_users),
-                                         metadata=self._metadata())
+            call = self._pool.WatchTasks(pb.WatchTasksRequest(all_users=all_users), metadata=self._metadata())
             try:
                 for message in call:
                     down_since = None
@@ -256,8 +264,9 @@ class PoolClient:
     # -- admin ----------------------------------------------------------------------------------
 
     def create_user(self, name: str, password: str, admin: bool = False) -> pb.User:
-        return self._unary(self._pool.CreateUser, pb.CreateUserRequest(name=name, password=password,
-                                                                       admin=admin))
+        return self._unary(
+            self._pool.CreateUser, pb.CreateUserRequest(name=name, password=password, admin=admin)
+        )
 
     def list_users(self) -> list[pb.User]:
         return list(self._unary(self._pool.ListUsers, pb.Empty()).users)
@@ -281,8 +290,9 @@ class PoolClient:
 
     def register_worker(self, join_token: str, name: str, facts: pb.MachineFacts) -> pb.RegisterResponse:
         """Join the pool; the client uses the worker's new credential from now on."""
-        answer = self._unary(self._gateway.Register, pb.RegisterRequest(
-            join_token=join_token, name=name, facts=facts))
+        answer = self._unary(
+            self._gateway.Register, pb.RegisterRequest(join_token=join_token, name=name, facts=facts)
+        )
         self.token = answer.credential
         return answer
 
@@ -296,8 +306,9 @@ class PoolClient:
         target = Path(destination)
         partial = target.with_name(target.name + f".{attempt}.part")
         with open(partial, "wb") as handle:
-            for chunk in self._stream(self._gateway.FetchBundle,
-                                      pb.AttemptRef(task_id=task_id, attempt=attempt)):
+            for chunk in self._stream(
+                self._gateway.FetchBundle, pb.AttemptRef(task_id=task_id, attempt=attempt)
+            ):
                 handle.write(chunk.data)
         partial.replace(target)
         return target
@@ -309,8 +320,9 @@ class PoolClient:
         """Send numbered events; returns the highest number the pool has stored."""
         return self._unary(self._gateway.ReportEvents, batch).acked
 
-    def upload_result(self, header: pb.ResultHeader, result: str | Path | None,
-                      chunk_size: int = CHUNK_SIZE) -> pb.Task:
+    def upload_result(
+        self, header: pb.ResultHeader, result: str | Path | None, chunk_size: int = CHUNK_SIZE
+    ) -> pb.Task:
         """Send an attempt's outcome and, when there is one, its result ZIP."""
 
         def parts() -> Iterator[pb.UploadResultRequest]:
@@ -328,4 +340,4 @@ class PoolClient:
         return self._unary(self._gateway.UploadResult, parts(), timeout=3600)
 
 
-__all__ = ["TERMINAL_STATES", "HiveMindError", "PoolClient", "pb", "state_name"]
+__all__ = ["PoolClient"]

@@ -15,8 +15,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from .errors import InvalidInput
-from .proto import nodepool_pb2 as pb
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import InvalidInput
 
 MAX_CPUS = 1024.0
 MAX_MEMORY = 16 * 1024**4  # 16 TiB

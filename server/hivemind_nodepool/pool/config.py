@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .channel import DEFAULT_PORT
-from .errors import InvalidInput
-from .layered_settings import FieldKinds, load_layers
+from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.layered_settings import FieldKinds, load_layers
+from hivemind_nodepool.protocol.wire import DEFAULT_PORT
 
 DEFAULT_DATA_DIR = Path(".hivemind") / "pool"
 
@@ -58,11 +58,21 @@ class PoolSettings:
 
 
 KINDS = FieldKinds(
-    durations=frozenset({
-        "heartbeat_interval", "heartbeat_timeout", "schedule_interval", "token_ttl", "join_token_ttl",
-        "default_timeout", "max_timeout", "retention", "gc_interval", "shutdown_grace",
-        "feed_auth_recheck",
-    }),
+    durations=frozenset(
+        {
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "schedule_interval",
+            "token_ttl",
+            "join_token_ttl",
+            "default_timeout",
+            "max_timeout",
+            "retention",
+            "gc_interval",
+            "shutdown_grace",
+            "feed_auth_recheck",
+        }
+    ),
     sizes=frozenset({"max_bundle_size", "max_result_size"}),
     paths=frozenset({"data_dir", "tls_cert", "tls_key"}),
     bools=frozenset({"insecure", "allow_network"}),
@@ -76,5 +86,6 @@ def load_settings(
     environ: dict[str, str] | None = None,
 ) -> PoolSettings:
     """The pool's settings with every layer applied (the file's [pool] table)."""
-    return load_layers(PoolSettings, "pool", KINDS, config_file=config_file, overrides=overrides,
-                       environ=environ)
+    return load_layers(
+        PoolSettings, "pool", KINDS, config_file=config_file, overrides=overrides, environ=environ
+    )

@@ -15,10 +15,10 @@ from pathlib import Path, PurePosixPath
 
 from google.protobuf import json_format
 
-from .bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
-from .errors import InvalidInput
-from .proto import nodepool_pb2 as pb
-from .units import parse_duration, parse_size
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
+from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
 DEFAULT_MAX_BUNDLE_BYTES = 2 * 1024**3
 
@@ -85,9 +85,11 @@ def find_entry(folder: Path, entry: str | None, how_to_choose: str = "--entry NA
         return notebooks[0]
     if not notebooks:
         raise InvalidInput(f"the folder {folder.name!r} holds no notebook (.ipynb) to run")
-    raise InvalidInput(f"the folder {folder.name!r} holds {len(notebooks)} notebooks "
-                       f"({', '.join(notebooks[:5])}); "
-                       f"say which one to run with {how_to_choose}")
+    raise InvalidInput(
+        f"the folder {folder.name!r} holds {len(notebooks)} notebooks "
+        f"({', '.join(notebooks[:5])}); "
+        f"say which one to run with {how_to_choose}"
+    )
 
 
 def package_path(
@@ -112,8 +114,9 @@ def package_path(
     manifest = request.to_manifest(entry_name)
     files = [(name, file) for name, file, _ in collect_files(folder) if name != MANIFEST_NAME]
     target_dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hivemind-bundle-"))
-    packed = pack(target_dir / "bundle.zip", files, {MANIFEST_NAME: manifest_json(manifest)},
-                  max_bytes=max_bytes)
+    packed = pack(
+        target_dir / "bundle.zip", files, {MANIFEST_NAME: manifest_json(manifest)}, max_bytes=max_bytes
+    )
     return manifest, packed
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, TooLarge
+from hivemind_nodepool.protocol.errors import InvalidInput, TooLarge
 
 log = logging.getLogger(__name__)
 

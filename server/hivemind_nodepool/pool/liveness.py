@@ -21,12 +21,12 @@ import contextlib
 import logging
 import time
 
-from .errors import Conflict
-from .fleet import Fleet, WorkerEntry
-from .lifecycle import TaskBook
-from .metrics import PoolMetrics
-from .proto import nodepool_pb2 as pb
-from .store import ACTIVE_STATES
+from hivemind_nodepool.pool.fleet import Fleet, WorkerEntry
+from hivemind_nodepool.pool.lifecycle import TaskBook
+from hivemind_nodepool.pool.metrics import PoolMetrics
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import Conflict
+from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Liveness:
 
     async def declare_lost(self, worker: WorkerEntry) -> None:
         store = self.book.store
-        rows = [r for r in store.tasks_in_states(ACTIVE_STATES) if r["worker_id"] == worker.worker_id]
+        rows = [r for r in store.tasks_in_states(ON_WORKER_STATES) if r["worker_id"] == worker.worker_id]
         draining = worker.state == pb.WORKER_DRAINING or worker.left_draining
         silent = "silent" if worker.connected or worker.state != pb.WORKER_OFFLINE else "gone"
         worker.state = pb.WORKER_LOST if (rows or worker.connected) else pb.WORKER_OFFLINE

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .proto import nodepool_pb2 as pb
+from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 log = logging.getLogger(__name__)
 

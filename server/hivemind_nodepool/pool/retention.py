@@ -8,8 +8,8 @@ import logging
 import os
 import time
 
-from .blobs import BlobStore
-from .store import Store
+from hivemind_nodepool.pool.blobs import BlobStore
+from hivemind_nodepool.pool.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .errors import PoolUnavailable, RateLimited
-from .proto import nodepool_pb2 as pb
-from .store import Store
+from hivemind_nodepool.pool.store import Store
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import PoolUnavailable, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,7 @@ class TaskFeedHub:
     def watch(self, user: str, owner: str | None) -> Iterator[TaskWatcher]:
         """Register a watcher of `owner`'s tasks (None: everyone's) for the caller `user`."""
         if sum(1 for w in self.watchers if w.user == user) >= MAX_WATCHERS_PER_USER:
-            raise RateLimited(
-                f"{user} already has {MAX_WATCHERS_PER_USER} task feeds open; close one first"
-            )
+            raise RateLimited(f"{user} already has {MAX_WATCHERS_PER_USER} task feeds open; close one first")
         self._loop = asyncio.get_running_loop()
         watcher = TaskWatcher(user, owner, self.limit)
         self.watchers.add(watcher)

@@ -19,14 +19,15 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import InternalError
-from .fleet import Amount
-from .proto import nodepool_pb2 as pb
+from hivemind_nodepool.pool.fleet import Amount
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import InternalError
+from hivemind_nodepool.protocol.states import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ DB_NAME = "pool.db"
 MAX_GROUP = 512  # jobs per transaction: bounds how long one commit keeps the rest waiting
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
-ACTIVE_STATES = (pb.ASSIGNED, pb.PREPARING, pb.RUNNING, pb.UPLOADING)
-TERMINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT, pb.LOST)
 
 # Each migration moves the schema from version i to i+1; applied in order at start, never edited.
 MIGRATIONS: list[str] = [
@@ -514,7 +513,7 @@ class Store:
         )
         return rows, int(total["n"]) if total else 0
 
-    def tasks_in_states(self, states: Sequence[int]) -> list[sqlite3.Row]:
+    def tasks_in_states(self, states: Collection[int]) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(states))
         return self.all(
             f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY queued_at, id",  # noqa: S608
@@ -531,7 +530,7 @@ class Store:
             )
         return self.all("SELECT * FROM tasks WHERE state = ? ORDER BY queued_at, id", (pb.QUEUED,))
 
-    def usage_by_owner(self, states: Sequence[int]) -> dict[str, Amount]:
+    def usage_by_owner(self, states: Collection[int]) -> dict[str, Amount]:
         """What each user's tasks in `states` hold: the scheduler's fair-share input."""
         marks = ",".join("?" * len(states))
         rows = self.all(

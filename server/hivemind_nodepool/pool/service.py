@@ -13,17 +13,23 @@ from typing import Any
 
 import grpc
 
-from . import auth, views
-from . import manifest as manifests
-from .app import Pool
-from .blobs import receive_chunks
-from .bundle import BundleError, list_files
-from .channel import CHUNK_SIZE, MAX_MESSAGE_BYTES
-from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied
-from .proto import nodepool_pb2 as pb
-from .proto import nodepool_pb2_grpc as pb_grpc
-from .rpc import stream, unary
-from .store import TERMINAL_STATES
+from hivemind_nodepool.pool import auth, views
+from hivemind_nodepool.pool.app import Pool
+from hivemind_nodepool.pool.blobs import receive_chunks
+from hivemind_nodepool.pool.rpc import stream, unary
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
+from hivemind_nodepool.protocol import manifest as manifests
+from hivemind_nodepool.protocol.bundle import BundleError, list_files
+from hivemind_nodepool.protocol.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+)
+from hivemind_nodepool.protocol.states import TERMINAL_STATES
+from hivemind_nodepool.protocol.wire import CHUNK_SIZE, MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +286,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         for row in self.store.list_workers():
             entry = fleet.get(row["id"])
             if entry is None:
-                from .fleet import WorkerEntry
+                from hivemind_nodepool.pool.fleet import WorkerEntry
 
                 entry = WorkerEntry(
                     row["id"],
@@ -295,8 +301,8 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     @unary
     async def GetPoolStatus(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.PoolStatus:
         auth.current_user()
-        from . import __version__
-        from .fleet import Amount
+        from hivemind_nodepool import __version__
+        from hivemind_nodepool.pool.fleet import Amount
 
         status = pb.PoolStatus(version=__version__)
         capacity = Amount()

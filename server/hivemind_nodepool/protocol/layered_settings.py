@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from .errors import InvalidInput
-from .units import parse_duration, parse_size
+from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
 ENV_PREFIX = "HIVEMIND_"
 

@@ -1,0 +1,25 @@
+"""Task states and the sets everyone reasons with: one name per meaning, defined once.
+
+QUEUED -> ASSIGNED -> PREPARING -> RUNNING -> UPLOADING -> one of the terminal states.
+The panel mirrors these sets in labextension/src/states.ts; a test checks that both agree.
+"""
+
+from __future__ import annotations
+
+from hivemind_nodepool.proto import nodepool_pb2 as pb
+
+# The task has an outcome and never changes state again.
+TERMINAL_STATES: frozenset[int] = frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT, pb.LOST})
+# An attempt holds a worker's resources: the task was handed to a worker and has not ended.
+ON_WORKER_STATES: frozenset[int] = frozenset({pb.ASSIGNED, pb.PREPARING, pb.RUNNING, pb.UPLOADING})
+# Not finished yet: waiting for a worker or on one.
+UNFINISHED_STATES: frozenset[int] = ON_WORKER_STATES | {pb.QUEUED}
+
+
+def state_name(state: int) -> str:
+    """'RUNNING' for pb.RUNNING."""
+    return pb.TaskState.Name(state)  # type: ignore[arg-type]
+
+
+def is_terminal(state: int) -> bool:
+    return state in TERMINAL_STATES
