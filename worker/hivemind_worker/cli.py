@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = image_commands.add_parser(
         "build",
         help="build the runtime image (papermill + ipykernel, non-root)",
-        description="Build the runtime image from worker/runtime/Dockerfile.",
+        description="Build the runtime image from worker/hivemind_worker/runtime/Dockerfile.",
     )
     build.add_argument("--tag", help="the image tag (default: hivemind-runtime:<version>)")
     build.add_argument(
