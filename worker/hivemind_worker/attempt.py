@@ -23,11 +23,11 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.bundle import BundleError, BundleLimits, safe_extract
-from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
+from hivemind_nodepool.protocol.bundle import BundleLimits, safe_extract
+from hivemind_nodepool.protocol.errors import BundleError, Conflict, HiveMindError, NotFound, PoolUnavailable
 
 from .bundles import BundleCache
-from .errors import EnvironmentBuildError, NoTaskNetwork, WorkerError
+from .errors import EnvironmentBuildError, Fenced, NoTaskNetwork, WorkerError
 from .events import EventStream
 from .executors import base as outcomes
 from .executors.base import Executor, RunOutcome, RunSpec, Stopper
@@ -40,10 +40,6 @@ PROGRESS_REPORT_INTERVAL = 1.0
 CANCEL = "cancel"
 REQUEUE = "requeue"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-class Fenced(WorkerError):
-    """The pool refused a report: another attempt owns the task now."""
 
 
 @dataclass
