@@ -23,11 +23,11 @@ from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
 from hivemind_nodepool.protocol.units import format_duration
 
 from .config import HiveMind
+from .errors import RemoteTaskError
 from .live_view import LiveView, make_view
 from .pool import PoolConnector
 from .results import (
     FetchedResult,
-    RemoteTaskError,
     cell_outputs,
     error_traceback,
     fetch_into,

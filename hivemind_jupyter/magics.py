@@ -29,16 +29,10 @@ from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration, parse_size
 
 from .config import HiveMind
+from .errors import PoolProblem
 from .handle import TaskHandle
 from .packaging import check_identifier, pack_cell
 from .pool import PoolConnector
-
-
-class PoolProblem(HiveMindError):
-    """A pool-side problem shown as one line in the cell (no traceback)."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"HiveMind: {self}"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,7 +24,7 @@ from typing import Any
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import safe_extract
-from hivemind_nodepool.protocol.errors import Conflict, HiveMindError
+from hivemind_nodepool.protocol.errors import Conflict
 from hivemind_nodepool.protocol.states import state_name
 
 from .packaging import TAG_CELL
@@ -41,30 +41,6 @@ class FetchedResult:
     folder: Path
     notebook: Path | None
     files: list[Path] = field(default_factory=list)
-
-
-class RemoteTaskError(HiveMindError):
-    """The task did not succeed; IPython shows the remote traceback instead of a local one."""
-
-    def __init__(self, task: pb.Task, traceback_lines: list[str] | None = None) -> None:
-        self.task = task
-        self.state = state_name(task.state)
-        self.traceback_lines = traceback_lines or []
-        summary = task.error or self.state.lower().replace("_", " ")
-        super().__init__(f"task {task.id} {self.state}: {summary}")
-
-    def _render_traceback_(self) -> list[str]:
-        head = f"HiveMind task {self.task.id} ended {self.state}"
-        if self.task.worker_name:
-            head += f" on {self.task.worker_name}"
-        lines = [head + (":" if self.traceback_lines or self.task.traceback or self.task.error else ".")]
-        if self.traceback_lines:
-            lines.extend(self.traceback_lines)
-        elif self.task.traceback:
-            lines.extend(self.task.traceback.rstrip("\n").splitlines())
-        elif self.task.error:
-            lines.append(self.task.error)
-        return lines
 
 
 def folder_name(task: pb.Task) -> str:

@@ -24,9 +24,15 @@ from tornado import web, websocket
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.errors import Cancelled, HiveMindError, PoolUnavailable, Unauthenticated
+from hivemind_nodepool.protocol.errors import (
+    Cancelled,
+    HiveMindError,
+    PoolUnavailable,
+    Unauthenticated,
+    http_status,
+)
 
-from .handlers.base import AUTH_RESOURCE, http_status
+from .handlers.base import AUTH_RESOURCE
 from .handlers.tasks import TASK_ID
 from .jsonify import to_dict
 from .pool import PoolConnector

@@ -14,20 +14,10 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from hivemind_nodepool.client import PoolClient
-from hivemind_nodepool.protocol.errors import (
-    AlreadyExists,
-    Conflict,
-    DeadlineExceeded,
-    HiveMindError,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
-    PoolUnavailable,
-    RateLimited,
-    Unauthenticated,
-)
+from hivemind_nodepool.protocol.errors import HiveMindError, http_status
 
 from ..config import HiveMind
+from ..errors import ApiError
 from ..pool import PoolConnector
 
 log = logging.getLogger(__name__)
@@ -35,33 +25,6 @@ log = logging.getLogger(__name__)
 AUTH_RESOURCE = "hivemind"
 MAX_BODY_BYTES = 1024 * 1024
 T = TypeVar("T")
-
-_STATUS: list[tuple[type[HiveMindError], int]] = [
-    (InvalidInput, 400),
-    (Unauthenticated, 401),
-    (PermissionDenied, 403),
-    (NotFound, 404),
-    (AlreadyExists, 409),
-    (Conflict, 409),
-    (RateLimited, 429),
-    (PoolUnavailable, 502),
-    (DeadlineExceeded, 504),
-]
-
-
-def http_status(error: HiveMindError) -> int:
-    for cls, status in _STATUS:
-        if isinstance(error, cls):
-            return status
-    return 502  # any other failure came from the pool's side
-
-
-class ApiError(web.HTTPError):
-    """An HTTP error whose message is shown to the person as it is."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, log_message=message.replace("%", "%%"))
-        self.message = message
 
 
 class HiveMindHandler(ExtensionHandlerMixin, APIHandler):

@@ -9,7 +9,8 @@ from tornado import web
 
 from hivemind_nodepool.protocol.errors import HiveMindError, PoolUnavailable, Unauthenticated
 
-from .base import ApiError, HiveMindHandler
+from ..errors import ApiError
+from .base import HiveMindHandler
 
 
 class SessionHandler(HiveMindHandler):

@@ -18,10 +18,11 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
+from ..errors import ApiError
 from ..jsonify import to_dict
 from ..packaging import pack_path
 from ..results import fetch_into, public_files
-from .base import ApiError, HiveMindHandler
+from .base import HiveMindHandler
 
 T = TypeVar("T")
 TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

@@ -10,10 +10,9 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-
-from hivemind_nodepool.client import PoolClient
+from hivemind_nodepool.client import PoolClient, WorkerStream
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.errors import HiveMindError
 
 GiB = 1024**3
 
@@ -71,9 +70,9 @@ class FakeWorker:
         self.heartbeating = True
         self.draining = False
         self.welcome: pb.Welcome | None = None
-        self.stream_error: grpc.RpcError | None = None
+        self.stream_error: HiveMindError | None = None
         self._outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
-        self._call: grpc.Future | None = None
+        self._call: WorkerStream | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -103,12 +102,12 @@ class FakeWorker:
         self.welcome = first.welcome
         return self
 
-    def _read(self, call: grpc.Future) -> None:
+    def _read(self, call: WorkerStream) -> None:
         try:
-            for message in call:  # type: ignore[attr-defined]
+            for message in call:
                 if message.WhichOneof("body") != "ack":
                     self.messages.put(message)
-        except grpc.RpcError as exc:
+        except HiveMindError as exc:
             self.stream_error = exc
 
     def _beat(self) -> None:

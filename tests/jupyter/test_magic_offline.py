@@ -10,7 +10,8 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 from hivemind_jupyter.config import HiveMind
-from hivemind_jupyter.magics import CellOptions, PoolProblem
+from hivemind_jupyter.errors import PoolProblem
+from hivemind_jupyter.magics import CellOptions
 from hivemind_nodepool.client import credentials
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from IPython.utils.capture import capture_output
 
-from hivemind_jupyter.results import RemoteTaskError
+from hivemind_jupyter.errors import RemoteTaskError
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.client.credentials import load
 from hivemind_nodepool.proto import nodepool_pb2 as pb

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.request
@@ -180,6 +181,23 @@ def test_folder_over_the_cap_names_the_biggest_files(api, signed_in, jp_root_dir
     (jp_root_dir / "heavy" / "weights.bin").write_bytes(b"\0" * 2_000_000)
     status, body = api("POST", "tasks", body={"path": "heavy/nb.ipynb"})
     assert status == 400 and "weights.bin" in body["error"] and ".hivemindignore" in body["error"]
+
+
+def test_a_bundle_over_the_pools_limit_is_413(
+    api, hivemind_config_dir: Path, jp_root_dir: Path, tmp_path: Path
+):
+    """The pool's TooLarge reaches the REST caller as 413, not as a rate limit's 429."""
+    from hivemind_jupyter.config import HiveMind
+    from hivemind_jupyter.pool import PoolConnector
+
+    with PoolProcess(tmp_path / "small-pool", extra_args=["--max-bundle-size", "64K"]) as small:
+        small.add_user(USER, PASSWORD)
+        PoolConnector(HiveMind()).sign_in(USER, PASSWORD, small.address)
+        write_notebook(jp_root_dir / "big" / "nb.ipynb", "x = 1")
+        (jp_root_dir / "big" / "noise.bin").write_bytes(os.urandom(200_000))  # does not compress
+        status, body = api("POST", "tasks", body={"path": "big/nb.ipynb", "memory": "512M"})
+        assert status == 413, body
+        assert body["status"] == 413 and "larger than the pool's limit of 65536" in body["error"]
 
 
 def test_stream_pushes_task_changes_and_events(

@@ -16,7 +16,7 @@ from harness import FakeWorker, PoolProcess
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
-from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, InvalidInput, NotFound, RateLimited
+from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, InvalidInput, NotFound, TooLarge
 
 from .helpers import GiB, bundle_bytes, manifest, submit
 
@@ -151,7 +151,7 @@ def test_oversize_upload_with_a_small_limit(tmp_path: Path) -> None:
     try:
         admin = pool.admin()
         big = bundle_bytes(extra={"data.bin": hashlib.sha512(b"x").digest() * 4096})
-        with pytest.raises(RateLimited, match="larger than the pool's limit of 65536"):
+        with pytest.raises(TooLarge, match="larger than the pool's limit of 65536"):
             admin.submit(manifest(), io.BytesIO(big))
         nothing_stored(pool)
         assert submit(admin).state == pb.QUEUED  # small ones still go through

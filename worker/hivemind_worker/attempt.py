@@ -23,14 +23,13 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.bundle import BundleError, BundleLimits, safe_extract
-from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
+from hivemind_nodepool.protocol.bundle import BundleLimits, safe_extract
+from hivemind_nodepool.protocol.errors import BundleError, Conflict, HiveMindError, NotFound, PoolUnavailable
 
 from .bundles import BundleCache
-from .errors import EnvironmentBuildError, NoTaskNetwork, WorkerError
+from .errors import EnvironmentBuildError, Fenced, NoTaskNetwork, WorkerError
 from .events import EventStream
-from .executors import base as outcomes
-from .executors.base import Executor, RunOutcome, RunSpec, Stopper
+from .executors.base import Executor, Outcome, RunOutcome, RunSpec, Stopper
 from .results import DEFAULT_OUTPUTS, build_result, read_regular
 
 log = logging.getLogger(__name__)
@@ -40,10 +39,6 @@ PROGRESS_REPORT_INTERVAL = 1.0
 CANCEL = "cancel"
 REQUEUE = "requeue"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-class Fenced(WorkerError):
-    """The pool refused a report: another attempt owns the task now."""
 
 
 @dataclass
@@ -260,7 +255,7 @@ class Attempt:
             )
             self._status(pb.RUNNING, "running")
             outcome = self.executor.run(spec, self._on_runner_event, self.stopper)
-        if outcome.status == outcomes.STOPPED:
+        if outcome.status == Outcome.STOPPED:
             if self.stopper.kind == "fenced":
                 raise Fenced(self.stopper.reason)
             header = self._stopped(header)
@@ -300,7 +295,7 @@ class Attempt:
 
     def _stopped(self, header: pb.ResultHeader) -> pb.ResultHeader:
         """Cancelled, or handed back (requeue) when the worker drains."""
-        header.outcome = pb.CANCELLED
+        header.outcome = Outcome.STOPPED.task_state
         header.error = self.stopper.reason
         header.requeue = self.stopper.kind == REQUEUE
         return header
@@ -310,18 +305,14 @@ class Attempt:
         header.metrics.cpu_seconds = outcome.cpu_seconds
         header.metrics.peak_memory_bytes = outcome.peak_memory_bytes
         header.traceback = outcome.traceback
-        if outcome.status == outcomes.OK:
-            header.outcome = pb.SUCCEEDED
+        header.outcome = outcome.status.task_state
+        if outcome.status == Outcome.OK:
             return
-        if outcome.status == outcomes.TIMED_OUT:
-            header.outcome = pb.TIMED_OUT
-        else:
-            header.outcome = pb.FAILED
         header.error = {
-            outcomes.NOTEBOOK_ERROR: outcome.error or "the notebook raised an exception",
-            outcomes.KERNEL_DIED: outcome.error or "the kernel died",
-            outcomes.RUNNER_ERROR: f"the notebook could not be run: {outcome.error}",
-        }.get(outcome.status, outcome.error or outcome.status)
+            Outcome.NOTEBOOK_ERROR: outcome.error or "the notebook raised an exception",
+            Outcome.KERNEL_DIED: outcome.error or "the kernel died",
+            Outcome.RUNNER_ERROR: f"the notebook could not be run: {outcome.error}",
+        }.get(outcome.status, outcome.error or outcome.status.value)
 
     def _upload(self, header: pb.ResultHeader, result: Path | None) -> None:
         """Send the outcome, retrying while the pool is away; a refusal means it is not ours now."""

@@ -24,16 +24,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import grpc
-
-from hivemind_nodepool.client import PoolClient
+from hivemind_nodepool.client import PoolClient, WorkerStream
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import (
+    Cancelled,
     HiveMindError,
     InvalidInput,
     PoolUnavailable,
     Unauthenticated,
-    from_rpc_error,
 )
 
 from . import facts as machine
@@ -60,7 +58,7 @@ class Daemon:
         self._draining = threading.Event()
         self._drain_started = 0.0
         self._hurry = threading.Event()  # a second signal: hand everything back now
-        self._call: Any = None
+        self._call: WorkerStream | None = None
         self._outbox: queue.Queue[pb.WorkerMessage | None] | None = None
         self._last_heard = time.monotonic()
         self.heartbeat_interval = settings.heartbeat_interval
@@ -236,7 +234,7 @@ class Daemon:
                     return
                 yield message
 
-        call: Any = self.client.connect(messages())
+        call = self.client.connect(messages())
         self._call, self._outbox = call, outbox
         self._last_heard = time.monotonic()
         ended = threading.Event()
@@ -248,10 +246,10 @@ class Daemon:
             for message in call:
                 self._last_heard = time.monotonic()
                 self._handle(message)
-        except grpc.RpcError as exc:
-            if self._stop.is_set() and exc.code() == grpc.StatusCode.CANCELLED:
+        except Cancelled:
+            if self._stop.is_set():
                 return
-            raise from_rpc_error(exc, self.settings.pool) from None
+            raise
         finally:
             ended.set()
             outbox.put(None)
@@ -260,7 +258,7 @@ class Daemon:
             raise PoolUnavailable("the pool closed the connection")
 
     def _heartbeats(
-        self, outbox: queue.Queue[pb.WorkerMessage | None], call: Any, ended: threading.Event
+        self, outbox: queue.Queue[pb.WorkerMessage | None], call: WorkerStream, ended: threading.Event
     ) -> None:
         while not ended.wait(self.heartbeat_interval):
             load = os.getloadavg()[0] / max(os.cpu_count() or 1, 1)

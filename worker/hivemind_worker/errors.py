@@ -15,3 +15,7 @@ class EnvironmentBuildError(WorkerError):
 
 class NoTaskNetwork(WorkerError):
     """A task the pool allows network cannot get one here; the message says how to give it one."""
+
+
+class Fenced(WorkerError):
+    """The pool refused a report: another attempt owns the task now."""

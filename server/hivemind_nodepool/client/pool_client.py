@@ -1,7 +1,7 @@
 """PoolClient: the one typed client of the NodePool, used by the CLIs, the worker and Jupyter.
 
-Nobody else builds raw stubs. Every failed call raises a `HiveMindError` subclass (see errors.py),
-never a bare `grpc.RpcError`.
+Nobody else builds raw stubs. Every failed call, and every broken stream, raises a `HiveMindError`
+subclass (see protocol/errors.py), never a bare `grpc.RpcError`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,29 @@ R = TypeVar("R")
 
 DEFAULT_TIMEOUT = 30.0
 RESUME_PAUSE = 0.5  # seconds between attempts to resume a stream while the pool is away
+
+
+class WorkerStream:
+    """The worker's open Connect stream. Iterating yields PoolMessages; when the stream breaks it
+    raises the matching HiveMindError (Cancelled once `cancel()` closed it), never a grpc.RpcError."""
+
+    def __init__(self, call: grpc.CallIterator[pb.PoolMessage], address: str) -> None:
+        self._call = call
+        self._messages = iter(call)
+        self._address = address
+
+    def __iter__(self) -> WorkerStream:
+        return self
+
+    def __next__(self) -> pb.PoolMessage:
+        try:
+            return next(self._messages)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self._address) from None
+
+    def cancel(self) -> bool:
+        """Close the stream from this side; the reader then gets Cancelled."""
+        return bool(self._call.cancel())
 
 
 class PoolClient:
@@ -296,10 +319,10 @@ class PoolClient:
         self.token = answer.credential
         return answer
 
-    def connect(self, messages: Iterator[pb.WorkerMessage]) -> grpc.Future:
-        """Open the worker's Connect stream. Iterate the result for PoolMessages; it raises
-        `grpc.RpcError` when the stream breaks (use `errors.from_rpc_error`); `.cancel()` closes it."""
-        return self._gateway.Connect(messages, metadata=self._metadata())  # type: ignore[return-value]
+    def connect(self, messages: Iterator[pb.WorkerMessage]) -> WorkerStream:
+        """Open the worker's Connect stream: iterate it for PoolMessages; `.cancel()` closes it."""
+        # Opening a stream never fails by itself: a pool that is away shows on the first read.
+        return WorkerStream(self._gateway.Connect(messages, metadata=self._metadata()), self.address)
 
     def fetch_bundle(self, task_id: str, attempt: int, destination: str | Path) -> Path:
         """Download an attempt's bundle to destination (written whole, then renamed)."""
@@ -340,4 +363,4 @@ class PoolClient:
         return self._unary(self._gateway.UploadResult, parts(), timeout=3600)
 
 
-__all__ = ["PoolClient"]
+__all__ = ["PoolClient", "WorkerStream"]

@@ -18,6 +18,7 @@ from typing import Any
 import bcrypt
 import grpc
 
+from hivemind_nodepool.pool.rpc import abort_with_error
 from hivemind_nodepool.pool.store import Store
 from hivemind_nodepool.protocol.errors import (
     HiveMindError,
@@ -25,7 +26,6 @@ from hivemind_nodepool.protocol.errors import (
     PermissionDenied,
     RateLimited,
     Unauthenticated,
-    status_for,
 )
 
 log = logging.getLogger(__name__)
@@ -245,11 +245,6 @@ def bearer_token(metadata: Any) -> str | None:
     return None
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: HiveMindError) -> None:
-    code, message = status_for(error)
-    await context.abort(code, message)
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every protected handler: authenticate first, then run it with the principal set."""
 
@@ -287,7 +282,7 @@ def _wrap(handler: grpc.RpcMethodHandler, who: Callable[[], Principal]) -> grpc.
             try:
                 principal = who()
             except HiveMindError as exc:
-                await _abort(context, exc)
+                await abort_with_error(context, exc)
                 return None
             _current.set(principal)
             return await inner(request, context)
@@ -306,7 +301,7 @@ def _wrap(handler: grpc.RpcMethodHandler, who: Callable[[], Principal]) -> grpc.
         try:
             principal = who()
         except HiveMindError as exc:
-            await _abort(context, exc)
+            await abort_with_error(context, exc)
             return
         _current.set(principal)
         async for item in inner_stream(request, context):

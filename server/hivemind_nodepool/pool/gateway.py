@@ -22,8 +22,8 @@ from hivemind_nodepool.pool.lifecycle import amount_of
 from hivemind_nodepool.pool.rpc import stream, unary
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
-from hivemind_nodepool.protocol.bundle import BundleError, check_entries, open_archive
-from hivemind_nodepool.protocol.errors import InvalidInput, NotFound, Unauthenticated
+from hivemind_nodepool.protocol.bundle import check_entries, open_archive
+from hivemind_nodepool.protocol.errors import BundleError, InvalidInput, NotFound, Unauthenticated
 from hivemind_nodepool.protocol.manifest import LABEL_KEY, LABEL_VALUE
 from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 from hivemind_nodepool.protocol.wire import CHUNK_SIZE

@@ -1,5 +1,6 @@
-"""Servicer method wrappers: a HiveMindError becomes its gRPC status with its message; anything else
-is logged with its traceback and answered INTERNAL, so a bug never leaks a stack trace to callers."""
+"""Servicer method wrappers: a HiveMindError becomes its gRPC status (from the table in
+protocol/errors.py) with its message and its class name; anything else is logged with its traceback
+and answered INTERNAL, so a bug never leaks a stack trace to callers."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hivemind_nodepool.protocol.errors import HiveMindError, status_for
+from hivemind_nodepool.protocol.errors import HiveMindError, InternalError, status_for
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 MAX_DETAILS = 1000  # status messages travel in headers; a message echoing huge input must not break them
 R = TypeVar("R")
+
+
+async def abort_with_error(context: grpc.aio.ServicerContext, error: HiveMindError) -> None:
+    """End the call with the error's status and message, its class name in the trailing metadata."""
+    code, details, trailing = status_for(error)
+    await context.abort(code, details[:MAX_DETAILS], trailing_metadata=trailing)
 
 
 async def _abort_with(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
@@ -27,10 +34,9 @@ async def _abort_with(context: grpc.aio.ServicerContext, name: str, exc: Excepti
     if isinstance(exc, (grpc.aio.AbortError, grpc.aio.UsageError)):
         raise exc
     if isinstance(exc, HiveMindError):
-        code, details = status_for(exc)
-        await context.abort(code, details[:MAX_DETAILS])
+        await abort_with_error(context, exc)
     log.exception("%s failed", name)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the pool; see its log")
+    await abort_with_error(context, InternalError("internal error in the pool; see its log"))
 
 
 def unary(

@@ -20,9 +20,10 @@ from hivemind_nodepool.pool.rpc import stream, unary
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol import manifest as manifests
-from hivemind_nodepool.protocol.bundle import BundleError, list_files
+from hivemind_nodepool.protocol.bundle import list_files
 from hivemind_nodepool.protocol.errors import (
     AlreadyExists,
+    BundleError,
     Conflict,
     InvalidInput,
     NotFound,

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import pathspec
 
-from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.errors import BundleError, InvalidInput
 
 MANIFEST_NAME = "hivemind.json"
 IGNORE_FILES = (".gitignore", ".hivemindignore")
@@ -39,10 +39,6 @@ DEFAULT_IGNORES = (
     ".DS_Store",
 )
 _COPY_BLOCK = 1024 * 1024
-
-
-class BundleError(InvalidInput):
-    """A bundle that is unsafe, malformed or too big; the message says which entry and why."""
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +24,33 @@ STOP_GRACE = 1.0
 RunnerEvent = dict[str, Any]
 EventSink = Callable[[RunnerEvent], None]
 
-# How a run ended, as the executor saw it (the attempt maps these to task states).
-OK = "ok"  # the notebook ran to the end
-NOTEBOOK_ERROR = "error"  # a cell raised; traceback attached
-KERNEL_DIED = "kernel_died"
-OUT_OF_MEMORY = "oom"
-DIED = "died"  # the container or process ended without reporting an end
-RUNNER_ERROR = "runner_error"
-TIMED_OUT = "timed_out"
-STOPPED = "stopped"  # cancelled or handed back: Stopper.kind says which
+
+class Outcome(StrEnum):
+    """How a run ended, as the executor saw it. The runner reports the first four by these values
+    in its `end` event (runtime/runner.py runs inside the sandbox, so it writes them as strings)."""
+
+    OK = "ok"  # the notebook ran to the end
+    NOTEBOOK_ERROR = "error"  # a cell raised; traceback attached
+    KERNEL_DIED = "kernel_died"
+    RUNNER_ERROR = "runner_error"  # the runner could not run the notebook at all
+    OUT_OF_MEMORY = "oom"
+    DIED = "died"  # the container or process ended without reporting an end
+    TIMED_OUT = "timed_out"
+    STOPPED = "stopped"  # cancelled or handed back: Stopper.kind says which
+
+    @property
+    def task_state(self) -> pb.TaskState.ValueType:
+        """The outcome the attempt reports to the pool for a run that ended this way."""
+        return _TASK_STATES.get(self, pb.FAILED)
+
+
+# Every other outcome is a failure. A stopped run is reported CANCELLED, with `requeue` set when
+# the worker hands it back.
+_TASK_STATES: dict[Outcome, pb.TaskState.ValueType] = {
+    Outcome.OK: pb.SUCCEEDED,
+    Outcome.TIMED_OUT: pb.TIMED_OUT,
+    Outcome.STOPPED: pb.CANCELLED,
+}
 
 
 @dataclass
@@ -53,7 +74,7 @@ class RunSpec:
 
 @dataclass
 class RunOutcome:
-    status: str
+    status: Outcome
     error: str = ""
     traceback: str = ""
     exit_code: int | None = None
@@ -117,17 +138,25 @@ class LineParser:
 
 
 def outcome_from_end(end: RunnerEvent | None, exit_code: int | None) -> RunOutcome:
-    """The outcome a runner reported, or DIED when it reported none."""
+    """The outcome a runner reported, or DIED when it reported none (RUNNER_ERROR for a status
+    this worker does not know)."""
     if end is None:
         return RunOutcome(
-            DIED,
+            Outcome.DIED,
             error=f"the task's process ended without a result (exit code {exit_code})",
             exit_code=exit_code,
         )
     metrics = end.get("metrics") or {}
+    reported = str(end.get("status", Outcome.RUNNER_ERROR))
+    error = str(end.get("error") or "")
+    try:
+        status = Outcome(reported)
+    except ValueError:
+        status = Outcome.RUNNER_ERROR
+        error = error or f"the runner ended with an unknown status {reported!r}"
     return RunOutcome(
-        status=str(end.get("status", RUNNER_ERROR)),
-        error=str(end.get("error") or ""),
+        status=status,
+        error=error,
         traceback=str(end.get("traceback") or ""),
         exit_code=exit_code,
         cpu_seconds=float(metrics.get("cpu_seconds") or 0.0),

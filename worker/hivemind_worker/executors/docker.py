@@ -25,15 +25,11 @@ from ..environments import DockerEnvironments
 from ..errors import NoTaskNetwork
 from ..image import RUNNER
 from .base import (
-    DIED,
-    OK,
-    OUT_OF_MEMORY,
     STOP_GRACE,
-    STOPPED,
-    TIMED_OUT,
     EventSink,
     Executor,
     LineParser,
+    Outcome,
     RunOutcome,
     RunSpec,
     Stopper,
@@ -187,22 +183,22 @@ class DockerExecutor(Executor):
             container.start()
             reader.start()
             deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
-            stop_kind = ""
+            stop_kind: Outcome | None = None
             while reader.is_alive():
                 if stopper.event.wait(POLL_SECONDS):
-                    stop_kind = STOPPED
+                    stop_kind = Outcome.STOPPED
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    stop_kind = TIMED_OUT
+                    stop_kind = Outcome.TIMED_OUT
                     break
             if stop_kind:
                 self._stop(container, reader)
-                if stop_kind == TIMED_OUT:
+                if stop_kind == Outcome.TIMED_OUT:
                     return RunOutcome(
-                        TIMED_OUT,
+                        Outcome.TIMED_OUT,
                         error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) and was stopped",
                     )
-                return RunOutcome(STOPPED, error=stopper.reason)
+                return RunOutcome(Outcome.STOPPED, error=stopper.reason)
             reader.join()
             result = container.wait(timeout=30)
             exit_code = int(result.get("StatusCode", -1))
@@ -210,11 +206,11 @@ class DockerExecutor(Executor):
             oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
             outcome = outcome_from_end(parser.end, exit_code)
             memory = spec.memory_bytes or self.default_memory
-            if oom and outcome.status != OK:
-                outcome.status = OUT_OF_MEMORY
+            if oom and outcome.status != Outcome.OK:
+                outcome.status = Outcome.OUT_OF_MEMORY
                 outcome.error = f"out of memory: the task used its whole memory limit ({memory} bytes)"
                 outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, memory)
-            elif outcome.status == DIED and stderr_tail:
+            elif outcome.status == Outcome.DIED and stderr_tail:
                 outcome.error += ":\n" + "".join(stderr_tail[-20:])
             return outcome
         finally:

@@ -22,13 +22,11 @@ import psutil
 from ..environments import LocalEnvironments
 from ..image import RUNNER
 from .base import (
-    OUT_OF_MEMORY,
     STOP_GRACE,
-    STOPPED,
-    TIMED_OUT,
     EventSink,
     Executor,
     LineParser,
+    Outcome,
     RunOutcome,
     RunSpec,
     Stopper,
@@ -116,7 +114,7 @@ class LocalExecutor(Executor):
             reader.start()
         deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
         peak = 0
-        stop = ""
+        stop: Outcome | None = None
         tree: list[psutil.Process] = []
         try:
             root = psutil.Process(process.pid)
@@ -124,14 +122,14 @@ class LocalExecutor(Executor):
                 used = _rss(_tree(root))
                 peak = max(peak, used)
                 if spec.memory_bytes and used > spec.memory_bytes:
-                    stop = OUT_OF_MEMORY
+                    stop = Outcome.OUT_OF_MEMORY
                 elif stopper.event.wait(POLL_SECONDS):
-                    stop = STOPPED
+                    stop = Outcome.STOPPED
                 elif deadline is not None and time.monotonic() > deadline:
-                    stop = TIMED_OUT
+                    stop = Outcome.TIMED_OUT
                 if stop:
                     break
-            if stop in (STOPPED, TIMED_OUT):
+            if stop in (Outcome.STOPPED, Outcome.TIMED_OUT):
                 # The runner saves the notebook so far on SIGTERM. Its kernel (taken now: once
                 # the runner is gone it is nobody's child) is killed below.
                 tree = _tree(root)
@@ -151,15 +149,16 @@ class LocalExecutor(Executor):
             for reader in readers:
                 reader.join(timeout=5)
             parser.close()
-        if stop == STOPPED:
-            return RunOutcome(STOPPED, error=stopper.reason)
-        if stop == TIMED_OUT:
+        if stop == Outcome.STOPPED:
+            return RunOutcome(Outcome.STOPPED, error=stopper.reason)
+        if stop == Outcome.TIMED_OUT:
             return RunOutcome(
-                TIMED_OUT, error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) and was stopped"
+                Outcome.TIMED_OUT,
+                error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) and was stopped",
             )
-        if stop == OUT_OF_MEMORY:
+        if stop == Outcome.OUT_OF_MEMORY:
             return RunOutcome(
-                OUT_OF_MEMORY,
+                Outcome.OUT_OF_MEMORY,
                 peak_memory_bytes=peak,
                 error=(f"out of memory: the task used more than its limit ({spec.memory_bytes} bytes)"),
             )
