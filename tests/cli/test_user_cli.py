@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
+from harness import processes
 from harness.pool import PoolProcess
 from harness.worker import WorkerProcess
 
@@ -89,8 +93,15 @@ def test_pool_down_is_one_clear_line(tmp_path: Path) -> None:
     assert "cannot reach the HiveMind pool" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_submit_wait_logs_fetch_and_retry(pool: PoolProcess, signed_in: Path, tmp_path: Path) -> None:
-    WorkerProcess(pool, executor="local", name="cli-worker").start()
+@pytest.fixture
+def cli_worker(pool: PoolProcess) -> Iterator[WorkerProcess]:
+    with WorkerProcess(pool, executor="local", name="cli-worker") as worker:
+        yield worker
+
+
+def test_submit_wait_logs_fetch_and_retry(
+    pool: PoolProcess, cli_worker: WorkerProcess, signed_in: Path, tmp_path: Path
+) -> None:
     job = notebook(
         tmp_path / "project",
         "import os\nos.makedirs('outputs', exist_ok=True)\n"
@@ -134,9 +145,8 @@ def test_submit_wait_logs_fetch_and_retry(pool: PoolProcess, signed_in: Path, tm
 
 
 def test_a_failing_notebook_makes_submit_wait_fail(
-    pool: PoolProcess, signed_in: Path, tmp_path: Path
+    pool: PoolProcess, cli_worker: WorkerProcess, signed_in: Path, tmp_path: Path
 ) -> None:
-    WorkerProcess(pool, executor="local", name="cli-worker").start()
     job = notebook(tmp_path / "bad", "raise ValueError('remote boom')")
     result = hivemind(signed_in, "submit", str(job), "--memory", "512M", "--wait", timeout=240)
     assert result.returncode == 1
@@ -208,7 +218,48 @@ def test_hivemind_up_runs_a_notebook_against_its_own_pool(tmp_path: Path) -> Non
     path = tmp_path / "try.ipynb"
     nbformat.write(nb, path)
     env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(tmp_path / "config")}
-    command = [
+    # In its own process group: whatever `up` leaves behind is found there, and killed.
+    up = processes.start(
+        up_command(tmp_path, "--run", str(path)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = up.communicate(timeout=300)
+        left = [_describe(p) for p in processes.group_members(up.pid)]
+    finally:
+        processes.kill(up)
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    assert up.returncode == 0, stdout + stderr[-3000:]
+    assert "remote" in stdout and "back home 42" in stdout
+    assert "does not isolate" in stderr  # the local executor says so plainly
+    assert (tmp_path / "data" / "try.executed.ipynb").exists()
+    assert not left, f"`hivemind up` exited and left these running: {left}"
+
+
+def test_hivemind_up_stops_its_pool_and_worker_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(tmp_path / "config")}
+    log_path = tmp_path / "up.log"
+    with open(log_path, "ab") as log:
+        up = processes.start(up_command(tmp_path, "--no-lab"), log, env)
+    try:
+        deadline = time.monotonic() + 120
+        while "press Ctrl-C to stop" not in log_path.read_text(errors="replace"):
+            assert up.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        children = psutil.Process(up.pid).children(recursive=True)
+        commands = [" ".join(child.cmdline()) for child in children]
+        assert any(" serve " in c for c in commands) and any(" run " in c for c in commands), commands
+        up.send_signal(signal.SIGTERM)  # only `up` itself, as `kill PID` or a service manager does
+        assert up.wait(timeout=90) == 128 + signal.SIGTERM, log_path.read_text(errors="replace")[-3000:]
+        alive = [_describe(c) for c in processes.wait_gone(children, timeout=1)]
+        assert not alive, f"`hivemind up` was stopped and left these running: {alive}"
+        assert not processes.group_members(up.pid)
+    finally:
+        processes.kill(up)
+
+
+def up_command(tmp_path: Path, *args: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "hivemind_nodepool.cli.user",
@@ -219,11 +270,12 @@ def test_hivemind_up_runs_a_notebook_against_its_own_pool(tmp_path: Path) -> Non
         "0",
         "--executor",
         "local",
-        "--run",
-        str(path),
+        *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "remote" in result.stdout and "back home 42" in result.stdout
-    assert "does not isolate" in result.stderr  # the local executor says so plainly
-    assert (tmp_path / "data" / "try.executed.ipynb").exists()
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid}: {' '.join(proc.cmdline())}"
+    except psutil.Error:
+        return str(proc.pid)

@@ -8,11 +8,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.protocol.errors import HiveMindError
 
 from . import processes
+
+if TYPE_CHECKING:
+    from .worker import WorkerProcess
 
 ADMIN_NAME = "admin"
 ADMIN_PASSWORD = "admin-password-1"
@@ -43,6 +47,7 @@ class PoolProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         self._admin_ready = False
+        self.workers: list[WorkerProcess] = []  # made for this pool; stopped before it on exit
 
     @property
     def pid(self) -> int:
@@ -71,9 +76,19 @@ class PoolProcess:
         pool_file = self.data_dir / "pool.json"
         pool_file.unlink(missing_ok=True)
         env = {**os.environ, **(self.env or {})}
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = processes.start(self.command(), log, env)
+        try:
+            self._wait_ready(pool_file, timeout)
+        except BaseException:
+            self.kill()  # a start that failed leaves nothing running
+            raise
+        if self.listen.endswith(":0"):  # restart on the same port
+            self.listen = self.address
+        return self
+
+    def _wait_ready(self, pool_file: Path, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,7 +103,6 @@ class PoolProcess:
                 pass
             time.sleep(0.05)
         else:
-            self.kill()
             raise RuntimeError(f"the pool did not write pool.json within {timeout} s:\n{self.log()}")
         # A successful RPC: the login of a user that does not exist answers UNAUTHENTICATED.
         with PoolClient(self.address, ca_file=self.ca_file, timeout=5) as client:
@@ -98,9 +112,6 @@ class PoolProcess:
             except HiveMindError as exc:
                 if exc.code.name != "UNAUTHENTICATED":
                     raise
-        if self.listen.endswith(":0"):  # restart on the same port
-            self.listen = self.address
-        return self
 
     def log(self) -> str:
         try:
@@ -119,11 +130,15 @@ class PoolProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        """Stop it (SIGTERM), and make sure it is gone even when stopping failed."""
+        """Stop its workers, then it (SIGTERM), and make sure all are gone even when stopping failed."""
         try:
-            self.stop()
+            for worker in reversed(self.workers):
+                worker.close()
         finally:
-            self.kill()
+            try:
+                self.stop()
+            finally:
+                self.kill()
 
     def restart(self, hard: bool = False) -> PoolProcess:
         """Stop (SIGKILL when hard) and start again on the same port and data dir."""

@@ -19,7 +19,8 @@ from .pool import PoolProcess
 
 class WorkerProcess:
     """`.start()` waits until the pool lists the worker ONLINE; `.stop()` sends SIGTERM (drain),
-    `.kill()` SIGKILL. Logs go to STATE_DIR/../<name>.log; `.worker_id` is set once it joined."""
+    `.kill()` SIGKILL, `.close()` (or leaving a `with` block) stops it for good. Logs go to
+    STATE_DIR/../<name>.log; `.worker_id` is set once it joined. Its pool's exit closes it too."""
 
     def __init__(
         self,
@@ -43,6 +44,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}.log"
         self.worker_id = ""
+        self._closed = False
+        pool.workers.append(self)  # the pool stops it, if nothing else did, before it stops
 
     @property
     def pid(self) -> int:
@@ -76,12 +79,17 @@ class WorkerProcess:
         return command
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
+        self._closed = False
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
         env.update(self.env or {})
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.wait_online(timeout)
+            self.proc = processes.start(self.command(), log, env)
+        try:
+            self.wait_online(timeout)
+        except BaseException:
+            self.kill()  # a start that failed leaves nothing running
+            raise
         return self
 
     def _identity(self) -> str:
@@ -122,3 +130,37 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL, as a crash would: its containers stay until it (or another run) reaps them."""
         processes.kill(self.proc)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """The end of its test: stop it (drain), kill it if it will not stop, remove its containers."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stop(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            self.kill()
+            if self.executor == "docker":
+                remove_task_containers(self.worker_id)
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def remove_task_containers(worker_id: str) -> None:
+    """Remove containers a test's worker left behind (only that worker's, by label)."""
+    if not worker_id:
+        return
+    found = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.hivemind.worker={worker_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if found:
+        subprocess.run(["docker", "rm", "-f", *found], capture_output=True, check=False)

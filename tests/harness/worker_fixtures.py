@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from .pool import PoolProcess
-from .worker import WorkerProcess
+from .worker import WorkerProcess, remove_task_containers
 
-
-def remove_task_containers(worker_id: str) -> None:
-    """Remove containers a test's worker left behind (only that worker's, by label)."""
-    if not worker_id:
-        return
-    found = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.hivemind.worker={worker_id}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if found:
-        subprocess.run(["docker", "rm", "-f", *found], capture_output=True, check=False)
-
-
-def _stop(worker: WorkerProcess) -> None:
-    try:
-        worker.stop(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        worker.kill()
-        remove_task_containers(worker.worker_id)
+__all__ = ["docker_worker", "local_worker", "remove_task_containers"]
 
 
 @pytest.fixture
@@ -43,18 +20,12 @@ def docker_worker(pool: PoolProcess, docker_engine: None) -> Iterator[WorkerProc
     from hivemind_worker.image import runtime_image_exists
 
     require(runtime_image_exists(), "the runtime image is missing: hivemind-worker image build --bootstrap")
-    worker = WorkerProcess(pool, executor="docker", name="docker-worker").start()
-    try:
+    with WorkerProcess(pool, executor="docker", name="docker-worker") as worker:
         yield worker
-    finally:
-        _stop(worker)
 
 
 @pytest.fixture
 def local_worker(pool: PoolProcess) -> Iterator[WorkerProcess]:
     """A local-executor worker (no isolation; no Docker needed)."""
-    worker = WorkerProcess(pool, executor="local", name="local-worker").start()
-    try:
+    with WorkerProcess(pool, executor="local", name="local-worker") as worker:
         yield worker
-    finally:
-        _stop(worker)

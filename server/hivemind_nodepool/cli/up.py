@@ -15,9 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from hivemind_nodepool.client import credentials
 from hivemind_nodepool.client.pool_client import PoolClient
@@ -85,20 +87,72 @@ def _local_admin(data_dir: Path, pool_dir: Path) -> tuple[str, str]:
     return name, password
 
 
+STOP_GRACE = 20.0  # seconds each process gets to stop on SIGTERM before it is killed
+# Signals that end `up` the way Ctrl-C does: its processes are stopped before it exits. Without a
+# handler Python dies at once on these, and the pool and worker would outlive it.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """`up` was asked to stop by a signal. A BaseException, so that no `except Exception` on the
+    way out swallows it; `run_up` turns it into the exit status a shell shows for that signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _handling(handler: Callable[[int, FrameType | None], None], signals: tuple[int, ...]) -> Iterator[None]:
+    """Install `handler` for `signals` (main thread only, as Python requires) and restore after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _stop_all(started: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process in reverse order and wait for it; kill one that outlasts the grace. A
+    second Ctrl-C or SIGTERM meanwhile kills the rest at once instead of breaking off the cleanup."""
+    hurry = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not hurry.is_set():
+            _say("stopping now: killing what is still running")
+        hurry.set()
+
+    with _handling(on_signal, (signal.SIGINT, *_STOP_SIGNALS)):
+        for process in reversed(started):
+            if process.poll() is None and not hurry.is_set():
+                process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE
+            while process.poll() is None and not hurry.is_set() and time.monotonic() < deadline:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=0.2)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 @contextlib.contextmanager
 def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Started processes, stopped (SIGTERM, then SIGKILL) in reverse order on the way out."""
+    """Started processes, stopped (SIGTERM, then SIGKILL) in reverse order on the way out, however
+    `up` ends: returning, an error, Ctrl-C, SIGTERM or SIGHUP."""
     started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for process in reversed(started):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+    with _handling(_raise_stopped, _STOP_SIGNALS):
+        try:
+            yield started
+        finally:
+            _stop_all(started)
 
 
 def _wait_for_worker(client: PoolClient, timeout: float = 60) -> pb.Worker:
@@ -148,6 +202,14 @@ def run_notebook(path: Path, output_dir: Path) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    try:
+        return _run_up(args)
+    except Stopped as stop:
+        _say("stopped")
+        return 128 + stop.signum
+
+
+def _run_up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     pool_dir, worker_dir = data_dir / "pool", data_dir / "worker"
     pool_dir.mkdir(parents=True, exist_ok=True)
