@@ -38,11 +38,6 @@ class HiveMind(Configurable):
         config=True,
         help="Interrupting a waiting %%hivemind cell cancels the remote task, or only detaches from it.",
     )
-    poll_interval = Float(
-        1.0,
-        config=True,
-        help="Unused: the pool pushes task changes (WatchTasks). Kept so older configurations load.",
-    )
 
     @default("pool_address")
     def _pool_address_default(self) -> str:
@@ -61,7 +56,7 @@ class HiveMind(Configurable):
             raise ValueError(str(exc)) from None
         return value
 
-    @validate("default_cpus", "poll_interval")
+    @validate("default_cpus")
     def _check_positive(self, proposal: dict) -> float:
         value = float(proposal["value"])
         if value <= 0:

@@ -19,6 +19,8 @@ echo "==> mypy"
 mypy
 echo "==> generated stubs"
 python scripts/gen_proto.py --check
+echo "==> settings tables in the docs"
+python scripts/settings_docs.py --check
 
 echo "==> pytest"
 status=0

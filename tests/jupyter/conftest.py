@@ -33,7 +33,6 @@ def hivemind_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 def jp_server_config(hivemind_config_dir: Path) -> dict:
     return {
         "ServerApp": {"jpserver_extensions": {"hivemind_jupyter": True}},
-        "HiveMind": {"poll_interval": 0.2},
     }
 
 

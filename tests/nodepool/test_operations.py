@@ -149,7 +149,7 @@ def test_settings_layers(tmp_path: Path) -> None:
     settings = load_settings(
         config,
         {"listen": "127.0.0.1:7000"},
-        environ={"HIVEMIND_HEARTBEAT_TIMEOUT": "45", "HIVEMIND_RETENTION": "2d"},
+        environ={"HIVEMIND_POOL_HEARTBEAT_TIMEOUT": "45", "HIVEMIND_POOL_RETENTION": "2d"},
     )
     assert settings.heartbeat_timeout == 45  # env beats the file
     assert settings.listen == "127.0.0.1:7000"  # flags beat everything

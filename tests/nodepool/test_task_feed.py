@@ -212,7 +212,7 @@ def _opens(client: PoolClient) -> bool:
 
 
 def test_signing_out_ends_the_feed(tmp_path: Path) -> None:
-    pool = PoolProcess(tmp_path / "pool", env={"HIVEMIND_FEED_AUTH_RECHECK": "0.5"}).start()
+    pool = PoolProcess(tmp_path / "pool", env={"HIVEMIND_POOL_FEED_AUTH_RECHECK": "0.5"}).start()
     try:
         pool.add_user("alice", PASSWORD)
         session = pool.login("alice", PASSWORD)
@@ -227,7 +227,7 @@ def test_signing_out_ends_the_feed(tmp_path: Path) -> None:
 
 
 def test_a_reader_that_never_reads_does_not_stall_the_pool(tmp_path: Path) -> None:
-    pool = PoolProcess(tmp_path / "pool", env={"HIVEMIND_FEED_QUEUE_LIMIT": "50"}).start()
+    pool = PoolProcess(tmp_path / "pool", env={"HIVEMIND_POOL_FEED_QUEUE_LIMIT": "50"}).start()
     try:
         pool.add_user("alice", PASSWORD)
         alice = pool.login("alice", PASSWORD)

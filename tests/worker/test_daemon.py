@@ -81,7 +81,7 @@ def test_drain_past_the_grace_hands_the_task_back_without_a_retry(pool, tmp_path
 def test_live_output_is_capped_with_a_visible_notice(pool, tmp_path: Path) -> None:
     alice = user(pool)
     worker = WorkerProcess(
-        pool, executor="local", name="capped", env={"HIVEMIND_MAX_OUTPUT_BYTES": "20000"}
+        pool, executor="local", name="capped", env={"HIVEMIND_WORKER_MAX_OUTPUT_BYTES": "20000"}
     ).start()
     try:
         loud = "for i in range(3000):\n    print('line %05d ' % i + 'x' * 40)"
@@ -107,13 +107,13 @@ def test_cli_help_everywhere() -> None:
 
 def test_cli_bad_input_gets_clear_errors(tmp_path: Path) -> None:
     result = _cli("run", "--state-dir", str(tmp_path / "s"))
-    assert result.returncode == 2 and "no pool address" in result.stderr
+    assert result.returncode == 1 and "no pool address" in result.stderr
     result = _cli("run", "--pool", "127.0.0.1:1", "--executor", "local", "--state-dir", str(tmp_path / "s"))
-    assert result.returncode == 3 and "join-token" in result.stderr
+    assert result.returncode == 1 and "join-token" in result.stderr
     config = tmp_path / "worker.toml"
     config.write_text("[worker]\nmax_cpus = 2\ncolour = 'blue'\n")
     result = _cli("run", "--config", str(config))
-    assert result.returncode == 2 and "unknown setting 'colour'" in result.stderr
+    assert result.returncode == 1 and "unknown setting 'colour'" in result.stderr
     config.write_text("not toml [")
     assert "not valid TOML" in _cli("doctor", "--config", str(config)).stderr
     result = _cli("run", "--pool", "x:1", "--max-memory", "lots")
@@ -127,7 +127,7 @@ def test_settings_layers_flags_win(tmp_path: Path) -> None:
     config.write_text(
         '[worker]\npool = "file:1"\nmax_memory = "4G"\nlabels = {room = "b12"}\ndrain_grace = "2m"\n'
     )
-    env = {"HIVEMIND_POOL": "env:2", "HIVEMIND_MAX_CPUS": "3"}
+    env = {"HIVEMIND_WORKER_POOL": "env:2", "HIVEMIND_WORKER_MAX_CPUS": "3"}
     settings = load_settings(config, {"pool": "flag:3"}, environ=env)
     assert settings.pool == "flag:3"
     assert settings.max_cpus == 3.0 and settings.max_memory == 4 * 1024**3

@@ -79,7 +79,7 @@ def test_cancel_builds_the_result_so_far(pool, executor: str, request: pytest.Fi
         request.getfixturevalue("docker_engine")
     alice = user(pool)
     worker = WorkerProcess(
-        pool, executor=executor, name=f"keeper-{executor}", env={"HIVEMIND_KEEP_ATTEMPTS": "1"}
+        pool, executor=executor, name=f"keeper-{executor}", env={"HIVEMIND_WORKER_KEEP_ATTEMPTS": "1"}
     ).start()
     try:
         task = submit(alice, bundle(notebook(*CELLS)))

@@ -25,7 +25,7 @@ INTERFACES = "import os\nprint('interfaces', sorted(os.listdir('/sys/class/net')
 @pytest.fixture
 def open_pool(tmp_path: Path) -> Iterator[PoolProcess]:
     """A pool whose policy lets tasks that ask for network have it."""
-    with PoolProcess(tmp_path / "open-pool", env={"HIVEMIND_ALLOW_NETWORK": "1"}) as process:
+    with PoolProcess(tmp_path / "open-pool", env={"HIVEMIND_POOL_ALLOW_NETWORK": "1"}) as process:
         yield process
 
 

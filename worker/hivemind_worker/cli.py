@@ -11,66 +11,21 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
-from hivemind_nodepool.protocol.errors import HiveMindError
+from hivemind_nodepool.protocol import commandline
 
-from . import __version__
+from .settings import SCHEMA, WorkerSettings, load_settings
 
 log = logging.getLogger(__name__)
 
 
-def _settings_from(args: argparse.Namespace) -> Any:
-    from .settings import load_settings
-
-    overrides = {
-        "pool": args.pool,
-        "join_token": args.join_token,
-        "executor": args.executor,
-        "state_dir": args.state_dir,
-        "ca": args.ca,
-        "labels": args.labels,
-        "name": args.name,
-        "max_cpus": args.max_cpus,
-        "max_memory": args.max_memory,
-        "max_gpus": args.max_gpus,
-        "image": args.image,
-        "heartbeat_interval": args.heartbeat_interval,
-        "drain_grace": args.drain_grace,
-        "build_network": args.build_network,
-        "build_ca_bundle": args.build_ca_bundle,
-        "task_network": args.task_network,
-        "insecure": True if args.insecure else None,
-    }
-    return load_settings(args.config, overrides)
+def _settings_from(args: argparse.Namespace) -> WorkerSettings:
+    return load_settings(args.config, SCHEMA.flag_values(args))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a TOML file with a [worker] table of settings")
-    parser.add_argument("--pool", help="the pool's address, HOST:PORT")
-    parser.add_argument("--join-token", help="the admin's join token (only needed to join the first time)")
-    parser.add_argument(
-        "--executor",
-        choices=["docker", "local"],
-        help="docker (default): locked-down containers; local: a venv, NO isolation",
-    )
-    parser.add_argument("--state-dir", help="where the identity, caches and task folders live")
-    parser.add_argument("--ca", help="the pool's CA certificate (TLS)")
-    parser.add_argument("--insecure", action="store_true", help="allow plaintext gRPC off loopback")
-    parser.add_argument("--labels", help="labels tasks can ask for, k=v,k2=v2")
-    parser.add_argument("--name", help="the name shown in the pool (default: the hostname)")
-    parser.add_argument("--max-cpus", help="cores the pool may use (default: all)")
-    parser.add_argument("--max-memory", help="memory the pool may use, e.g. 16G (default: all)")
-    parser.add_argument("--max-gpus", help="GPUs the pool may use (default: all found)")
-    parser.add_argument("--image", help="the runtime image (default: hivemind-runtime:<version>)")
-    parser.add_argument("--heartbeat-interval", help="seconds between heartbeats (default 3)")
-    parser.add_argument("--drain-grace", help="how long running tasks may finish on SIGTERM (default 60s)")
-    parser.add_argument("--build-network", help="network mode for environment builds, e.g. host")
-    parser.add_argument("--build-ca-bundle", help="CA bundle mounted into environment builds")
-    parser.add_argument(
-        "--task-network",
-        help="the Docker network for tasks the pool allows network (default: bridge; never the host's)",
-    )
+    SCHEMA.add_flags(parser.add_argument_group("settings"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -119,15 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="A HiveMind worker: joins a NodePool and runs its tasks with papermill, in "
         "locked-down Docker containers (or, when chosen, a local venv without isolation).",
     )
-    parser.add_argument("--version", action="version", version=f"hivemind-worker {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commandline.add_common_options(parser, default_level="INFO")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser(
         "run",
         help="join the pool and run tasks until stopped (SIGTERM drains)",
         description="Join the pool and run its tasks. SIGTERM drains: no new "
-        "tasks, running ones get --drain-grace to finish, then go back to the pool.",
+        "tasks, running ones get --drain-grace to finish, then go back to the pool. Each setting "
+        "comes from its flag, else its HIVEMIND_WORKER_* variable, else the --config file's "
+        "[worker] table, else the default.",
     )
     _add_common(run)
     run.set_defaults(func=cmd_run)
@@ -174,21 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("docker").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-    try:
-        return int(args.func(args))
-    except HiveMindError as exc:
-        print(f"hivemind-worker: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return commandline.main(build_parser(), argv, quiet_loggers=("docker", "urllib3"))
 
 
 if __name__ == "__main__":

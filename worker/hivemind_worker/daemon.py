@@ -26,6 +26,7 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient, WorkerStream
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.commandline import EXIT_ERROR, EXIT_OK
 from hivemind_nodepool.protocol.errors import (
     Cancelled,
     HiveMindError,
@@ -45,7 +46,6 @@ from .settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
-EXIT_OK, EXIT_USAGE, EXIT_AUTH = 0, 2, 3
 
 
 class Daemon:
@@ -177,7 +177,7 @@ class Daemon:
             return self._connection_loop()
         except Unauthenticated as exc:
             log.error("%s", exc)
-            return EXIT_AUTH
+            return EXIT_ERROR
         finally:
             self._shutdown_attempts()
             if self.executor is not None:
@@ -401,4 +401,4 @@ def run_daemon(settings: WorkerSettings) -> int:
         return Daemon(settings).run()
     except WorkerError as exc:
         log.error("%s", exc)
-        return EXIT_USAGE
+        return EXIT_ERROR

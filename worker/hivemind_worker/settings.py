@@ -1,17 +1,27 @@
-"""The worker's settings: defaults < TOML file (--config, section [worker]) < HIVEMIND_* env < flags."""
+"""The worker's settings, each declared once: defaults < TOML file (--config, [worker] table) <
+HIVEMIND_WORKER_* environment < flags of `hivemind-worker run` and `doctor`."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.client.submission import parse_labels
 from hivemind_nodepool.protocol.errors import InvalidInput
-from hivemind_nodepool.protocol.layered_settings import FieldKinds, load_layers
-
-from .image import runtime_tag
+from hivemind_nodepool.protocol.layered_settings import (
+    BOOL,
+    DURATION,
+    FLOAT,
+    INT,
+    PATH,
+    SIZE,
+    Kind,
+    SettingsSchema,
+    setting,
+)
 
 
 def default_state_dir() -> Path:
@@ -22,38 +32,98 @@ def default_state_dir() -> Path:
     return Path(base) / "hivemind-worker"
 
 
+def default_image() -> str:
+    from .image import runtime_tag  # lazily: the image module imports the Docker SDK
+
+    return runtime_tag()
+
+
+def _read_labels(value: Any) -> dict[str, str]:
+    """{'gpu': 'a100', 'room': '2'} from 'gpu=a100,room=2' (or a TOML table)."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return parse_labels([str(value)])
+
+
+def _show_labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+LABELS = Kind("labels", "K=V,...", _read_labels, _show_labels)
+
+
 @dataclass
 class WorkerSettings:
-    pool: str = ""
-    join_token: str = ""
-    name: str = ""  # the display name; default: the hostname
-    executor: str = "docker"  # "docker" or "local"
-    state_dir: Path = field(default_factory=default_state_dir)
-    ca: Path | None = None  # the pool's CA certificate, for TLS
-    insecure: bool = False  # allow plaintext off loopback
-    labels: dict[str, str] = field(default_factory=dict)
-    max_cpus: float = 0.0  # 0: every core
-    max_memory: int = 0  # 0: all memory
-    max_gpus: int = -1  # -1: every GPU found
-    image: str = field(default_factory=runtime_tag)
-    heartbeat_interval: float = 3.0
-    drain_grace: float = 60.0  # how long running tasks may finish after SIGTERM
-    default_timeout: float = 6 * 3600.0  # when an assignment carries none
-    default_memory: int = 2 * 1024**3  # a task's memory limit when it asks for none
-    pids_limit: int = 512
-    tmpfs_size: int = 1024**3
-    env_cache_size: int = 20 * 1024**3  # task environments kept, least recently used evicted
-    bundle_cache_size: int = 5 * 1024**3
-    max_output_bytes: int = 16 * 1024**2  # live output per task before it is truncated
-    max_result_bytes: int = 1024**3
-    build_network: str | None = None  # network mode for environment builds, e.g. "host"
-    build_ca_bundle: Path | None = None  # extra CA bundle mounted into environment builds
-    keep_attempts: bool = False  # keep attempt folders after upload (debugging)
-    task_network: str = "bridge"  # Docker network for tasks the pool allows network
+    pool: str = setting("", metavar="HOST:PORT", help="the pool's address")
+    join_token: str = setting("", metavar="TOKEN", help="the admin's join token; only for the first join")
+    name: str = setting("", metavar="NAME", help="the name shown in the pool", shown_default="the hostname")
+    executor: str = setting(
+        "docker",
+        choices=("docker", "local"),
+        help="`docker`: locked-down containers; `local`: a venv with NO isolation",
+    )
+    state_dir: Path = setting(
+        kind=PATH,
+        default_factory=default_state_dir,
+        help="where the identity, caches and task folders live",
+        shown_default="`/var/lib/hivemind-worker` (root), `~/.local/state/hivemind-worker`",
+    )
+    ca: Path | None = setting(None, kind=PATH, help="the pool's CA certificate (TLS)")
+    insecure: bool = setting(False, kind=BOOL, help="allow plaintext gRPC off loopback")
+    labels: dict[str, str] = setting(
+        kind=LABELS, default_factory=dict, help="labels tasks can ask for, `k=v,k2=v2`"
+    )
+    max_cpus: float = setting(
+        0.0, kind=FLOAT, help="cores the pool may use; 0: all", shown_default="all cores"
+    )
+    max_memory: int = setting(
+        0, kind=SIZE, help="memory the pool may use; 0: all", shown_default="all memory"
+    )
+    max_gpus: int = setting(
+        -1, kind=INT, help="GPUs the pool may use; -1: every GPU found", shown_default="all GPUs found"
+    )
+    image: str = setting(
+        default_factory=default_image,
+        metavar="IMAGE",
+        help="the runtime image",
+        shown_default="`hivemind-runtime:<version>`",
+    )
+    heartbeat_interval: float = setting(
+        3.0, kind=DURATION, help="time between heartbeats (the pool's, if shorter)"
+    )
+    drain_grace: float = setting(
+        60.0, kind=DURATION, help="on SIGTERM, how long running tasks may finish before they go back"
+    )
+    default_timeout: float = setting(
+        6 * 3600.0, kind=DURATION, help="a task's timeout when its assignment carries none"
+    )
+    default_memory: int = setting(2 * 1024**3, kind=SIZE, help="a task's memory limit when it asks for none")
+    pids_limit: int = setting(512, kind=INT, help="processes per task container (16 or more)")
+    tmpfs_size: int = setting(1024**3, kind=SIZE, help="the tmpfs on a task container's `/tmp`")
+    env_cache_size: int = setting(
+        20 * 1024**3, kind=SIZE, help="task environments kept; least recently used are evicted past it"
+    )
+    bundle_cache_size: int = setting(
+        5 * 1024**3, kind=SIZE, help="bundles kept; least recently used are evicted past it"
+    )
+    max_output_bytes: int = setting(
+        16 * 1024**2, kind=SIZE, help="live output per task; past it a NOTICE says it was truncated"
+    )
+    max_result_bytes: int = setting(1024**3, kind=SIZE, help="the largest result ZIP")
+    build_network: str | None = setting(
+        None, metavar="MODE", help="network mode for environment builds, e.g. `host`"
+    )
+    build_ca_bundle: Path | None = setting(
+        None, kind=PATH, help="an extra CA bundle mounted into environment builds"
+    )
+    keep_attempts: bool = setting(False, kind=BOOL, help="keep attempt folders after upload (for debugging)")
+    task_network: str = setting(
+        "bridge",
+        metavar="NETWORK",
+        help="the Docker network for tasks the pool allows network; never the host's",
+    )
 
     def validate(self) -> None:
-        if self.executor not in ("docker", "local"):
-            raise InvalidInput(f"unknown executor {self.executor!r}: choose docker or local")
         if self.max_cpus < 0 or self.max_memory < 0:
             raise InvalidInput("--max-cpus and --max-memory cannot be negative")
         if self.heartbeat_interval <= 0 or self.drain_grace < 0:
@@ -71,40 +141,13 @@ class WorkerSettings:
                 raise InvalidInput(f"bad label name {key!r}")
 
 
-def _labels(value: str | dict[str, Any]) -> dict[str, str]:
-    """{'gpu': 'a100', 'room': '2'} from 'gpu=a100,room=2' (or a TOML table)."""
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    return parse_labels([value])
-
-
-KINDS = FieldKinds(
-    durations=frozenset({"heartbeat_interval", "drain_grace", "default_timeout"}),
-    sizes=frozenset(
-        {
-            "max_memory",
-            "default_memory",
-            "tmpfs_size",
-            "env_cache_size",
-            "bundle_cache_size",
-            "max_output_bytes",
-            "max_result_bytes",
-        }
-    ),
-    paths=frozenset({"state_dir", "ca", "build_ca_bundle"}),
-    bools=frozenset({"insecure", "keep_attempts"}),
-    floats=frozenset({"max_cpus"}),
-    ints=frozenset({"max_gpus", "pids_limit"}),
-    custom={"labels": _labels},
-)
+SCHEMA = SettingsSchema(WorkerSettings, table="worker", env_prefix="HIVEMIND_WORKER_")
 
 
 def load_settings(
     config_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> WorkerSettings:
     """The worker's settings with every layer applied (the file's [worker] table)."""
-    return load_layers(
-        WorkerSettings, "worker", KINDS, config_file=config_file, overrides=overrides, environ=environ
-    )
+    return SCHEMA.load(config_file, overrides, environ)

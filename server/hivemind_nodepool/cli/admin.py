@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.client import credentials
+from hivemind_nodepool.pool.config import SCHEMA
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
+from hivemind_nodepool.protocol import commandline
+from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--data-dir",
         type=Path,
-        help="the pool's data folder (local; default $HIVEMIND_DATA_DIR or ./.hivemind/pool)",
+        help="the pool's data folder (local; default $HIVEMIND_POOL_DATA_DIR or ./.hivemind/pool)",
     )
     where.add_argument("--pool", metavar="HOST:PORT", help="a running pool (remote; needs an admin token)")
     where.add_argument("--token", help="an admin's API token (default: the saved sign-in)")
@@ -42,39 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hivemind-nodepool", description="Run and administer a HiveMind pool."
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commandline.add_common_options(parser, default_level="INFO")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve", help="run the pool server", description="Run the pool: gRPC API, scheduler, worker gateway."
+        "serve",
+        help="run the pool server",
+        description="Run the pool: gRPC API, scheduler, worker gateway. Each setting comes from its "
+        "flag, else its HIVEMIND_POOL_* variable, else the --config file's [pool] table, else the default.",
     )
     serve.add_argument("--config", type=Path, help="a TOML settings file ([pool] table)")
-    serve.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help="where to listen (default 127.0.0.1:50051; port 0 picks a free one)",
-    )
-    serve.add_argument("--data-dir", type=Path, help="the pool's data folder")
-    serve.add_argument(
-        "--heartbeat-interval", metavar="SECONDS", help="how often workers heartbeat (default 5)"
-    )
-    serve.add_argument(
-        "--heartbeat-timeout", metavar="SECONDS", help="silence before a worker is lost (default 15)"
-    )
-    serve.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics here")
-    serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM), from `tls init`")
-    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    serve.add_argument(
-        "--insecure", action="store_true", default=None, help="allow plaintext on a non-loopback address"
-    )
-    serve.add_argument("--max-bundle-size", metavar="SIZE", help="largest accepted bundle (default 2G)")
-    serve.add_argument("--max-result-size", metavar="SIZE", help="largest accepted result (default 2G)")
-    serve.add_argument(
-        "--retention", metavar="DURATION", help="keep finished tasks' files this long (default 30d)"
-    )
-    serve.add_argument(
-        "--allow-network", action="store_true", default=None, help="let tasks that ask for network have it"
-    )
+    SCHEMA.add_flags(serve.add_argument_group("settings"))
+    serve.set_defaults(func=cmd_serve)
 
     user = commands.add_parser("user", help="manage user accounts").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -84,12 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--admin", action="store_true", help="make the user an admin")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     _add_target(add)
+    add.set_defaults(func=cmd_user_add)
     listing = user.add_parser("list", help="list users")
     listing.add_argument("--json", action="store_true")
     _add_target(listing)
+    listing.set_defaults(func=cmd_user_list)
     disable = user.add_parser("disable", help="disable a user (their tokens stop working)")
     disable.add_argument("name")
     _add_target(disable)
+    disable.set_defaults(func=cmd_user_disable)
 
     join = commands.add_parser("join-token", help="tokens that let workers join").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -97,12 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     create = join.add_parser("create", help="create a join token and print it")
     create.add_argument("--expires", default="7d", metavar="DURATION", help="lifetime (default 7d)")
     _add_target(create)
+    create.set_defaults(func=cmd_join_token_create)
     jlist = join.add_parser("list", help="list join tokens")
     jlist.add_argument("--json", action="store_true")
     _add_target(jlist)
+    jlist.set_defaults(func=cmd_join_token_list)
     revoke = join.add_parser("revoke", help="revoke a join token by its id")
     revoke.add_argument("id")
     _add_target(revoke)
+    revoke.set_defaults(func=cmd_join_token_revoke)
 
     tls = commands.add_parser("tls", help="TLS certificates").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -120,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     init.add_argument("--force", action="store_true", help="replace existing files")
+    init.set_defaults(func=cmd_tls_init)
 
     status = commands.add_parser("status", help="workers and tasks at a glance")
     status.add_argument("--json", action="store_true")
     _add_target(status)
+    status.set_defaults(func=cmd_status)
     return parser
 
 
@@ -305,94 +294,89 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hivemind_nodepool.pool.config import load_settings
     from hivemind_nodepool.pool.server import serve
 
-    overrides = {
-        "listen": args.listen,
-        "data_dir": args.data_dir,
-        "heartbeat_interval": args.heartbeat_interval,
-        "heartbeat_timeout": args.heartbeat_timeout,
-        "metrics_listen": args.metrics_listen,
-        "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key,
-        "insecure": args.insecure,
-        "max_bundle_size": args.max_bundle_size,
-        "max_result_size": args.max_result_size,
-        "retention": args.retention,
-        "allow_network": args.allow_network,
-    }
-    settings = load_settings(args.config, overrides)
+    settings = load_settings(args.config, SCHEMA.flag_values(args))
     asyncio.run(serve(settings))
     return 0
 
 
-def cmd_user(args: argparse.Namespace) -> int:
-    if args.action == "add":
-        password = _read_password(args.password_stdin)
-        created = _backend(args).add_user(args.name, password, args.admin)
-        print(f"created user {created.name}" + (" (admin)" if created.admin else ""))
-    elif args.action == "list":
-        users = _backend(args).list_users()
-        if args.json:
-            print(
-                json.dumps(
-                    [
-                        {"name": u.name, "admin": u.admin, "disabled": u.disabled, "created_at": u.created_at}
-                        for u in users
-                    ],
-                    indent=2,
-                )
-            )
-        else:
-            for u in users:
-                flags = ", ".join(f for f, on in (("admin", u.admin), ("disabled", u.disabled)) if on)
-                print(f"{u.name}" + (f"  ({flags})" if flags else ""))
-    else:
-        user = _backend(args).disable_user(args.name)
-        print(f"disabled user {user.name}; their tokens no longer work")
+def cmd_user_add(args: argparse.Namespace) -> int:
+    password = _read_password(args.password_stdin)
+    created = _backend(args).add_user(args.name, password, args.admin)
+    print(f"created user {created.name}" + (" (admin)" if created.admin else ""))
     return 0
 
 
-def cmd_join_token(args: argparse.Namespace) -> int:
-    backend = _backend(args)
-    if args.action == "create":
-        ttl = parse_duration(args.expires)
-        if ttl <= 0:
-            raise InvalidInput("--expires must be positive")
-        token = backend.create_join_token(ttl)
-        print(token.token)
+def cmd_user_list(args: argparse.Namespace) -> int:
+    users = _backend(args).list_users()
+    if args.json:
         print(
-            f"(id {token.id}, expires {_when(token.expires_at)}; give it to "
-            f"`hivemind-worker run --join-token`)",
-            file=sys.stderr,
-        )
-    elif args.action == "list":
-        tokens = backend.list_join_tokens()
-        if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "id": t.id,
-                            "created_at": t.created_at,
-                            "expires_at": t.expires_at,
-                            "revoked": t.revoked,
-                            "created_by": t.created_by,
-                        }
-                        for t in tokens
-                    ],
-                    indent=2,
-                )
+            json.dumps(
+                [
+                    {"name": u.name, "admin": u.admin, "disabled": u.disabled, "created_at": u.created_at}
+                    for u in users
+                ],
+                indent=2,
             )
-        else:
-            for t in tokens:
-                state = "revoked" if t.revoked else ("expired" if t.expires_at < time.time() else "valid")
-                print(f"{t.id}  {state:8s} expires {_when(t.expires_at)}  by {t.created_by}")
+        )
     else:
-        revoked = backend.revoke_join_token(args.id)
-        print(f"revoked join token {revoked.id}")
+        for u in users:
+            flags = ", ".join(f for f, on in (("admin", u.admin), ("disabled", u.disabled)) if on)
+            print(f"{u.name}" + (f"  ({flags})" if flags else ""))
     return 0
 
 
-def cmd_tls(args: argparse.Namespace) -> int:
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    user = _backend(args).disable_user(args.name)
+    print(f"disabled user {user.name}; their tokens no longer work")
+    return 0
+
+
+def cmd_join_token_create(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    ttl = parse_duration(args.expires)
+    if ttl <= 0:
+        raise InvalidInput("--expires must be positive")
+    token = backend.create_join_token(ttl)
+    print(token.token)
+    print(
+        f"(id {token.id}, expires {_when(token.expires_at)}; give it to `hivemind-worker run --join-token`)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_join_token_list(args: argparse.Namespace) -> int:
+    tokens = _backend(args).list_join_tokens()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": t.id,
+                        "created_at": t.created_at,
+                        "expires_at": t.expires_at,
+                        "revoked": t.revoked,
+                        "created_by": t.created_by,
+                    }
+                    for t in tokens
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for t in tokens:
+            state = "revoked" if t.revoked else ("expired" if t.expires_at < time.time() else "valid")
+            print(f"{t.id}  {state:8s} expires {_when(t.expires_at)}  by {t.created_by}")
+    return 0
+
+
+def cmd_join_token_revoke(args: argparse.Namespace) -> int:
+    revoked = _backend(args).revoke_join_token(args.id)
+    print(f"revoked join token {revoked.id}")
+    return 0
+
+
+def cmd_tls_init(args: argparse.Namespace) -> int:
     from hivemind_nodepool.pool.config import default_data_dir
     from hivemind_nodepool.pool.tls import default_hosts, init
 
@@ -428,27 +412,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "serve": cmd_serve,
-    "user": cmd_user,
-    "join-token": cmd_join_token,
-    "tls": cmd_tls,
-    "status": cmd_status,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    try:
-        return COMMANDS[args.command](args)
-    except HiveMindError as exc:
-        print(f"hivemind-nodepool: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return commandline.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

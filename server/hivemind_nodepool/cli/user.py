@@ -16,6 +16,7 @@ from hivemind_nodepool.client import credentials
 from hivemind_nodepool.client.pool_client import PoolClient
 from hivemind_nodepool.client.submission import TaskRequest, package_path, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol import commandline
 from hivemind_nodepool.protocol.bundle import safe_extract
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
 from hivemind_nodepool.protocol.states import state_name
@@ -201,14 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hivemind", description="Use a HiveMind pool: sign in, submit notebooks, follow and fetch them."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commandline.add_common_options(parser, default_level="WARNING")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    Handler = Callable[[argparse.Namespace], int]
-
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, handler: commandline.Handler, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(func=handler)
         return sub
 
     sub = add("login", cmd_login, "sign in to a pool and keep the credential (0600) for later commands")
@@ -294,19 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.handler(args))
-    except HiveMindError as exc:
-        print(f"hivemind: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("hivemind: interrupted", file=sys.stderr)
-        return 130
+    return commandline.main(build_parser(), argv, log_format="%(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

@@ -1,48 +1,77 @@
-"""The pool's settings: defaults < TOML file (--config) < HIVEMIND_* environment < command-line flags."""
+"""The pool's settings, each declared once: defaults < TOML file (--config, [pool] table) <
+HIVEMIND_POOL_* environment < flags of `hivemind-nodepool serve`."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.protocol.errors import InvalidInput
-from hivemind_nodepool.protocol.layered_settings import FieldKinds, load_layers
+from hivemind_nodepool.protocol.layered_settings import (
+    BOOL,
+    DURATION,
+    INT,
+    PATH,
+    SIZE,
+    SettingsSchema,
+    setting,
+)
 from hivemind_nodepool.protocol.wire import DEFAULT_PORT
 
 DEFAULT_DATA_DIR = Path(".hivemind") / "pool"
-
-
-def default_data_dir() -> Path:
-    override = os.environ.get("HIVEMIND_DATA_DIR")
-    return Path(override) if override else DEFAULT_DATA_DIR
+DAY = 86400.0
 
 
 @dataclass
 class PoolSettings:
-    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
-    data_dir: Path = field(default_factory=default_data_dir)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    insecure: bool = False
-    metrics_listen: str | None = None
-    heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 15.0
-    schedule_interval: float = 1.0  # the periodic scheduling tick; events trigger cycles too
-    max_bundle_size: int = 2 * 1024**3
-    max_result_size: int = 2 * 1024**3
-    token_ttl: float = 30 * 86400.0
-    join_token_ttl: float = 7 * 86400.0
-    default_timeout: float = 6 * 3600.0
-    max_timeout: float = 7 * 86400.0
-    default_max_retries: int = 2
-    retention: float = 30 * 86400.0  # keep finished tasks' bundles and results this long
-    gc_interval: float = 600.0
-    allow_network: bool = False  # the policy: may tasks that ask for network get it
-    shutdown_grace: float = 5.0
-    feed_queue_limit: int = 1000  # tasks a WatchTasks reader may fall behind by before a resync
-    feed_auth_recheck: float = 15.0  # an idle task feed re-checks its caller's token this often
+    listen: str = setting(
+        f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT", help="where to listen; port 0 picks a free one"
+    )
+    data_dir: Path = setting(
+        DEFAULT_DATA_DIR, kind=PATH, help="the pool's data folder: `pool.db` and `blobs/`"
+    )
+    tls_cert: Path | None = setting(None, kind=PATH, help="server certificate (PEM), from `tls init`")
+    tls_key: Path | None = setting(None, kind=PATH, help="server private key (PEM)")
+    insecure: bool = setting(False, kind=BOOL, help="allow plaintext on a non-loopback address")
+    metrics_listen: str | None = setting(None, metavar="HOST:PORT", help="serve Prometheus metrics here")
+    heartbeat_interval: float = setting(5.0, kind=DURATION, help="how often workers heartbeat")
+    heartbeat_timeout: float = setting(15.0, kind=DURATION, help="silence before a worker is lost")
+    schedule_interval: float = setting(
+        1.0, kind=DURATION, help="the periodic scheduling tick; events trigger cycles too"
+    )
+    max_bundle_size: int = setting(2 * 1024**3, kind=SIZE, help="largest accepted bundle")
+    max_result_size: int = setting(2 * 1024**3, kind=SIZE, help="largest accepted result")
+    token_ttl: float = setting(30 * DAY, kind=DURATION, help="lifetime of a user's API token")
+    join_token_ttl: float = setting(
+        7 * DAY, kind=DURATION, help="lifetime of a join token created without one"
+    )
+    default_timeout: float = setting(6 * 3600.0, kind=DURATION, help="a task's timeout when it sets none")
+    max_timeout: float = setting(7 * DAY, kind=DURATION, help="the longest timeout a task may set")
+    default_max_retries: int = setting(
+        2, kind=INT, help="retries after a lost worker when a task sets none (0 to 100)"
+    )
+    retention: float = setting(
+        30 * DAY,
+        kind=DURATION,
+        help="keep finished tasks' bundles and results this long (unreferenced blobs are collected)",
+    )
+    gc_interval: float = setting(600.0, kind=DURATION, help="how often expired files are collected")
+    allow_network: bool = setting(
+        False,
+        kind=BOOL,
+        help="let tasks that ask for network have it (otherwise every task runs with `--network none`)",
+    )
+    shutdown_grace: float = setting(
+        5.0, kind=DURATION, help="on SIGTERM, how long open calls may finish before the pool exits"
+    )
+    feed_queue_limit: int = setting(
+        1000, kind=INT, help="task changes a slow WatchTasks reader may lag by before it is resynced"
+    )
+    feed_auth_recheck: float = setting(
+        15.0, kind=DURATION, help="how often an idle task feed re-checks its caller's token"
+    )
 
     def validate(self) -> None:
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
@@ -57,35 +86,19 @@ class PoolSettings:
             raise InvalidInput("feed_queue_limit must be 1 or more and feed_auth_recheck positive")
 
 
-KINDS = FieldKinds(
-    durations=frozenset(
-        {
-            "heartbeat_interval",
-            "heartbeat_timeout",
-            "schedule_interval",
-            "token_ttl",
-            "join_token_ttl",
-            "default_timeout",
-            "max_timeout",
-            "retention",
-            "gc_interval",
-            "shutdown_grace",
-            "feed_auth_recheck",
-        }
-    ),
-    sizes=frozenset({"max_bundle_size", "max_result_size"}),
-    paths=frozenset({"data_dir", "tls_cert", "tls_key"}),
-    bools=frozenset({"insecure", "allow_network"}),
-    ints=frozenset({"default_max_retries", "feed_queue_limit"}),
-)
+SCHEMA = SettingsSchema(PoolSettings, table="pool", env_prefix="HIVEMIND_POOL_")
+
+
+def default_data_dir() -> Path:
+    """The data folder of admin commands run without --data-dir: the environment's, or the default."""
+    found = SCHEMA.from_environment("data_dir")
+    return found if isinstance(found, Path) else DEFAULT_DATA_DIR
 
 
 def load_settings(
     config_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> PoolSettings:
     """The pool's settings with every layer applied (the file's [pool] table)."""
-    return load_layers(
-        PoolSettings, "pool", KINDS, config_file=config_file, overrides=overrides, environ=environ
-    )
+    return SCHEMA.load(config_file, overrides, environ)
