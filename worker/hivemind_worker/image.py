@@ -1,4 +1,4 @@
-"""The runtime image: building it from worker/hivemind_worker/runtime/Dockerfile, and bootstrapping an offline base.
+"""The runtime image: built from worker/hivemind_worker/runtime/Dockerfile, or on an offline base.
 
 Labs with a registry build from the Dockerfile's default `FROM python:3.12-slim`. Air-gapped labs (and
 machines like the ones this project is tested on) cannot pull it, so `--bootstrap` first builds a
