@@ -4,6 +4,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { TaskState } from './states';
 import {
   IEventPage,
   IPoolStatus,
@@ -12,8 +13,7 @@ import {
   ISubmitRequest,
   ITask,
   ITaskPage,
-  IWorker,
-  TaskState
+  IWorker
 } from './types';
 
 /** An API call that failed: `status` is the HTTP status, 0 when the server could not be reached. */

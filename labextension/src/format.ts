@@ -1,7 +1,8 @@
 /**
  * How numbers, times and states are written in the panel.
  */
-import { IResources, ITask, TaskState, WorkerState, isTerminal, toNumber } from './types';
+import { TaskState, isTerminal } from './states';
+import { IResources, ITask, WorkerState, toNumber } from './types';
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 

@@ -7,6 +7,7 @@ import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ApiError, HiveMindApi } from './api';
+import { TERMINAL_STATES, TaskState, UNFINISHED_STATES } from './states';
 import { ConnectionState, TaskStream } from './stream';
 import {
   IPoolStatus,
@@ -16,8 +17,6 @@ import {
   ITaskEvent,
   IWorker,
   StreamMessage,
-  TaskState,
-  isTerminal,
   toNumber
 } from './types';
 
@@ -621,15 +620,13 @@ const RETRYABLE = new Set([0, 502, 503, 504]);
 /** The list's filter: every task, the unfinished or finished ones, or one state. */
 export type TaskFilter = '' | 'active' | 'finished' | TaskState;
 
-const ACTIVE_STATES: TaskState[] = ['QUEUED', 'ASSIGNED', 'PREPARING', 'RUNNING', 'UPLOADING'];
-const FINISHED_STATES: TaskState[] = ['SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT', 'LOST'];
-
+/** The states a filter lets through, as the list request names them; none means every state. */
 export function filterStates(filter: TaskFilter): TaskState[] {
   if (filter === 'active') {
-    return ACTIVE_STATES;
+    return [...UNFINISHED_STATES];
   }
   if (filter === 'finished') {
-    return FINISHED_STATES;
+    return [...TERMINAL_STATES];
   }
   return filter ? [filter] : [];
 }
@@ -646,4 +643,3 @@ export function describe(error: unknown): string {
   return String(error);
 }
 
-export { isTerminal };

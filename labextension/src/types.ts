@@ -6,20 +6,9 @@
  * value left out. Every field is therefore optional and int64 fields may be strings.
  */
 
-export type Int64 = string | number;
+import { TaskState } from './states';
 
-export type TaskState =
-  | 'TASK_STATE_UNSPECIFIED'
-  | 'QUEUED'
-  | 'ASSIGNED'
-  | 'PREPARING'
-  | 'RUNNING'
-  | 'UPLOADING'
-  | 'SUCCEEDED'
-  | 'FAILED'
-  | 'CANCELLED'
-  | 'TIMED_OUT'
-  | 'LOST';
+export type Int64 = string | number;
 
 export type WorkerState =
   | 'WORKER_STATE_UNSPECIFIED'
@@ -183,31 +172,6 @@ export type StreamMessage =
   | { type: 'event'; task_id: string; event: ITaskEvent }
   | { type: 'error'; error: string; status?: number }
   | { type: string; [key: string]: unknown };
-
-export const TERMINAL_STATES: ReadonlySet<TaskState> = new Set<TaskState>([
-  'SUCCEEDED',
-  'FAILED',
-  'CANCELLED',
-  'TIMED_OUT',
-  'LOST'
-]);
-
-export const ALL_STATES: TaskState[] = [
-  'QUEUED',
-  'ASSIGNED',
-  'PREPARING',
-  'RUNNING',
-  'UPLOADING',
-  'SUCCEEDED',
-  'FAILED',
-  'CANCELLED',
-  'TIMED_OUT',
-  'LOST'
-];
-
-export function isTerminal(state: TaskState | undefined): boolean {
-  return state !== undefined && TERMINAL_STATES.has(state);
-}
 
 /** int64 fields arrive as strings; everything else that counts is a number. */
 export function toNumber(value: Int64 | undefined): number {

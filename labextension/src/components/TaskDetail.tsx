@@ -10,7 +10,8 @@ import {
   taskName
 } from '../format';
 import { HiveMindModel, ILogState } from '../model';
-import { ITask, ITaskEvent, isTerminal, toNumber } from '../types';
+import { isTerminal } from '../states';
+import { ITask, ITaskEvent, toNumber } from '../types';
 import { Message, StateBadge, useTicker } from './common';
 
 // eslint-disable-next-line no-control-regex

@@ -2,7 +2,8 @@ import * as React from 'react';
 
 import { elapsed, formatResources, formatTime, taskName } from '../format';
 import { HiveMindModel, TaskFilter } from '../model';
-import { ALL_STATES, ITask, isTerminal } from '../types';
+import { ALL_STATES, isTerminal } from '../states';
+import { ITask } from '../types';
 import { Message, StateBadge, onListKeyDown, useTicker } from './common';
 import { STATE_LABELS } from '../format';
 

@@ -1,7 +1,7 @@
 import * as React from 'react';
 
 import { STATE_GLYPHS, stateClass, stateLabel } from '../format';
-import { TaskState, isTerminal } from '../types';
+import { TaskState, isTerminal } from '../states';
 
 /** A task's state: a glyph and a word, coloured by the state. */
 export function StateBadge(props: { state: TaskState | undefined }): JSX.Element {
