@@ -95,7 +95,7 @@ export function elapsed(task: ITask, now: number): string {
   if (waiting) {
     return `waiting ${formatDuration(now - created)}`;
   }
-  const end = isTerminal(task.state) ? endedAt(task) ?? task.updated_at ?? now : now;
+  const end = isTerminal(task.state) ? (endedAt(task) ?? task.updated_at ?? now) : now;
   if (!task.timeline?.length) {
     // list answers carry no timeline: count from submission
     return formatDuration(end - created);

@@ -2,11 +2,7 @@
  * The HiveMind JupyterLab extension: a left-sidebar panel for the lab's pool, and
  * "Run on HiveMind" in the file browser's context menu and the notebook toolbar.
  */
-import {
-  ILayoutRestorer,
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, Notification, ToolbarButton, showErrorMessage } from '@jupyterlab/apputils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
@@ -29,6 +25,9 @@ export namespace CommandIDs {
   /** Runs a path given as `args.path` (with `args.isFolder`), or the current notebook. */
   export const run = 'hivemind:run';
 }
+
+/** What the command registry tells callers about commands that take no arguments. */
+const NO_ARGS = { args: { type: 'object', properties: {} } };
 
 const DEFAULTS: ISubmitDefaults = { cpus: 1, memory: '2G', gpus: 0, timeout: '1h' };
 
@@ -117,6 +116,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     app.commands.addCommand(CommandIDs.open, {
       label: 'Open the HiveMind panel',
+      describedBy: NO_ARGS,
       icon: hivemindIcon,
       execute: () => app.shell.activateById(panel.id)
     });
@@ -133,6 +133,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(CommandIDs.runSelected, {
       label: 'Run on HiveMind',
       caption: 'Run this notebook or folder on the lab pool',
+      describedBy: NO_ARGS,
       icon: hivemindIcon,
       isVisible: () => {
         const item = selectedItem();
@@ -149,6 +150,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(CommandIDs.run, {
       label: 'Run Notebook on HiveMind',
       caption: 'Run the current notebook on the lab pool',
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: {
+            path: {
+              type: 'string',
+              description: 'The notebook or folder to run; the current notebook if left out'
+            },
+            isFolder: { type: 'boolean', description: 'Whether the path is a folder to run as one task' }
+          }
+        }
+      },
       icon: hivemindIcon,
       execute: async args => {
         let path = typeof args.path === 'string' ? args.path : '';

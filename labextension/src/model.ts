@@ -9,16 +9,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { ApiError, HiveMindApi } from './api';
 import { TERMINAL_STATES, TaskState, UNFINISHED_STATES } from './states';
 import { ConnectionState, TaskStream } from './stream';
-import {
-  IPoolStatus,
-  IResult,
-  ISession,
-  ITask,
-  ITaskEvent,
-  IWorker,
-  StreamMessage,
-  toNumber
-} from './types';
+import { IPoolStatus, IResult, ISession, ITask, ITaskEvent, IWorker, StreamMessage, toNumber } from './types';
 
 /** The most log events kept for one task in the browser; older ones are dropped. */
 export const MAX_LOG_EVENTS = 5000;
@@ -128,7 +119,7 @@ export class HiveMindModel implements IDisposable {
   resultLoading = '';
 
   get selected(): ITask | undefined {
-    return this.selectedId ? this._byId.get(this.selectedId) ?? this._detail : undefined;
+    return this.selectedId ? (this._byId.get(this.selectedId) ?? this._detail) : undefined;
   }
 
   setView(view: View): void {
@@ -642,4 +633,3 @@ export function describe(error: unknown): string {
   }
   return String(error);
 }
-

@@ -76,15 +76,19 @@ function PanelBody(props: { model: HiveMindModel; openPath: (path: string) => vo
       <>
         {session.reachable === false && (
           <p className="jp-HiveMind-notice" role="status">
-            The pool{session.pool ? ` at ${session.pool}` : ''} does not answer right now. Your tasks
-            keep running there; this panel catches up when it is back.{' '}
+            The pool{session.pool ? ` at ${session.pool}` : ''} does not answer right now. Your tasks keep
+            running there; this panel catches up when it is back.{' '}
             <button type="button" className="jp-HiveMind-link" onClick={() => void model.refreshSession()}>
               Check again
             </button>
           </p>
         )}
         <Tabs model={model} />
-        <div className="jp-HiveMind-view" role="tabpanel" aria-label={model.view === 'pool' ? 'Pool' : 'My tasks'}>
+        <div
+          className="jp-HiveMind-view"
+          role="tabpanel"
+          aria-label={model.view === 'pool' ? 'Pool' : 'My tasks'}
+        >
           {model.view === 'pool' ? (
             <PoolView model={model} />
           ) : model.selectedId ? (
@@ -110,11 +114,7 @@ function PanelBody(props: { model: HiveMindModel; openPath: (path: string) => vo
               {CONNECTION_TEXT[model.connection]}
             </span>
             {model.connection === 'closed' && (
-              <button
-                type="button"
-                className="jp-HiveMind-link"
-                onClick={() => model.stream.reconnectNow()}
-              >
+              <button type="button" className="jp-HiveMind-link" onClick={() => model.stream.reconnectNow()}>
                 Reconnect
               </button>
             )}

@@ -165,7 +165,12 @@ function SubmitFields(props: {
         </p>
       )}
       {field('name', 'Name', 'Shown in the task list; empty: the notebook name.', { autoFocus: true })}
-      {props.isFolder && field('entry', 'Entry notebook', 'The notebook to run inside the folder; empty: the only or main one.')}
+      {props.isFolder &&
+        field(
+          'entry',
+          'Entry notebook',
+          'The notebook to run inside the folder; empty: the only or main one.'
+        )}
       <div className="jp-HiveMind-fieldRow">
         {field('cpus', 'CPUs', 'e.g. 2 or 0.5', { inputMode: 'decimal' })}
         {field('memory', 'Memory', 'e.g. 4G')}

@@ -11,11 +11,7 @@ import { TaskState } from './states';
 export type Int64 = string | number;
 
 export type WorkerState =
-  | 'WORKER_STATE_UNSPECIFIED'
-  | 'WORKER_ONLINE'
-  | 'WORKER_DRAINING'
-  | 'WORKER_OFFLINE'
-  | 'WORKER_LOST';
+  'WORKER_STATE_UNSPECIFIED' | 'WORKER_ONLINE' | 'WORKER_DRAINING' | 'WORKER_OFFLINE' | 'WORKER_LOST';
 
 export interface IResources {
   cpus?: number;
@@ -69,13 +65,7 @@ export interface ITask {
 }
 
 export type EventKind =
-  | 'KIND_UNSPECIFIED'
-  | 'STATE'
-  | 'STDOUT'
-  | 'STDERR'
-  | 'DISPLAY'
-  | 'PROGRESS'
-  | 'NOTICE';
+  'KIND_UNSPECIFIED' | 'STATE' | 'STDOUT' | 'STDERR' | 'DISPLAY' | 'PROGRESS' | 'NOTICE';
 
 export interface ITaskEvent {
   seq?: Int64;

@@ -26,8 +26,8 @@ export function SignIn(props: { model: HiveMindModel }): JSX.Element {
   return (
     <form className="jp-HiveMind-signin" onSubmit={submit} aria-label="Sign in to the HiveMind pool">
       <p className="jp-HiveMind-hint">
-        Sign in with the account your lab admin created for you on the pool. Your password is sent
-        to the pool once; Jupyter keeps only a revocable token.
+        Sign in with the account your lab admin created for you on the pool. Your password is sent to the pool
+        once; Jupyter keeps only a revocable token.
       </p>
       {model.sessionNotice && (
         <p className="jp-HiveMind-notice" role="status">

@@ -96,7 +96,8 @@ function LogView(props: { log: ILogState }): JSX.Element {
         aria-live="off"
         onScroll={onScroll}
       >
-        {log.dropped > 0 && `… ${log.dropped} earlier lines are not shown here; the result notebook has them\n`}
+        {log.dropped > 0 &&
+          `… ${log.dropped} earlier lines are not shown here; the result notebook has them\n`}
         {text || (log.loading ? 'Loading the log…' : 'Nothing logged yet.')}
       </pre>
     </section>
@@ -118,7 +119,9 @@ function Timeline(props: { task: ITask }): JSX.Element {
                 <time dateTime={step.at ? new Date(step.at * 1000).toISOString() : undefined}>
                   {formatTime(step.at)}
                 </time>
-                {next?.at && step.at && <span className="jp-HiveMind-dim"> {formatDuration(next.at - step.at)}</span>}
+                {next?.at && step.at && (
+                  <span className="jp-HiveMind-dim"> {formatDuration(next.at - step.at)}</span>
+                )}
                 {step.message && <div className="jp-HiveMind-stepMessage">{step.message}</div>}
               </li>
             );
@@ -217,7 +220,12 @@ export function TaskDetail(props: {
 
   const header = (
     <div className="jp-HiveMind-detailHead">
-      <button ref={backRef} type="button" className="jp-mod-styled jp-HiveMind-secondary jp-HiveMind-back" onClick={back}>
+      <button
+        ref={backRef}
+        type="button"
+        className="jp-mod-styled jp-HiveMind-secondary jp-HiveMind-back"
+        onClick={back}
+      >
         ← My tasks
       </button>
     </div>

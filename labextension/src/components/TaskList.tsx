@@ -1,11 +1,10 @@
 import * as React from 'react';
 
-import { elapsed, formatResources, formatTime, taskName } from '../format';
+import { STATE_LABELS, elapsed, formatResources, formatTime, taskName } from '../format';
 import { HiveMindModel, TaskFilter } from '../model';
 import { ALL_STATES, isTerminal } from '../states';
 import { ITask } from '../types';
 import { Message, StateBadge, onListKeyDown, useTicker } from './common';
-import { STATE_LABELS } from '../format';
 
 /** One row; memoised so a live update of one task re-renders one row, not the page. */
 const TaskRow = React.memo(function TaskRow(props: {
@@ -75,8 +74,8 @@ export function TaskList(props: { model: HiveMindModel }): JSX.Element {
       />
     ) : (
       <Message kind="empty" title="No tasks yet.">
-        Right-click a notebook or folder in the file browser and choose <b>Run on HiveMind</b>, use
-        the HiveMind button in a notebook's toolbar, or put <code>%%hivemind</code> on top of a cell.
+        Right-click a notebook or folder in the file browser and choose <b>Run on HiveMind</b>, use the
+        HiveMind button in a notebook's toolbar, or put <code>%%hivemind</code> on top of a cell.
       </Message>
     );
   } else {

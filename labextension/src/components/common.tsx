@@ -8,10 +8,7 @@ export function StateBadge(props: { state: TaskState | undefined }): JSX.Element
   const state = props.state ?? 'TASK_STATE_UNSPECIFIED';
   return (
     <span className={`jp-HiveMind-state ${stateClass(state)}`} data-state={state}>
-      <span
-        className={`jp-HiveMind-glyph${isTerminal(state) ? '' : ' jp-HiveMind-live'}`}
-        aria-hidden="true"
-      >
+      <span className={`jp-HiveMind-glyph${isTerminal(state) ? '' : ' jp-HiveMind-live'}`} aria-hidden="true">
         {STATE_GLYPHS[state] ?? '?'}
       </span>
       <span className="jp-HiveMind-stateLabel">{stateLabel(state)}</span>
