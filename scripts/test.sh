@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up and runs the whole test suite: lint, types, stub drift, then pytest.
+# Sets everything up and runs the whole test suite: lint, types, stub drift, the panel's lint and
+# unit tests, then pytest.
 #   scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,18 @@ echo "==> generated stubs"
 python scripts/gen_proto.py --check
 echo "==> settings tables in the docs"
 python scripts/settings_docs.py --check
+echo "==> panel: lint and unit tests"
+# setup.sh installs node_modules only when it rebuilds the panel; lint and jest need them always.
+# --immutable fails when package.json and yarn.lock disagree, and is quick when nothing changed.
+(
+  cd labextension
+  if ! jlpm install --immutable >../.venv/labextension-install.log 2>&1; then
+    cat ../.venv/labextension-install.log >&2
+    exit 1
+  fi
+  jlpm lint:check
+  jlpm test
+)
 
 echo "==> pytest"
 status=0
