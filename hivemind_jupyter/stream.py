@@ -31,6 +31,7 @@ from hivemind_nodepool.protocol.errors import (
     Unauthenticated,
     http_status,
 )
+from hivemind_nodepool.protocol.states import UNFINISHED_STATES
 
 from .handlers.base import AUTH_RESOURCE
 from .handlers.tasks import TASK_ID
@@ -39,7 +40,6 @@ from .pool import PoolConnector
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = (pb.QUEUED, pb.ASSIGNED, pb.PREPARING, pb.RUNNING, pb.UPLOADING)
 RESYNC_PAGE = 100  # newest tasks read after the feed (re)connects
 MAX_KNOWN = 5000  # tasks whose last sent state is remembered (to send only changes)
 RECONNECT_FOR = 30.0  # seconds the stream retries by itself before the feed starts it again
@@ -423,7 +423,7 @@ class TaskFeed:
         try:
             while True:
                 self._again = False
-                unfinished = [i for i, key in self._known.items() if key[0] in ACTIVE_STATES]
+                unfinished = [i for i, key in self._known.items() if key[0] in UNFINISHED_STATES]
                 loop = asyncio.get_running_loop()
                 try:
                     tasks = await loop.run_in_executor(self.executor, self._read_list, unfinished)
