@@ -118,7 +118,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @unary
     async def Register(
-        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RegisterRequest,
+        context: grpc.aio.ServicerContext[pb.RegisterRequest, pb.RegisterResponse],
     ) -> pb.RegisterResponse:
         if not request.join_token or len(request.join_token) > 200:
             raise Unauthenticated(
@@ -149,7 +151,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @stream
     async def Connect(
-        self, request_iterator: AsyncIterator[pb.WorkerMessage], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.WorkerMessage],
+        context: grpc.aio.ServicerContext[pb.WorkerMessage, pb.PoolMessage],
     ) -> AsyncIterator[pb.PoolMessage]:
         principal = auth.current_worker()
         parts = request_iterator.__aiter__()
@@ -299,7 +303,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @stream
     async def FetchBundle(
-        self, request: pb.AttemptRef, context: grpc.aio.ServicerContext
+        self, request: pb.AttemptRef, context: grpc.aio.ServicerContext[pb.AttemptRef, pb.Chunk]
     ) -> AsyncIterator[pb.Chunk]:
         worker = auth.current_worker()
         row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
@@ -310,7 +314,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             yield pb.Chunk(data=block)
 
     @unary
-    async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.Empty:
+    async def ReportStatus(
+        self, request: pb.StatusReport, context: grpc.aio.ServicerContext[pb.StatusReport, pb.Empty]
+    ) -> pb.Empty:
         worker = auth.current_worker()
         if request.state not in (pb.PREPARING, pb.RUNNING, pb.UPLOADING):
             raise InvalidInput(
@@ -332,7 +338,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         return pb.Empty()
 
     @unary
-    async def ReportEvents(self, request: pb.EventBatch, context: grpc.aio.ServicerContext) -> pb.EventAck:
+    async def ReportEvents(
+        self, request: pb.EventBatch, context: grpc.aio.ServicerContext[pb.EventBatch, pb.EventAck]
+    ) -> pb.EventAck:
         worker = auth.current_worker()
         if len(request.events) > MAX_BATCH:
             raise InvalidInput(f"at most {MAX_BATCH} events per batch")
@@ -354,7 +362,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @unary
     async def UploadResult(
-        self, request_iterator: AsyncIterator[pb.UploadResultRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.UploadResultRequest],
+        context: grpc.aio.ServicerContext[pb.UploadResultRequest, pb.Task],
     ) -> pb.Task:
         worker = auth.current_worker()
         parts = request_iterator.__aiter__()

@@ -184,7 +184,7 @@ def safe_extract(path: str | Path, destination: str | Path, limits: BundleLimits
     return written
 
 
-def _ignore_spec(root: Path, extra: Iterable[str]) -> pathspec.PathSpec:
+def _ignore_spec(root: Path, extra: Iterable[str]) -> pathspec.GitIgnoreSpec:
     lines = list(DEFAULT_IGNORES) + list(extra)
     for name in IGNORE_FILES:
         ignore_file = root / name
