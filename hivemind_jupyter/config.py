@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from traitlets import Bool, Enum, Float, Int, Unicode, default, validate
 from traitlets.config import Configurable
@@ -48,7 +49,7 @@ class HiveMind(Configurable):
         return os.environ.get("HIVEMIND_CA_FILE", "")
 
     @validate("default_memory", "max_bundle_size")
-    def _check_size(self, proposal: dict) -> str:
+    def _check_size(self, proposal: dict[str, Any]) -> str:
         value = str(proposal["value"])
         try:
             parse_size(value)
@@ -57,14 +58,14 @@ class HiveMind(Configurable):
         return value
 
     @validate("default_cpus")
-    def _check_positive(self, proposal: dict) -> float:
+    def _check_positive(self, proposal: dict[str, Any]) -> float:
         value = float(proposal["value"])
         if value <= 0:
             raise ValueError(f"{proposal['trait'].name} must be positive, not {value}")
         return value
 
     @validate("default_gpus")
-    def _check_gpus(self, proposal: dict) -> int:
+    def _check_gpus(self, proposal: dict[str, Any]) -> int:
         value = int(proposal["value"])
         if value < 0:
             raise ValueError(f"default_gpus cannot be negative: {value}")

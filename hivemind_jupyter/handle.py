@@ -101,6 +101,17 @@ class TaskHandle:
 
     # -- waiting --------------------------------------------------------------------------------
 
+    def _pump(self, watcher: PoolClient, inbox: queue.Queue[tuple[str, Any]]) -> None:
+        """Read the task's events into inbox (in a thread); ("end", None) or ("error", exc) last."""
+        try:
+            for event in watcher.watch(self.task_id, after_seq=0, follow=True):
+                inbox.put(("event", event))
+            inbox.put(("end", None))
+        except Cancelled:
+            inbox.put(("end", None))
+        except HiveMindError as exc:
+            inbox.put(("error", exc))
+
     def _follow(self, view: LiveView, timeout: float | None) -> pb.Task:
         """Feed the task's events to the view until it ends; the final task.
 
@@ -110,18 +121,10 @@ class TaskHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         watcher = self.connector.new_client()
-
-        def pump() -> None:
-            try:
-                for event in watcher.watch(self.task_id, after_seq=0, follow=True):
-                    inbox.put(("event", event))
-                inbox.put(("end", None))
-            except Cancelled:
-                inbox.put(("end", None))
-            except HiveMindError as exc:
-                inbox.put(("error", exc))
-
-        thread = threading.Thread(target=pump, name=f"hivemind-follow-{self.task_id}", daemon=True)
+        pump_args = (watcher, inbox)
+        thread = threading.Thread(
+            target=self._pump, args=pump_args, name=f"hivemind-follow-{self.task_id}", daemon=True
+        )
         thread.start()
         client = self._client()
         refreshed = 0.0
@@ -144,7 +147,8 @@ class TaskHandle:
                     task = client.get_task(self.task_id)
                     if task.state in TERMINAL_STATES:
                         return task
-                    thread = threading.Thread(target=pump, daemon=True)  # the stream ended early
+                    # The stream ended early: follow it again.
+                    thread = threading.Thread(target=self._pump, args=pump_args, daemon=True)
                     thread.start()
                     continue
                 view.on_event(item)

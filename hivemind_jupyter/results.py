@@ -157,7 +157,7 @@ def joined_mime_bundle(data: dict[str, Any]) -> dict[str, Any]:
 
 def show_outputs(
     outputs: list[dict[str, Any]],
-    publish: Callable[[dict, dict], None],
+    publish: Callable[[dict[str, Any], dict[str, Any]], None],
     write_stream: Callable[[str, str], None] | None = None,
 ) -> int:
     """Show rich outputs (and streams when write_stream is given) as if produced here; returns

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import ws_authenticated
@@ -461,7 +461,7 @@ class StreamHandler(JupyterHandler, websocket.WebSocketHandler):
 
     @property
     def feed(self) -> TaskFeed:
-        return self.settings["hivemind_feed"]
+        return cast(TaskFeed, self.settings["hivemind_feed"])
 
     async def pre_get(self) -> None:
         user = self.current_user

@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
@@ -34,11 +34,11 @@ class HiveMindHandler(ExtensionHandlerMixin, APIHandler):
 
     @property
     def hivemind(self) -> HiveMind:
-        return self.settings["hivemind_settings"]
+        return cast(HiveMind, self.settings["hivemind_settings"])
 
     @property
     def connector(self) -> PoolConnector:
-        return self.settings["hivemind_connector"]
+        return cast(PoolConnector, self.settings["hivemind_connector"])
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -76,6 +76,20 @@ def _clean_relative(name: str) -> str:
     return "/".join(parts)
 
 
+def _parameters(manifest: pb.Manifest) -> dict[str, Any]:
+    """The papermill parameters, and a check that the variables to pull back can be names."""
+    try:
+        parameters = json.loads(manifest.parameters_json or "{}")
+    except ValueError as exc:
+        raise WorkerError(f"the parameters are not valid JSON: {exc}") from None
+    if not isinstance(parameters, dict):
+        raise WorkerError("the parameters must be a JSON object")
+    bad = [name for name in manifest.pull_variables if not name.isidentifier()]
+    if bad:
+        raise WorkerError(f"not variable names: {', '.join(map(repr, bad))}")
+    return parameters
+
+
 class Attempt:
     def __init__(
         self,
@@ -218,15 +232,7 @@ class Attempt:
         entry = _clean_relative(manifest.entry_notebook or "main.ipynb")
         if read_regular(task_dir / entry, self.config.limits.max_unpacked_bytes) is None:
             raise WorkerError(f"the entry notebook {entry} is not in the bundle")
-        try:
-            parameters = json.loads(manifest.parameters_json or "{}")
-        except ValueError as exc:
-            raise WorkerError(f"the parameters are not valid JSON: {exc}") from None
-        if not isinstance(parameters, dict):
-            raise WorkerError("the parameters must be a JSON object")
-        bad = [name for name in manifest.pull_variables if not name.isidentifier()]
-        if bad:
-            raise WorkerError(f"not variable names: {', '.join(map(repr, bad))}")
+        parameters = _parameters(manifest)
         requirements = read_regular(task_dir / "requirements.txt", 1024 * 1024)
         if self.stopper.stopped:
             return self._stopped(header), None
@@ -266,6 +272,13 @@ class Attempt:
         else:
             self._apply(header, outcome)
             self._status(pb.UPLOADING, "uploading the result")
+        return self._pack_result(header, outcome, task_dir, out_dir, entry)
+
+    def _pack_result(
+        self, header: pb.ResultHeader, outcome: RunOutcome, task_dir: Path, out_dir: Path, entry: str
+    ) -> tuple[pb.ResultHeader, Path | None]:
+        """The result archive of a finished (or cancelled) run; when it cannot be built the attempt
+        fails and nothing is uploaded but the header."""
         result_path = self.folder / "result.zip"
         meta = {
             "task_id": self.task_id,
@@ -281,7 +294,7 @@ class Attempt:
                 task_dir,
                 out_dir,
                 entry_notebook=entry,
-                patterns=list(manifest.outputs) or list(DEFAULT_OUTPUTS),
+                patterns=list(self.assignment.manifest.outputs) or list(DEFAULT_OUTPUTS),
                 meta=meta,
                 max_bytes=self.config.max_result_bytes,
             )

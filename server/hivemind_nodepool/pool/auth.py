@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bcrypt
 import grpc
@@ -29,6 +29,13 @@ from hivemind_nodepool.protocol.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# An interceptor sees every method's messages; the stubs' generic base is not subscriptable at run time.
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+
 
 BCRYPT_ROUNDS = 12
 TOKEN_BYTES = 32  # 256 random bits
@@ -245,7 +252,7 @@ def bearer_token(metadata: Any) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(_Interceptor):
     """Wraps every protected handler: authenticate first, then run it with the principal set."""
 
     def __init__(self, authenticator: Authenticator) -> None:
@@ -253,9 +260,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method in PUBLIC_METHODS or method.startswith(PUBLIC_PREFIXES):
@@ -274,11 +281,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _wrap(handler, who)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, who: Callable[[], Principal]) -> grpc.RpcMethodHandler:
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], who: Callable[[], Principal]
+) -> grpc.RpcMethodHandler[Any, Any]:
     if handler.unary_unary or handler.stream_unary:
         inner: Any = handler.unary_unary or handler.stream_unary
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 principal = who()
             except HiveMindError as exc:
@@ -297,7 +306,7 @@ def _wrap(handler: grpc.RpcMethodHandler, who: Callable[[], Principal]) -> grpc.
 
     inner_stream: Any = handler.unary_stream or handler.stream_stream
 
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             principal = who()
         except HiveMindError as exc:

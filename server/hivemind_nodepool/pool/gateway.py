@@ -10,7 +10,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 import grpc
 
@@ -52,7 +52,32 @@ def _check_text(value: str, what: str, limit: int) -> None:
         raise InvalidInput(f"{what} contains control characters")
 
 
+def _check_gpus(gpus: Sequence[pb.Gpu]) -> None:
+    if len(gpus) > 64:
+        raise InvalidInput("more than 64 GPUs")
+    for gpu in gpus:
+        _check_text(gpu.name, "a GPU name", 200)
+        if gpu.memory_bytes < 0:
+            raise InvalidInput("a GPU's memory cannot be negative")
+
+
+def _check_worker_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > 64:
+        raise InvalidInput("at most 64 labels")
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
+            raise InvalidInput(f"label {key}={value} is not allowed")
+
+
+def _check_capacity(cap: pb.Resources) -> None:
+    if cap.cpus < 0 or cap.memory_bytes < 0 or cap.gpus < 0 or cap.cpus != cap.cpus:
+        raise InvalidInput("capacity cannot be negative")
+    if cap.cpus > 4096 or cap.memory_bytes > 64 * 1024**4 or cap.gpus > 64:
+        raise InvalidInput("capacity is not a sane amount")
+
+
 def validate_facts(facts: pb.MachineFacts) -> None:
+    """What a worker says about its machine; the first problem found raises InvalidInput."""
     _check_text(facts.hostname, "the hostname", 255)
     if not 0 <= facts.cpu_cores <= 4096:
         raise InvalidInput(f"cpu_cores {facts.cpu_cores} is not a sane number")
@@ -60,24 +85,11 @@ def validate_facts(facts: pb.MachineFacts) -> None:
         raise InvalidInput("memory_bytes is not a sane number")
     if facts.disk_free_bytes < 0:
         raise InvalidInput("disk_free_bytes cannot be negative")
-    if len(facts.gpus) > 64:
-        raise InvalidInput("more than 64 GPUs")
-    for gpu in facts.gpus:
-        _check_text(gpu.name, "a GPU name", 200)
-        if gpu.memory_bytes < 0:
-            raise InvalidInput("a GPU's memory cannot be negative")
+    _check_gpus(facts.gpus)
     if len(facts.executors) > 8 or any(len(e) > 32 for e in facts.executors):
         raise InvalidInput("too many executors, or an executor name too long")
-    if len(facts.labels) > 64:
-        raise InvalidInput("at most 64 labels")
-    for key, value in facts.labels.items():
-        if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
-            raise InvalidInput(f"label {key}={value} is not allowed")
-    cap = facts.capacity
-    if cap.cpus < 0 or cap.memory_bytes < 0 or cap.gpus < 0 or cap.cpus != cap.cpus:
-        raise InvalidInput("capacity cannot be negative")
-    if cap.cpus > 4096 or cap.memory_bytes > 64 * 1024**4 or cap.gpus > 64:
-        raise InvalidInput("capacity is not a sane amount")
+    _check_worker_labels(facts.labels)
+    _check_capacity(facts.capacity)
     _check_text(facts.version, "the version", 100)
     _check_text(facts.platform, "the platform", 200)
 
@@ -106,7 +118,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @unary
     async def Register(
-        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RegisterRequest,
+        context: grpc.aio.ServicerContext[pb.RegisterRequest, pb.RegisterResponse],
     ) -> pb.RegisterResponse:
         if not request.join_token or len(request.join_token) > 200:
             raise Unauthenticated(
@@ -137,7 +151,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @stream
     async def Connect(
-        self, request_iterator: AsyncIterator[pb.WorkerMessage], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.WorkerMessage],
+        context: grpc.aio.ServicerContext[pb.WorkerMessage, pb.PoolMessage],
     ) -> AsyncIterator[pb.PoolMessage]:
         principal = auth.current_worker()
         parts = request_iterator.__aiter__()
@@ -287,7 +303,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @stream
     async def FetchBundle(
-        self, request: pb.AttemptRef, context: grpc.aio.ServicerContext
+        self, request: pb.AttemptRef, context: grpc.aio.ServicerContext[pb.AttemptRef, pb.Chunk]
     ) -> AsyncIterator[pb.Chunk]:
         worker = auth.current_worker()
         row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
@@ -298,7 +314,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             yield pb.Chunk(data=block)
 
     @unary
-    async def ReportStatus(self, request: pb.StatusReport, context: grpc.aio.ServicerContext) -> pb.Empty:
+    async def ReportStatus(
+        self, request: pb.StatusReport, context: grpc.aio.ServicerContext[pb.StatusReport, pb.Empty]
+    ) -> pb.Empty:
         worker = auth.current_worker()
         if request.state not in (pb.PREPARING, pb.RUNNING, pb.UPLOADING):
             raise InvalidInput(
@@ -320,7 +338,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         return pb.Empty()
 
     @unary
-    async def ReportEvents(self, request: pb.EventBatch, context: grpc.aio.ServicerContext) -> pb.EventAck:
+    async def ReportEvents(
+        self, request: pb.EventBatch, context: grpc.aio.ServicerContext[pb.EventBatch, pb.EventAck]
+    ) -> pb.EventAck:
         worker = auth.current_worker()
         if len(request.events) > MAX_BATCH:
             raise InvalidInput(f"at most {MAX_BATCH} events per batch")
@@ -342,7 +362,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
     @unary
     async def UploadResult(
-        self, request_iterator: AsyncIterator[pb.UploadResultRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.UploadResultRequest],
+        context: grpc.aio.ServicerContext[pb.UploadResultRequest, pb.Task],
     ) -> pb.Task:
         worker = auth.current_worker()
         parts = request_iterator.__aiter__()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -15,6 +15,12 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.wire import split_address
 
 log = logging.getLogger(__name__)
+
+# An interceptor sees every method's messages; the stubs' generic base is not subscriptable at run time.
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
 
 
 class PoolMetrics:
@@ -69,7 +75,7 @@ class PoolMetrics:
             self._server = None
 
 
-class CallCounter(grpc.aio.ServerInterceptor):
+class CallCounter(_Interceptor):
     """Counts every RPC by method (hivemind_rpcs_total): what clients ask, and how often."""
 
     def __init__(self, metrics: PoolMetrics) -> None:
@@ -77,9 +83,9 @@ class CallCounter(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is not None:  # unknown methods are not counted: no unbounded label values
             self.calls.labels(handler_call_details.method).inc()

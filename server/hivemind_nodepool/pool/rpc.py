@@ -20,13 +20,13 @@ MAX_DETAILS = 1000  # status messages travel in headers; a message echoing huge 
 R = TypeVar("R")
 
 
-async def abort_with_error(context: grpc.aio.ServicerContext, error: HiveMindError) -> None:
+async def abort_with_error(context: grpc.aio.ServicerContext[Any, Any], error: HiveMindError) -> None:
     """End the call with the error's status and message, its class name in the trailing metadata."""
     code, details, trailing = status_for(error)
     await context.abort(code, details[:MAX_DETAILS], trailing_metadata=trailing)
 
 
-async def _abort_with(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
+async def _abort_with(context: grpc.aio.ServicerContext[Any, Any], name: str, exc: Exception) -> None:
     """End the call with the status for exc (call it from the except block that caught exc).
 
     HiveMindErrors become their status and message; an abort already under way passes through;
@@ -40,10 +40,10 @@ async def _abort_with(context: grpc.aio.ServicerContext, name: str, exc: Excepti
 
 
 def unary(
-    method: Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]],
-) -> Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    method: Callable[[S, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]],
+) -> Callable[[S, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]:
     @functools.wraps(method)
-    async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
             return await method(self, request, context)
         except Exception as exc:
@@ -54,10 +54,10 @@ def unary(
 
 
 def stream(
-    method: Callable[[S, Any, grpc.aio.ServicerContext], AsyncIterator[R]],
-) -> Callable[[S, Any, grpc.aio.ServicerContext], AsyncIterator[R]]:
+    method: Callable[[S, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[R]],
+) -> Callable[[S, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[R]]:
     @functools.wraps(method)
-    async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
+    async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
         try:
             async for item in method(self, request, context):
                 yield item

@@ -139,6 +139,11 @@ class Scheduler:
             self._label_cache[row["id"]] = labels
         return labels
 
+    def _prune_labels(self, queued: list[sqlite3.Row]) -> None:
+        if len(self._label_cache) > 2 * len(queued) + 1000:  # forget tasks that left the queue
+            keep = {row["id"] for row in queued}
+            self._label_cache = {k: v for k, v in self._label_cache.items() if k in keep}
+
     async def cycle(self) -> int:
         """One scheduling pass; returns how many tasks were assigned. Every decision of the pass
         (assignments and waiting reasons) is stored in one transaction."""
@@ -157,9 +162,7 @@ class Scheduler:
                 self._label_cache.clear()
             self._last_view = view
             return 0
-        if len(self._label_cache) > 2 * len(queued) + 1000:  # forget tasks that left the queue
-            keep = {row["id"] for row in queued}
-            self._label_cache = {k: v for k, v in self._label_cache.items() if k in keep}
+        self._prune_labels(queued)
         total = Amount()
         for w in workers:
             if w.connected and w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):

@@ -70,7 +70,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     # -- sign-in --------------------------------------------------------------------------------
 
     @unary
-    async def Login(self, request: pb.LoginRequest, context: grpc.aio.ServicerContext) -> pb.LoginResponse:
+    async def Login(
+        self, request: pb.LoginRequest, context: grpc.aio.ServicerContext[pb.LoginRequest, pb.LoginResponse]
+    ) -> pb.LoginResponse:
         if len(request.username) > 256 or len(request.password) > 1024:
             raise InvalidInput("user name or password too long")
         ttl = _ttl(request.ttl_seconds, self.pool.settings.token_ttl)
@@ -79,12 +81,16 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         return pb.LoginResponse(token=token, expires_at=expires_at, user=views.user(row))
 
     @unary
-    async def Logout(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.Empty:
+    async def Logout(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.Empty]
+    ) -> pb.Empty:
         await self.store.revoke_token(auth.current_user().token_hash)
         return pb.Empty()
 
     @unary
-    async def WhoAmI(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.User:
+    async def WhoAmI(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.User]
+    ) -> pb.User:
         row = self.store.get_user(auth.current_user().name)
         if row is None:
             raise NotFound("your account no longer exists")
@@ -94,7 +100,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @unary
     async def SubmitTask(
-        self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.SubmitRequest],
+        context: grpc.aio.ServicerContext[pb.SubmitRequest, pb.Task],
     ) -> pb.Task:
         principal = auth.current_user()
         settings = self.pool.settings
@@ -139,12 +147,16 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         return self._task(row)
 
     @unary
-    async def GetTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
+    async def GetTask(
+        self, request: pb.TaskRef, context: grpc.aio.ServicerContext[pb.TaskRef, pb.Task]
+    ) -> pb.Task:
         return self._task(self._visible_task(request.task_id))
 
     @unary
     async def ListTasks(
-        self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListTasksRequest,
+        context: grpc.aio.ServicerContext[pb.ListTasksRequest, pb.ListTasksResponse],
     ) -> pb.ListTasksResponse:
         principal = auth.current_user()
         if request.all_users and not principal.admin:
@@ -178,13 +190,17 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         return pb.ListTasksResponse(tasks=tasks, next_page_token=following, total=total)
 
     @unary
-    async def CancelTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
+    async def CancelTask(
+        self, request: pb.TaskRef, context: grpc.aio.ServicerContext[pb.TaskRef, pb.Task]
+    ) -> pb.Task:
         row = self._visible_task(request.task_id)
         await self.book.cancel(row, f"cancelled by {auth.current_user().name}")
         return self._task(self.book.require_task(row["id"]))
 
     @unary
-    async def RetryTask(self, request: pb.TaskRef, context: grpc.aio.ServicerContext) -> pb.Task:
+    async def RetryTask(
+        self, request: pb.TaskRef, context: grpc.aio.ServicerContext[pb.TaskRef, pb.Task]
+    ) -> pb.Task:
         row = self._visible_task(request.task_id)
         if row["state"] not in TERMINAL_STATES:
             raise Conflict(f"task {row['id']} is still {pb.TaskState.Name(row['state'])}; cancel it first")
@@ -205,7 +221,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @stream
     async def WatchTask(
-        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[pb.WatchRequest, pb.TaskEvent]
     ) -> AsyncIterator[pb.TaskEvent]:
         row = self._visible_task(request.task_id)
         if request.after_seq < 0:
@@ -240,7 +256,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @stream
     async def WatchTasks(
-        self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchTasksRequest,
+        context: grpc.aio.ServicerContext[pb.WatchTasksRequest, pb.TaskFeedMessage],
     ) -> AsyncIterator[pb.TaskFeedMessage]:
         principal = auth.current_user()
         if request.all_users and not principal.admin:
@@ -262,7 +280,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @stream
     async def FetchResult(
-        self, request: pb.TaskRef, context: grpc.aio.ServicerContext
+        self, request: pb.TaskRef, context: grpc.aio.ServicerContext[pb.TaskRef, pb.Chunk]
     ) -> AsyncIterator[pb.Chunk]:
         row = self._visible_task(request.task_id)
         if row["blobs_expired"]:
@@ -279,7 +297,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @unary
     async def ListWorkers(
-        self, request: pb.Empty, context: grpc.aio.ServicerContext
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.ListWorkersResponse]
     ) -> pb.ListWorkersResponse:
         auth.current_user()
         answer = pb.ListWorkersResponse()
@@ -300,7 +318,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         return answer
 
     @unary
-    async def GetPoolStatus(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.PoolStatus:
+    async def GetPoolStatus(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.PoolStatus]
+    ) -> pb.PoolStatus:
         auth.current_user()
         from hivemind_nodepool import __version__
         from hivemind_nodepool.pool.fleet import Amount
@@ -323,7 +343,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     # -- admin ----------------------------------------------------------------------------------
 
     @unary
-    async def CreateUser(self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext) -> pb.User:
+    async def CreateUser(
+        self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext[pb.CreateUserRequest, pb.User]
+    ) -> pb.User:
         auth.current_admin()
         auth.check_user_name(request.name)
         if self.store.get_user(request.name) is not None:
@@ -337,12 +359,16 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         return views.user(row)
 
     @unary
-    async def ListUsers(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.ListUsersResponse:
+    async def ListUsers(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.ListUsersResponse]
+    ) -> pb.ListUsersResponse:
         auth.current_admin()
         return pb.ListUsersResponse(users=[views.user(r) for r in self.store.list_users()])
 
     @unary
-    async def DisableUser(self, request: pb.UserRef, context: grpc.aio.ServicerContext) -> pb.User:
+    async def DisableUser(
+        self, request: pb.UserRef, context: grpc.aio.ServicerContext[pb.UserRef, pb.User]
+    ) -> pb.User:
         admin = auth.current_admin()
         if request.name == admin.name:
             raise InvalidInput("you cannot disable your own account")
@@ -355,7 +381,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @unary
     async def CreateJoinToken(
-        self, request: pb.CreateJoinTokenRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CreateJoinTokenRequest,
+        context: grpc.aio.ServicerContext[pb.CreateJoinTokenRequest, pb.JoinToken],
     ) -> pb.JoinToken:
         admin = auth.current_admin()
         ttl = _ttl(request.ttl_seconds, self.pool.settings.join_token_ttl)
@@ -363,14 +391,14 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @unary
     async def ListJoinTokens(
-        self, request: pb.Empty, context: grpc.aio.ServicerContext
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.ListJoinTokensResponse]
     ) -> pb.ListJoinTokensResponse:
         auth.current_admin()
         return pb.ListJoinTokensResponse(tokens=[views.join_token(r) for r in self.store.list_join_tokens()])
 
     @unary
     async def RevokeJoinToken(
-        self, request: pb.JoinTokenRef, context: grpc.aio.ServicerContext
+        self, request: pb.JoinTokenRef, context: grpc.aio.ServicerContext[pb.JoinTokenRef, pb.JoinToken]
     ) -> pb.JoinToken:
         auth.current_admin()
         if self.store.get_join_token(request.id) is None:
@@ -381,7 +409,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         return views.join_token(row)
 
     @unary
-    async def DrainWorker(self, request: pb.WorkerRef, context: grpc.aio.ServicerContext) -> pb.Worker:
+    async def DrainWorker(
+        self, request: pb.WorkerRef, context: grpc.aio.ServicerContext[pb.WorkerRef, pb.Worker]
+    ) -> pb.Worker:
         auth.current_admin()
         row = self.store.get_worker(request.worker_id) if request.worker_id else None
         entry = self.pool.fleet.get(request.worker_id)

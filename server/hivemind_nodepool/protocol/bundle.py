@@ -75,6 +75,28 @@ def _clean_name(name: str, limits: BundleLimits) -> str:
     return clean
 
 
+def _check_entry_type(info: zipfile.ZipInfo) -> None:
+    """Plain files and folders only: no links, devices or pipes, and nothing encrypted."""
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"entry {info.filename!r} is a symbolic link; links are not allowed")
+    kind = stat.S_IFMT(mode)  # 0 when the archiver recorded permissions only
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+        raise BundleError(f"entry {info.filename!r} is not a regular file or folder")
+    if info.flag_bits & 0x1:
+        raise BundleError(f"entry {info.filename!r} is encrypted")
+
+
+def _check_no_file_holds_entries(seen: Mapping[str, bool]) -> None:
+    """A file may not also be a folder of other entries ("a" and "a/b"); seen: name -> is a folder."""
+    for name in seen:
+        parent = PurePosixPath(name).parent
+        while str(parent) != ".":
+            if seen.get(str(parent)) is False:
+                raise BundleError(f"entry {name!r} lies inside {str(parent)!r}, which is a file")
+            parent = parent.parent
+
+
 def check_entries(archive: zipfile.ZipFile, limits: BundleLimits = BundleLimits()) -> list[zipfile.ZipInfo]:
     """Every entry checked (names, links, duplicates, counts, declared sizes); the file entries."""
     infos = archive.infolist()
@@ -86,14 +108,7 @@ def check_entries(archive: zipfile.ZipFile, limits: BundleLimits = BundleLimits(
     packed = 0
     for info in infos:
         clean = _clean_name(info.filename, limits)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise BundleError(f"entry {info.filename!r} is a symbolic link; links are not allowed")
-        kind = stat.S_IFMT(mode)  # 0 when the archiver recorded permissions only
-        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise BundleError(f"entry {info.filename!r} is not a regular file or folder")
-        if info.flag_bits & 0x1:
-            raise BundleError(f"entry {info.filename!r} is encrypted")
+        _check_entry_type(info)
         is_dir = info.is_dir()
         key = clean.casefold()
         if key in seen and not (is_dir and seen[key]):
@@ -108,13 +123,7 @@ def check_entries(archive: zipfile.ZipFile, limits: BundleLimits = BundleLimits(
         if info.file_size > 1024 * 1024 and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             raise BundleError(f"entry {info.filename!r} compresses suspiciously well (a zip bomb?)")
         files.append(info)
-    # A file may not also be a folder of other entries ("a" and "a/b").
-    for name in seen:
-        parent = PurePosixPath(name).parent
-        while str(parent) != ".":
-            if seen.get(str(parent)) is False:
-                raise BundleError(f"entry {name!r} lies inside {str(parent)!r}, which is a file")
-            parent = parent.parent
+    _check_no_file_holds_entries(seen)
     if total > 1024 * 1024 and total > limits.max_ratio * max(packed, 1):
         raise BundleError("the bundle compresses suspiciously well (a zip bomb?)")
     return files
@@ -175,7 +184,7 @@ def safe_extract(path: str | Path, destination: str | Path, limits: BundleLimits
     return written
 
 
-def _ignore_spec(root: Path, extra: Iterable[str]) -> pathspec.PathSpec:
+def _ignore_spec(root: Path, extra: Iterable[str]) -> pathspec.GitIgnoreSpec:
     lines = list(DEFAULT_IGNORES) + list(extra)
     for name in IGNORE_FILES:
         ignore_file = root / name

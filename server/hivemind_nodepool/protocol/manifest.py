@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -43,13 +43,14 @@ def _check_pattern(pattern: str) -> None:
         raise InvalidInput(f"output pattern {pattern!r} may not climb out with '..'")
 
 
-def validate(manifest: pb.Manifest, max_timeout: float | None = None) -> None:
-    """Every field checked; the first problem raises InvalidInput with a message that names it."""
-    if len(manifest.name) > MAX_NAME:
+def _check_name(name: str) -> None:
+    if len(name) > MAX_NAME:
         raise InvalidInput(f"the task name is longer than {MAX_NAME} characters")
-    if any(ord(c) < 32 for c in manifest.name):
+    if any(ord(c) < 32 for c in name):
         raise InvalidInput("the task name contains control characters")
-    entry = manifest.entry_notebook
+
+
+def _check_entry(entry: str) -> None:
     if not entry:
         raise InvalidInput("the manifest names no entry notebook")
     if not entry.endswith(".ipynb"):
@@ -61,19 +62,25 @@ def validate(manifest: pb.Manifest, max_timeout: float | None = None) -> None:
         or len(entry) > 1024
     ):
         raise InvalidInput(f"the entry notebook {entry!r} must be a relative path inside the bundle")
-    if manifest.parameters_json:
-        if len(manifest.parameters_json) > MAX_PARAMETERS_JSON:
-            raise InvalidInput(f"the parameters are larger than {MAX_PARAMETERS_JSON} bytes")
-        try:
-            params = json.loads(manifest.parameters_json)
-        except ValueError as exc:
-            raise InvalidInput(f"the parameters are not valid JSON: {exc}") from None
-        if not isinstance(params, dict):
-            raise InvalidInput("the parameters must be a JSON object (name -> value)")
-        for key in params:
-            if not IDENTIFIER.match(key):
-                raise InvalidInput(f"parameter name {key!r} is not a Python identifier")
-    res = manifest.resources
+
+
+def _check_parameters(parameters_json: str) -> None:
+    if not parameters_json:  # empty: no parameters (the pool stores "{}")
+        return
+    if len(parameters_json) > MAX_PARAMETERS_JSON:
+        raise InvalidInput(f"the parameters are larger than {MAX_PARAMETERS_JSON} bytes")
+    try:
+        params = json.loads(parameters_json)
+    except ValueError as exc:
+        raise InvalidInput(f"the parameters are not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise InvalidInput("the parameters must be a JSON object (name -> value)")
+    for key in params:
+        if not IDENTIFIER.match(key):
+            raise InvalidInput(f"parameter name {key!r} is not a Python identifier")
+
+
+def _check_resources(res: pb.Resources) -> None:
     if not math.isfinite(res.cpus) or res.cpus < 0:
         raise InvalidInput(f"cpus must be a non-negative number, not {res.cpus}")
     if res.cpus > MAX_CPUS:
@@ -86,32 +93,67 @@ def validate(manifest: pb.Manifest, max_timeout: float | None = None) -> None:
         raise InvalidInput("gpus cannot be negative")
     if res.gpus > MAX_GPUS:
         raise InvalidInput(f"gpus {res.gpus} is more than any machine has (limit {MAX_GPUS})")
-    if len(manifest.labels) > MAX_LABELS:
+
+
+def _check_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
         raise InvalidInput(f"at most {MAX_LABELS} labels")
-    for key, value in manifest.labels.items():
+    for key, value in labels.items():
         if not LABEL_KEY.match(key):
             raise InvalidInput(f"label name {key!r} is not allowed (letters, digits, . _ / -)")
         if not LABEL_VALUE.match(value):
             raise InvalidInput(f"label value {value!r} for {key!r} is not allowed")
-    if manifest.timeout_seconds < 0:
+
+
+def _check_timeout(timeout_seconds: int, max_timeout: float | None) -> None:
+    if timeout_seconds < 0:
         raise InvalidInput("the timeout cannot be negative (0 means the pool's default)")
-    if max_timeout is not None and manifest.timeout_seconds > max_timeout:
+    if max_timeout is not None and timeout_seconds > max_timeout:
         raise InvalidInput(
-            f"the timeout {manifest.timeout_seconds} s is longer than the pool allows ({int(max_timeout)} s)"
+            f"the timeout {timeout_seconds} s is longer than the pool allows ({int(max_timeout)} s)"
         )
-    if manifest.max_retries < -1 or manifest.max_retries > MAX_RETRIES:
+
+
+def _check_retries(max_retries: int) -> None:
+    if max_retries < -1 or max_retries > MAX_RETRIES:
         raise InvalidInput(f"max_retries must be between 0 and {MAX_RETRIES} (-1: the pool's default)")
-    if len(manifest.outputs) > MAX_OUTPUTS:
+
+
+def _check_outputs(outputs: Sequence[str]) -> None:
+    if len(outputs) > MAX_OUTPUTS:
         raise InvalidInput(f"at most {MAX_OUTPUTS} output patterns")
-    for pattern in manifest.outputs:
+    for pattern in outputs:
         _check_pattern(pattern)
-    if len(manifest.pull_variables) > MAX_PULL_VARIABLES:
+
+
+def _check_pull_variables(names: Sequence[str]) -> None:
+    if len(names) > MAX_PULL_VARIABLES:
         raise InvalidInput(f"at most {MAX_PULL_VARIABLES} variables to pull")
-    for name in manifest.pull_variables:
+    for name in names:
         if not IDENTIFIER.match(name):
             raise InvalidInput(f"variable name {name!r} is not a Python identifier")
-    if abs(manifest.priority) > MAX_PRIORITY:
+
+
+def _check_priority(priority: int) -> None:
+    if abs(priority) > MAX_PRIORITY:
         raise InvalidInput(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+
+
+def validate(manifest: pb.Manifest, max_timeout: float | None = None) -> None:
+    """Every field checked; the first problem raises InvalidInput with a message that names it.
+
+    The parts are checked in the order of the proto's fields, so which problem is reported first
+    stays the same."""
+    _check_name(manifest.name)
+    _check_entry(manifest.entry_notebook)
+    _check_parameters(manifest.parameters_json)
+    _check_resources(manifest.resources)
+    _check_labels(manifest.labels)
+    _check_timeout(manifest.timeout_seconds, max_timeout)
+    _check_retries(manifest.max_retries)
+    _check_outputs(manifest.outputs)
+    _check_pull_variables(manifest.pull_variables)
+    _check_priority(manifest.priority)
 
 
 def check_entry_present(manifest: pb.Manifest, files: Iterable[str]) -> None:

@@ -73,6 +73,40 @@ def kill_tree(pid: int) -> None:
             continue
 
 
+def _task_environment(spec: RunSpec) -> dict[str, str]:
+    """The worker's environment without its own settings, and no GPUs unless the task asked."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
+    env.update({"PYTHONUNBUFFERED": "1", "HIVEMIND_TASK": "1", "MPLBACKEND": "agg"})
+    if spec.gpus <= 0:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _watch(
+    process: subprocess.Popen[bytes],
+    root: psutil.Process,
+    spec: RunSpec,
+    stopper: Stopper,
+    deadline: float | None,
+) -> tuple[Outcome | None, int]:
+    """Poll the task's process tree until it exits or must be stopped: (why it must stop, or None;
+    the peak resident memory of the tree)."""
+    peak = 0
+    stop: Outcome | None = None
+    while process.poll() is None:
+        used = _rss(_tree(root))
+        peak = max(peak, used)
+        if spec.memory_bytes and used > spec.memory_bytes:
+            stop = Outcome.OUT_OF_MEMORY
+        elif stopper.event.wait(POLL_SECONDS):
+            stop = Outcome.STOPPED
+        elif deadline is not None and time.monotonic() > deadline:
+            stop = Outcome.TIMED_OUT
+        if stop:
+            break
+    return stop, peak
+
+
 class LocalExecutor(Executor):
     name = "local"
     isolated = False
@@ -88,10 +122,7 @@ class LocalExecutor(Executor):
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
         write_request(spec, str(spec.task_dir), str(spec.out_dir))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
-        env.update({"PYTHONUNBUFFERED": "1", "HIVEMIND_TASK": "1", "MPLBACKEND": "agg"})
-        if spec.gpus <= 0:
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        env = _task_environment(spec)
         process = subprocess.Popen(
             [spec.environment, str(RUNNER), str(spec.out_dir / "request.json")],
             cwd=spec.task_dir,
@@ -118,17 +149,7 @@ class LocalExecutor(Executor):
         tree: list[psutil.Process] = []
         try:
             root = psutil.Process(process.pid)
-            while process.poll() is None:
-                used = _rss(_tree(root))
-                peak = max(peak, used)
-                if spec.memory_bytes and used > spec.memory_bytes:
-                    stop = Outcome.OUT_OF_MEMORY
-                elif stopper.event.wait(POLL_SECONDS):
-                    stop = Outcome.STOPPED
-                elif deadline is not None and time.monotonic() > deadline:
-                    stop = Outcome.TIMED_OUT
-                if stop:
-                    break
+            stop, peak = _watch(process, root, spec, stopper, deadline)
             if stop in (Outcome.STOPPED, Outcome.TIMED_OUT):
                 # The runner saves the notebook so far on SIGTERM. Its kernel (taken now: once
                 # the runner is gone it is nobody's child) is killed below.
