@@ -61,7 +61,7 @@ def test_jupyterlab_browser_check(chromium_path: str, tmp_path: Path) -> None:
     assert "Browser check complete" in output
 
 
-def test_wheel_ships_the_prebuilt_extension(tmp_path: Path) -> None:
+def test_wheel_ships_the_prebuilt_extension_and_typed_packages(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
         capture_output=True,
@@ -79,3 +79,8 @@ def test_wheel_ships_the_prebuilt_extension(tmp_path: Path) -> None:
     assert any(n.startswith(PREFIX + "static/remoteEntry.") for n in shared), shared
     # the TypeScript sources and node_modules stay out of the wheel
     assert not any("node_modules" in n or n.endswith(".ts") for n in names)
+    # typed packages say so, and the layers ship as the folders they are in the tree
+    for marker in ("hivemind_nodepool/py.typed", "hivemind_worker/py.typed", "hivemind_jupyter/py.typed"):
+        assert marker in names, marker
+    for module in ("protocol/states.py", "client/pool_client.py", "pool/scheduler.py", "cli/up.py"):
+        assert "hivemind_nodepool/" + module in names, module
