@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hivemind_nodepool.protocol.files import atomic_write
+
 from .errors import EnvironmentBuildError
 
 log = logging.getLogger(__name__)
@@ -142,9 +144,7 @@ class EnvironmentCache(ABC):
             return {}
 
     def _save_index(self, index: dict[str, dict[str, Any]]) -> None:
-        tmp = self._index_path().with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        tmp.replace(self._index_path())
+        atomic_write(self._index_path(), json.dumps(index, indent=1), mode=0o644)
 
     def _record(self, key: str, ref: str, size: int | None) -> None:
         with self._guard, self._file_lock("index"):

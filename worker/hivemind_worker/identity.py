@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hivemind_nodepool.protocol.files import atomic_write
+
 from .errors import WorkerError
 
 IDENTITY_FILE = "identity.json"
@@ -52,13 +54,7 @@ def load(state_dir: Path, pool: str) -> Identity | None:
 
 def save(state_dir: Path, identity: Identity) -> Path:
     """Write atomically with mode 0600 from the first byte."""
-    path = state_dir / IDENTITY_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(identity), handle)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(state_dir / IDENTITY_FILE, json.dumps(asdict(identity)))
 
 
 def forget(state_dir: Path) -> None:

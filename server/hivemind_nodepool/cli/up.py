@@ -24,7 +24,8 @@ from types import FrameType
 from hivemind_nodepool.client import credentials
 from hivemind_nodepool.client.pool_client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.errors import HiveMindError, PoolUnavailable
+from hivemind_nodepool.protocol.errors import HiveMindError
+from hivemind_nodepool.protocol.files import atomic_write
 
 
 def _say(message: str) -> None:
@@ -81,9 +82,7 @@ def _local_admin(data_dir: Path, pool_dir: Path) -> tuple[str, str]:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"name": name, "password": password}, handle)
+    atomic_write(secret_file, json.dumps({"name": name, "password": password}))
     return name, password
 
 
@@ -242,11 +241,8 @@ def _run_up(args: argparse.Namespace) -> int:
         _say(f"the pool listens on {address}")
         name, password = _local_admin(data_dir, pool_dir)
         client = PoolClient(address)
-        try:
-            client.wait_ready(timeout=30)
-            login = client.login(name, password)
-        except PoolUnavailable:
-            raise
+        client.wait_ready(timeout=30)
+        login = client.login(name, password)
         credentials.save(
             credentials.Credential(pool=address, user=name, token=login.token, expires_at=login.expires_at)
         )

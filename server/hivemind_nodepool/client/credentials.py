@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hivemind_nodepool.protocol.errors import Unauthenticated
+from hivemind_nodepool.protocol.files import atomic_write
 
 CREDENTIALS_FILE = "credentials.json"
 
@@ -37,14 +38,7 @@ def save(credential: Credential, directory: Path | None = None) -> Path:
     """Write the credential atomically, readable by its owner only."""
     folder = directory or config_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / CREDENTIALS_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(credential), handle)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(folder / CREDENTIALS_FILE, json.dumps(asdict(credential)))
 
 
 def load(directory: Path | None = None) -> Credential | None:

@@ -14,19 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.protocol.errors import InvalidInput, TooLarge
+from hivemind_nodepool.protocol.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 INLINE_BYTES = 64 * 1024  # smaller chunks are hashed and written on the loop: cheaper than a thread hop
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobWriter:
@@ -95,7 +88,7 @@ class BlobWriter:
         self._file.close()
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.tmp_path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def abort(self) -> None:
         """Drop the upload (safe to call from an error path at any point, even twice)."""

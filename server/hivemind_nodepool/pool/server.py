@@ -26,6 +26,7 @@ from hivemind_nodepool.pool.service import NodePoolService
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.files import atomic_write
 from hivemind_nodepool.protocol.wire import (
     MAX_MESSAGE_BYTES,
     check_plaintext_allowed,
@@ -99,11 +100,8 @@ async def create_server(
 
 def write_pool_file(data_dir: Path, address: str, metrics: str | None) -> Path:
     """Atomically: readers see either no file or a whole one."""
-    path = data_dir / POOL_FILE
-    tmp = path.with_name(f".{POOL_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "metrics": metrics}))
-    os.replace(tmp, path)
-    return path
+    payload = json.dumps({"address": address, "pid": os.getpid(), "metrics": metrics})
+    return atomic_write(data_dir / POOL_FILE, payload, mode=0o644)
 
 
 # The store's writer thread and the blob threads wake from fsync needing the GIL back; with the

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hivemind_nodepool.protocol.errors import AlreadyExists, InvalidInput
+from hivemind_nodepool.protocol.files import atomic_write
 
 
 @dataclass
@@ -26,10 +26,7 @@ class TlsFiles:
     server_key: Path
 
 
-def _write(path: Path, data: bytes, private: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+PUBLIC = 0o644  # certificates: anyone may read them
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -117,8 +114,8 @@ def init(directory: Path, hosts: list[str], days: int = 825, force: bool = False
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write(files.ca_key, _key_pem(ca_key), private=True)
-    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(files.server_key, _key_pem(server_key), private=True)
-    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    atomic_write(files.ca_key, _key_pem(ca_key))
+    atomic_write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), PUBLIC)
+    atomic_write(files.server_key, _key_pem(server_key))
+    atomic_write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), PUBLIC)
     return files
