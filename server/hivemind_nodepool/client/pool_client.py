@@ -6,6 +6,7 @@ subclass (see protocol/errors.py), never a bare `grpc.RpcError`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -156,23 +157,9 @@ class PoolClient:
         on_progress: Callable[[int], None] | None = None,
     ) -> pb.Task:
         """Stream a bundle ZIP with its manifest; the answer is the accepted (durable) task."""
-
-        def parts(handle: BinaryIO) -> Iterator[pb.SubmitRequest]:
-            yield pb.SubmitRequest(manifest=manifest)
-            digest = hashlib.sha256()
-            sent = 0
-            while block := handle.read(chunk_size):
-                digest.update(block)
-                sent += len(block)
-                if on_progress:
-                    on_progress(sent)
-                yield pb.SubmitRequest(chunk=block)
-            yield pb.SubmitRequest(sha256=digest.hexdigest())
-
-        if isinstance(bundle, (str, Path)):
-            with open(bundle, "rb") as handle:
-                return self._unary(self._pool.SubmitTask, parts(handle), timeout=3600)
-        return self._unary(self._pool.SubmitTask, parts(bundle), timeout=3600)
+        with _reading(bundle) as handle:
+            parts = _upload(pb.SubmitRequest(manifest=manifest), handle, chunk_size, on_progress)
+            return self._unary(self._pool.SubmitTask, parts, timeout=3600)
 
     def get_task(self, task_id: str) -> pb.Task:
         return self._unary(self._pool.GetTask, pb.TaskRef(task_id=task_id))
@@ -268,13 +255,8 @@ class PoolClient:
 
     def fetch_result(self, task_id: str, destination: str | Path) -> Path:
         """Download the task's result ZIP to destination (written whole, then renamed)."""
-        target = Path(destination)
-        partial = target.with_name(target.name + ".part")
-        with open(partial, "wb") as handle:
-            for chunk in self._stream(self._pool.FetchResult, pb.TaskRef(task_id=task_id)):
-                handle.write(chunk.data)
-        partial.replace(target)
-        return target
+        chunks = self._stream(self._pool.FetchResult, pb.TaskRef(task_id=task_id))
+        return _download(chunks, Path(destination), ".part")
 
     # -- the pool -------------------------------------------------------------------------------
 
@@ -326,15 +308,8 @@ class PoolClient:
 
     def fetch_bundle(self, task_id: str, attempt: int, destination: str | Path) -> Path:
         """Download an attempt's bundle to destination (written whole, then renamed)."""
-        target = Path(destination)
-        partial = target.with_name(target.name + f".{attempt}.part")
-        with open(partial, "wb") as handle:
-            for chunk in self._stream(
-                self._gateway.FetchBundle, pb.AttemptRef(task_id=task_id, attempt=attempt)
-            ):
-                handle.write(chunk.data)
-        partial.replace(target)
-        return target
+        chunks = self._stream(self._gateway.FetchBundle, pb.AttemptRef(task_id=task_id, attempt=attempt))
+        return _download(chunks, Path(destination), f".{attempt}.part")
 
     def report_status(self, report: pb.StatusReport) -> None:
         self._unary(self._gateway.ReportStatus, report)
@@ -347,20 +322,57 @@ class PoolClient:
         self, header: pb.ResultHeader, result: str | Path | None, chunk_size: int = CHUNK_SIZE
     ) -> pb.Task:
         """Send an attempt's outcome and, when there is one, its result ZIP."""
+        with _reading(result) as handle:
+            parts = _upload(pb.UploadResultRequest(header=header), handle, chunk_size)
+            return self._unary(self._gateway.UploadResult, parts, timeout=3600)
 
-        def parts() -> Iterator[pb.UploadResultRequest]:
-            yield pb.UploadResultRequest(header=header)
-            if result is None:
-                yield pb.UploadResultRequest(sha256="")
-                return
-            digest = hashlib.sha256()
-            with open(result, "rb") as handle:
-                while block := handle.read(chunk_size):
-                    digest.update(block)
-                    yield pb.UploadResultRequest(chunk=block)
-            yield pb.UploadResultRequest(sha256=digest.hexdigest())
 
-        return self._unary(self._gateway.UploadResult, parts(), timeout=3600)
+# -- both uploads and both downloads share one shape ------------------------------------------------
+
+Part = TypeVar("Part", pb.SubmitRequest, pb.UploadResultRequest)
+
+
+@contextlib.contextmanager
+def _reading(source: str | Path | BinaryIO | None) -> Iterator[BinaryIO | None]:
+    """An open file for a path (closed afterwards); a file object or None as given."""
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as handle:
+            yield handle
+    else:
+        yield source
+
+
+def _upload(
+    head: Part, handle: BinaryIO | None, chunk_size: int, on_progress: Callable[[int], None] | None = None
+) -> Iterator[Part]:
+    """The parts of a client-streamed upload: head, the file in chunks, its sha256 (empty, with no
+    chunks, when there is no file), each a message of head's type. on_progress hears the bytes
+    sent so far."""
+    kind = type(head)
+    yield head
+    if handle is None:
+        yield kind(sha256="")
+        return
+    digest = hashlib.sha256()
+    sent = 0
+    while block := handle.read(chunk_size):
+        digest.update(block)
+        sent += len(block)
+        if on_progress:
+            on_progress(sent)
+        yield kind(chunk=block)
+    yield kind(sha256=digest.hexdigest())
+
+
+def _download(chunks: Iterable[pb.Chunk], target: Path, suffix: str) -> Path:
+    """Write a streamed file beside target (name + suffix), then rename it into place, so target
+    is either missing or whole."""
+    partial = target.with_name(target.name + suffix)
+    with open(partial, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk.data)
+    partial.replace(target)
+    return target
 
 
 __all__ = ["PoolClient", "WorkerStream"]
