@@ -31,11 +31,11 @@ from hivemind_nodepool.protocol.errors import (
     Unauthenticated,
     http_status,
 )
+from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.states import UNFINISHED_STATES
 
 from .handlers.base import AUTH_RESOURCE
 from .handlers.tasks import TASK_ID
-from .jsonify import to_dict
 from .pool import PoolConnector
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ class EventWatcher:
             for event in self.client.watch(self.task_id, after_seq=0, follow=True):
                 if self._stopped.is_set():
                     return
-                self.loop.call_soon_threadsafe(self._deliver, int(event.seq), to_dict(event))
+                self.loop.call_soon_threadsafe(
+                    self._deliver, int(event.seq), to_dict(event, every_field=True)
+                )
         except Cancelled:
             return  # stopped by closing the client
         except HiveMindError as exc:
@@ -398,7 +400,7 @@ class TaskFeed:
         self._known.move_to_end(task.id)
         while len(self._known) > MAX_KNOWN:
             self._known.popitem(last=False)
-        self.broadcast({"type": "task", "task": to_dict(task)})
+        self.broadcast({"type": "task", "task": to_dict(task, every_field=True)})
 
     def _read_list(self, unfinished: list[str]) -> list[pb.Task]:
         """Blocking: the newest tasks (one ListTasks), and tasks that were unfinished when last seen

@@ -5,7 +5,8 @@ from __future__ import annotations
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..jsonify import to_dict
+from hivemind_nodepool.protocol.jsonify import to_dict
+
 from .base import HiveMindHandler
 
 
@@ -14,7 +15,7 @@ class WorkersHandler(HiveMindHandler):
     @authorized
     async def get(self) -> None:
         workers = await self.pool(lambda client: client.list_workers())
-        self.reply({"workers": [to_dict(worker) for worker in workers]})
+        self.reply({"workers": [to_dict(worker, every_field=True) for worker in workers]})
 
 
 class PoolStatusHandler(HiveMindHandler):
@@ -22,4 +23,4 @@ class PoolStatusHandler(HiveMindHandler):
     @authorized
     async def get(self) -> None:
         status = await self.pool(lambda client: client.pool_status())
-        self.reply(to_dict(status))
+        self.reply(to_dict(status, every_field=True))

@@ -16,10 +16,10 @@ from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.client.submission import TaskRequest
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
 from ..errors import ApiError
-from ..jsonify import to_dict
 from ..packaging import pack_path
 from ..results import fetch_into, public_files
 from .base import HiveMindHandler
@@ -123,7 +123,7 @@ class TasksHandler(TaskBase):
         page = await self.pool(lambda c: c.list_tasks(states, page_size=limit, page_token=token))
         self.reply(
             {
-                "tasks": [to_dict(t) for t in page.tasks],
+                "tasks": [to_dict(t, every_field=True) for t in page.tasks],
                 "next_page_token": page.next_page_token,
                 "total": page.total,
             }
@@ -181,7 +181,7 @@ class TasksHandler(TaskBase):
 
         target, request, entry = await self.blocking(prepare)
         task = await self.blocking(self._package_and_submit, target, request, entry)
-        self.reply(to_dict(task), status=201)
+        self.reply(to_dict(task, every_field=True), status=201)
 
 
 class TaskHandler(TaskBase):
@@ -189,7 +189,7 @@ class TaskHandler(TaskBase):
     @authorized
     async def get(self, task_id: str) -> None:
         task = await self.task_call(task_id, lambda c: c.get_task(task_id))
-        self.reply(to_dict(task))
+        self.reply(to_dict(task, every_field=True))
 
 
 class CancelHandler(TaskBase):
@@ -197,7 +197,7 @@ class CancelHandler(TaskBase):
     @authorized
     async def post(self, task_id: str) -> None:
         task = await self.task_call(task_id, lambda c: c.cancel_task(task_id))
-        self.reply(to_dict(task))
+        self.reply(to_dict(task, every_field=True))
 
 
 class RetryHandler(TaskBase):
@@ -205,7 +205,7 @@ class RetryHandler(TaskBase):
     @authorized
     async def post(self, task_id: str) -> None:
         task = await self.task_call(task_id, lambda c: c.retry_task(task_id))
-        self.reply(to_dict(task), status=201)
+        self.reply(to_dict(task, every_field=True), status=201)
 
 
 class ResultHandler(TaskBase):
@@ -256,4 +256,4 @@ class EventsHandler(TaskBase):
 
         events = await self.task_call(task_id, read)
         last = max([after] + [int(e.seq) for e in events])
-        self.reply({"events": [to_dict(e) for e in events], "last_seq": last})
+        self.reply({"events": [to_dict(e, every_field=True) for e in events], "last_seq": last})

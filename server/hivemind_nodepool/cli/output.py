@@ -7,8 +7,6 @@ import sys
 import time
 from typing import TextIO
 
-from google.protobuf import json_format
-
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.states import state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size
@@ -25,10 +23,6 @@ STATE_MARKS = {
     "TIMED_OUT": "⌛",
     "LOST": "?",
 }
-
-
-def as_dict(message: object) -> dict[str, object]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)  # type: ignore[arg-type]
 
 
 def task_line(task: pb.Task) -> str:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hivemind_nodepool.cli.output import as_dict, print_event, print_task, print_tasks, print_workers
+from hivemind_nodepool.cli.output import print_event, print_task, print_tasks, print_workers
 from hivemind_nodepool.client import credentials
 from hivemind_nodepool.client.pool_client import PoolClient
 from hivemind_nodepool.client.submission import TaskRequest, package_path, parse_assignment, parse_labels
@@ -19,6 +19,7 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol import commandline
 from hivemind_nodepool.protocol.bundle import safe_extract
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
+from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.states import state_name
 from hivemind_nodepool.protocol.units import format_size
 
@@ -132,7 +133,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     with _client() as client:
         page = client.list_tasks(states, page_size=args.limit, all_users=args.all)
     if args.json:
-        print(json.dumps([as_dict(task) for task in page.tasks], indent=2))
+        print(json.dumps([to_dict(task) for task in page.tasks], indent=2))
     else:
         print_tasks(list(page.tasks))
         if page.total > len(page.tasks):
@@ -144,7 +145,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _client() as client:
         task = client.get_task(args.task_id)
     if args.json:
-        print(json.dumps(as_dict(task), indent=2))
+        print(json.dumps(to_dict(task), indent=2))
     else:
         print_task(task)
     return 0
@@ -186,7 +187,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     with _client() as client:
         workers = client.list_workers()
     if args.json:
-        print(json.dumps([as_dict(worker) for worker in workers], indent=2))
+        print(json.dumps([to_dict(worker) for worker in workers], indent=2))
     else:
         print_workers(workers)
     return 0

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.jsonify import to_dict
 
 MAX_CPUS = 1024.0
 MAX_MEMORY = 16 * 1024**4  # 16 TiB
@@ -183,7 +184,7 @@ def with_defaults(manifest: pb.Manifest, default_timeout: float, default_retries
 
 def to_json(manifest: pb.Manifest) -> str:
     """The manifest as `hivemind.json` text (field names as in the proto)."""
-    data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    data = to_dict(manifest)
     if "parameters_json" in data:  # readable: a nested object rather than a quoted string
         data["parameters"] = json.loads(data.pop("parameters_json"))
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
