@@ -22,7 +22,7 @@ from hivemind_nodepool.pool.retention import Collector
 from hivemind_nodepool.pool.scheduler import Scheduler
 from hivemind_nodepool.pool.store import Store
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.states import ON_WORKER_STATES
+from hivemind_nodepool.protocol.states import ON_WORKER_STATES, worker_present
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,9 @@ class Pool:
         active = self.store.tasks_in_states(ON_WORKER_STATES)
         holders = {row["worker_id"] for row in active}
         for row in self.store.list_workers():
-            if row["state"] not in (pb.WORKER_ONLINE, pb.WORKER_DRAINING) and row["id"] not in holders:
-                continue
-            facts = pb.MachineFacts.FromString(row["facts"])
-            state = (
-                row["state"] if row["state"] in (pb.WORKER_ONLINE, pb.WORKER_DRAINING) else pb.WORKER_ONLINE
-            )
-            entry = WorkerEntry(
-                row["id"], row["name"], facts, state=state, last_heartbeat_at=row["last_heartbeat_at"]
-            )
-            self.fleet.add(entry)
+            present = worker_present(row["state"])
+            if present or row["id"] in holders:
+                self.fleet.add(WorkerEntry.from_row(row, state=None if present else pb.WORKER_ONLINE))
         for row in active:
             holder = self.fleet.get(row["worker_id"])
             if holder is not None:

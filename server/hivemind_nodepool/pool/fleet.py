@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.states import worker_present
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,18 @@ class WorkerEntry:
     zombies: set[AttemptKey] = field(default_factory=set)  # ended here, still running there
     left_draining: bool = False  # its stream closed while it was draining (see liveness)
 
+    @classmethod
+    def from_row(cls, row: sqlite3.Row, state: int | None = None) -> WorkerEntry:
+        """The live entry for a worker known only from its stored row, in the row's state unless
+        another is given."""
+        return cls(
+            row["id"],
+            row["name"],
+            pb.MachineFacts.FromString(row["facts"]),
+            state=row["state"] if state is None else state,
+            last_heartbeat_at=row["last_heartbeat_at"],
+        )
+
     @property
     def capacity(self) -> Amount:
         return capacity_of(self.facts)
@@ -84,7 +98,18 @@ class WorkerEntry:
         return self.outbox is not None
 
     @property
+    def present(self) -> bool:
+        """Online or draining: it holds and runs work, connected or not (yet)."""
+        return worker_present(self.state)
+
+    @property
+    def live(self) -> bool:
+        """Present with its stream open: its capacity counts in the pool's total."""
+        return self.connected and self.present
+
+    @property
     def schedulable(self) -> bool:
+        """Takes new tasks: connected and online (not draining)."""
         return self.connected and self.state == pb.WORKER_ONLINE
 
     @property
@@ -145,4 +170,4 @@ class Fleet:
         entry.last_seen = time.monotonic()
 
     def online(self) -> list[WorkerEntry]:
-        return [w for w in self.workers.values() if w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING)]
+        return [w for w in self.workers.values() if w.present]

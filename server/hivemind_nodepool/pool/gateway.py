@@ -106,13 +106,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             raise Unauthenticated("this worker is no longer registered")
         entry = self.pool.fleet.get(worker_id)
         if entry is None:
-            entry = WorkerEntry(
-                worker_id,
-                row["name"],
-                pb.MachineFacts.FromString(row["facts"]),
-                state=row["state"],
-                last_heartbeat_at=row["last_heartbeat_at"],
-            )
+            entry = WorkerEntry.from_row(row)
             self.pool.fleet.add(entry)
         return row, entry
 
@@ -201,9 +195,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         """A Connect stream ended. When it was the worker's current one and the pool did not end it
         (shutdown, declared lost, replaced by a newer stream), the worker went away: OFFLINE now."""
         current = self.pool.fleet.detach(entry, session)
-        went_away = (
-            current and not self.pool.stopping and entry.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING)
-        )
+        went_away = current and not self.pool.stopping and entry.present
         if went_away:
             self.pool.fleet.gone(entry)
             self.store.update_worker(

@@ -16,13 +16,13 @@ worker that failed to enforce it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 
 from hivemind_nodepool.pool.fleet import Fleet, WorkerEntry
 from hivemind_nodepool.pool.lifecycle import TaskBook
+from hivemind_nodepool.pool.loops import repeat
 from hivemind_nodepool.pool.metrics import PoolMetrics
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import Conflict
@@ -72,7 +72,7 @@ class Liveness:
         """Online and silent past the timeout, or gone (stream closed) past it with work held."""
         if now - worker.last_seen <= self.timeout:
             return False
-        if worker.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+        if worker.present:
             return True
         return worker.state == pb.WORKER_OFFLINE and not worker.connected and bool(worker.allocations)
 
@@ -92,9 +92,4 @@ class Liveness:
 
     async def run(self) -> None:
         period = max(0.2, min(1.0, self.timeout / 5))
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await self.check()
-            except Exception:
-                log.exception("liveness check failed; retrying")
+        await repeat(self.check, period, "liveness check failed; retrying", logger=log)

@@ -3,12 +3,12 @@ then their blobs, once nothing references them, are deleted (row and file)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 
 from hivemind_nodepool.pool.blobs import BlobStore
+from hivemind_nodepool.pool.loops import repeat
 from hivemind_nodepool.pool.store import Store
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ class Collector:
         return removed
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.collect()
-            except Exception:
-                log.exception("blob collection failed; retrying later")
+        async def one_round() -> None:
+            self.collect()
+
+        await repeat(one_round, self.interval, "blob collection failed; retrying later", logger=log)

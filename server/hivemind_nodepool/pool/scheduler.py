@@ -11,7 +11,6 @@ periodic tick.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
@@ -19,6 +18,7 @@ from collections import defaultdict, deque
 
 from hivemind_nodepool.pool.fleet import Amount, Fleet, WorkerEntry
 from hivemind_nodepool.pool.lifecycle import TaskBook, amount_of
+from hivemind_nodepool.pool.loops import repeat
 from hivemind_nodepool.pool.metrics import PoolMetrics
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.states import ON_WORKER_STATES
@@ -131,6 +131,7 @@ class Scheduler:
         self._label_cache: dict[str, dict[str, str]] = {}  # task id -> labels, parsed once
         self._last_view: FleetView | None = None  # the workers as the last completed pass saw them
         self._failed: dict[Signature, str] = {}  # that pass's reasons, by request signature
+        self._metrics_at = 0.0  # when the gauges were last refreshed (monotonic)
 
     def _labels(self, row: sqlite3.Row) -> dict[str, str]:
         labels = self._label_cache.get(row["id"])
@@ -165,7 +166,7 @@ class Scheduler:
         self._prune_labels(queued)
         total = Amount()
         for w in workers:
-            if w.connected and w.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+            if w.live:
                 total = total + w.capacity
         share = {
             owner: dominant_share(use, total) for owner, use in store.usage_by_owner(ON_WORKER_STATES).items()
@@ -215,28 +216,26 @@ class Scheduler:
         up = sum(1 for w in self.fleet.workers.values() if w.connected and w.state != pb.WORKER_LOST)
         self.metrics.set_counts(self.book.store.count_by_state(), up)
 
+    async def _round(self) -> None:
+        started = time.perf_counter()
+        placed = await self.cycle()
+        self.cycles += 1
+        self.metrics.cycle.observe(time.perf_counter() - started)
+        if placed:
+            log.debug("placed %d task(s)", placed)
+        if time.monotonic() - self._metrics_at >= self.interval:
+            self._metrics_at = time.monotonic()
+            self.update_metrics()
+
     async def run(self) -> None:
-        last_metrics = 0.0
-        while True:
-            try:
-                await asyncio.wait_for(self.book.wake.wait(), timeout=self.interval)
-                await asyncio.sleep(0.005)  # let a burst of submissions land in one cycle
-            except TimeoutError:
-                pass
-            self.book.wake.clear()
-            started = time.perf_counter()
-            try:
-                placed = await self.cycle()
-            except Exception:
-                log.exception("scheduling cycle failed; retrying on the next tick")
-                continue
-            self.cycles += 1
-            self.metrics.cycle.observe(time.perf_counter() - started)
-            if placed:
-                log.debug("placed %d task(s)", placed)
-            if time.monotonic() - last_metrics >= self.interval:
-                last_metrics = time.monotonic()
-                self.update_metrics()
+        await repeat(
+            self._round,
+            self.interval,
+            "scheduling cycle failed; retrying on the next tick",
+            wake=self.book.wake,
+            settle=0.005,  # let a burst of submissions land in one cycle
+            logger=log,
+        )
 
 
 __all__ = ["Scheduler", "explain", "pick_worker"]

@@ -16,6 +16,7 @@ import grpc
 from hivemind_nodepool.pool import auth, views
 from hivemind_nodepool.pool.app import Pool
 from hivemind_nodepool.pool.blobs import receive_chunks
+from hivemind_nodepool.pool.fleet import Amount, WorkerEntry
 from hivemind_nodepool.pool.rpc import stream, unary
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
@@ -303,17 +304,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         answer = pb.ListWorkersResponse()
         fleet = self.pool.fleet
         for row in self.store.list_workers():
-            entry = fleet.get(row["id"])
-            if entry is None:
-                from hivemind_nodepool.pool.fleet import WorkerEntry
-
-                entry = WorkerEntry(
-                    row["id"],
-                    row["name"],
-                    pb.MachineFacts.FromString(row["facts"]),
-                    state=row["state"],
-                    last_heartbeat_at=row["last_heartbeat_at"],
-                )
+            entry = fleet.get(row["id"]) or WorkerEntry.from_row(row)
             answer.workers.append(views.worker(entry, row["registered_at"]))
         return answer
 
@@ -323,13 +314,12 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     ) -> pb.PoolStatus:
         auth.current_user()
         from hivemind_nodepool import __version__
-        from hivemind_nodepool.pool.fleet import Amount
 
         status = pb.PoolStatus(version=__version__)
         capacity = Amount()
         allocated = Amount()
         for entry in self.pool.fleet.workers.values():
-            if entry.connected and entry.state in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+            if entry.live:
                 status.workers_online += 1
                 capacity = capacity + entry.capacity
                 allocated = allocated + entry.allocated
@@ -415,7 +405,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         auth.current_admin()
         row = self.store.get_worker(request.worker_id) if request.worker_id else None
         entry = self.pool.fleet.get(request.worker_id)
-        if row is None or entry is None or entry.state not in (pb.WORKER_ONLINE, pb.WORKER_DRAINING):
+        if row is None or entry is None or not entry.present:
             raise NotFound(f"no online worker {request.worker_id!r}")
         entry.state = pb.WORKER_DRAINING
         self.store.update_worker(entry.worker_id, state=pb.WORKER_DRAINING)

@@ -23,3 +23,13 @@ def state_name(state: int) -> str:
 
 def is_terminal(state: int) -> bool:
     return state in TERMINAL_STATES
+
+
+# Worker states. A present worker is online (takes new tasks) or draining (finishes the tasks it
+# has, takes no more); either way it still holds and runs work.
+PRESENT_WORKER_STATES: frozenset[int] = frozenset({pb.WORKER_ONLINE, pb.WORKER_DRAINING})
+
+
+def worker_present(state: int) -> bool:
+    """True for an online or draining worker."""
+    return state in PRESENT_WORKER_STATES
