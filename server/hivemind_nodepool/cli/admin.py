@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Local:
+    """The pool's own files: the same operations as the service's admin RPCs (pool.accounts)."""
+
     def __init__(self, data_dir: Path) -> None:
+        # Imported here: the pool's modules (bcrypt, grpc) load only for a local admin command.
+        from hivemind_nodepool.pool import accounts
         from hivemind_nodepool.pool.store import Store
 
         if not (data_dir / "pool.db").exists():
@@ -129,51 +133,25 @@ class Local:
                 f"{data_dir}` once, or pass the right --data-dir)"
             )
         self.store = Store(data_dir)
+        self.accounts = accounts
 
     def add_user(self, name: str, password: str, admin: bool) -> pb.User:
-        from hivemind_nodepool.pool import auth, views
-        from hivemind_nodepool.protocol.errors import AlreadyExists
-
-        auth.check_user_name(name)
-        if self.store.get_user(name) is not None:
-            raise AlreadyExists(f"user {name!r} already exists")
-        return views.user(self.store.add_user(name, auth.hash_password(password), admin))
+        return self.accounts.add_user(self.store, name, password, admin)
 
     def list_users(self) -> list[pb.User]:
-        from hivemind_nodepool.pool import views
-
-        return [views.user(r) for r in self.store.list_users()]
+        return self.accounts.list_users(self.store)
 
     def disable_user(self, name: str) -> pb.User:
-        from hivemind_nodepool.pool import views
-        from hivemind_nodepool.protocol.errors import NotFound
-
-        if self.store.get_user(name) is None:
-            raise NotFound(f"no user {name!r}")
-        self.store.set_user_disabled(name, True)
-        row = self.store.get_user(name)
-        assert row is not None
-        return views.user(row)
+        return self.accounts.disable_user(self.store, name)
 
     def create_join_token(self, ttl: float) -> pb.JoinToken:
-        from hivemind_nodepool.pool.service import create_join_token
-
-        return create_join_token(self.store, "(local admin)", ttl)
+        return self.accounts.create_join_token(self.store, "(local admin)", ttl)
 
     def list_join_tokens(self) -> list[pb.JoinToken]:
-        from hivemind_nodepool.pool import views
-
-        return [views.join_token(r) for r in self.store.list_join_tokens()]
+        return self.accounts.list_join_tokens(self.store)
 
     def revoke_join_token(self, token_id: str) -> pb.JoinToken:
-        from hivemind_nodepool.pool import views
-        from hivemind_nodepool.protocol.errors import NotFound
-
-        if self.store.get_join_token(token_id) is None:
-            raise NotFound(f"no join token {token_id!r}")
-        self.store.revoke_join_token(token_id)
-        row = self.store.get_join_token(token_id)
-        return views.join_token(row)  # type: ignore[arg-type]
+        return self.accounts.revoke_join_token(self.store, token_id)
 
     def status(self) -> dict[str, Any]:
         workers = [

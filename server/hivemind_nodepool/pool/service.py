@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import sqlite3
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
-from hivemind_nodepool.pool import auth, views
+from hivemind_nodepool.pool import accounts, auth, views
 from hivemind_nodepool.pool.app import Pool
 from hivemind_nodepool.pool.blobs import receive_chunks
 from hivemind_nodepool.pool.fleet import Amount, WorkerEntry
@@ -23,7 +20,6 @@ from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol import manifest as manifests
 from hivemind_nodepool.protocol.bundle import list_files
 from hivemind_nodepool.protocol.errors import (
-    AlreadyExists,
     BundleError,
     Conflict,
     InvalidInput,
@@ -336,38 +332,27 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     async def CreateUser(
         self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext[pb.CreateUserRequest, pb.User]
     ) -> pb.User:
-        auth.current_admin()
-        auth.check_user_name(request.name)
-        if self.store.get_user(request.name) is not None:
-            raise AlreadyExists(f"user {request.name!r} already exists")
-        password_hash = await asyncio.to_thread(auth.hash_password, request.password)
-        try:
-            row = self.store.add_user(request.name, password_hash, request.admin)
-        except sqlite3.IntegrityError:
-            raise AlreadyExists(f"user {request.name!r} already exists") from None
-        log.info("user %s created by %s", request.name, auth.current().name)
-        return views.user(row)
+        admin = auth.current_admin()
+        # bcrypt takes a while: off the event loop
+        user = await asyncio.to_thread(
+            accounts.add_user, self.store, request.name, request.password, request.admin
+        )
+        log.info("user %s created by %s", user.name, admin.name)
+        return user
 
     @unary
     async def ListUsers(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.ListUsersResponse]
     ) -> pb.ListUsersResponse:
         auth.current_admin()
-        return pb.ListUsersResponse(users=[views.user(r) for r in self.store.list_users()])
+        return pb.ListUsersResponse(users=accounts.list_users(self.store))
 
     @unary
     async def DisableUser(
         self, request: pb.UserRef, context: grpc.aio.ServicerContext[pb.UserRef, pb.User]
     ) -> pb.User:
         admin = auth.current_admin()
-        if request.name == admin.name:
-            raise InvalidInput("you cannot disable your own account")
-        if self.store.get_user(request.name) is None:
-            raise NotFound(f"no user {request.name!r}")
-        self.store.set_user_disabled(request.name, True)
-        row = self.store.get_user(request.name)
-        assert row is not None
-        return views.user(row)
+        return accounts.disable_user(self.store, request.name, by=admin.name)
 
     @unary
     async def CreateJoinToken(
@@ -377,26 +362,21 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     ) -> pb.JoinToken:
         admin = auth.current_admin()
         ttl = _ttl(request.ttl_seconds, self.pool.settings.join_token_ttl)
-        return create_join_token(self.pool.store, admin.name, ttl)
+        return accounts.create_join_token(self.store, admin.name, ttl)
 
     @unary
     async def ListJoinTokens(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.ListJoinTokensResponse]
     ) -> pb.ListJoinTokensResponse:
         auth.current_admin()
-        return pb.ListJoinTokensResponse(tokens=[views.join_token(r) for r in self.store.list_join_tokens()])
+        return pb.ListJoinTokensResponse(tokens=accounts.list_join_tokens(self.store))
 
     @unary
     async def RevokeJoinToken(
         self, request: pb.JoinTokenRef, context: grpc.aio.ServicerContext[pb.JoinTokenRef, pb.JoinToken]
     ) -> pb.JoinToken:
         auth.current_admin()
-        if self.store.get_join_token(request.id) is None:
-            raise NotFound(f"no join token {request.id!r}")
-        self.store.revoke_join_token(request.id)
-        row = self.store.get_join_token(request.id)
-        assert row is not None
-        return views.join_token(row)
+        return accounts.revoke_join_token(self.store, request.id)
 
     @unary
     async def DrainWorker(
@@ -412,12 +392,3 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         entry.send(pb.PoolMessage(drain=pb.Empty()))
         log.info("worker %s draining (asked by %s)", entry.name, auth.current().name)
         return views.worker(entry, row["registered_at"])
-
-
-def create_join_token(store: Any, created_by: str, ttl: float) -> pb.JoinToken:
-    """A new join token; the secret is in the answer only, the store keeps its hash."""
-    token_id = "jt-" + secrets.token_hex(4)
-    secret = auth.new_token("hmj")
-    store.add_join_token(token_id, auth.hash_secret(secret), time.time() + ttl, created_by)
-    row = store.get_join_token(token_id)
-    return views.join_token(row, secret)
