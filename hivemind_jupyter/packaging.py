@@ -9,7 +9,6 @@ notebook and returns them in the result as `.hivemind/variables.json`. See docs/
 
 from __future__ import annotations
 
-import ast
 import json
 import keyword
 import pickle
@@ -40,14 +39,6 @@ def check_identifier(name: str, what: str = "variable") -> str:
     if name.startswith("_hm_"):
         raise InvalidInput(f"{name!r}: names starting with _hm_ are reserved by HiveMind")
     return name
-
-
-def parse_value(text: str) -> Any:
-    """A parameter's value: a Python literal when it is one (3, 0.1, [1, 2], 'x'), else the text."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return text
 
 
 def spec_manifest(request: TaskRequest, entry: str) -> pb.Manifest:

@@ -37,10 +37,6 @@ class TaskNotifier:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
     def notify_all(self) -> None:
         for events in self._waiters.values():
             for event in events:

@@ -606,8 +606,3 @@ class Store:
             "SELECT * FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (task_id, after_seq, limit),
         )
-
-    # -- attempts -------------------------------------------------------------------------------
-
-    def get_attempt(self, task_id: str, attempt: int) -> sqlite3.Row | None:
-        return self.one("SELECT * FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt))
