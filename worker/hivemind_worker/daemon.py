@@ -179,7 +179,7 @@ class Daemon:
             log.error("%s", exc)
             return EXIT_ERROR
         finally:
-            self._shutdown_attempts()
+            self._hand_back_attempts("the worker stopped", wait=30)
             if self.executor is not None:
                 self.executor.close()
             self.client.close()
@@ -371,12 +371,7 @@ class Daemon:
                 if not self.attempts:
                     break
             self._hurry.wait(0.2)
-        with self._lock:
-            left = list(self.attempts.values())
-        for run in left:
-            run.cancel("the worker is shutting down; the task goes back to the pool", requeue=True)
-        for run in left:
-            run.join(timeout=60)
+        self._hand_back_attempts("the worker is shutting down; the task goes back to the pool", wait=60)
         if exit_after:
             self.stop()
 
@@ -386,13 +381,15 @@ class Daemon:
         if call is not None:
             call.cancel()
 
-    def _shutdown_attempts(self) -> None:
+    def _hand_back_attempts(self, reason: str, wait: float) -> None:
+        """Stop every running attempt and give its task back to the pool (requeued); wait up to
+        `wait` seconds for each to end."""
         with self._lock:
             left = list(self.attempts.values())
         for run in left:
-            run.cancel("the worker stopped", requeue=True)
+            run.cancel(reason, requeue=True)
         for run in left:
-            run.join(timeout=30)
+            run.join(timeout=wait)
 
 
 def run_daemon(settings: WorkerSettings) -> int:

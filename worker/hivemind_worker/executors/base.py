@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,6 +163,56 @@ def outcome_from_end(end: RunnerEvent | None, exit_code: int | None) -> RunOutco
         cpu_seconds=float(metrics.get("cpu_seconds") or 0.0),
         peak_memory_bytes=int(metrics.get("peak_memory_bytes") or 0),
     )
+
+
+class StopCheck:
+    """Whether a run must end now, and the outcome that says why: the stopper fired (cancel,
+    requeue) or the task ran past its timeout, counted from when this check is made."""
+
+    def __init__(self, spec: RunSpec, stopper: Stopper) -> None:
+        self.spec = spec
+        self.stopper = stopper
+        self.deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
+
+    def wait(self, seconds: float) -> Outcome | None:
+        """STOPPED or TIMED_OUT when the run must end, else None after waiting up to seconds."""
+        if self.stopper.event.wait(seconds):
+            return Outcome.STOPPED
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return Outcome.TIMED_OUT
+        return None
+
+    def outcome(self, kind: Outcome) -> RunOutcome:
+        """The outcome of a run stopped for kind (what wait returned)."""
+        if kind == Outcome.TIMED_OUT:
+            return RunOutcome(
+                Outcome.TIMED_OUT,
+                error=f"the task ran longer than its timeout ({self.spec.timeout:.0f}s) and was stopped",
+            )
+        return RunOutcome(Outcome.STOPPED, error=self.stopper.reason)
+
+
+class StderrTail:
+    """What the task writes to stderr: logged (debug), and its last blocks kept for the error of a
+    run that ends without reporting a result."""
+
+    KEEP = 50  # blocks kept
+    SHOWN = 20  # blocks quoted in the error
+
+    def __init__(self) -> None:
+        self._blocks: list[str] = []
+
+    def add(self, block: bytes) -> None:
+        text = block.decode("utf-8", "replace")
+        log.debug("task stderr: %s", text.rstrip())
+        self._blocks.append(text)
+        del self._blocks[: -self.KEEP]
+
+    def explain(self, outcome: RunOutcome) -> RunOutcome:
+        """A run that DIED says what it wrote to stderr last."""
+        if outcome.status == Outcome.DIED and self._blocks:
+            outcome.error += ":\n" + "".join(self._blocks[-self.SHOWN :])
+        return outcome
 
 
 def write_request(spec: RunSpec, task_dir_inside: str, out_dir_inside: str) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -32,6 +31,8 @@ from .base import (
     Outcome,
     RunOutcome,
     RunSpec,
+    StderrTail,
+    StopCheck,
     Stopper,
     outcome_from_end,
     write_request,
@@ -172,7 +173,7 @@ class DockerExecutor(Executor):
             **self.container_options(spec),
         )
         parser = LineParser(on_event)
-        stderr_tail: list[str] = []
+        stderr_tail = StderrTail()
         try:
             stream = self.client.api.attach(
                 container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
@@ -182,23 +183,13 @@ class DockerExecutor(Executor):
             )
             container.start()
             reader.start()
-            deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
+            check = StopCheck(spec, stopper)
             stop_kind: Outcome | None = None
-            while reader.is_alive():
-                if stopper.event.wait(POLL_SECONDS):
-                    stop_kind = Outcome.STOPPED
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    stop_kind = Outcome.TIMED_OUT
-                    break
+            while reader.is_alive() and not stop_kind:
+                stop_kind = check.wait(POLL_SECONDS)
             if stop_kind:
                 self._stop(container, reader)
-                if stop_kind == Outcome.TIMED_OUT:
-                    return RunOutcome(
-                        Outcome.TIMED_OUT,
-                        error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) and was stopped",
-                    )
-                return RunOutcome(Outcome.STOPPED, error=stopper.reason)
+                return check.outcome(stop_kind)
             reader.join()
             result = container.wait(timeout=30)
             exit_code = int(result.get("StatusCode", -1))
@@ -210,25 +201,21 @@ class DockerExecutor(Executor):
                 outcome.status = Outcome.OUT_OF_MEMORY
                 outcome.error = f"out of memory: the task used its whole memory limit ({memory} bytes)"
                 outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, memory)
-            elif outcome.status == Outcome.DIED and stderr_tail:
-                outcome.error += ":\n" + "".join(stderr_tail[-20:])
-            return outcome
+                return outcome
+            return stderr_tail.explain(outcome)
         finally:
             self._remove(spec.name)
 
     @staticmethod
     def _read(
-        stream: Iterator[tuple[bytes | None, bytes | None]], parser: LineParser, stderr_tail: list[str]
+        stream: Iterator[tuple[bytes | None, bytes | None]], parser: LineParser, stderr_tail: StderrTail
     ) -> None:
         try:
             for out, err in stream:
                 if out:
                     parser.feed(out)
                 if err:
-                    text = err.decode("utf-8", "replace")
-                    log.debug("task stderr: %s", text.rstrip())
-                    stderr_tail.append(text)
-                    del stderr_tail[:-50]
+                    stderr_tail.add(err)
         except Exception as exc:  # the container went away under us
             log.debug("attach stream ended: %s", exc)
         finally:

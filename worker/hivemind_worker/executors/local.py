@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
 from pathlib import Path
@@ -29,6 +28,8 @@ from .base import (
     Outcome,
     RunOutcome,
     RunSpec,
+    StderrTail,
+    StopCheck,
     Stopper,
     outcome_from_end,
     write_request,
@@ -83,11 +84,7 @@ def _task_environment(spec: RunSpec) -> dict[str, str]:
 
 
 def _watch(
-    process: subprocess.Popen[bytes],
-    root: psutil.Process,
-    spec: RunSpec,
-    stopper: Stopper,
-    deadline: float | None,
+    process: subprocess.Popen[bytes], root: psutil.Process, spec: RunSpec, check: StopCheck
 ) -> tuple[Outcome | None, int]:
     """Poll the task's process tree until it exits or must be stopped: (why it must stop, or None;
     the peak resident memory of the tree)."""
@@ -96,12 +93,8 @@ def _watch(
     while process.poll() is None:
         used = _rss(_tree(root))
         peak = max(peak, used)
-        if spec.memory_bytes and used > spec.memory_bytes:
-            stop = Outcome.OUT_OF_MEMORY
-        elif stopper.event.wait(POLL_SECONDS):
-            stop = Outcome.STOPPED
-        elif deadline is not None and time.monotonic() > deadline:
-            stop = Outcome.TIMED_OUT
+        over = spec.memory_bytes and used > spec.memory_bytes
+        stop = Outcome.OUT_OF_MEMORY if over else check.wait(POLL_SECONDS)
         if stop:
             break
     return stop, peak
@@ -134,22 +127,20 @@ class LocalExecutor(Executor):
         )
         assert process.stdout is not None and process.stderr is not None
         parser = LineParser(on_event)
-        stderr_tail: list[str] = []
+        stderr_tail = StderrTail()
         readers = [
             threading.Thread(target=self._pump, args=(process.stdout, parser.feed), daemon=True),
-            threading.Thread(
-                target=self._pump, args=(process.stderr, lambda b: self._keep(stderr_tail, b)), daemon=True
-            ),
+            threading.Thread(target=self._pump, args=(process.stderr, stderr_tail.add), daemon=True),
         ]
         for reader in readers:
             reader.start()
-        deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
+        check = StopCheck(spec, stopper)
         peak = 0
         stop: Outcome | None = None
         tree: list[psutil.Process] = []
         try:
             root = psutil.Process(process.pid)
-            stop, peak = _watch(process, root, spec, stopper, deadline)
+            stop, peak = _watch(process, root, spec, check)
             if stop in (Outcome.STOPPED, Outcome.TIMED_OUT):
                 # The runner saves the notebook so far on SIGTERM. Its kernel (taken now: once
                 # the runner is gone it is nobody's child) is killed below.
@@ -170,13 +161,8 @@ class LocalExecutor(Executor):
             for reader in readers:
                 reader.join(timeout=5)
             parser.close()
-        if stop == Outcome.STOPPED:
-            return RunOutcome(Outcome.STOPPED, error=stopper.reason)
-        if stop == Outcome.TIMED_OUT:
-            return RunOutcome(
-                Outcome.TIMED_OUT,
-                error=f"the task ran longer than its timeout ({spec.timeout:.0f}s) and was stopped",
-            )
+        if stop in (Outcome.STOPPED, Outcome.TIMED_OUT):
+            return check.outcome(stop)
         if stop == Outcome.OUT_OF_MEMORY:
             return RunOutcome(
                 Outcome.OUT_OF_MEMORY,
@@ -185,19 +171,10 @@ class LocalExecutor(Executor):
             )
         outcome = outcome_from_end(parser.end, process.returncode)
         outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, peak)
-        if parser.end is None and stderr_tail:
-            outcome.error += ":\n" + "".join(stderr_tail[-20:])
-        return outcome
+        return stderr_tail.explain(outcome)
 
     @staticmethod
     def _pump(stream: IO[bytes], sink: Callable[[bytes], None]) -> None:
         with stream:
             while block := stream.read1(65536):  # type: ignore[attr-defined]
                 sink(block)
-
-    @staticmethod
-    def _keep(tail: list[str], block: bytes) -> None:
-        text = block.decode("utf-8", "replace")
-        log.debug("task stderr: %s", text.rstrip())
-        tail.append(text)
-        del tail[:-50]
