@@ -3,41 +3,50 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from hivemind_nodepool.pool.fleet import WorkerEntry
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
+# Columns copied as they are into the message field of the same name.
+_USER = ("name", "created_at")
+_JOIN_TOKEN = ("id", "created_at", "expires_at", "created_by")
+_EVENT = ("seq", "at", "kind", "state", "text", "data_json", "attempt")
+_TRANSITION = ("state", "at", "attempt", "worker_id")
+_TASK = (
+    "id",
+    "owner",
+    "state",
+    "bundle_sha256",
+    "bundle_size",
+    "created_at",
+    "updated_at",
+    "attempt",
+    "retries_used",
+    "worker_id",
+    "pending_reason",
+    "error",
+    "traceback",
+    "result_size",
+    "retry_of",
+    "last_event_seq",
+)
+
+
+def _columns(row: sqlite3.Row, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: row[name] for name in names}
+
 
 def user(row: sqlite3.Row) -> pb.User:
-    return pb.User(
-        name=row["name"],
-        admin=bool(row["admin"]),
-        disabled=bool(row["disabled"]),
-        created_at=row["created_at"],
-    )
+    return pb.User(**_columns(row, _USER), admin=bool(row["admin"]), disabled=bool(row["disabled"]))
 
 
 def join_token(row: sqlite3.Row, secret: str = "") -> pb.JoinToken:
-    return pb.JoinToken(
-        id=row["id"],
-        token=secret,
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked=bool(row["revoked"]),
-        created_by=row["created_by"],
-    )
+    return pb.JoinToken(**_columns(row, _JOIN_TOKEN), token=secret, revoked=bool(row["revoked"]))
 
 
 def event(row: sqlite3.Row) -> pb.TaskEvent:
-    message = pb.TaskEvent(
-        seq=row["seq"],
-        at=row["at"],
-        kind=row["kind"],
-        state=row["state"],
-        text=row["text"],
-        data_json=row["data_json"],
-        attempt=row["attempt"],
-    )
+    message = pb.TaskEvent(**_columns(row, _EVENT))
     if row["cells_total"]:
         message.progress.CopyFrom(pb.Progress(cells_done=row["cells_done"], cells_total=row["cells_total"]))
     return message
@@ -45,39 +54,16 @@ def event(row: sqlite3.Row) -> pb.TaskEvent:
 
 def task(row: sqlite3.Row, timeline: list[sqlite3.Row] | None = None, worker_name: str = "") -> pb.Task:
     message = pb.Task(
-        id=row["id"],
-        owner=row["owner"],
+        **_columns(row, _TASK),
         manifest=pb.Manifest.FromString(row["manifest"]),
-        state=row["state"],
-        bundle_sha256=row["bundle_sha256"],
-        bundle_size=row["bundle_size"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        attempt=row["attempt"],
-        retries_used=row["retries_used"],
-        worker_id=row["worker_id"],
         worker_name=worker_name,
-        pending_reason=row["pending_reason"],
-        error=row["error"],
-        traceback=row["traceback"],
         result_sha256="" if row["blobs_expired"] else row["result_sha256"],
-        result_size=row["result_size"],
         progress=pb.Progress(cells_done=row["cells_done"], cells_total=row["cells_total"]),
-        retry_of=row["retry_of"],
-        last_event_seq=row["last_event_seq"],
     )
     if row["metrics"]:
         message.metrics.ParseFromString(row["metrics"])
     for item in timeline or ():
-        message.timeline.append(
-            pb.StateTransition(
-                state=item["state"],
-                at=item["at"],
-                message=item["text"],
-                attempt=item["attempt"],
-                worker_id=item["worker_id"],
-            )
-        )
+        message.timeline.append(pb.StateTransition(**_columns(item, _TRANSITION), message=item["text"]))
     return message
 
 
