@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from hivemind_nodepool.protocol.errors import InvalidInput, TooLarge
+from hivemind_nodepool.protocol.errors import InvalidInput, NotFound, TooLarge
 from hivemind_nodepool.protocol.files import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,18 @@ class BlobWriter:
         self.tmp_path.unlink(missing_ok=True)
 
 
+async def receive_head(parts: AsyncIterator[Any], head: str, if_empty: str, if_not_first: str) -> Any:
+    """The first part of a client-streamed upload, which must be its `head` (the part's oneof
+    name); InvalidInput with if_empty or if_not_first otherwise. The chunks follow (receive_chunks)."""
+    try:
+        first = await parts.__anext__()
+    except StopAsyncIteration:
+        raise InvalidInput(if_empty) from None
+    if first.WhichOneof("part") != head:
+        raise InvalidInput(if_not_first)
+    return first
+
+
 async def receive_chunks(parts: AsyncIterator[Any], writer: BlobWriter, what: str, head: str) -> str:
     """Write the chunks of a client-streamed upload (after its first part, the `head`) into
     writer; return the sha256 the client claims at the end ('' allowed: the caller decides).
@@ -168,7 +180,12 @@ class BlobStore:
     def delete(self, sha256: str) -> None:
         self.path_for(sha256).unlink(missing_ok=True)
 
-    def read_chunks(self, sha256: str, chunk_size: int) -> Iterator[bytes]:
-        with open(self.path_for(sha256), "rb") as handle:
+    def read_chunks(self, sha256: str, chunk_size: int, what: str) -> Iterator[bytes]:
+        """The blob in chunks; NotFound naming `what` (e.g. "the result of task X") when its file
+        is gone."""
+        path = self.path_for(sha256)
+        if not path.is_file():
+            raise NotFound(f"{what} is missing from the pool's storage")
+        with open(path, "rb") as handle:
             while block := handle.read(chunk_size):
                 yield block

@@ -16,14 +16,14 @@ import grpc
 
 from hivemind_nodepool.pool import auth
 from hivemind_nodepool.pool.app import Pool
-from hivemind_nodepool.pool.blobs import receive_chunks
+from hivemind_nodepool.pool.blobs import receive_chunks, receive_head
 from hivemind_nodepool.pool.fleet import AttemptKey, WorkerEntry
 from hivemind_nodepool.pool.lifecycle import amount_of
 from hivemind_nodepool.pool.rpc import stream, unary
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol.bundle import check_entries, open_archive
-from hivemind_nodepool.protocol.errors import BundleError, InvalidInput, NotFound, Unauthenticated
+from hivemind_nodepool.protocol.errors import BundleError, InvalidInput, Unauthenticated
 from hivemind_nodepool.protocol.manifest import LABEL_KEY, LABEL_VALUE
 from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 from hivemind_nodepool.protocol.wire import CHUNK_SIZE
@@ -299,10 +299,8 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
     ) -> AsyncIterator[pb.Chunk]:
         worker = auth.current_worker()
         row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
-        path = self.pool.blobs.path_for(row["bundle_sha256"])
-        if not path.is_file():
-            raise NotFound(f"the bundle of task {row['id']} is missing from the pool's storage")
-        for block in self.pool.blobs.read_chunks(row["bundle_sha256"], CHUNK_SIZE):
+        what = f"the bundle of task {row['id']}"
+        for block in self.pool.blobs.read_chunks(row["bundle_sha256"], CHUNK_SIZE, what):
             yield pb.Chunk(data=block)
 
     @unary
@@ -360,12 +358,12 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
     ) -> pb.Task:
         worker = auth.current_worker()
         parts = request_iterator.__aiter__()
-        try:
-            first = await parts.__anext__()
-        except StopAsyncIteration:
-            raise InvalidInput("an upload starts with its header") from None
-        if first.WhichOneof("part") != "header":
-            raise InvalidInput("an upload starts with its header, then the result's chunks, then its sha256")
+        first = await receive_head(
+            parts,
+            "header",
+            "an upload starts with its header",
+            "an upload starts with its header, then the result's chunks, then its sha256",
+        )
         header = first.header
         if not header.requeue and header.outcome not in OUTCOMES:
             raise InvalidInput("the outcome is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT (or set requeue)")

@@ -12,7 +12,7 @@ import grpc
 
 from hivemind_nodepool.pool import accounts, auth, views
 from hivemind_nodepool.pool.app import Pool
-from hivemind_nodepool.pool.blobs import receive_chunks
+from hivemind_nodepool.pool.blobs import receive_chunks, receive_head
 from hivemind_nodepool.pool.fleet import Amount, WorkerEntry
 from hivemind_nodepool.pool.rpc import stream, unary
 from hivemind_nodepool.proto import nodepool_pb2 as pb
@@ -104,14 +104,12 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         principal = auth.current_user()
         settings = self.pool.settings
         parts = request_iterator.__aiter__()
-        try:
-            first = await parts.__anext__()
-        except StopAsyncIteration:
-            raise InvalidInput("empty submission: send the manifest first") from None
-        if first.WhichOneof("part") != "manifest":
-            raise InvalidInput(
-                "a submission starts with the manifest, then the bundle's chunks, then its sha256"
-            )
+        first = await receive_head(
+            parts,
+            "manifest",
+            "empty submission: send the manifest first",
+            "a submission starts with the manifest, then the bundle's chunks, then its sha256",
+        )
         manifest = first.manifest
         manifests.validate(manifest, settings.max_timeout)
         writer = self.pool.blobs.writer(settings.max_bundle_size)
@@ -284,10 +282,8 @@ class NodePoolService(pb_grpc.NodePoolServicer):
             raise NotFound(f"the result of task {row['id']} was removed after the retention period")
         if not row["result_sha256"]:
             raise NotFound(f"task {row['id']} has no result ({pb.TaskState.Name(row['state'])})")
-        path = self.pool.blobs.path_for(row["result_sha256"])
-        if not path.is_file():
-            raise NotFound(f"the result of task {row['id']} is missing from the pool's storage")
-        for block in self.pool.blobs.read_chunks(row["result_sha256"], CHUNK_SIZE):
+        what = f"the result of task {row['id']}"
+        for block in self.pool.blobs.read_chunks(row["result_sha256"], CHUNK_SIZE, what):
             yield pb.Chunk(data=block)
 
     # -- the pool -------------------------------------------------------------------------------
