@@ -281,6 +281,18 @@ class AuthInterceptor(_Interceptor):
         return _wrap(handler, who)
 
 
+async def _admitted(context: grpc.aio.ServicerContext[Any, Any], who: Callable[[], Principal]) -> bool:
+    """Set the caller's principal for the handler (in this call's context); False, with the call
+    aborted, when who refuses the caller."""
+    try:
+        principal = who()
+    except HiveMindError as exc:
+        await abort_with_error(context, exc)
+        return False
+    _current.set(principal)
+    return True
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any], who: Callable[[], Principal]
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -288,12 +300,8 @@ def _wrap(
         inner: Any = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                principal = who()
-            except HiveMindError as exc:
-                await abort_with_error(context, exc)
+            if not await _admitted(context, who):
                 return None
-            _current.set(principal)
             return await inner(request, context)
 
         if handler.unary_unary:
@@ -307,12 +315,8 @@ def _wrap(
     inner_stream: Any = handler.unary_stream or handler.stream_stream
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            principal = who()
-        except HiveMindError as exc:
-            await abort_with_error(context, exc)
+        if not await _admitted(context, who):
             return
-        _current.set(principal)
         async for item in inner_stream(request, context):
             yield item
 
