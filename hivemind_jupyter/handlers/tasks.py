@@ -83,6 +83,13 @@ class TaskBase(HiveMindHandler):
                 raise ApiError(404, f"no task {task_id} (it does not exist or is not yours)") from None
             raise
 
+    async def reply_task(
+        self, task_id: str, method: Callable[[PoolClient, str], pb.Task], status: int = 200
+    ) -> None:
+        """Call a client method on the task (get, cancel, retry) and answer the task it returns."""
+        task = await self.task_call(task_id, lambda client: method(client, task_id))
+        self.reply(to_dict(task, every_field=True), status=status)
+
     def contents_root(self) -> Path:
         root = getattr(self.contents_manager, "root_dir", None) or self.serverapp.root_dir
         return Path(root).resolve()
@@ -188,24 +195,21 @@ class TaskHandler(TaskBase):
     @web.authenticated
     @authorized
     async def get(self, task_id: str) -> None:
-        task = await self.task_call(task_id, lambda c: c.get_task(task_id))
-        self.reply(to_dict(task, every_field=True))
+        await self.reply_task(task_id, PoolClient.get_task)
 
 
 class CancelHandler(TaskBase):
     @web.authenticated
     @authorized
     async def post(self, task_id: str) -> None:
-        task = await self.task_call(task_id, lambda c: c.cancel_task(task_id))
-        self.reply(to_dict(task, every_field=True))
+        await self.reply_task(task_id, PoolClient.cancel_task)
 
 
 class RetryHandler(TaskBase):
     @web.authenticated
     @authorized
     async def post(self, task_id: str) -> None:
-        task = await self.task_call(task_id, lambda c: c.retry_task(task_id))
-        self.reply(to_dict(task, every_field=True), status=201)
+        await self.reply_task(task_id, PoolClient.retry_task, status=201)
 
 
 class ResultHandler(TaskBase):
