@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,7 +32,7 @@ from hivemind_nodepool.protocol.units import format_duration, format_size, parse
 from .config import HiveMind
 from .errors import PoolProblem
 from .handle import TaskHandle
-from .packaging import check_identifier, pack_cell
+from .packaging import cell_task_name, check_identifier, pack_cell
 from .pool import PoolConnector
 
 
@@ -186,7 +187,18 @@ class HiveMindMagics(Magics):
         handle.result()
         return None
 
+    def _cell_name(self) -> str:
+        """The notebook and cell this magic runs in, as the task's default name."""
+        user_ns = self.shell.user_ns if self.shell else {}
+        session = user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
+        # inside run_cell IPython has already counted this cell on; its own number is the result's
+        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
+        count = getattr(running, "execution_count", None) or getattr(self.shell, "execution_count", None)
+        return cell_task_name(session if isinstance(session, str) else None, count)
+
     def _submit(self, cell: str, options: CellOptions) -> TaskHandle:
+        if not options.request.name:
+            options.request = replace(options.request, name=self._cell_name())
         workdir = Path(tempfile.mkdtemp(prefix="hivemind-cell-"))
         try:
             try:

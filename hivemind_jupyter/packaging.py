@@ -21,7 +21,7 @@ from hivemind_nodepool.client.submission import DEFAULT_MAX_BUNDLE_BYTES, TaskRe
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
 from hivemind_nodepool.protocol.errors import InvalidInput
-from hivemind_nodepool.protocol.manifest import to_json, validate
+from hivemind_nodepool.protocol.manifest import code_preview, to_json, validate
 
 CELL_ENTRY = "main.ipynb"
 PUSH_DIR = "_hivemind/push"
@@ -30,6 +30,16 @@ TAG_PUSH = "hivemind-push"
 TAG_PARAMETERS = "parameters"
 TAG_CELL = "hivemind-cell"
 MAX_REQUIREMENTS_BYTES = 1024 * 1024
+
+
+def cell_task_name(session: str | None, execution_count: int | None) -> str:
+    """What a cell's task is called without `--name`: its notebook and cell, as in `analysis.ipynb [4]`.
+
+    `session` is the kernel's notebook path (`__session__`, from JPY_SESSION_NAME in recent
+    ipykernel); only its last part is shown, so the name stays short in lists."""
+    notebook = Path(session).name if session else ""
+    count = f"[{execution_count}]" if isinstance(execution_count, int) and execution_count > 0 else ""
+    return " ".join(part for part in (notebook, count) if part) or "cell"
 
 
 def check_identifier(name: str, what: str = "variable") -> str:
@@ -145,6 +155,7 @@ def pack_cell(
         counter += 1
     push_values = dict(push or {})
     manifest = spec_manifest(replace(request, name=request.name or "cell"), entry)
+    manifest.code_preview = code_preview(code)
     notebook = cell_notebook(code, dict(request.parameters or {}), sorted(push_values))
     extra = {entry: json.dumps(notebook, indent=1).encode(), MANIFEST_NAME: to_json(manifest).encode()}
     extra.update(pickle_pushed(push_values))
@@ -160,15 +171,29 @@ def pack_path(
     *,
     entry: str | None = None,
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+    requirements: str | None = None,
 ) -> tuple[pb.Manifest, PackedBundle]:
     """A notebook (sent with its folder) or a folder (with its entry notebook), as `hivemind submit`
-    packages it; the entry must be a notebook inside the folder."""
+    packages it; the entry must be a notebook inside the folder. `requirements` (pip lines, as
+    typed in the panel's dialog) becomes the bundle's requirements.txt."""
     if entry is not None and not target.is_dir():
         raise InvalidInput("give `entry` only with a folder")
     placeholder = target.name if target.is_file() else "entry.ipynb"
     validate(request.to_manifest(entry or placeholder))  # bad requests fail before any packing
+    extra: dict[str, bytes] = {}
+    if requirements and requirements.strip():
+        data = requirements.strip().encode() + b"\n"
+        if len(data) > MAX_REQUIREMENTS_BYTES:
+            raise InvalidInput("the requirements are larger than 1 MiB")
+        extra["requirements.txt"] = data
     manifest, packed = package_path(
-        target, request, entry=entry, workdir=workdir, max_bytes=max_bytes, how_to_choose='the "entry" field'
+        target,
+        request,
+        entry=entry,
+        workdir=workdir,
+        max_bytes=max_bytes,
+        how_to_choose='the "entry" field',
+        extra=extra,
     )
     validate(manifest)
     return manifest, packed

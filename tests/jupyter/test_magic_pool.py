@@ -188,3 +188,23 @@ def test_interrupt_cancels_or_detaches(signed_in, local_worker, shell, action):
         assert "detached" in captured.stderr and f"%hivemind attach {task_id}" in captured.stderr
         assert my_client().get_task(task_id).state not in TERMINAL_STATES
         my_client().cancel_task(task_id)
+
+
+def test_a_cell_task_is_named_after_its_notebook_and_cell(signed_in, local_worker, shell):
+    """Without --name, a task says which notebook and cell it came from, and carries its code's start."""
+    shell.user_ns["__session__"] = "/home/ada/project/analysis.ipynb"
+    shell.execution_count = 4
+    code = "print('first line')\n" + "".join(f"x{i} = {i}\n" for i in range(400))
+    with capture_output():
+        handle = shell.run_cell_magic("hivemind", "--no-wait --memory 512M", code)
+    task = my_client().get_task(handle.id)
+    assert task.manifest.name == "analysis.ipynb [4]"
+    preview = task.manifest.code_preview
+    assert preview.startswith("print('first line')\nx0 = 0\n")
+    assert preview.endswith("…") and len(preview.encode()) <= 2048  # bounded, not the whole cell
+    with capture_output():
+        named = shell.run_cell_magic("hivemind", "--no-wait --memory 512M --name nightly", "x = 1")
+    assert my_client().get_task(named.id).manifest.name == "nightly"
+    with capture_output():
+        handle.wait()
+        named.wait()

@@ -169,3 +169,14 @@ def test_defaults_fill_only_what_is_unset() -> None:
         0,
         ["o/*"],
     )
+
+
+def test_code_preview_is_bounded() -> None:
+    from hivemind_nodepool.protocol.manifest import MAX_CODE_PREVIEW, code_preview
+
+    assert code_preview("\n\na = 1\nb = 2\n") == "a = 1\nb = 2"
+    long_lines = "é" * 5000
+    assert len(code_preview(long_lines).encode()) <= MAX_CODE_PREVIEW
+    too_big = pb.Manifest(name="x", entry_notebook="main.ipynb", code_preview="y" * (MAX_CODE_PREVIEW + 1))
+    with pytest.raises(InvalidInput, match="code preview"):
+        manifests.validate(too_big)

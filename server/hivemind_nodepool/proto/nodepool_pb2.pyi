@@ -166,6 +166,7 @@ class Manifest(_message.Message):
     PULL_VARIABLES_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     ALLOW_NETWORK_FIELD_NUMBER: _builtins.int
+    CODE_PREVIEW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """shown to people; defaults to the entry notebook's name"""
     entry_notebook: _builtins.str
@@ -180,6 +181,8 @@ class Manifest(_message.Message):
     """higher runs first within one user's share"""
     allow_network: _builtins.bool
     """honoured only where the pool's policy allows network"""
+    code_preview: _builtins.str
+    """the first lines of a cell's code, for lists (at most 2 KB)"""
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     @_builtins.property
@@ -208,10 +211,11 @@ class Manifest(_message.Message):
         pull_variables: _abc.Iterable[_builtins.str] | None = ...,
         priority: _builtins.int = ...,
         allow_network: _builtins.bool = ...,
+        code_preview: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_network", b"allow_network", "entry_notebook", b"entry_notebook", "labels", b"labels", "max_retries", b"max_retries", "name", b"name", "outputs", b"outputs", "parameters_json", b"parameters_json", "priority", b"priority", "pull_variables", b"pull_variables", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_network", b"allow_network", "code_preview", b"code_preview", "entry_notebook", b"entry_notebook", "labels", b"labels", "max_retries", b"max_retries", "name", b"name", "outputs", b"outputs", "parameters_json", b"parameters_json", "priority", b"priority", "pull_variables", b"pull_variables", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

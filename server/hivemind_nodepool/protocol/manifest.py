@@ -29,6 +29,7 @@ MAX_OUTPUTS = 64
 MAX_PULL_VARIABLES = 64
 MAX_RETRIES = 10
 MAX_PRIORITY = 1000
+MAX_CODE_PREVIEW = 2048  # bytes of UTF-8: enough for a list's glance, small in every Task
 DEFAULT_OUTPUTS = ("outputs/**",)
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/=+-]{0,128}$")
@@ -140,6 +141,21 @@ def _check_priority(priority: int) -> None:
         raise InvalidInput(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
 
 
+def _check_code_preview(preview: str) -> None:
+    if len(preview.encode()) > MAX_CODE_PREVIEW:
+        raise InvalidInput(f"the code preview is longer than {MAX_CODE_PREVIEW} bytes")
+
+
+def code_preview(code: str, max_lines: int = 12) -> str:
+    """The first lines of some code, cut to fit the manifest's preview (at most MAX_CODE_PREVIEW)."""
+    lines = code.strip("\n").splitlines()
+    text = "\n".join(lines[:max_lines]) + ("\n…" if len(lines) > max_lines else "")
+    data = text.encode()
+    if len(data) <= MAX_CODE_PREVIEW:
+        return text
+    return data[: MAX_CODE_PREVIEW - 4].decode(errors="ignore") + "\n…"
+
+
 def validate(manifest: pb.Manifest, max_timeout: float | None = None) -> None:
     """Every field checked; the first problem raises InvalidInput with a message that names it.
 
@@ -155,6 +171,7 @@ def validate(manifest: pb.Manifest, max_timeout: float | None = None) -> None:
     _check_outputs(manifest.outputs)
     _check_pull_variables(manifest.pull_variables)
     _check_priority(manifest.priority)
+    _check_code_preview(manifest.code_preview)
 
 
 def check_entry_present(manifest: pb.Manifest, files: Iterable[str]) -> None:
