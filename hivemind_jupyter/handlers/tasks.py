@@ -37,6 +37,7 @@ SUBMIT_FIELDS = {
     "timeout",
     "labels",
     "retries",
+    "requirements",
 }
 MAX_EVENTS = 10_000
 STATE_NAMES = frozenset(pb.TaskState.DESCRIPTOR.values_by_name) - {"TASK_STATE_UNSPECIFIED"}
@@ -164,12 +165,19 @@ class TasksHandler(TaskBase):
             labels=labels,
         )
 
-    def _package_and_submit(self, target: Path, request: TaskRequest, entry: str | None) -> pb.Task:
+    def _package_and_submit(
+        self, target: Path, request: TaskRequest, entry: str | None, requirements: str | None = None
+    ) -> pb.Task:
         client = self.connector.client()  # fail fast (401) before packaging a big folder
         workdir = Path(tempfile.mkdtemp(prefix="hivemind-submit-"))
         try:
             manifest, packed = pack_path(
-                target, request, workdir, entry=entry, max_bytes=self.hivemind.max_bundle_bytes
+                target,
+                request,
+                workdir,
+                entry=entry,
+                max_bytes=self.hivemind.max_bundle_bytes,
+                requirements=requirements,
             )
             return client.submit(manifest, packed.path)
         finally:
@@ -187,7 +195,8 @@ class TasksHandler(TaskBase):
             return self.resolve_path(path), self._request(body), _string(body, "entry")
 
         target, request, entry = await self.blocking(prepare)
-        task = await self.blocking(self._package_and_submit, target, request, entry)
+        requirements = _string(body, "requirements")
+        task = await self.blocking(self._package_and_submit, target, request, entry, requirements)
         self.reply(to_dict(task, every_field=True), status=201)
 
 

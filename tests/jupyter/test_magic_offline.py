@@ -143,3 +143,22 @@ def test_bad_settings_do_not_stop_the_magics_loading(shell):
         shell.run_line_magic("reload_ext", "hivemind_jupyter")
     assert "ignoring the HiveMind settings" in captured.stderr
     assert shell.magics_manager.registry["HiveMindMagics"].settings.interrupt_action == "cancel"
+
+
+def test_the_panels_requirements_replace_the_folders(tmp_path: Path):
+    import zipfile
+
+    from hivemind_jupyter.packaging import cell_task_name, pack_path
+    from hivemind_nodepool.client.submission import TaskRequest
+
+    (tmp_path / "nb.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    (tmp_path / "requirements.txt").write_text("old-package\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    _, packed = pack_path(tmp_path / "nb.ipynb", TaskRequest(), work, requirements="pandas\nnumpy  \n")
+    with zipfile.ZipFile(packed.path) as bundle:
+        assert bundle.read("requirements.txt") == b"pandas\nnumpy\n"
+        assert bundle.namelist().count("requirements.txt") == 1
+    assert cell_task_name("/home/ada/analysis.ipynb", 4) == "analysis.ipynb [4]"
+    assert cell_task_name(None, 3) == "[3]"
+    assert cell_task_name(None, None) == "cell"

@@ -100,8 +100,10 @@ def package_path(
     workdir: str | Path | None = None,
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
     how_to_choose: str = "--entry NAME",
+    extra: Mapping[str, bytes] | None = None,
 ) -> tuple[pb.Manifest, PackedBundle]:
-    """Package a notebook (with its folder) or a folder into a bundle ZIP in workdir."""
+    """Package a notebook (with its folder) or a folder into a bundle ZIP in workdir; `extra`
+    files (such as a requirements.txt typed in the panel) replace same-named ones of the folder."""
     source = Path(path).expanduser()
     if source.is_file():
         if source.suffix != ".ipynb":
@@ -112,11 +114,10 @@ def package_path(
     else:
         raise InvalidInput(f"{source} does not exist")
     manifest = request.to_manifest(entry_name)
-    files = [(name, file) for name, file, _ in collect_files(folder) if name != MANIFEST_NAME]
+    added = {**(extra or {}), MANIFEST_NAME: manifest_json(manifest)}
+    files = [(name, file) for name, file, _ in collect_files(folder) if name not in added]
     target_dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hivemind-bundle-"))
-    packed = pack(
-        target_dir / "bundle.zip", files, {MANIFEST_NAME: manifest_json(manifest)}, max_bytes=max_bytes
-    )
+    packed = pack(target_dir / "bundle.zip", files, added, max_bytes=max_bytes)
     return manifest, packed
 
 
