@@ -231,6 +231,10 @@ def test_hivemind_up_runs_a_notebook_against_its_own_pool(tmp_path: Path) -> Non
     assert up.returncode == 0, stdout + stderr[-3000:]
     assert "remote" in stdout and "back home 42" in stdout
     assert "does not isolate" in stderr  # the local executor says so plainly
+    # who signs out can sign in again: `up` says where its password is, and it is there
+    secret = tmp_path / "data" / "local-admin.json"
+    assert f"use the password in {secret}" in stderr
+    assert json.loads(secret.read_text())["password"]
     assert (tmp_path / "data" / "try.executed.ipynb").exists()
     assert not left, f"`hivemind up` exited and left these running: {left}"
 

@@ -247,6 +247,8 @@ def _run_up(args: argparse.Namespace) -> int:
             credentials.Credential(pool=address, user=name, token=login.token, expires_at=login.expires_at)
         )
         _say(f"signed in as {name} (credential in {credentials.config_dir()})")
+        # said on every start: after signing out (in the panel) this is how to sign in again
+        _say(f"to sign in again as {name}, use the password in {data_dir / 'local-admin.json'}")
         token = client.create_join_token(ttl_seconds=3600).token
         _say(f"starting a worker with the {executor} executor")
         started.append(
