@@ -52,6 +52,20 @@ export function formatTime(at: number | undefined): string {
   return new Date(at * 1000).toLocaleString();
 }
 
+/** When a task was submitted, short: the time today, else the day and the time. */
+export function formatSubmitted(at: number | undefined, now: number): string {
+  if (!at) {
+    return '';
+  }
+  const when = new Date(at * 1000);
+  const today = new Date(now);
+  const time = when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  if (when.toDateString() === today.toDateString()) {
+    return time;
+  }
+  return `${when.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
+}
+
 export function formatResources(resources: IResources | undefined): string {
   const parts: string[] = [];
   const cpus = resources?.cpus ?? 0;

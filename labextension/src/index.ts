@@ -13,10 +13,16 @@ import { DisposableDelegate, IDisposable } from '@lumino/disposable';
 import { HiveMindApi } from './api';
 import { hivemindIcon } from './icons';
 import { HiveMindModel, describe } from './model';
+import { endNotice, notebookInView } from './notify';
 import { HiveMindPanel } from './panel';
-import { ISubmitDefaults, askSubmit } from './submit';
+import { ISubmitDefaults, notebookParameters, parametersCellSource } from './request';
+import { askSubmit } from './submit';
+import { ITask } from './types';
 
 const PLUGIN_ID = 'hivemind-jupyter:plugin';
+
+/** Result notebooks the panel is opening: they open without starting a kernel. */
+const noKernelPaths = new Set<string>();
 
 export namespace CommandIDs {
   export const open = 'hivemind:open';
@@ -29,7 +35,8 @@ export namespace CommandIDs {
 /** What the command registry tells callers about commands that take no arguments. */
 const NO_ARGS = { args: { type: 'object', properties: {} } };
 
-const DEFAULTS: ISubmitDefaults = { cpus: 1, memory: '2G', gpus: 0, timeout: '1h' };
+// the timeout is left to the pool's default_timeout, as a %%hivemind cell without --timeout is
+const DEFAULTS: ISubmitDefaults = { cpus: 1, memory: '2G', gpus: 0, timeout: '' };
 
 function readDefaults(settings: ISettingRegistry.ISettings | null): ISubmitDefaults {
   if (!settings) {
@@ -58,7 +65,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null
   ) => {
     const model = new HiveMindModel(new HiveMindApi());
-    const openPath = (path: string) => void app.commands.execute('docmanager:open', { path });
+    // results open without a kernel: the notebook toolbar's kernel picker starts one on request
+    const openPath = (path: string) => {
+      if (path.endsWith('.ipynb')) {
+        noKernelPaths.add(path);
+      }
+      void app.commands.execute('docmanager:open', { path });
+    };
     const panel = new HiveMindPanel(model, openPath);
     panel.id = 'hivemind-sidebar';
     panel.title.icon = hivemindIcon;
@@ -74,7 +87,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
         .load(PLUGIN_ID)
         .then(loaded => {
           settings = loaded;
-          const apply = () => model.setPageSize(Number(loaded.composite.tasksPerPage ?? 50));
+          const apply = () => {
+            model.setPageSize(Number(loaded.composite.tasksPerPage ?? 50));
+            // the browser asks once, when the user opts in (a click in the settings editor)
+            if (
+              loaded.composite.browserNotifications === true &&
+              'Notification' in window &&
+              window.Notification.permission === 'default'
+            ) {
+              void window.Notification.requestPermission();
+            }
+          };
           apply();
           loaded.changed.connect(apply);
         })
@@ -82,6 +105,48 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     void model.refreshSession();
+
+    const openTask = (task: ITask) => {
+      app.shell.activateById(panel.id);
+      model.setView('tasks');
+      void model.select(task.id);
+    };
+    model.taskEnded.connect((_, task) => {
+      const current = app.shell.currentWidget;
+      const currentPath = current instanceof NotebookPanel ? current.context.path : undefined;
+      if (!document.hidden && notebookInView(task, model.sources.get(task.id), currentPath)) {
+        return; // the cell's live view, in front of the user, already says it
+      }
+      const { kind, message } = endNotice(task);
+      Notification.emit(message, kind, {
+        autoClose: kind === 'success' ? 8000 : false,
+        actions: [
+          { label: 'Open', caption: 'Show the task in the HiveMind panel', callback: () => openTask(task) }
+        ]
+      });
+      if (settings?.composite.browserNotifications === true && document.hidden && 'Notification' in window) {
+        if (window.Notification.permission === 'granted') {
+          const shown = new window.Notification('HiveMind', { body: message, tag: `hivemind-${task.id}` });
+          shown.onclick = () => {
+            window.focus();
+            openTask(task);
+          };
+        }
+      }
+    });
+
+    /** The notebook's parameters cell as dialog lines; '' for a folder or an unreadable notebook. */
+    const ownParameters = async (path: string, isFolder: boolean): Promise<string> => {
+      if (isFolder) {
+        return '';
+      }
+      try {
+        const file = await app.serviceManager.contents.get(path, { type: 'notebook', content: true });
+        return notebookParameters(parametersCellSource(file.content));
+      } catch {
+        return '';
+      }
+    };
 
     const submit = async (path: string, isFolder: boolean) => {
       if (!model.signedIn) {
@@ -91,7 +156,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         });
         return;
       }
-      const request = await askSubmit(path, isFolder, readDefaults(settings));
+      const request = await askSubmit(
+        path,
+        isFolder,
+        readDefaults(settings),
+        await ownParameters(path, isFolder)
+      );
       if (!request) {
         return;
       }
@@ -102,6 +172,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         Notification.dismiss(pending);
         Notification.success(`${path} is queued on HiveMind.`, { autoClose: 4000 });
         app.shell.activateById(panel.id);
+        model.sources.set(task.id, path);
         await model.adopt(task);
       } catch (error) {
         Notification.dismiss(pending);
@@ -189,7 +260,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       rank: 3
     });
 
-    app.docRegistry.addWidgetExtension('Notebook', new RunButtonExtension(app, submit));
+    app.docRegistry.addWidgetExtension('Notebook', new RunButtonExtension(app, submit, noKernelPaths));
 
     if (palette) {
       palette.addItem({ command: CommandIDs.open, category: 'HiveMind' });
@@ -202,10 +273,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
 class RunButtonExtension implements DocumentRegistry.IWidgetExtension<NotebookPanel, INotebookModel> {
   constructor(
     private readonly app: JupyterFrontEnd,
-    private readonly submit: (path: string, isFolder: boolean) => Promise<void>
+    private readonly submit: (path: string, isFolder: boolean) => Promise<void>,
+    private readonly noKernel: Set<string>
   ) {}
 
   createNew(panel: NotebookPanel, context: DocumentRegistry.IContext<INotebookModel>): IDisposable {
+    if (this.noKernel.delete(context.path)) {
+      // created before the context loads, so the session starts with this preference
+      panel.sessionContext.kernelPreference = {
+        ...panel.sessionContext.kernelPreference,
+        shouldStart: false,
+        autoStartDefault: false
+      };
+    }
     const button = new ToolbarButton({
       className: 'jp-HiveMind-toolbarRun',
       icon: hivemindIcon,

@@ -7,6 +7,7 @@ import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ApiError, HiveMindApi } from './api';
+import { endedNow } from './notify';
 import { TERMINAL_STATES, TaskState, UNFINISHED_STATES } from './states';
 import { ConnectionState, TaskStream } from './stream';
 import { IPoolStatus, IResult, ISession, ITask, ITaskEvent, IWorker, StreamMessage, toNumber } from './types';
@@ -43,6 +44,14 @@ export class HiveMindModel implements IDisposable {
   get changed(): ISignal<this, void> {
     return this._changed;
   }
+
+  /** A task the stream had seen unfinished has just ended (for notifications). */
+  get taskEnded(): ISignal<this, ITask> {
+    return this._taskEnded;
+  }
+
+  /** Where the panel sent a task from, by id, so a notification knows its notebook. */
+  readonly sources = new Map<string, string>();
 
   get isDisposed(): boolean {
     return this._disposed;
@@ -163,6 +172,7 @@ export class HiveMindModel implements IDisposable {
       }
       this.tasks = page.tasks ?? [];
       this._byId = new Map(this.tasks.map(t => [t.id, t]));
+      this._noteStates(this.tasks);
       this.total = page.total ?? this.tasks.length;
       this.nextPageToken = page.next_page_token ?? '';
       this.tasksError = '';
@@ -206,6 +216,7 @@ export class HiveMindModel implements IDisposable {
           this._byId.set(task.id, task);
         }
       }
+      this._noteStates(page.tasks ?? []);
       this.tasks = this.tasks.slice();
       this.total = page.total ?? this.total;
       this.nextPageToken = page.next_page_token ?? '';
@@ -352,6 +363,7 @@ export class HiveMindModel implements IDisposable {
       this._generation++;
       this.tasks = [];
       this._byId.clear();
+      this._lastState.clear();
       this.total = 0;
       this.nextPageToken = '';
       this.selectedId = '';
@@ -420,6 +432,11 @@ export class HiveMindModel implements IDisposable {
       }
       const before = this._byId.get(task.id) ?? (this._detail?.id === task.id ? this._detail : undefined);
       const merged = withTimeline(task, before);
+      const seen = this._lastState.get(task.id);
+      this._lastState.set(task.id, task.state ?? 'TASK_STATE_UNSPECIFIED');
+      if (endedNow(seen, task.state)) {
+        this._taskEnded.emit(merged);
+      }
       this._upsert(merged, true);
       if (this.selectedId === task.id) {
         this._detail = merged;
@@ -474,7 +491,17 @@ export class HiveMindModel implements IDisposable {
   }
 
   /** Puts a task into the list, or updates it where it is; honours the state filter. */
+  /** Tasks first seen in a list answer: their ending, when the stream brings it, is news. */
+  private _noteStates(tasks: ITask[]): void {
+    for (const task of tasks) {
+      if (task.state && !this._lastState.has(task.id)) {
+        this._lastState.set(task.id, task.state);
+      }
+    }
+  }
+
   private _upsert(task: ITask, insertNew: boolean): void {
+    this._noteStates([task]);
     const known = this._byId.has(task.id);
     const matches = matchesFilter(this.filter, task.state);
     if (known) {
@@ -595,6 +622,9 @@ export class HiveMindModel implements IDisposable {
   private _poolTimer: number | null = null;
   private _poolSoonTimer: number | null = null;
   private _changed = new Signal<this, void>(this);
+  private _taskEnded = new Signal<this, ITask>(this);
+  /** The last state the stream told of each task, filtered out of the list or not. */
+  private _lastState = new Map<string, TaskState>();
 }
 
 /** Keeps the timeline a task had when an update comes without one (list answers omit it). */

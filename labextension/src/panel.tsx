@@ -5,7 +5,7 @@ import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
 import { Message as LuminoMessage } from '@lumino/messaging';
 import * as React from 'react';
 
-import { Message } from './components/common';
+import { Message, confirmAction } from './components/common';
 import { PoolView } from './components/PoolView';
 import { SignIn } from './components/SignIn';
 import { TaskDetail } from './components/TaskDetail';
@@ -125,7 +125,17 @@ function PanelBody(props: { model: HiveMindModel; openPath: (path: string) => vo
             <button
               type="button"
               className="jp-mod-styled jp-HiveMind-secondary jp-HiveMind-signout"
-              onClick={() => void model.signOut()}
+              onClick={async () => {
+                if (
+                  await confirmAction(
+                    'Sign out of HiveMind?',
+                    'Your tasks keep running on the pool.',
+                    'Sign out'
+                  )
+                ) {
+                  await model.signOut();
+                }
+              }}
             >
               Sign out
             </button>

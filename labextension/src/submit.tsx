@@ -4,105 +4,8 @@
 import { Dialog, ReactWidget, showDialog } from '@jupyterlab/apputils';
 import * as React from 'react';
 
+import { ISubmitDefaults, ISubmitForm, buildRequest } from './request';
 import { ISubmitRequest } from './types';
-
-export interface ISubmitDefaults {
-  cpus: number;
-  memory: string;
-  gpus: number;
-  timeout: string;
-}
-
-export interface ISubmitForm {
-  name: string;
-  entry: string;
-  cpus: string;
-  memory: string;
-  gpus: string;
-  timeout: string;
-  parameters: string;
-}
-
-const SIZE = /^\d+(\.\d+)?\s*([kmgt]i?b?|b)?$/i;
-const DURATION = /^(\d+(\.\d+)?\s*(s|m|h|d)\s*)+$|^\d+$/i;
-const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
-/** Reads `name=value` lines; values are JSON when they parse as JSON, text otherwise. */
-export function parseParameters(text: string): { [key: string]: unknown } {
-  const parameters: { [key: string]: unknown } = {};
-  text.split('\n').forEach((raw, index) => {
-    const line = raw.trim();
-    if (!line || line.startsWith('#')) {
-      return;
-    }
-    const eq = line.indexOf('=');
-    if (eq <= 0) {
-      throw new Error(`Parameter line ${index + 1} should look like name=value.`);
-    }
-    const name = line.slice(0, eq).trim();
-    const value = line.slice(eq + 1).trim();
-    if (!IDENTIFIER.test(name)) {
-      throw new Error(`"${name}" is not a Python variable name (line ${index + 1}).`);
-    }
-    if (name in parameters) {
-      throw new Error(`The parameter "${name}" is given twice.`);
-    }
-    try {
-      parameters[name] = JSON.parse(value);
-    } catch {
-      parameters[name] = value;
-    }
-  });
-  return parameters;
-}
-
-/** Checks the form and builds the request, or throws an Error that says what to fix. */
-export function buildRequest(path: string, isFolder: boolean, form: ISubmitForm): ISubmitRequest {
-  const request: ISubmitRequest = { path };
-  const name = form.name.trim();
-  if (name.length > 200) {
-    throw new Error('The name is too long (at most 200 characters).');
-  }
-  if (name) {
-    request.name = name;
-  }
-  const entry = form.entry.trim();
-  if (isFolder && entry) {
-    if (!entry.endsWith('.ipynb') || entry.startsWith('/') || entry.split('/').includes('..')) {
-      throw new Error('The entry notebook must be a .ipynb path inside the folder.');
-    }
-    request.entry = entry;
-  }
-  const cpus = Number(form.cpus);
-  if (!form.cpus.trim() || !Number.isFinite(cpus) || cpus <= 0 || cpus > 1024) {
-    throw new Error('CPUs must be a number above 0, such as 1 or 0.5.');
-  }
-  request.cpus = cpus;
-  const memory = form.memory.trim();
-  if (memory) {
-    if (!SIZE.test(memory)) {
-      throw new Error('Memory must be a size such as 512M, 4G or 16GiB.');
-    }
-    request.memory = memory.replace(/\s+/g, '');
-  }
-  const gpus = Number(form.gpus || '0');
-  if (!Number.isInteger(gpus) || gpus < 0 || gpus > 64) {
-    throw new Error('GPUs must be a whole number, 0 or more.');
-  }
-  request.gpus = gpus;
-  const timeout = form.timeout.trim();
-  if (timeout) {
-    if (!DURATION.test(timeout)) {
-      throw new Error('The timeout must be a duration such as 30m, 2h or 1h30m.');
-    }
-    request.timeout = timeout.replace(/\s+/g, '');
-  }
-  const parameters = parseParameters(form.parameters);
-  if (Object.keys(parameters).length) {
-    request.parameters = parameters;
-  }
-  return request;
-}
 
 class SubmitBody extends ReactWidget implements Dialog.IBodyWidget<ISubmitForm> {
   constructor(
@@ -187,7 +90,23 @@ function SubmitFields(props: {
           placeholder={'alpha=0.5\nname="run 1"'}
           onChange={set('parameters')}
         />
-        <small>One name=value per line, set in the notebook's parameters cell (papermill).</small>
+        <small>
+          {form.notebookParameters
+            ? "The notebook's parameters cell, editable: changed lines are sent (papermill)."
+            : "One name=value per line, set in the notebook's parameters cell (papermill)."}
+        </small>
+      </label>
+      <label className="jp-HiveMind-field">
+        <span>Requirements</span>
+        <textarea
+          className="jp-mod-styled"
+          name="requirements"
+          rows={2}
+          value={form.requirements}
+          placeholder={'pandas==2.2.2\nscikit-learn'}
+          onChange={set('requirements')}
+        />
+        <small>pip lines installed before it runs; empty: the folder's requirements.txt, if any.</small>
       </label>
     </div>
   );
@@ -200,7 +119,8 @@ function SubmitFields(props: {
 export async function askSubmit(
   path: string,
   isFolder: boolean,
-  defaults: ISubmitDefaults
+  defaults: ISubmitDefaults,
+  ownParameters = ''
 ): Promise<ISubmitRequest | null> {
   let form: ISubmitForm = {
     name: '',
@@ -209,7 +129,9 @@ export async function askSubmit(
     memory: defaults.memory,
     gpus: String(defaults.gpus),
     timeout: defaults.timeout,
-    parameters: ''
+    parameters: ownParameters,
+    requirements: '',
+    notebookParameters: ownParameters
   };
   let error = '';
   for (;;) {

@@ -27,6 +27,8 @@ export interface IManifest {
   labels?: { [key: string]: string };
   timeout_seconds?: Int64;
   max_retries?: number;
+  /** The first lines of a cell's code (at most 2 KB), for telling tasks apart. */
+  code_preview?: string;
 }
 
 export interface IStateTransition {
@@ -154,6 +156,8 @@ export interface ISubmitRequest {
   parameters?: { [key: string]: unknown };
   timeout?: string;
   labels?: { [key: string]: string };
+  /** pip requirement lines, sent as the bundle's requirements.txt */
+  requirements?: string;
 }
 
 /** Messages the server pushes on the /hivemind/api/stream WebSocket. */

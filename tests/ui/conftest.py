@@ -186,6 +186,16 @@ def lab(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[Lab]:
         "JUPYTERLAB_SETTINGS_DIR": str(settings_dir),
         "JUPYTERLAB_WORKSPACES_DIR": str(ui_tmp / "lab-workspaces"),
     }
+    # Serve this checkout's build of the panel (when it has one), not whichever build the
+    # environment's share/jupyter/labextensions links to: JUPYTER_PATH comes first on the path.
+    build = REPO / "hivemind_jupyter" / "labextension"
+    if (build / "package.json").is_file():
+        extensions = ui_tmp / "jupyter-path" / "labextensions"
+        extensions.mkdir(parents=True)
+        (extensions / "hivemind-jupyter").symlink_to(build, target_is_directory=True)
+        env["JUPYTER_PATH"] = os.pathsep.join(
+            p for p in (str(extensions.parent), os.environ.get("JUPYTER_PATH", "")) if p
+        )
     log_path = ui_tmp / "jupyterlab.log"
     command = [
         sys.executable,

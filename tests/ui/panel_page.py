@@ -108,8 +108,20 @@ class PanelPage:
         form.locator('input[name="password"]').fill(password)
         form.locator('input[name="password"]').press("Enter")
 
+    def confirm(self, title: str) -> None:
+        """Accepts JupyterLab's confirmation dialog, after checking it asks what is expected."""
+        dialog = self.page.locator(".jp-Dialog", has_text=title)
+        dialog.wait_for()
+        dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+        dialog.wait_for(state="detached")
+
+    def cancel_task(self) -> None:
+        self.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
+        self.confirm("Cancel this task?")
+
     def sign_out(self) -> None:
         self.page.click(f"{SIDEBAR} .jp-HiveMind-signout")
+        self.confirm("Sign out of HiveMind?")
         self.page.wait_for_selector(f"{SIDEBAR} form.jp-HiveMind-signin")
 
     def show_view(self, view: str) -> None:

@@ -38,7 +38,12 @@ def panel(browser: Any, lab: Lab, ui_worker: Any) -> Iterator[PanelPage]:
     context.set_default_timeout(60_000)  # the machines running these are shared and sometimes slow
     page = context.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    # ipywidgets' manager reads `session.kernel` of every notebook, and throws for one opened
+    # without a kernel (as results are); that error is not the panel's
+    page.on(
+        "pageerror",
+        lambda error: None if "@jupyter-widgets" in (error.stack or "") else errors.append(str(error)),
+    )
     page.on(
         "console",
         lambda message: (
@@ -130,6 +135,11 @@ def test_open_result(panel: PanelPage) -> None:
     files = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-files")
     files.wait_for()
     assert "answer.txt" in files.inner_text()
+    # a result opens without a kernel: reading it starts nothing until the user picks one
+    kernel = panel.page.locator(".jp-NotebookPanel:visible .jp-KernelName").first
+    panel.page.wait_for_function(
+        "el => el.innerText.trim() === 'No Kernel'", arg=kernel.element_handle(), timeout=30_000
+    )
 
 
 def test_cancel_a_long_task_from_the_notebook_toolbar(panel: PanelPage) -> None:
@@ -146,7 +156,14 @@ def test_cancel_a_long_task_from_the_notebook_toolbar(panel: PanelPage) -> None:
         "document.querySelector('#hivemind-sidebar .jp-HiveMind-log').innerText.includes('sleeping')",
         timeout=60_000,
     )
+    # Cancel asks first; keeping the task leaves it running
     panel.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
+    ask = panel.page.locator(".jp-Dialog", has_text="Cancel this task?")
+    ask.wait_for()
+    ask.locator(".jp-Dialog-button.jp-mod-reject").click()
+    ask.wait_for(state="detached")
+    assert panel.detail_state() == "RUNNING"
+    panel.cancel_task()
     panel.wait_detail_state("CANCELLED", timeout=60_000)
     assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-cancel").count() == 0
     assert panel.page.locator(f"{SIDEBAR} .jp-HiveMind-retry").count() == 1
@@ -158,7 +175,7 @@ def test_retry_runs_it_again_as_a_new_task(panel: PanelPage) -> None:
     again = panel.page.locator(f'{DETAIL}:not([data-task-id="{first}"])')
     again.wait_for()
     panel.wait_detail_state("RUNNING")
-    panel.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
+    panel.cancel_task()
     panel.wait_detail_state("CANCELLED", timeout=60_000)
     panel.back_to_list()
     # both attempts are in the list, the retry first
@@ -205,6 +222,86 @@ def test_pool_view_shows_the_worker(panel: PanelPage) -> None:
     assert re.search(r"CPU\s+\S+ free of 2", text), text
     assert "Memory" in text and "free of 4 GiB" in text, text
     assert "running task" in text and "heartbeat" in text, text
+    # every meter's bar has the same width, whatever the length of its numbers
+    widths = {
+        round(box["width"])
+        for box in (m.bounding_box() for m in card.locator(".jp-HiveMind-meterBar").all())
+        if box
+    }
+    assert len(widths) == 1, widths
+
+
+def test_a_task_that_ends_out_of_view_is_announced(panel: PanelPage, lab: Lab) -> None:
+    # sent from elsewhere (not from this panel) while the result notebook is in front
+    status, task = lab.api("POST", "/hivemind/api/tasks", {"path": "hello.ipynb", "name": "told apart"})
+    assert status == 201 and isinstance(task, dict), task
+    toast = panel.page.locator(".Toastify__toast", has_text="HiveMind: told apart finished")
+    toast.wait_for(timeout=120_000)
+    toast.get_by_role("button", name="Open").click()
+    panel.page.wait_for_selector(
+        f'{SIDEBAR} .jp-HiveMind-detail[data-task-id="{task["id"]}"]', state="visible"
+    )
+    panel.wait_detail_state("SUCCEEDED")
+
+
+def test_a_cell_task_is_named_after_its_notebook_and_shows_its_code(
+    panel: PanelPage, lab: Lab, tmp_path: Path
+) -> None:
+    (lab.root / "cells.ipynb").write_text(
+        json.dumps(
+            {
+                "cells": [
+                    {
+                        "cell_type": "code",
+                        "execution_count": None,
+                        "id": "load",
+                        "metadata": {},
+                        "outputs": [],
+                        "source": "%load_ext hivemind_jupyter",
+                    },
+                    {
+                        "cell_type": "code",
+                        "execution_count": None,
+                        "id": "remote",
+                        "metadata": {},
+                        "outputs": [],
+                        "source": "%%hivemind --memory 512M\nprint('from a cell')\n"
+                        "import time\nfor step in range(8):\n"
+                        "    print('step', step, flush=True)\n    time.sleep(0.5)",
+                    },
+                ],
+                "metadata": {
+                    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+                },
+                "nbformat": 4,
+                "nbformat_minor": 5,
+            }
+        )
+    )
+    panel.open_file_browser()
+    panel.file_item("cells.ipynb").dblclick()
+    notebook = panel.page.locator(".jp-NotebookPanel:visible").first
+    notebook.locator(".jp-KernelName", has_text="Python 3").wait_for(timeout=60_000)
+    notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+    notebook.locator(".jp-Cell").first.locator(".jp-InputArea-prompt").click()
+    panel.page.keyboard.press("Shift+Enter")
+    panel.page.keyboard.press("Shift+Enter")
+    # the cell while it streams, for the user guide
+    notebook.locator(".jp-OutputArea-output", has_text="step 2").wait_for(timeout=120_000)
+    shots = REPO / "docs" / "screenshots" if UPDATE_SCREENSHOTS else tmp_path
+    notebook.locator(".jp-Cell").nth(1).screenshot(path=str(shots / "cell-streaming.png"))
+    notebook.locator(".jp-OutputArea-output", has_text="step 7").wait_for(timeout=120_000)
+    panel.open_panel()
+    panel.show_view("tasks")
+    panel.back_to_list()
+    row = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow", has_text="cells.ipynb [2]")
+    row.wait_for()
+    # the list says when it was sent, the detail shows the start of the cell's code
+    assert re.search(r"\d\d:\d\d", row.locator(".jp-HiveMind-submitted").inner_text())
+    row.locator("button").click()
+    preview = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-codePreview")
+    preview.wait_for()
+    assert preview.inner_text().startswith("print('from a cell')\nimport time\n")
 
 
 def _set_theme(lab: Lab, theme: str) -> None:
@@ -278,7 +375,12 @@ def test_submit_dialog_refuses_bad_input(panel: PanelPage) -> None:
     item = panel.file_item("hello.ipynb")
     item.click(button="right")
     panel.page.locator(".lm-Menu-item", has_text="Run on HiveMind").click()
-    panel.page.locator(".jp-Dialog").wait_for()
+    dialog = panel.page.locator(".jp-Dialog")
+    dialog.wait_for()
+    # the notebook's own parameters, its requirements, and the cells' default timeout (the pool's)
+    assert dialog.locator('[name="parameters"]').input_value() == 'greeting="hello"'
+    assert dialog.locator('[name="requirements"]').count() == 1
+    assert dialog.locator('[name="timeout"]').input_value() == ""
     _dialog_error(panel, {"cpus": "-1"}, "CPUs must be a number above 0")
     _dialog_error(panel, {"cpus": "1", "memory": "lots"}, "Memory must be a size")
     _dialog_error(panel, {"memory": "1G", "gpus": "1.5"}, "GPUs must be a whole number")
@@ -353,7 +455,7 @@ def test_reconnects_after_the_socket_drops(panel: PanelPage, lab: Lab) -> None:
         f'{SIDEBAR} .jp-HiveMind-taskRow[data-task-id="{task["id"]}"][data-state="RUNNING"]', timeout=60_000
     )
     row.locator("button").click()
-    panel.page.click(f"{SIDEBAR} .jp-HiveMind-cancel")
+    panel.cancel_task()
     panel.wait_detail_state("CANCELLED", timeout=60_000)
 
 

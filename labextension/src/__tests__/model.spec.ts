@@ -97,6 +97,20 @@ describe('HiveMindModel', () => {
     FakeWebSocket.last.receive(message);
   }
 
+  describe('taskEnded', () => {
+    it('tells once when a task seen unfinished ends, even when the filter hides it', async () => {
+      await signedInWith([task('run', { state: 'RUNNING' }), task('old', { state: 'SUCCEEDED' })]);
+      const ended: string[] = [];
+      model.taskEnded.connect((_, t) => ended.push(`${t.id}:${t.state}`));
+      push({ type: 'task', task: task('run', { state: 'SUCCEEDED' }) });
+      push({ type: 'task', task: task('run', { state: 'SUCCEEDED' }) }); // a repeat is no news
+      push({ type: 'task', task: task('old', { state: 'SUCCEEDED' }) });
+      push({ type: 'task', task: task('new', { state: 'QUEUED' }) });
+      push({ type: 'task', task: task('new', { state: 'FAILED' }) });
+      expect(ended).toEqual(['run:SUCCEEDED', 'new:FAILED']);
+    });
+  });
+
   describe('the task list', () => {
     it('loads the first page on sign-in and opens the stream', async () => {
       await signedInWith([task('t1'), task('t2')]);

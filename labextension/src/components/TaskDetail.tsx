@@ -12,7 +12,7 @@ import {
 import { HiveMindModel, ILogState } from '../model';
 import { isTerminal } from '../states';
 import { ITask, ITaskEvent, toNumber } from '../types';
-import { Message, StateBadge, useTicker } from './common';
+import { Message, StateBadge, confirmAction, useTicker } from './common';
 
 // eslint-disable-next-line no-control-regex
 const ANSI = /\u001b\[[0-9;]*[A-Za-z]/g;
@@ -283,6 +283,12 @@ export function TaskDetail(props: {
           <code>{task.id}</code>
         </dd>
       </dl>
+      {task.manifest?.code_preview && (
+        <section className="jp-HiveMind-section" aria-label="Code">
+          <h3>Code</h3>
+          <pre className="jp-HiveMind-codePreview">{task.manifest.code_preview}</pre>
+        </section>
+      )}
       {task.state === 'QUEUED' && task.pending_reason && (
         <p className="jp-HiveMind-notice jp-HiveMind-pending" role="status">
           Waiting: {task.pending_reason}
@@ -309,7 +315,16 @@ export function TaskDetail(props: {
           <button
             type="button"
             className="jp-mod-styled jp-mod-warn jp-HiveMind-cancel"
-            onClick={() => void model.cancel(task.id)}
+            onClick={async () => {
+              const go = await confirmAction(
+                'Cancel this task?',
+                `${taskName(task)} stops on the pool; what it wrote so far is kept.`,
+                'Cancel task'
+              );
+              if (go) {
+                await model.cancel(task.id);
+              }
+            }}
           >
             Cancel task
           </button>

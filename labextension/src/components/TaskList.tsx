@@ -1,6 +1,6 @@
 import * as React from 'react';
 
-import { STATE_LABELS, elapsed, formatResources, formatTime, taskName } from '../format';
+import { STATE_LABELS, elapsed, formatResources, formatSubmitted, formatTime, taskName } from '../format';
 import { HiveMindModel, TaskFilter } from '../model';
 import { ALL_STATES, isTerminal } from '../states';
 import { ITask } from '../types';
@@ -27,6 +27,9 @@ const TaskRow = React.memo(function TaskRow(props: {
           <StateBadge state={task.state} />
         </span>
         <span className="jp-HiveMind-rowBottom">
+          <span className="jp-HiveMind-submitted" title="submitted">
+            {formatSubmitted(task.created_at, now)}
+          </span>
           <span className="jp-HiveMind-elapsed">{elapsed(task, now)}</span>
           <span className="jp-HiveMind-resources">{formatResources(task.manifest?.resources)}</span>
           {task.worker_name && <span className="jp-HiveMind-worker">on {task.worker_name}</span>}

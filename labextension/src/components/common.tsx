@@ -1,3 +1,4 @@
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import * as React from 'react';
 
 import { STATE_GLYPHS, stateClass, stateLabel } from '../format';
@@ -75,4 +76,14 @@ export function onListKeyDown(event: React.KeyboardEvent<HTMLElement>, rowSelect
   }
   event.preventDefault();
   rows[next].focus();
+}
+
+/** Asks before an action that cannot be undone, in JupyterLab's own dialog; true to go ahead. */
+export async function confirmAction(title: string, body: string, label: string): Promise<boolean> {
+  const result = await showDialog({
+    title,
+    body,
+    buttons: [Dialog.cancelButton({ label: 'Keep' }), Dialog.warnButton({ label })]
+  });
+  return result.button.accept;
 }
