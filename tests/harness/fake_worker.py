@@ -53,10 +53,12 @@ class FakeWorker:
         heartbeat_interval: float = 0.5,
         credential: str | None = None,
         worker_id: str | None = None,
+        task_disk: int = 0,
     ) -> None:
         self.address = address
         self.name = name
         self.facts = make_facts(cpus, memory, gpus, labels, hostname=name)
+        self.facts.capacity.disk_bytes = task_disk
         self.heartbeat_interval = heartbeat_interval
         self.client = PoolClient(address)
         if credential is None:

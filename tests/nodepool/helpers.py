@@ -23,10 +23,13 @@ def bundle_bytes(entry: str = "main.ipynb", extra: dict[str, bytes] | None = Non
     return buffer.getvalue()
 
 
-def manifest(cpus: float = 1, memory: int = GiB, gpus: int = 0, **fields: object) -> pb.Manifest:
+def manifest(
+    cpus: float = 1, memory: int = GiB, gpus: int = 0, disk: int = 0, **fields: object
+) -> pb.Manifest:
     fields.setdefault("entry_notebook", "main.ipynb")
     fields.setdefault("max_retries", -1)
-    return pb.Manifest(resources=pb.Resources(cpus=cpus, memory_bytes=memory, gpus=gpus), **fields)  # type: ignore[arg-type]
+    resources = pb.Resources(cpus=cpus, memory_bytes=memory, gpus=gpus, disk_bytes=disk)
+    return pb.Manifest(resources=resources, **fields)  # type: ignore[arg-type]
 
 
 def submit(client: PoolClient, **kwargs: object) -> pb.Task:

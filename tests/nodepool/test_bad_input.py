@@ -57,6 +57,8 @@ BAD_MANIFESTS: list[tuple[dict, str]] = [
     ({"memory": 17 * 1024**4}, "16 TiB"),
     ({"gpus": -1}, "negative"),
     ({"gpus": 65}, "more than any machine"),
+    ({"disk": -1}, "disk cannot be negative"),
+    ({"disk": 2 * 1024**5}, "1 PiB"),
     ({"parameters_json": "[1, 2]"}, "JSON object"),
     ({"parameters_json": "{not json"}, "not valid JSON"),
     ({"parameters_json": '{"not an identifier": 1}'}, "identifier"),
@@ -75,7 +77,7 @@ def test_malformed_manifests_are_refused(pool: PoolProcess) -> None:
     admin = pool.admin()
     for case, message in BAD_MANIFESTS:
         fields = dict(case)
-        resources = {k: fields.pop(k) for k in ("cpus", "memory", "gpus") if k in fields}
+        resources = {k: fields.pop(k) for k in ("cpus", "memory", "gpus", "disk") if k in fields}
         with pytest.raises(InvalidInput, match=message):
             admin.submit(manifest(**resources, **fields), io.BytesIO(bundle_bytes()))
     nothing_stored(pool)
@@ -147,9 +149,13 @@ def test_hostile_zips_are_refused(pool: PoolProcess) -> None:
 
 
 def test_oversize_upload_with_a_small_limit(tmp_path: Path) -> None:
-    pool = PoolProcess(tmp_path / "pool", extra_args=["--max-bundle-size", "64K"]).start()
+    extra = ["--max-bundle-size", "64K", "--max-result-size", "3M"]
+    pool = PoolProcess(tmp_path / "pool", extra_args=extra).start()
     try:
         admin = pool.admin()
+        worker = FakeWorker(pool.address, pool.join_token()).connect()
+        assert worker.welcome is not None and worker.welcome.max_result_bytes == 3 * 1024**2
+        worker.close()
         big = bundle_bytes(extra={"data.bin": hashlib.sha512(b"x").digest() * 4096})
         with pytest.raises(TooLarge, match="larger than the pool's limit of 65536"):
             admin.submit(manifest(), io.BytesIO(big))
@@ -220,6 +226,8 @@ def test_bad_worker_input(pool: PoolProcess, tmp_path: Path) -> None:
         FakeWorker(pool.address, token, labels={"bad key!": "x"})
     with pytest.raises(InvalidInput):
         FakeWorker(pool.address, token, name="x" * 500)
+    with pytest.raises(InvalidInput, match="per-task disk"):
+        FakeWorker(pool.address, token, task_disk=-1)
     worker = FakeWorker(pool.address, token).connect()
     try:
         task = submit(admin)

@@ -29,9 +29,12 @@ def worker(
     state: int = pb.WORKER_ONLINE,
     connected: bool = True,
     used: Amount | None = None,
+    task_disk: int = 0,
 ) -> WorkerEntry:
-    """A worker as the Fleet knows it; `used` is held by an attempt already."""
+    """A worker as the Fleet knows it; `used` is held by an attempt already; `task_disk` is its
+    per-task disk limit (0: it states none)."""
     facts = pb.MachineFacts(hostname=worker_id, cpu_cores=cpus, memory_bytes=memory, labels=labels or {})
+    facts.capacity.disk_bytes = task_disk
     facts.gpus.extend(pb.Gpu(index=i, name="gpu") for i in range(gpus))
     entry = WorkerEntry(worker_id, worker_id, facts, state=state)
     if connected:
@@ -42,11 +45,16 @@ def worker(
 
 
 def manifest(
-    cpus: float = 1, memory: int = GiB, gpus: int = 0, priority: int = 0, labels: dict[str, str] | None = None
+    cpus: float = 1,
+    memory: int = GiB,
+    gpus: int = 0,
+    priority: int = 0,
+    labels: dict[str, str] | None = None,
+    disk: int = 0,
 ) -> pb.Manifest:
     return pb.Manifest(
         entry_notebook="main.ipynb",
-        resources=pb.Resources(cpus=cpus, memory_bytes=memory, gpus=gpus),
+        resources=pb.Resources(cpus=cpus, memory_bytes=memory, gpus=gpus, disk_bytes=disk),
         priority=priority,
         labels=labels or {},
         max_retries=2,

@@ -179,6 +179,27 @@ def test_dominant_share_of_a_resource_the_pool_lacks_is_zero() -> None:
     assert dominant_share(Amount(1, GiB, 1), Amount()) == 0.0  # an empty pool divides by nothing
 
 
+def test_the_per_task_disk_limit_decides_and_explains() -> None:
+    small = worker("small", cpus=8, task_disk=10 * GiB)
+    large = worker("large", cpus=2, task_disk=50 * GiB)
+    assert pick_worker(Amount(1, GiB), {}, [small, large], disk=20 * GiB) is large
+    assert pick_worker(Amount(1, GiB), {}, [small, large], disk=5 * GiB) is small  # more free CPUs
+    assert pick_worker(Amount(1, GiB), {}, [small, large], disk=60 * GiB) is None
+    assert explain(Amount(1, GiB), {}, [small, large], disk=60 * GiB) == (
+        "needs 60.0 GiB of disk, the largest worker offers 50.0 GiB per task"
+    )
+    # Per task: two tasks of 40 GiB both fit a 50 GiB worker (the limit is never summed).
+    large.allocations[("t-other", 1)] = Amount(1, GiB)
+    assert pick_worker(Amount(1, GiB), {}, [large], disk=40 * GiB) is large
+    # A disk request and the CPUs fit only on different workers.
+    assert explain(Amount(4, GiB), {}, [small, large], disk=20 * GiB) == (
+        "no single worker has all of: 4 CPUs, 1.0 GiB memory, 20.0 GiB disk"
+    )
+    # A worker that states no limit takes any request.
+    silent = worker("silent", cpus=2)
+    assert pick_worker(Amount(1, GiB), {}, [silent], disk=10 * 1024 * GiB) is silent
+
+
 # -- the scheduling pass: fairness, priority, age ------------------------------------------------
 
 
@@ -249,6 +270,19 @@ async def test_a_pass_places_by_labels_and_explains_the_rest(parts: Pool) -> Non
     assert await parts.scheduler.cycle() == 1
     assert parts.task(fits)["worker_id"] == "tagged" and (fits, 1) in tagged.allocations
     assert parts.task(nowhere)["pending_reason"] == "needs labels gpu=h100; no online worker has them"
+
+
+async def test_a_pass_places_by_disk_and_explains_a_request_no_worker_offers(parts: Pool) -> None:
+    parts.join(worker("small", cpus=8, task_disk=10 * GiB))
+    parts.join(worker("large", cpus=2, task_disk=50 * GiB))
+    fits = await parts.submit("ada", manifest(disk=20 * GiB))
+    nowhere = await parts.submit("ada", manifest(disk=80 * GiB))
+    assert await parts.scheduler.cycle() == 1
+    assert parts.task(fits)["worker_id"] == "large"
+    assert parts.task(nowhere)["state"] == pb.QUEUED
+    assert parts.task(nowhere)["pending_reason"] == (
+        "needs 80.0 GiB of disk, the largest worker offers 50.0 GiB per task"
+    )
 
 
 async def test_a_pass_skips_draining_and_offline_workers(parts: Pool) -> None:

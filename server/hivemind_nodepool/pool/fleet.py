@@ -83,6 +83,12 @@ class WorkerEntry:
         return capacity_of(self.facts)
 
     @property
+    def task_disk(self) -> int:
+        """The most disk one task may use there (0: the worker did not say, so no limit is known).
+        Per task, not shared: it is never summed into allocations."""
+        return max(self.facts.capacity.disk_bytes, 0)
+
+    @property
     def allocated(self) -> Amount:
         total = Amount()
         for amount in self.allocations.values():

@@ -72,7 +72,9 @@ def _check_worker_labels(labels: Mapping[str, str]) -> None:
 def _check_capacity(cap: pb.Resources) -> None:
     if cap.cpus < 0 or cap.memory_bytes < 0 or cap.gpus < 0 or cap.cpus != cap.cpus:
         raise InvalidInput("capacity cannot be negative")
-    if cap.cpus > 4096 or cap.memory_bytes > 64 * 1024**4 or cap.gpus > 64:
+    if cap.disk_bytes < 0:
+        raise InvalidInput("the per-task disk cannot be negative")
+    if cap.cpus > 4096 or cap.memory_bytes > 64 * 1024**4 or cap.gpus > 64 or cap.disk_bytes > 1024**5:
         raise InvalidInput("capacity is not a sane amount")
 
 
@@ -176,6 +178,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 worker_id=entry.worker_id,
                 heartbeat_interval_seconds=settings.heartbeat_interval,
                 heartbeat_timeout_seconds=settings.heartbeat_timeout,
+                max_result_bytes=settings.max_result_size,  # so a worker refuses a bigger one itself
             )
         )
         await self._reconcile_hello(entry, hello.running)

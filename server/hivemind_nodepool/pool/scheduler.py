@@ -1,8 +1,9 @@
 """Placement: which queued task goes to which worker.
 
 A task goes only to a connected, non-draining worker whose labels include the task's and whose free
-CPU, memory and GPUs cover the request; allocations are counted here, so a worker's capacity is
-never overcommitted. Between users the pool is fair: the next task comes from the user with the
+CPU, memory and GPUs cover the request, and whose per-task disk limit covers the task's disk (a
+per-task limit, never summed); allocations are counted here, so a worker's capacity is never
+overcommitted. Between users the pool is fair: the next task comes from the user with the
 smallest dominant share of what is running (the largest of their CPU, memory and GPU fractions of
 the pool), then by priority, then by age. A task that cannot be placed gets a reason per resource,
 written in the same cycle. Cycles run when something changes (the TaskBook's wake event) and on a
@@ -26,8 +27,8 @@ from hivemind_nodepool.protocol.units import format_size
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[float, int, int, tuple[tuple[str, str], ...]]
-FleetView = tuple[tuple[str, int, bool, Amount, tuple[tuple[str, str], ...]], ...]
+Signature = tuple[float, int, int, int, tuple[tuple[str, str], ...]]
+FleetView = tuple[tuple[str, int, bool, Amount, int, tuple[tuple[str, str], ...]], ...]
 
 
 def fleet_view(workers: list[WorkerEntry], planned: dict[str, Amount] | None = None) -> FleetView:
@@ -40,6 +41,7 @@ def fleet_view(workers: list[WorkerEntry], planned: dict[str, Amount] | None = N
             w.state,
             w.connected,
             w.free - planned.get(w.worker_id, Amount()),
+            w.task_disk,
             tuple(sorted(w.facts.labels.items())),
         )
         for w in workers
@@ -63,7 +65,12 @@ def dominant_share(use: Amount, total: Amount) -> float:
     return max(shares)
 
 
-def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry]) -> str:
+def disk_fits(disk: int, worker: WorkerEntry) -> bool:
+    """A worker that states no per-task disk limit takes any request."""
+    return disk <= 0 or worker.task_disk <= 0 or disk <= worker.task_disk
+
+
+def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry], disk: int = 0) -> str:
     """Why a task cannot be placed right now, one clause per blocking resource."""
     online = [w for w in workers if w.connected and w.state == pb.WORKER_ONLINE]
     if not online:
@@ -85,17 +92,24 @@ def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry]) ->
         )
     if want.gpus > most_gpus:
         reasons.append(f"needs {_plural(want.gpus, 'GPU')}, the largest worker has {most_gpus}")
+    if not any(disk_fits(disk, w) for w in matching):
+        most_disk = max(w.task_disk for w in matching)
+        reasons.append(
+            f"needs {format_size(disk)} of disk, the largest worker offers {format_size(most_disk)} per task"
+        )
     if reasons:
         return "; ".join(reasons)
-    if not any(w.capacity.covers(want) for w in matching):
-        return "no single worker has all of: " + _describe(want)
-    return f"all fitting workers are busy (needs {_describe(want)})"
+    if not any(w.capacity.covers(want) and disk_fits(disk, w) for w in matching):
+        return "no single worker has all of: " + _describe(want, disk)
+    return f"all fitting workers are busy (needs {_describe(want, disk)})"
 
 
-def _describe(want: Amount) -> str:
+def _describe(want: Amount, disk: int = 0) -> str:
     parts = [_plural(want.cpus, "CPU"), format_size(want.memory) + " memory"]
     if want.gpus:
         parts.append(_plural(want.gpus, "GPU"))
+    if disk > 0:
+        parts.append(format_size(disk) + " disk")
     return ", ".join(parts)
 
 
@@ -104,13 +118,14 @@ def pick_worker(
     labels: dict[str, str],
     workers: list[WorkerEntry],
     planned: dict[str, Amount] | None = None,
+    disk: int = 0,
 ) -> WorkerEntry | None:
     """A fitting worker: keep GPU machines for GPU work, then spread by the most free CPUs.
     `planned` is what the current pass already gave each worker (not yet in its allocations)."""
     planned = planned or {}
     best: tuple[tuple[int, float, str], WorkerEntry] | None = None
     for w in workers:
-        if not w.schedulable or not labels_match(labels, w.labels):
+        if not w.schedulable or not labels_match(labels, w.labels) or not disk_fits(disk, w):
             continue
         free = w.free - planned.get(w.worker_id, Amount())
         if not free.covers(want):
@@ -128,22 +143,24 @@ class Scheduler:
         self.metrics = metrics
         self.interval = interval
         self.cycles = 0
-        self._label_cache: dict[str, dict[str, str]] = {}  # task id -> labels, parsed once
+        self._wish_cache: dict[str, tuple[dict[str, str], int]] = {}  # task id -> labels, disk
         self._last_view: FleetView | None = None  # the workers as the last completed pass saw them
         self._failed: dict[Signature, str] = {}  # that pass's reasons, by request signature
         self._metrics_at = 0.0  # when the gauges were last refreshed (monotonic)
 
-    def _labels(self, row: sqlite3.Row) -> dict[str, str]:
-        labels = self._label_cache.get(row["id"])
-        if labels is None:
-            labels = dict(pb.Manifest.FromString(row["manifest"]).labels) if row["manifest"] else {}
-            self._label_cache[row["id"]] = labels
-        return labels
+    def _wishes(self, row: sqlite3.Row) -> tuple[dict[str, str], int]:
+        """The task's labels and disk, from its manifest (parsed once)."""
+        wishes = self._wish_cache.get(row["id"])
+        if wishes is None:
+            manifest = pb.Manifest.FromString(row["manifest"]) if row["manifest"] else pb.Manifest()
+            wishes = dict(manifest.labels), max(manifest.resources.disk_bytes, 0)
+            self._wish_cache[row["id"]] = wishes
+        return wishes
 
-    def _prune_labels(self, queued: list[sqlite3.Row]) -> None:
-        if len(self._label_cache) > 2 * len(queued) + 1000:  # forget tasks that left the queue
+    def _prune_wishes(self, queued: list[sqlite3.Row]) -> None:
+        if len(self._wish_cache) > 2 * len(queued) + 1000:  # forget tasks that left the queue
             keep = {row["id"] for row in queued}
-            self._label_cache = {k: v for k, v in self._label_cache.items() if k in keep}
+            self._wish_cache = {k: v for k, v in self._wish_cache.items() if k in keep}
 
     async def cycle(self) -> int:
         """One scheduling pass; returns how many tasks were assigned. Every decision of the pass
@@ -160,10 +177,10 @@ class Scheduler:
             self._failed = {}
         if not queued:
             if not same_fleet:
-                self._label_cache.clear()
+                self._wish_cache.clear()
             self._last_view = view
             return 0
-        self._prune_labels(queued)
+        self._prune_wishes(queued)
         total = Amount()
         for w in workers:
             if w.live:
@@ -192,17 +209,17 @@ class Scheduler:
             if not by_owner[owner]:
                 del by_owner[owner]
             want = amount_of(row)
-            labels = self._labels(row)
-            signature: Signature = (want.cpus, want.memory, want.gpus, tuple(sorted(labels.items())))
+            labels, disk = self._wishes(row)
+            signature: Signature = (want.cpus, want.memory, want.gpus, disk, tuple(sorted(labels.items())))
             reason = failed.get(signature)
             if reason is None:
-                worker = pick_worker(want, labels, workers, planned)
+                worker = pick_worker(want, labels, workers, planned, disk=disk)
                 if worker is not None:
                     placements.append((row, worker))
                     planned[worker.worker_id] = planned.get(worker.worker_id, Amount()) + want
                     share[owner] = share.get(owner, 0.0) + dominant_share(want, total)
                     continue
-                reason = explain(want, labels, workers)
+                reason = explain(want, labels, workers, disk=disk)
                 failed[signature] = reason
             if row["pending_reason"] != reason:
                 reasons.append((row, reason))

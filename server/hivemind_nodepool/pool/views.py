@@ -67,13 +67,19 @@ def task(row: sqlite3.Row, timeline: list[sqlite3.Row] | None = None, worker_nam
     return message
 
 
+def _capacity(entry: WorkerEntry) -> pb.Resources:
+    capacity = entry.capacity.to_pb()
+    capacity.disk_bytes = entry.task_disk  # per task, unlike the rest
+    return capacity
+
+
 def worker(entry: WorkerEntry, registered_at: float) -> pb.Worker:
     return pb.Worker(
         id=entry.worker_id,
         name=entry.name,
         state=entry.state,  # type: ignore[arg-type]
         facts=entry.facts,
-        capacity=entry.capacity.to_pb(),
+        capacity=_capacity(entry),
         allocated=entry.allocated.to_pb(),
         running_task_ids=sorted({task_id for task_id, _ in entry.allocations}),
         last_heartbeat_at=entry.last_heartbeat_at,

@@ -22,6 +22,7 @@ from hivemind_nodepool.protocol.jsonify import to_dict
 MAX_CPUS = 1024.0
 MAX_MEMORY = 16 * 1024**4  # 16 TiB
 MAX_GPUS = 64
+MAX_DISK = 1024**5  # 1 PiB
 MAX_NAME = 200
 MAX_PARAMETERS_JSON = 1024 * 1024
 MAX_LABELS = 32
@@ -95,6 +96,10 @@ def _check_resources(res: pb.Resources) -> None:
         raise InvalidInput("gpus cannot be negative")
     if res.gpus > MAX_GPUS:
         raise InvalidInput(f"gpus {res.gpus} is more than any machine has (limit {MAX_GPUS})")
+    if res.disk_bytes < 0:
+        raise InvalidInput("disk cannot be negative (0 means the worker's limit)")
+    if res.disk_bytes > MAX_DISK:
+        raise InvalidInput("disk above 1 PiB is not a sane request")
 
 
 def _check_labels(labels: Mapping[str, str]) -> None:
