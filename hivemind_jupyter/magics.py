@@ -49,6 +49,7 @@ def cell_parser() -> _Parser:
     parser.add_argument("--cpus", type=float, help="CPU cores (fractions allowed)")
     parser.add_argument("--memory", help="memory, e.g. 512M or 8G")
     parser.add_argument("--gpus", type=int, help="GPUs")
+    parser.add_argument("--disk", metavar="SIZE", help="disk for the task's files and /tmp, e.g. 20G")
     parser.add_argument(
         "--labels",
         action="append",
@@ -115,6 +116,7 @@ class CellOptions:
             for key in parameters:
                 check_identifier(key, "parameter")
             memory = parse_size(args.memory) if args.memory is not None else settings.default_memory_bytes
+            disk = parse_size(args.disk) if args.disk is not None else 0
             timeout = parse_duration(args.timeout) if args.timeout is not None else None
             labels = parse_labels(args.labels)
         except InvalidInput as exc:
@@ -127,6 +129,8 @@ class CellOptions:
             raise UsageError(f"%%hivemind: --gpus cannot be negative ({gpus})")
         if memory <= 0:
             raise UsageError("%%hivemind: --memory must be more than 0")
+        if args.disk is not None and disk <= 0:
+            raise UsageError("%%hivemind: --disk must be more than 0")
         if args.retries is not None and args.retries < 0:
             raise UsageError("%%hivemind: --retries cannot be negative")
         self.push = _names(args.push, "--push")
@@ -146,6 +150,7 @@ class CellOptions:
             cpus=cpus,
             memory=memory,
             gpus=gpus,
+            disk=disk,
             parameters=parameters,
             timeout=timeout,
             max_retries=-1 if args.retries is None else args.retries,

@@ -32,6 +32,7 @@ SUBMIT_FIELDS = {
     "name",
     "cpus",
     "memory",
+    "disk",
     "gpus",
     "parameters",
     "timeout",
@@ -145,6 +146,9 @@ class TasksHandler(TaskBase):
         memory = body.get("memory")
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (str, int))):
             raise InvalidInput('memory must be a size like "8G" or a number of bytes')
+        disk = body.get("disk")
+        if disk is not None and (isinstance(disk, bool) or not isinstance(disk, (str, int))):
+            raise InvalidInput('disk must be a size like "20G" or a number of bytes')
         timeout = body.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (str, int, float))):
             raise InvalidInput('timeout must be a duration like "30m" or a number of seconds')
@@ -158,6 +162,7 @@ class TasksHandler(TaskBase):
             cpus=settings.default_cpus if cpus is None else cpus,
             memory=parse_size(memory if memory is not None else settings.default_memory),
             gpus=settings.default_gpus if gpus is None else gpus,
+            disk=parse_size(disk) if disk is not None else 0,
             parameters=parameters,
             timeout=parse_duration(timeout) if timeout is not None else None,
             max_retries=-1 if retries is None else retries,

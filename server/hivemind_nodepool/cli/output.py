@@ -32,6 +32,8 @@ def task_line(task: pb.Task) -> str:
     want = f"{resources.cpus:g} cpu, {format_size(resources.memory_bytes)}"
     if resources.gpus:
         want += f", {resources.gpus} gpu"
+    if resources.disk_bytes:
+        want += f", {format_size(resources.disk_bytes)} disk"
     where = task.worker_name or task.pending_reason or ""
     return (
         f"{task.id:<14} {STATE_MARKS.get(state, ' ')} {state:<10} {task.manifest.name[:28]:<28} "

@@ -80,6 +80,7 @@ def _request(args: argparse.Namespace) -> TaskRequest:
         cpus=args.cpus,
         memory=args.memory,
         gpus=args.gpus,
+        disk=args.disk or 0,
         parameters=dict(parse_assignment(item) for item in args.parameter or []),
         timeout=args.timeout,
         max_retries=args.retries,
@@ -227,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cpus", type=float, default=1.0, help="CPU cores (default 1)")
     sub.add_argument("--memory", default="2G", help="memory, e.g. 512M or 8G (default 2G)")
     sub.add_argument("--gpus", type=int, default=0, help="GPUs (default 0)")
+    sub.add_argument(
+        "--disk",
+        metavar="SIZE",
+        help="disk for the task's files, outputs and /tmp, e.g. 20G (default: the worker's limit)",
+    )
     sub.add_argument(
         "-p",
         "--parameter",

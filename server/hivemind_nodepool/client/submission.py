@@ -30,6 +30,7 @@ class TaskRequest:
     cpus: float = 1.0
     memory: str | int = "2G"
     gpus: int = 0
+    disk: str | int = 0  # 0: the worker's own per-task limit
     parameters: Mapping[str, object] | None = None
     timeout: str | float | None = None
     max_retries: int = -1
@@ -53,7 +54,12 @@ class TaskRequest:
             name=self.name or Path(entry_notebook).stem,
             entry_notebook=entry_notebook,
             parameters_json=parameters_json,
-            resources=pb.Resources(cpus=self.cpus, memory_bytes=parse_size(self.memory), gpus=self.gpus),
+            resources=pb.Resources(
+                cpus=self.cpus,
+                memory_bytes=parse_size(self.memory),
+                gpus=self.gpus,
+                disk_bytes=parse_size(self.disk) if self.disk else 0,
+            ),
             labels=dict(self.labels or {}),
             timeout_seconds=int(parse_duration(self.timeout)) if self.timeout else 0,
             max_retries=self.max_retries,
