@@ -144,6 +144,7 @@ class WorkerProcess:
             self.kill()
             if self.executor == "docker":
                 remove_task_containers(self.worker_id)
+            unmount_task_disks(self.state_dir)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()
@@ -164,3 +165,18 @@ def remove_task_containers(worker_id: str) -> None:
     ).stdout.split()
     if found:
         subprocess.run(["docker", "rm", "-f", *found], capture_output=True, check=False)
+
+
+def unmount_task_disks(state_dir: Path) -> None:
+    """Unmount task disks a killed worker left mounted under its state dir (the worker itself does
+    this when it starts again; a test's worker may never start again)."""
+    if os.geteuid() != 0:
+        return
+    prefix = str(state_dir.resolve()) + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    points = [f[4] for f in (line.split() for line in lines) if len(f) > 4 and f[4].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)

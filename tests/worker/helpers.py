@@ -76,13 +76,17 @@ def user(pool: PoolProcess) -> PoolClient:
     return pool.login(USER, PASSWORD)
 
 
-def manifest(memory: int = GiB, cpus: float = 1, timeout: int = 300, **fields: Any) -> pb.Manifest:
+def manifest(
+    memory: int = GiB, cpus: float = 1, timeout: int = 300, disk: int = 0, **fields: Any
+) -> pb.Manifest:
     fields.setdefault("entry_notebook", "main.ipynb")
     fields.setdefault("max_retries", 2)
     if "parameters" in fields:
         fields["parameters_json"] = json.dumps(fields.pop("parameters"))
     return pb.Manifest(
-        resources=pb.Resources(cpus=cpus, memory_bytes=memory), timeout_seconds=timeout, **fields
+        resources=pb.Resources(cpus=cpus, memory_bytes=memory, disk_bytes=disk),
+        timeout_seconds=timeout,
+        **fields,
     )
 
 

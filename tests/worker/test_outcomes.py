@@ -17,6 +17,7 @@ def test_each_outcome_has_a_task_state() -> None:
         Outcome.KERNEL_DIED: pb.FAILED,
         Outcome.RUNNER_ERROR: pb.FAILED,
         Outcome.OUT_OF_MEMORY: pb.FAILED,
+        Outcome.OUT_OF_DISK: pb.FAILED,
         Outcome.DIED: pb.FAILED,
         Outcome.TIMED_OUT: pb.TIMED_OUT,
         Outcome.STOPPED: pb.CANCELLED,

@@ -1,7 +1,9 @@
 """One attempt of one task, from assignment to uploaded result, on its own thread.
 
-PREPARING (fetch the bundle, cached by sha256; unpack it safely into a fresh folder; get the
-environment) -> RUNNING (the executor streams events) -> UPLOADING (the result ZIP) -> the outcome.
+PREPARING (fetch the bundle, cached by sha256; unpack it safely into a fresh folder on the task's
+size-limited disk; get the environment) -> RUNNING (the executor streams events; a watch stops the
+task past its disk limit) -> UPLOADING (the result ZIP, refused here when it is over the pool's
+limit) -> the outcome.
 Every report carries the attempt's fencing number; when the pool refuses one, this attempt is stale
 and stops at once without reporting an outcome.
 """
@@ -27,6 +29,7 @@ from hivemind_nodepool.protocol.bundle import BundleLimits, safe_extract
 from hivemind_nodepool.protocol.errors import BundleError, Conflict, HiveMindError, NotFound, PoolUnavailable
 
 from .bundles import BundleCache
+from .disk import AUTO, DiskExceeded, DiskWatch, TaskDisk, exceeded_message, human, is_space_error
 from .errors import EnvironmentBuildError, Fenced, NoTaskNetwork, WorkerError
 from .events import EventStream
 from .executors.base import Executor, Outcome, RunOutcome, RunSpec, Stopper
@@ -38,6 +41,7 @@ UPLOAD_RETRY_FOR = 600.0
 PROGRESS_REPORT_INTERVAL = 1.0
 CANCEL = "cancel"
 REQUEUE = "requeue"
+DISK = "disk"  # the stopper's kind when the disk watch stopped the task
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -49,6 +53,9 @@ class AttemptConfig:
     default_memory: int = 2 * 1024**3
     keep_folders: bool = False
     limits: BundleLimits = field(default_factory=BundleLimits)
+    task_disk: int = 20 * 1024**3  # the most one task may use; a task may ask for less
+    disk_mode: str = AUTO  # how the limit is held: auto, mount or monitor (see disk.py)
+    pool_max_result_bytes: int = 0  # the pool's result limit, from its Welcome (0: not known)
 
 
 def container_name(task_id: str, attempt: int) -> str:
@@ -192,7 +199,7 @@ class Attempt:
             header = None  # type: ignore[assignment]
         except BundleError as exc:
             header.outcome, header.error = pb.FAILED, f"the bundle was refused: {exc}"
-        except NoTaskNetwork as exc:
+        except (NoTaskNetwork, DiskExceeded) as exc:
             header.outcome, header.error = pb.FAILED, str(exc)
         except EnvironmentBuildError as exc:
             header.outcome, header.error = pb.FAILED, f"the environment could not be built: {exc}"
@@ -218,7 +225,6 @@ class Attempt:
             self.on_done(self)
 
     def _run(self, header: pb.ResultHeader) -> tuple[pb.ResultHeader, Path | None]:
-        manifest = self.assignment.manifest
         if self.stopper.stopped:  # handed back before it began (a draining worker)
             return self._stopped(header), None
         if self.assignment.allow_network:
@@ -226,9 +232,37 @@ class Attempt:
         self._status(pb.PREPARING, "fetching the bundle")
         bundle = self.bundles.get(self.assignment.bundle_sha256, self._download)
         shutil.rmtree(self.folder, ignore_errors=True)
-        task_dir, out_dir = self.folder / "task", self.folder / "out"
-        out_dir.mkdir(parents=True)
-        unpack(bundle, task_dir, self.config.limits)
+        self.folder.mkdir(parents=True, mode=0o700)
+        disk = TaskDisk(self.folder / "disk", self._disk_limit(), self.config.disk_mode)
+        try:
+            disk.open()
+            return self._run_on(header, bundle, disk)
+        finally:
+            disk.close(keep=self.config.keep_folders)  # the result ZIP lies beside it, outside
+
+    def _disk_limit(self) -> int:
+        """What the task asked for, never more than this worker gives one task."""
+        asked = self.assignment.manifest.resources.disk_bytes
+        if asked > self.config.task_disk:
+            self.events.notice(
+                f"the task asked for {human(asked)} of disk; this worker gives a task at most "
+                f"{human(self.config.task_disk)}"
+            )
+        return min(asked, self.config.task_disk) if asked > 0 else self.config.task_disk
+
+    def _run_on(
+        self, header: pb.ResultHeader, bundle: Path, disk: TaskDisk
+    ) -> tuple[pb.ResultHeader, Path | None]:
+        manifest = self.assignment.manifest
+        task_dir, out_dir = disk.task_dir, disk.out_dir
+        try:
+            unpack(bundle, task_dir, self.config.limits)
+        except OSError as exc:
+            if is_space_error(exc):
+                raise DiskExceeded(exceeded_message(disk.limit, disk.used())) from None
+            raise
+        if disk.exceeded():
+            raise DiskExceeded(exceeded_message(disk.limit, disk.used()))
         entry = _clean_relative(manifest.entry_notebook or "main.ipynb")
         if read_regular(task_dir / entry, self.config.limits.max_unpacked_bytes) is None:
             raise WorkerError(f"the entry notebook {entry} is not in the bundle")
@@ -246,6 +280,7 @@ class Attempt:
                 name=self.name,
                 task_dir=task_dir,
                 out_dir=out_dir,
+                tmp_dir=disk.tmp_dir,
                 notebook=entry,
                 parameters=parameters,
                 pull_variables=list(manifest.pull_variables),
@@ -260,7 +295,15 @@ class Attempt:
                 labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)},
             )
             self._status(pb.RUNNING, "running")
-            outcome = self.executor.run(spec, self._on_runner_event, self.stopper)
+            watch = DiskWatch(disk, lambda why: self.stopper.stop(DISK, why))
+            with watch:
+                outcome = self.executor.run(spec, self._on_runner_event, self.stopper)
+        # Past the limit, by the watch or found now (a task that caught "no space left" and went
+        # on, or filled it between two looks): a failure, whatever else the run said.
+        over = disk.exceeded()
+        if self.stopper.kind == DISK or (over and outcome.status != Outcome.STOPPED):
+            message = self.stopper.reason if self.stopper.kind == DISK else exceeded_message(disk.limit, over)
+            outcome.status, outcome.error, outcome.traceback = Outcome.OUT_OF_DISK, message, ""
         if outcome.status == Outcome.STOPPED:
             if self.stopper.kind == "fenced":
                 raise Fenced(self.stopper.reason)
@@ -299,9 +342,32 @@ class Attempt:
                 max_bytes=self.config.max_result_bytes,
             )
         except HiveMindError as exc:
-            header.outcome, header.error = pb.FAILED, f"the result could not be returned: {exc}"
+            self._fail(header, f"the result could not be returned: {exc}")
+            return header, None
+        except OSError as exc:  # e.g. the worker's own disk
+            log.warning("building the result of %s failed: %s", self.name, exc)
+            self._fail(header, f"the result could not be returned: {exc}")
+            return header, None
+        pool_limit = self.config.pool_max_result_bytes
+        size = result_path.stat().st_size
+        if pool_limit > 0 and size > pool_limit and not header.requeue:
+            # The pool would refuse it after the whole upload: say so now, and send nothing.
+            result_path.unlink(missing_ok=True)
+            why = f"the result is {human(size)}, over the pool's limit of {human(pool_limit)}"
+            if header.outcome == pb.CANCELLED:  # ended already: only the result is dropped
+                log.warning("%s: %s; not returned", self.name, why)
+            else:
+                self._fail(header, why)
             return header, None
         return header, result_path
+
+    @staticmethod
+    def _fail(header: pb.ResultHeader, why: str) -> None:
+        """FAILED with `why`; a run that had failed already keeps its own reason first."""
+        if header.outcome == pb.FAILED and header.error:
+            header.error = f"{header.error}; {why}"
+        else:
+            header.outcome, header.error = pb.FAILED, why
 
     def _download(self, partial: Path) -> None:
         self.client.fetch_bundle(self.task_id, self.number, partial)

@@ -39,6 +39,7 @@ from . import facts as machine
 from . import identity as identity_file
 from .attempt import Attempt, AttemptConfig
 from .bundles import BundleCache
+from .disk import MOUNT, can_mount, default_task_disk, human, release_leftovers
 from .errors import WorkerError
 from .executors.base import Executor
 from .settings import WorkerSettings
@@ -107,9 +108,22 @@ class Daemon:
         s = self.settings
         found = machine.detect(self.state_dir, with_docker=s.executor == "docker")
         cap = machine.capacity(found, s.max_cpus, s.max_memory, s.max_gpus)
+        cap.disk_bytes = self.config.task_disk  # per task: the pool places no bigger request here
         if s.executor == "docker" and not found.nvidia_runtime:
             cap.gpus = 0  # containers cannot be given GPUs without the NVIDIA runtime
         return machine.to_proto(found, s.executor, s.labels, cap)
+
+    def _set_task_disk(self) -> None:
+        s = self.settings
+        self.config.task_disk = s.task_disk or default_task_disk(self.state_dir)
+        self.config.disk_mode = s.task_disk_enforce
+        why = can_mount()
+        if s.task_disk_enforce == MOUNT and why:
+            raise WorkerError(f"--task-disk-enforce mount: cannot mount task disks here ({why})")
+        how = "monitored" if s.task_disk_enforce == "monitor" or why else "a size-limited filesystem"
+        log.info("each task may use %s of disk (%s)", human(self.config.task_disk), how)
+        if s.task_disk_enforce == "auto" and why:
+            log.info("task disks are measured every second, not mounted: %s", why)
 
     def _join(self) -> None:
         """Load the identity, or register with the join token."""
@@ -161,6 +175,7 @@ class Daemon:
         if not s.pool:
             raise InvalidInput("no pool address: pass --pool HOST:PORT (or set pool in the config file)")
         identity_file.prepare_state_dir(self.state_dir)
+        self._set_task_disk()
         self._install_signals()
         self.proto_facts = self._facts()
         self.client = PoolClient(s.pool, ca_file=s.ca, insecure=s.insecure)
@@ -172,6 +187,7 @@ class Daemon:
             reaped = self.executor.reap_leftovers(keep=set())
             if reaped:
                 log.warning("stopped %d task sandboxes left from an earlier run", len(reaped))
+            release_leftovers(self.state_dir / "attempts")  # a killed run's task disks
             shutil.rmtree(self.state_dir / "attempts", ignore_errors=True)
             self.bundles = BundleCache(self.state_dir / "bundles", s.bundle_cache_size)
             return self._connection_loop()
@@ -286,6 +302,7 @@ class Daemon:
                 )
             if welcome.heartbeat_timeout_seconds > 0:
                 self.heartbeat_timeout = welcome.heartbeat_timeout_seconds
+            self.config.pool_max_result_bytes = max(welcome.max_result_bytes, 0)
             log.info(
                 "connected to %s as %s (heartbeat every %.1fs)",
                 self.settings.pool,

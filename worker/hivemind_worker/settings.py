@@ -99,7 +99,24 @@ class WorkerSettings:
     )
     default_memory: int = setting(2 * 1024**3, kind=SIZE, help="a task's memory limit when it asks for none")
     pids_limit: int = setting(512, kind=INT, help="processes per task container (16 or more)")
-    tmpfs_size: int = setting(1024**3, kind=SIZE, help="the tmpfs on a task container's `/tmp`")
+    tmpfs_size: int = setting(
+        0,
+        kind=SIZE,
+        help="a RAM tmpfs of this size on a task container's `/tmp`; 0: `/tmp` is on the task's disk",
+        shown_default="0 (`/tmp` counts in `--task-disk`)",
+    )
+    task_disk: int = setting(
+        0,
+        kind=SIZE,
+        help="disk one task may use for its files, outputs and `/tmp`; a task may ask for less (`--disk`)",
+        shown_default="min(20 GiB, a quarter of the state dir's free space)",
+    )
+    task_disk_enforce: str = setting(
+        "auto",
+        choices=("auto", "mount", "monitor"),
+        help="`mount`: a size-limited filesystem per task (root); `monitor`: measured every second; "
+        "`auto`: mount where it can",
+    )
     env_cache_size: int = setting(
         20 * 1024**3, kind=SIZE, help="task environments kept; least recently used are evicted past it"
     )
@@ -128,6 +145,10 @@ class WorkerSettings:
             raise InvalidInput("--max-cpus and --max-memory cannot be negative")
         if self.heartbeat_interval <= 0 or self.drain_grace < 0:
             raise InvalidInput("the heartbeat interval must be positive and the drain grace not negative")
+        if self.task_disk < 0 or self.tmpfs_size < 0:
+            raise InvalidInput("--task-disk and --tmpfs-size cannot be negative")
+        if 0 < self.task_disk < 1024**2:
+            raise InvalidInput("--task-disk must be at least 1M (0: the default)")
         if self.pids_limit < 16:
             raise InvalidInput("the pids limit must be at least 16")
         if self.task_network in ("host", "none", "") or self.task_network.startswith("container:"):

@@ -35,6 +35,7 @@ class Outcome(StrEnum):
     KERNEL_DIED = "kernel_died"
     RUNNER_ERROR = "runner_error"  # the runner could not run the notebook at all
     OUT_OF_MEMORY = "oom"
+    OUT_OF_DISK = "out_of_disk"  # past the task's disk limit (found by the attempt, not the runner)
     DIED = "died"  # the container or process ended without reporting an end
     TIMED_OUT = "timed_out"
     STOPPED = "stopped"  # cancelled or handed back: Stopper.kind says which
@@ -71,6 +72,7 @@ class RunSpec:
     timeout: float = 0.0
     allow_network: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    tmp_dir: Path | None = None  # the task's /tmp (TMPDIR), on its disk; None: the executor's own
 
 
 @dataclass

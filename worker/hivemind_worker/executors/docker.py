@@ -1,9 +1,10 @@
 """Runs a task in a locked-down Docker container.
 
-The container gets no network (unless the pool allowed it), a read-only root with a tmpfs for /tmp,
-no capabilities, no-new-privileges, a pids limit, the task's memory (without swap) and CPU limits,
-its GPUs where the engine has the NVIDIA runtime, a non-root user, and never the Docker socket. Its
-only writable host folders are the attempt's task and output folders.
+The container gets no network (unless the pool allowed it), a read-only root, no capabilities,
+no-new-privileges, a pids limit, the task's memory (without swap) and CPU limits, its GPUs where the
+engine has the NVIDIA runtime, a non-root user, a capped log, and never the Docker socket. Its only
+writable places are the attempt's task, output and /tmp folders, all on the task's size-limited disk
+(disk.py), or a tmpfs of --tmpfs-size on /tmp where the admin chose one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from ..environments import DockerEnvironments
 from ..errors import NoTaskNetwork
@@ -44,6 +45,10 @@ CONTAINER_USER = (1000, 1000)  # the runtime image's non-root user
 TASK_DIR = "/task"
 OUT_DIR = "/hivemind/out"
 RUNNER_PATH = "/hivemind/runner.py"
+TMP_DIR = "/tmp"  # noqa: S108 (in the container)
+# The engine keeps a copy of what the task prints; the worker reads it from the attach stream, so a
+# small capped log is enough, and a print flood cannot fill the engine's disk.
+TASK_LOG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "8m", "max-file": "1"})
 ROLE_LABEL = "org.hivemind.role"
 POLL_SECONDS = 0.1
 
@@ -67,7 +72,7 @@ class DockerExecutor(Executor):
         *,
         worker_id: str = "",
         pids_limit: int = 512,
-        tmpfs_size: int = 1024**3,
+        tmpfs_size: int = 0,
         default_memory: int = 2 * 1024**3,
         env_cache_size: int = 20 * 1024**3,
         build_network: str | None = None,
@@ -119,7 +124,9 @@ class DockerExecutor(Executor):
         if os.geteuid() != 0:
             return
         uid, gid = CONTAINER_USER
-        for top in (spec.task_dir, spec.out_dir):
+        for top in (spec.task_dir, spec.out_dir, spec.tmp_dir):
+            if top is None:
+                continue
             for folder, dirs, files in os.walk(top):
                 os.chown(folder, uid, gid, follow_symlinks=False)
                 for name in dirs + files:
@@ -140,7 +147,6 @@ class DockerExecutor(Executor):
             # Never None (Docker's default, which is the host's on some engines) nor "host".
             "network_mode": self.task_network if spec.allow_network else "none",
             "read_only": True,
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size}"},  # noqa: S108 (in the container)
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "pids_limit": self.pids_limit,
@@ -153,9 +159,16 @@ class DockerExecutor(Executor):
                 Mount(OUT_DIR, str(spec.out_dir), type="bind"),
                 Mount(RUNNER_PATH, str(RUNNER), type="bind", read_only=True),
             ],
+            "log_config": TASK_LOG,
             "environment": {"HIVEMIND_TASK": "1", "PYTHONUNBUFFERED": "1"},
             "labels": {ROLE_LABEL: "task", "org.hivemind.worker": self.worker_id, **spec.labels},
         }
+        if self.tmpfs_size > 0 or spec.tmp_dir is None:
+            # In memory, counted in the task's memory rather than its disk.
+            size = self.tmpfs_size or 1024**3
+            options["tmpfs"] = {TMP_DIR: f"rw,nosuid,nodev,size={size}"}
+        else:
+            options["mounts"].append(Mount(TMP_DIR, str(spec.tmp_dir), type="bind"))
         if spec.cpus > 0:
             options["nano_cpus"] = int(spec.cpus * 1e9)
         if spec.gpus > 0 and self.gpu_runtime:

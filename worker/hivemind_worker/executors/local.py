@@ -2,7 +2,8 @@
 
 THIS DOES NOT ISOLATE THE TASK. The notebook runs as the worker's user, sees the worker's files and
 the network. What it does give: a venv per requirements hash, the task's timeout and cancel (the
-whole process tree is killed), and a memory limit enforced by watching the tree's resident memory.
+whole process tree is killed), a memory limit enforced by watching the tree's resident memory, and
+the disk limit on its folders and TMPDIR (disk.py; a path it writes outside them is not counted).
 """
 
 from __future__ import annotations
@@ -75,11 +76,14 @@ def kill_tree(pid: int) -> None:
 
 
 def _task_environment(spec: RunSpec) -> dict[str, str]:
-    """The worker's environment without its own settings, and no GPUs unless the task asked."""
+    """The worker's environment without its own settings, no GPUs unless the task asked, and its
+    temporary files on its disk."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
     env.update({"PYTHONUNBUFFERED": "1", "HIVEMIND_TASK": "1", "MPLBACKEND": "agg"})
     if spec.gpus <= 0:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    if spec.tmp_dir is not None:  # temporary files land on the task's disk, inside its limit
+        env.update(dict.fromkeys(("TMPDIR", "TEMP", "TMP"), str(spec.tmp_dir)))
     return env
 
 
