@@ -170,6 +170,7 @@ def test_cancel_a_queued_task(pool: PoolProcess, signed_in: Path, tmp_path: Path
     [
         (["submit", "missing.ipynb"], "does not exist"),
         (["submit", "{folder}", "--memory", "lots"], "not a size"),
+        (["submit", "{folder}", "--disk", "lots"], "not a size"),
         (["submit", "{folder}", "-p", "not-an-assignment"], "NAME=VALUE"),
         (["submit", "{folder}", "--cpus", "0"], "more than 0"),
         (["submit", "{folder}", "--timeout", "soon"], "not a duration"),

@@ -32,6 +32,8 @@ def free_port() -> int:
         ("--gpus 1.5", "invalid int"),
         ("--memory lots", "not a size"),
         ("--memory 0", "more than 0"),
+        ("--disk lots", "not a size"),
+        ("--disk 0", "more than 0"),
         ("--timeout soon", "not a duration"),
         ("--retries -3", "negative"),
         ("--labels novalue", "KEY=VALUE"),
@@ -58,7 +60,7 @@ def test_bad_options_are_usage_errors(line, message):
 def test_good_options_are_parsed(tmp_path: Path):
     (tmp_path / "requirements.txt").write_text("numpy\n")
     options = CellOptions(
-        f"--cpus 2.5 --memory 1G --gpus 1 --labels site=lab2,gpu=a100 --labels os=linux -p lr=0.1 "
+        f"--cpus 2.5 --memory 1G --gpus 1 --disk 20G --labels site=lab2,gpu=a100 --labels os=linux -p lr=0.1 "
         f"-p name=resnet -p flags=[1,2] -p flag=True --push a,b --pull c --pull d,c --timeout 1h30m "
         f"--retries 2 --name train --no-wait --dir {tmp_path} --requirements {tmp_path}/requirements.txt",
         HiveMind(),
@@ -66,6 +68,7 @@ def test_good_options_are_parsed(tmp_path: Path):
     )
     request = options.request
     assert (request.cpus, request.memory, request.gpus) == (2.5, 1024**3, 1)
+    assert request.to_manifest("main.ipynb").resources.disk_bytes == 20 * 1024**3
     assert request.labels == {"site": "lab2", "gpu": "a100", "os": "linux"}
     assert request.parameters == {"lr": 0.1, "name": "resnet", "flags": [1, 2], "flag": True}
     assert options.push_values == {"a": 1, "b": [2]}

@@ -232,7 +232,7 @@ class Attempt:
         self._status(pb.PREPARING, "fetching the bundle")
         bundle = self.bundles.get(self.assignment.bundle_sha256, self._download)
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True, mode=0o700)
+        self.folder.mkdir(parents=True, mode=0o700, exist_ok=True)
         disk = TaskDisk(self.folder / "disk", self._disk_limit(), self.config.disk_mode)
         try:
             disk.open()

@@ -42,7 +42,9 @@ class PoolSettings:
         1.0, kind=DURATION, help="the periodic scheduling tick; events trigger cycles too"
     )
     max_bundle_size: int = setting(2 * 1024**3, kind=SIZE, help="largest accepted bundle")
-    max_result_size: int = setting(2 * 1024**3, kind=SIZE, help="largest accepted result")
+    max_result_size: int = setting(
+        2 * 1024**3, kind=SIZE, help="largest accepted result; workers refuse a bigger one before uploading"
+    )
     token_ttl: float = setting(30 * DAY, kind=DURATION, help="lifetime of a user's API token")
     join_token_ttl: float = setting(
         7 * DAY, kind=DURATION, help="lifetime of a join token created without one"
