@@ -144,16 +144,15 @@ class TaskDisk:
     def open(self) -> TaskDisk:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.wanted != MONITOR:
-            why = can_mount()
+            why = can_mount()  # the daemon said so once at start
             if not why:
                 try:
                     self._mount()
                 except OSError as exc:
                     why = str(exc)
+                    log.warning("task disk %s is watched, not mounted: %s", self.root, why)
             if why and self.wanted == MOUNT:
                 raise OSError(f"cannot mount a size-limited disk for the task: {why}")
-            if why:
-                log.debug("task disk %s is watched, not mounted: %s", self.root, why)
         for folder in (self.task_dir, self.out_dir, self.tmp_dir):
             folder.mkdir(mode=0o700, exist_ok=True)
         return self
