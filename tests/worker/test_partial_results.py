@@ -63,7 +63,8 @@ def _kept_result(worker: WorkerProcess, task_id: str, attempt: int = 1) -> dict[
 @pytest.mark.slow
 def test_timeout_returns_the_notebook_so_far(pool, docker_worker: WorkerProcess, tmp_path: Path) -> None:
     alice = user(pool)
-    task = submit(alice, bundle(notebook(*CELLS)), timeout=10)
+    # room for a container and a kernel to start on a loaded machine before the first cell runs
+    task = submit(alice, bundle(notebook(*CELLS)), timeout=20)
     final = wait_state(alice, task.id, timeout=90)
     assert final.state == pb.TIMED_OUT, (final.error, docker_worker.log()[-3000:])
     assert final.result_sha256, "a timed-out task returned no result"
