@@ -308,7 +308,7 @@ class HiveMindMagics(Magics):
                     f"{w.allocated.cpus:g}/{w.capacity.cpus:g}",
                     f"{format_size(w.allocated.memory_bytes)}/{format_size(w.capacity.memory_bytes)}",
                     f"{w.allocated.gpus}/{w.capacity.gpus}",
-                    str(len(w.running_task_ids)),
+                    str(w.running_count),
                 ]
                 for w in workers
             ]

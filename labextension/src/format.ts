@@ -167,5 +167,6 @@ export const WORKER_LABELS: { [state in WorkerState]: string } = {
   WORKER_ONLINE: 'Online',
   WORKER_DRAINING: 'Draining',
   WORKER_OFFLINE: 'Offline',
-  WORKER_LOST: 'Lost'
+  WORKER_LOST: 'Lost',
+  WORKER_REVOKED: 'Revoked'
 };

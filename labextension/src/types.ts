@@ -11,7 +11,12 @@ import { TaskState } from './states';
 export type Int64 = string | number;
 
 export type WorkerState =
-  'WORKER_STATE_UNSPECIFIED' | 'WORKER_ONLINE' | 'WORKER_DRAINING' | 'WORKER_OFFLINE' | 'WORKER_LOST';
+  | 'WORKER_STATE_UNSPECIFIED'
+  | 'WORKER_ONLINE'
+  | 'WORKER_DRAINING'
+  | 'WORKER_OFFLINE'
+  | 'WORKER_LOST'
+  | 'WORKER_REVOKED';
 
 export interface IResources {
   cpus?: number;
@@ -105,9 +110,14 @@ export interface IWorker {
   facts?: IMachineFacts;
   capacity?: IResources;
   allocated?: IResources;
+  /** Only the signed-in user's own tasks (every task for an admin). */
   running_task_ids?: string[];
+  /** Every task it runs, whoever owns it. */
+  running_count?: number;
   last_heartbeat_at?: number;
   registered_at?: number;
+  join_token_id?: string;
+  revoked_at?: number;
 }
 
 export interface IPoolStatus {

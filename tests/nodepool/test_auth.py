@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import grpc
 import pytest
 from harness import FakeWorker, PoolProcess
 
 from hivemind_nodepool.client import PoolClient
+from hivemind_nodepool.pool.auth import SOURCE_FAILURES
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import (
     Conflict,
@@ -83,22 +86,30 @@ def test_tokens_are_stored_hashed(pool: PoolProcess) -> None:
     assert b"alice-password" not in raw
 
 
-def test_users_see_only_their_own_tasks(pool: PoolProcess) -> None:
+def test_users_see_only_their_own_tasks(pool: PoolProcess, tmp_path: Path) -> None:
     admin = pool.admin()
     pool.add_user("alice", "alice-password")
     pool.add_user("bob", "bob-password1")
     alice = pool.login("alice", "alice-password")
     bob = pool.login("bob", "bob-password1")
     task = submit(alice)
+    unknown = "t-" + "0" * 12  # the same shape as a real id
     for call in (
         bob.get_task,
         bob.cancel_task,
         bob.retry_task,
         lambda t: list(bob.watch(t, follow=False)),
-        lambda t: bob.fetch_result(t, "/tmp/never"),
+        lambda t: list(bob.watch(t, follow=True)),
+        lambda t: bob.fetch_result(t, tmp_path / "never.zip"),
     ):
-        with pytest.raises(PermissionDenied):
+        # Another user's task answers exactly as an id nobody has, so ids cannot be probed.
+        with pytest.raises(NotFound) as theirs:
             call(task.id)
+        with pytest.raises(NotFound) as nobodys:
+            call(unknown)
+        assert theirs.value.code == nobodys.value.code == grpc.StatusCode.NOT_FOUND
+        assert str(theirs.value).replace(task.id, unknown) == str(nobodys.value)
+        assert task.id in str(theirs.value)  # the caller's own input, nothing more
     assert bob.list_tasks().total == 0
     with pytest.raises(PermissionDenied):
         bob.list_tasks(all_users=True)
@@ -123,6 +134,7 @@ def test_non_admins_cannot_call_admin_rpcs(pool: PoolProcess) -> None:
         alice.list_join_tokens,
         lambda: alice.revoke_join_token("jt-x"),
         lambda: alice.drain_worker("w-x"),
+        lambda: alice.revoke_worker("w-x"),
     ):
         with pytest.raises(PermissionDenied):
             call()
@@ -207,3 +219,27 @@ def test_login_rate_limit_survives_a_restart(pool: PoolProcess) -> None:
             client.login("alice", "alice-password")
     finally:
         client.close()
+
+
+def test_login_rate_limit_per_source(pool: PoolProcess) -> None:
+    """Guessing a different name each time is throttled too: the limit also counts per source."""
+    pool.add_user("alice", "alice-password")
+    client = PoolClient(pool.address)
+    outcomes = []
+    for index in range(12):
+        try:
+            client.login(f"name{index}", "guess-guess")
+        except Unauthenticated:
+            outcomes.append("refused")
+        except RateLimited as exc:
+            assert "your address" in str(exc)
+            outcomes.append("throttled")
+    assert "throttled" in outcomes, outcomes
+    first = outcomes.index("throttled")
+    assert first <= SOURCE_FAILURES and set(outcomes[first:]) == {"throttled"}, outcomes
+    with pytest.raises(RateLimited, match="your address"):
+        client.login("alice", "alice-password")  # a good account does not reopen the source
+    client.close()
+    pool.restart(hard=True)  # stored as they happened: a restart does not reset the source
+    with PoolClient(pool.address) as again, pytest.raises(RateLimited, match="your address"):
+        again.login("alice", "alice-password")

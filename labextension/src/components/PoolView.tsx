@@ -40,7 +40,7 @@ function WorkerCard(props: { worker: IWorker; now: number }): JSX.Element {
   const capacity = worker.capacity ?? worker.facts?.capacity ?? {};
   const allocated = worker.allocated ?? {};
   const state = worker.state ?? 'WORKER_STATE_UNSPECIFIED';
-  const running = worker.running_task_ids ?? [];
+  const running = worker.running_count ?? (worker.running_task_ids ?? []).length;
   const gpuNames = (worker.facts?.gpus ?? []).map(g => g.name).filter(Boolean);
   const count = (n: number) => String(Math.round(n * 100) / 100);
   return (
@@ -64,7 +64,7 @@ function WorkerCard(props: { worker: IWorker; now: number }): JSX.Element {
       {gpuNames.length > 0 && <div className="jp-HiveMind-dim">{gpuNames.join(', ')}</div>}
       <div className="jp-HiveMind-rowBottom">
         <span className="jp-HiveMind-running">
-          {running.length} running {running.length === 1 ? 'task' : 'tasks'}
+          {running} running {running === 1 ? 'task' : 'tasks'}
         </span>
         <span className="jp-HiveMind-heartbeat">heartbeat {formatAgo(worker.last_heartbeat_at, now)}</span>
       </div>

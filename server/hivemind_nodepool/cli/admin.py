@@ -70,8 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     _add_target(listing)
     listing.set_defaults(func=cmd_user_list)
-    disable = user.add_parser("disable", help="disable a user (their tokens stop working)")
+    disable = user.add_parser(
+        "disable",
+        help="disable a user (their tokens and open streams stop working)",
+        description="Disable a user: their tokens stop working and their open streams end. Their "
+        "queued and running tasks are cancelled unless you pass --keep-tasks.",
+    )
     disable.add_argument("name")
+    tasks = disable.add_mutually_exclusive_group()
+    tasks.add_argument(
+        "--cancel-tasks",
+        dest="keep_tasks",
+        action="store_false",
+        help="cancel their queued and running tasks (the default)",
+    )
+    tasks.add_argument(
+        "--keep-tasks", dest="keep_tasks", action="store_true", help="let their tasks run to the end"
+    )
+    disable.set_defaults(keep_tasks=False)
     _add_target(disable)
     disable.set_defaults(func=cmd_user_disable)
 
@@ -86,10 +102,48 @@ def build_parser() -> argparse.ArgumentParser:
     jlist.add_argument("--json", action="store_true")
     _add_target(jlist)
     jlist.set_defaults(func=cmd_join_token_list)
-    revoke = join.add_parser("revoke", help="revoke a join token by its id")
+    revoke = join.add_parser(
+        "revoke",
+        help="revoke a join token by its id",
+        description="Revoke a join token: no new worker can join with it. The workers that joined "
+        "with it keep working unless you pass --workers (advised when the token leaked); without "
+        "either flag you are asked, when there are any and a terminal to ask on.",
+    )
     revoke.add_argument("id")
+    which = revoke.add_mutually_exclusive_group()
+    which.add_argument(
+        "--workers",
+        dest="workers",
+        action="store_true",
+        default=None,
+        help="also revoke every worker that joined with it (their running tasks are requeued)",
+    )
+    which.add_argument(
+        "--keep-workers", dest="workers", action="store_false", help="leave its workers working"
+    )
     _add_target(revoke)
     revoke.set_defaults(func=cmd_join_token_revoke)
+
+    worker = commands.add_parser("worker", help="the workers that joined").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    wlist = worker.add_parser(
+        "list", help="list workers, with the join token each joined with", description="List workers."
+    )
+    wlist.add_argument("--json", action="store_true")
+    _add_target(wlist)
+    wlist.set_defaults(func=cmd_worker_list)
+    wrevoke = worker.add_parser(
+        "revoke",
+        help="revoke a worker: its credential stops working, its tasks are requeued",
+        description="Revoke a worker by its id: its credential stops working, its open streams end "
+        "and its running tasks go back to the queue without spending a retry. A worker that still "
+        "holds a valid join token can join again as a new worker: revoke the token too "
+        "(`join-token revoke ID --workers`).",
+    )
+    wrevoke.add_argument("id")
+    _add_target(wrevoke)
+    wrevoke.set_defaults(func=cmd_worker_revoke)
 
     tls = commands.add_parser("tls", help="TLS certificates").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -141,8 +195,13 @@ class Local:
     def list_users(self) -> list[pb.User]:
         return self.accounts.list_users(self.store)
 
-    def disable_user(self, name: str) -> pb.User:
-        return self.accounts.disable_user(self.store, name)
+    def disable_user(self, name: str, keep_tasks: bool) -> pb.User:
+        """The running pool ends the user's streams and cancels the tasks (marked here) within its
+        recheck interval; a pool that is not running does it when it starts."""
+        return self.accounts.disable_user(self.store, name, cancel_tasks=not keep_tasks)
+
+    def unfinished_tasks(self, name: str) -> int | None:
+        return len(self.store.unfinished_tasks_of(name))
 
     def create_join_token(self, ttl: float) -> pb.JoinToken:
         return self.accounts.create_join_token(self.store, "(local admin)", ttl)
@@ -150,8 +209,20 @@ class Local:
     def list_join_tokens(self) -> list[pb.JoinToken]:
         return self.accounts.list_join_tokens(self.store)
 
-    def revoke_join_token(self, token_id: str) -> pb.JoinToken:
-        return self.accounts.revoke_join_token(self.store, token_id)
+    def revoke_join_token(self, token_id: str, workers: bool) -> pb.JoinToken:
+        token = self.accounts.revoke_join_token(self.store, token_id)
+        if workers:
+            self.accounts.revoke_workers_of(self.store, token_id)
+        return token
+
+    def list_workers(self) -> list[pb.Worker]:
+        """From the files: what the pool last stored (live resources come with --pool)."""
+        return self.accounts.stored_workers(self.store)
+
+    def revoke_worker(self, worker_id: str) -> pb.Worker:
+        """The running pool ends its stream and requeues its tasks within its recheck interval."""
+        self.accounts.revoke_worker(self.store, worker_id)
+        return next(w for w in self.list_workers() if w.id == worker_id)
 
     def status(self) -> dict[str, Any]:
         workers = [
@@ -190,8 +261,11 @@ class Remote:
     def list_users(self) -> list[pb.User]:
         return self.client.list_users()
 
-    def disable_user(self, name: str) -> pb.User:
-        return self.client.disable_user(name)
+    def disable_user(self, name: str, keep_tasks: bool) -> pb.User:
+        return self.client.disable_user(name, keep_tasks=keep_tasks)
+
+    def unfinished_tasks(self, name: str) -> int | None:
+        return None  # the pool does not count them for us; it has cancelled them already
 
     def create_join_token(self, ttl: float) -> pb.JoinToken:
         return self.client.create_join_token(int(ttl))
@@ -199,8 +273,14 @@ class Remote:
     def list_join_tokens(self) -> list[pb.JoinToken]:
         return self.client.list_join_tokens()
 
-    def revoke_join_token(self, token_id: str) -> pb.JoinToken:
-        return self.client.revoke_join_token(token_id)
+    def revoke_join_token(self, token_id: str, workers: bool) -> pb.JoinToken:
+        return self.client.revoke_join_token(token_id, workers=workers)
+
+    def list_workers(self) -> list[pb.Worker]:
+        return self.client.list_workers()
+
+    def revoke_worker(self, worker_id: str) -> pb.Worker:
+        return self.client.revoke_worker(worker_id)
 
     def status(self) -> dict[str, Any]:
         status = self.client.pool_status()
@@ -304,8 +384,16 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_user_disable(args: argparse.Namespace) -> int:
-    user = _backend(args).disable_user(args.name)
-    print(f"disabled user {user.name}; their tokens no longer work")
+    backend = _backend(args)
+    pending = None if args.keep_tasks else backend.unfinished_tasks(args.name)
+    user = backend.disable_user(args.name, keep_tasks=args.keep_tasks)
+    print(f"disabled user {user.name}; their tokens no longer work and their open streams end")
+    if args.keep_tasks:
+        print("their queued and running tasks are kept (--keep-tasks)")
+    elif pending is None:
+        print("their queued and running tasks were cancelled")
+    else:  # local: the running pool does it within seconds, or when it next starts
+        print(f"their {pending} queued and running task(s) are being cancelled by the pool")
     return 0
 
 
@@ -349,8 +437,67 @@ def cmd_join_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_join_token_revoke(args: argparse.Namespace) -> int:
-    revoked = _backend(args).revoke_join_token(args.id)
-    print(f"revoked join token {revoked.id}")
+    backend = _backend(args)
+    joined = [
+        w for w in backend.list_workers() if w.join_token_id == args.id and w.state != pb.WORKER_REVOKED
+    ]
+    workers = args.workers
+    if workers is None and joined and sys.stdin.isatty():
+        names = ", ".join(f"{w.name} ({w.id})" for w in joined)
+        answer = input(f"{len(joined)} worker(s) joined with {args.id}: {names}. Revoke them too? [y/N] ")
+        workers = answer.strip().lower() in ("y", "yes")
+    revoked = backend.revoke_join_token(args.id, workers=bool(workers))
+    print(f"revoked join token {revoked.id}; no new worker can join with it")
+    if workers and joined:
+        print(f"revoked its {len(joined)} worker(s): " + ", ".join(w.id for w in joined))
+    elif joined:
+        print(
+            f"its {len(joined)} worker(s) keep working: "
+            + ", ".join(w.id for w in joined)
+            + f"; revoke them with `join-token revoke {args.id} --workers` or `worker revoke ID`",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_worker_list(args: argparse.Namespace) -> int:
+    workers = _backend(args).list_workers()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": w.id,
+                        "name": w.name,
+                        "state": pb.WorkerState.Name(w.state),
+                        "join_token_id": w.join_token_id,
+                        "registered_at": w.registered_at,
+                        "last_heartbeat_at": w.last_heartbeat_at,
+                        "revoked_at": w.revoked_at,
+                        "running_count": w.running_count,
+                    }
+                    for w in workers
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not workers:
+        print("no workers have joined")
+        return 0
+    print(f"{'ID':<16} {'NAME':<20} {'STATE':<9} {'JOIN TOKEN':<12} {'JOINED':<14} {'HEARTBEAT':<14} TASKS")
+    for w in workers:
+        state = pb.WorkerState.Name(w.state).removeprefix("WORKER_").lower()
+        print(
+            f"{w.id:<16} {w.name[:20]:<20} {state:<9} {w.join_token_id:<12} "
+            f"{_when(w.registered_at):<14} {_when(w.last_heartbeat_at):<14} {w.running_count}"
+        )
+    return 0
+
+
+def cmd_worker_revoke(args: argparse.Namespace) -> int:
+    worker = _backend(args).revoke_worker(args.id)
+    print(f"revoked worker {worker.id} ({worker.name}); its running tasks go back to the queue")
     return 0
 
 

@@ -115,6 +115,6 @@ def print_workers(workers: list[pb.Worker], out: TextIO = sys.stdout) -> None:
         mem = f"{format_size(cap.memory_bytes - used.memory_bytes)}/{format_size(cap.memory_bytes)}"
         gpu = f"{cap.gpus - used.gpus}/{cap.gpus}"
         print(
-            f"{worker.name[:20]:<20} {state:<9} {cpu:>15} {mem:>22} {gpu:>7}  {len(worker.running_task_ids)}",
+            f"{worker.name[:20]:<20} {state:<9} {cpu:>15} {mem:>22} {gpu:>7}  {worker.running_count}",
             file=out,
         )

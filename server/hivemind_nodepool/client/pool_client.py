@@ -276,8 +276,10 @@ class PoolClient:
     def list_users(self) -> list[pb.User]:
         return list(self._unary(self._pool.ListUsers, pb.Empty()).users)
 
-    def disable_user(self, name: str) -> pb.User:
-        return self._unary(self._pool.DisableUser, pb.UserRef(name=name))
+    def disable_user(self, name: str, keep_tasks: bool = False) -> pb.User:
+        """Disable an account: its tokens and open streams end; its unfinished tasks are
+        cancelled unless keep_tasks."""
+        return self._unary(self._pool.DisableUser, pb.DisableUserRequest(name=name, keep_tasks=keep_tasks))
 
     def create_join_token(self, ttl_seconds: int = 0) -> pb.JoinToken:
         return self._unary(self._pool.CreateJoinToken, pb.CreateJoinTokenRequest(ttl_seconds=ttl_seconds))
@@ -285,11 +287,17 @@ class PoolClient:
     def list_join_tokens(self) -> list[pb.JoinToken]:
         return list(self._unary(self._pool.ListJoinTokens, pb.Empty()).tokens)
 
-    def revoke_join_token(self, token_id: str) -> pb.JoinToken:
-        return self._unary(self._pool.RevokeJoinToken, pb.JoinTokenRef(id=token_id))
+    def revoke_join_token(self, token_id: str, workers: bool = False) -> pb.JoinToken:
+        """Revoke a join token; with workers, also every worker that joined with it."""
+        return self._unary(
+            self._pool.RevokeJoinToken, pb.RevokeJoinTokenRequest(id=token_id, workers=workers)
+        )
 
     def drain_worker(self, worker_id: str) -> pb.Worker:
         return self._unary(self._pool.DrainWorker, pb.WorkerRef(worker_id=worker_id))
+
+    def revoke_worker(self, worker_id: str) -> pb.Worker:
+        return self._unary(self._pool.RevokeWorker, pb.WorkerRef(worker_id=worker_id))
 
     # -- the worker's side ----------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
-"""User accounts and join tokens: the one implementation behind both the NodePool service's admin
-RPCs and `hivemind-nodepool user|join-token --data-dir` (which acts on the pool's files directly).
+"""User accounts, join tokens and workers' credentials: the one implementation behind both the
+NodePool service's admin RPCs and `hivemind-nodepool user|join-token|worker --data-dir` (which acts
+on the pool's files directly). What a change means for the running pool (open streams, tasks, a
+worker's stream) is `revocation.Revocations`: the service calls it at once, and the pool's periodic
+recheck finds changes made on the files.
 
 Each function takes the Store and answers the wire message; errors are HiveMindErrors. Permission
 checks (who may call) stay with the caller: the service checks the principal, the local CLI is run
@@ -15,7 +18,8 @@ import time
 from hivemind_nodepool.pool import auth, views
 from hivemind_nodepool.pool.store import Store
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.errors import AlreadyExists, InvalidInput, NotFound
+from hivemind_nodepool.protocol.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 
 
 def add_user(store: Store, name: str, password: str, admin: bool) -> pb.User:
@@ -36,14 +40,15 @@ def list_users(store: Store) -> list[pb.User]:
     return [views.user(row) for row in store.list_users()]
 
 
-def disable_user(store: Store, name: str, by: str | None = None) -> pb.User:
+def disable_user(store: Store, name: str, by: str | None = None, cancel_tasks: bool = True) -> pb.User:
     """Disable an account; its tokens stop working at once. by is the admin asking, who may not
-    disable their own account (None: the pool's operator, acting on its files)."""
+    disable their own account (None: the pool's operator, acting on its files). With cancel_tasks
+    its queued and running tasks are marked for the pool to cancel."""
     if by is not None and name == by:
         raise InvalidInput("you cannot disable your own account")
     if store.get_user(name) is None:
         raise NotFound(f"no user {name!r}")
-    store.set_user_disabled(name, True)
+    store.set_user_disabled(name, True, cancel_tasks=cancel_tasks)
     row = store.get_user(name)
     assert row is not None
     return views.user(row)
@@ -70,3 +75,43 @@ def revoke_join_token(store: Store, token_id: str) -> pb.JoinToken:
     row = store.get_join_token(token_id)
     assert row is not None
     return views.join_token(row)
+
+
+def revoke_workers_of(store: Store, token_id: str) -> list[str]:
+    """Revoke every worker that joined with the join token; returns those newly revoked."""
+    revoked = [row["id"] for row in store.workers_of_join_token(token_id) if not row["revoked_at"]]
+    for worker_id in revoked:
+        store.revoke_worker(worker_id)
+    return revoked
+
+
+def revoke_worker(store: Store, worker_id: str) -> None:
+    """The worker's credential stops working for every call."""
+    row = store.get_worker(worker_id) if worker_id else None
+    if row is None:
+        raise NotFound(f"no worker {worker_id!r}")
+    if row["revoked_at"]:
+        raise Conflict(f"worker {worker_id} was revoked already")
+    store.revoke_worker(worker_id)
+
+
+def stored_workers(store: Store) -> list[pb.Worker]:
+    """Every worker as the pool last stored it, with the join token it registered with (the live
+    view, with resources in use, is ListWorkers')."""
+    running: dict[str, int] = {}
+    for task in store.tasks_in_states(ON_WORKER_STATES):
+        running[task["worker_id"]] = running.get(task["worker_id"], 0) + 1
+    return [
+        pb.Worker(
+            id=row["id"],
+            name=row["name"],
+            state=pb.WORKER_REVOKED if row["revoked_at"] else row["state"],
+            facts=pb.MachineFacts.FromString(row["facts"]),
+            last_heartbeat_at=row["last_heartbeat_at"],
+            registered_at=row["registered_at"],
+            running_count=running.get(row["id"], 0),
+            join_token_id=row["join_token_id"],
+            revoked_at=row["revoked_at"],
+        )
+        for row in store.list_workers()
+    ]

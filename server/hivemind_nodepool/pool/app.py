@@ -19,6 +19,7 @@ from hivemind_nodepool.pool.lifecycle import TaskBook, amount_of
 from hivemind_nodepool.pool.liveness import Liveness
 from hivemind_nodepool.pool.metrics import PoolMetrics
 from hivemind_nodepool.pool.retention import Collector
+from hivemind_nodepool.pool.revocation import Revocations
 from hivemind_nodepool.pool.scheduler import Scheduler
 from hivemind_nodepool.pool.store import Store
 from hivemind_nodepool.proto import nodepool_pb2 as pb
@@ -42,6 +43,9 @@ class Pool:
         )
         self.notifier.add_listener(self.feed.changed)
         self.auth = Authenticator(self.store)
+        self.revocations = Revocations(
+            self.store, self.auth, self.book, self.fleet, settings.feed_auth_recheck
+        )
         self.collector = Collector(self.store, self.blobs, settings.retention, settings.gc_interval)
         self.scheduler = Scheduler(self.book, self.fleet, self.metrics, settings.schedule_interval)
         self.liveness = Liveness(self.book, self.fleet, self.metrics, settings.heartbeat_timeout)
@@ -69,6 +73,8 @@ class Pool:
         active = self.store.tasks_in_states(ON_WORKER_STATES)
         holders = {row["worker_id"] for row in active}
         for row in self.store.list_workers():
+            if row["revoked_at"]:
+                continue  # the recheck's first pass requeues what it held
             present = worker_present(row["state"])
             if present or row["id"] in holders:
                 self.fleet.add(WorkerEntry.from_row(row, state=None if present else pb.WORKER_ONLINE))

@@ -1,17 +1,21 @@
-"""Who is calling: passwords, API tokens, worker credentials, the login rate limit, and the one
-server interceptor that authenticates every RPC except Login, Register, health and reflection."""
+"""Who is calling: passwords, API tokens, worker credentials, the login rate limit, the open
+streams that end when their caller's access is taken away, and the one server interceptor that
+authenticates every RPC except Login, Register, health and reflection."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import hashlib
+import ipaddress
 import logging
 import re
 import secrets
+import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +46,10 @@ TOKEN_BYTES = 32  # 256 random bits
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores anything past 72 bytes; refuse rather than truncate
 MIN_PASSWORD_LENGTH = 8
-LOGIN_FAILURES = 5
+LOGIN_FAILURES = 5  # per user name, within LOGIN_WINDOW
+SOURCE_FAILURES = 10  # per source address (IPv6: per /64), whatever the names tried
 LOGIN_WINDOW = 60.0
+MAX_LIMITER_KEYS = 100_000
 
 PUBLIC_METHODS = frozenset(
     {
@@ -53,6 +59,7 @@ PUBLIC_METHODS = frozenset(
 )
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 WORKER_SERVICE = "/hivemind.nodepool.v1.WorkerGateway/"
+WORKER_REVOKED = "an admin revoked this worker's credential"
 
 
 @dataclass(frozen=True)
@@ -144,19 +151,42 @@ def password_matches(password: str, stored_hash: str) -> bool:
 _DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
 
 
+def login_source(peer: str) -> str:
+    """The address a sign-in came from, as the per-source limit counts it: the IP without its
+    port, an IPv6 address as its /64 (one host can pick any address in it)."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        host = rest.rsplit(":", 1)[0].strip("[]")
+        try:
+            return str(ipaddress.ip_network(f"{host}/64", strict=False))
+        except ValueError:
+            return host
+    return kind or "unknown"  # a unix socket: every caller shares it
+
+
 class LoginLimiter:
-    """Five failures for one name within a minute: refused until the oldest failure ages out.
+    """Five failures for one name within a minute, or ten from one source whatever the names:
+    refused until the oldest failure ages out.
 
     Memory answers; the store keeps a copy of recent failures (stored before the refusal is sent) so
-    a pool restart does not hand an attacker a fresh allowance."""
+    a pool restart does not hand an attacker a fresh allowance. A success clears its name's count,
+    never its source's: one good account must not reset a source that guesses other names."""
 
     def __init__(
-        self, store: Store | None = None, failures: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW
+        self,
+        store: Store | None = None,
+        failures: int = LOGIN_FAILURES,
+        window: float = LOGIN_WINDOW,
+        source_failures: int = SOURCE_FAILURES,
     ) -> None:
         self.store = store
         self.failures = failures
+        self.source_failures = source_failures
         self.window = window
         self._seen: dict[str, deque[float]] = {}
+        self._sources: dict[str, deque[float]] = {}
         if store is not None:
             self._load(store)
 
@@ -164,46 +194,97 @@ class LoginLimiter:
         """Failures from before a restart, moved from wall-clock time onto this run's monotonic clock."""
         wall, mono = time.time(), time.monotonic()
         for row in store.recent_login_failures(wall - self.window):
-            self._seen.setdefault(row["name"], deque()).append(mono - (wall - float(row["at"])))
+            at = mono - (wall - float(row["at"]))
+            if row["name"]:
+                self._seen.setdefault(row["name"], deque()).append(at)
+            if row["source"]:
+                self._sources.setdefault(row["source"], deque()).append(at)
 
-    def _recent(self, name: str, now: float) -> deque[float]:
-        times = self._seen.setdefault(name, deque())
+    def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
+        times = table.setdefault(key, deque())
         while times and times[0] < now - self.window:
             times.popleft()
         return times
 
-    def check(self, name: str) -> None:
+    def check(self, name: str, source: str = "") -> None:
         now = time.monotonic()
-        times = self._recent(name, now)
+        times = self._recent(self._seen, name, now)
         if len(times) >= self.failures:
             wait = max(1, int(times[0] + self.window - now) + 1)
             raise RateLimited(f"too many failed sign-ins for {name!r}; try again in {wait} s")
+        if source:
+            times = self._recent(self._sources, source, now)
+            if len(times) >= self.source_failures:
+                wait = max(1, int(times[0] + self.window - now) + 1)
+                raise RateLimited(f"too many failed sign-ins from your address; try again in {wait} s")
 
-    def failed(self, name: str) -> None:
+    def failed(self, name: str, source: str = "") -> None:
         now = time.monotonic()
-        self._recent(name, now).append(now)
-        if len(self._seen) > 100_000:  # bound memory under a flood of made-up names
-            self._seen.clear()
+        for table, key in ((self._seen, name), (self._sources, source)):
+            if not key:
+                continue
+            self._recent(table, key, now).append(now)
+            if len(table) > MAX_LIMITER_KEYS:  # bound memory under a flood of made-up names
+                for stale in [k for k, times in table.items() if not times or times[-1] < now - self.window]:
+                    del table[stale]
+                if len(table) > MAX_LIMITER_KEYS:
+                    table.clear()
 
     def succeeded(self, name: str) -> None:
         if self._seen.pop(name, None) is not None and self.store is not None:
             self.store.clear_login_failures(name)
 
 
+class OpenStream:
+    """A long call's hold on its caller's access: ended (its error set, its callbacks run) when
+    that access is taken away, by a revocation in this process or by the periodic recheck."""
+
+    def __init__(self, principal: Principal, needs_admin: bool) -> None:
+        self.principal = principal
+        self.needs_admin = needs_admin  # it shows other users' tasks: only while still an admin
+        self.error: HiveMindError | None = None
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def end(self, error: HiveMindError) -> None:
+        if self.error is not None:
+            return
+        self.error = error
+        for callback in self._callbacks:
+            try:
+                callback()
+            except Exception:  # one stream's wake-up must not stop the others' ending
+                log.exception("ending a stream failed")
+
+    def check(self) -> None:
+        """Raise the stream's error once it was ended: call before sending anything."""
+        if self.error is not None:
+            raise self.error
+
+
+REVOKED = "your sign-in was revoked: sign in again (`hivemind login`)"
+DISABLED = "your account was disabled by an admin; your sign-in was revoked"
+EXPIRED = "your token has expired: sign in again (`hivemind login`)"
+NO_LONGER_ADMIN = "your account is no longer an admin"
+
+
 class Authenticator:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.limiter = LoginLimiter(store)
+        self.streams: set[OpenStream] = set()
 
-    async def login(self, name: str, password: str, ttl: float) -> tuple[str, float, Any]:
+    async def login(self, name: str, password: str, ttl: float, source: str = "") -> tuple[str, float, Any]:
         """(token, expires_at, user row) or an error; bcrypt runs off the event loop."""
-        self.limiter.check(name)
+        self.limiter.check(name, source)
         row = self.store.get_user(name) if USER_NAME.match(name or "") else None
         stored = row["password_hash"] if row is not None else _DUMMY_HASH
         ok = await asyncio.to_thread(password_matches, password, stored)
         if row is None or not ok or row["disabled"]:
-            self.limiter.failed(name)
-            await self.store.record_login_failure(name, time.time(), self.limiter.window)
+            self.limiter.failed(name, source)
+            await self.store.record_login_failure(name, source, time.time(), self.limiter.window)
             raise Unauthenticated("wrong user name or password, or the account is disabled")
         self.limiter.succeeded(name)
         token = new_token("hmu")
@@ -217,11 +298,14 @@ class Authenticator:
             worker = self.store.get_worker_by_credential(token_hash)
             if worker is None:
                 raise Unauthenticated("unknown worker credential; register the worker again")
+            if worker["revoked_at"]:
+                raise Unauthenticated(WORKER_REVOKED)
             return Principal("worker", worker["id"], token_hash=token_hash)
         row = self.store.get_token(token_hash)
         if row is None:
             worker = self.store.get_worker_by_credential(token_hash)
-            if worker is not None:  # a worker on a user method: the method says PERMISSION_DENIED
+            if worker is not None and not worker["revoked_at"]:
+                # a worker on a user method: the method says PERMISSION_DENIED
                 return Principal("worker", worker["id"], token_hash=token_hash)
             raise Unauthenticated("unknown token: sign in again (`hivemind login`)")
         if row["revoked"]:
@@ -233,13 +317,68 @@ class Authenticator:
         return Principal("user", row["user"], admin=bool(row["admin"]), token_hash=token_hash)
 
     def recheck(self, principal: Principal) -> None:
-        """For long streams: Unauthenticated once the caller's token was revoked (sign-out, a
-        disabled account) or expired after the stream began."""
-        row = self.store.get_token(principal.token_hash)
-        if row is None or row["revoked"] or row["disabled"]:
-            raise Unauthenticated("your sign-in was revoked: sign in again (`hivemind login`)")
-        if row["expires_at"] < time.time():
-            raise Unauthenticated("your token has expired: sign in again (`hivemind login`)")
+        """Unauthenticated once the caller's token was revoked (sign-out, a disabled account) or
+        expired after the call began: for a call about to commit a change (a long submission)."""
+        error = _access_lost(self.store.get_token(principal.token_hash), False, time.time())
+        if error is not None:
+            raise error
+
+    # -- open streams ---------------------------------------------------------------------------
+
+    @contextmanager
+    def hold(self, principal: Principal, needs_admin: bool = False) -> Iterator[OpenStream]:
+        """Register a user's long stream for as long as it is open; see OpenStream."""
+        stream = OpenStream(principal, needs_admin)
+        self.streams.add(stream)
+        try:
+            yield stream
+        finally:
+            self.streams.discard(stream)
+
+    def end_streams(self, match: Callable[[OpenStream], bool], error: HiveMindError) -> int:
+        ended = 0
+        for stream in list(self.streams):
+            if stream.error is None and match(stream):
+                stream.end(error)
+                ended += 1
+        return ended
+
+    def user_disabled(self, name: str) -> int:
+        """The account was disabled here: its open streams end now."""
+        ended = self.end_streams(lambda s: s.principal.name == name, Unauthenticated(DISABLED))
+        if ended:
+            log.info("ended %d open stream(s) of disabled user %s", ended, name)
+        return ended
+
+    def token_revoked(self, token_hash: str) -> int:
+        return self.end_streams(lambda s: s.principal.token_hash == token_hash, Unauthenticated(REVOKED))
+
+    def recheck_streams(self) -> int:
+        """Every open stream against the store, in one query: this catches expiry, and changes
+        made by another process (`hivemind-nodepool user disable --data-dir`)."""
+        streams = [s for s in self.streams if s.error is None]
+        if not streams:
+            return 0
+        rows = self.store.token_states({s.principal.token_hash for s in streams})
+        now = time.time()
+        ended = 0
+        for stream in streams:
+            error = _access_lost(rows.get(stream.principal.token_hash), stream.needs_admin, now)
+            if error is not None:
+                stream.end(error)
+                ended += 1
+        return ended
+
+
+def _access_lost(row: sqlite3.Row | None, needs_admin: bool, now: float) -> HiveMindError | None:
+    """Why a token's row (with its user's admin and disabled) no longer admits its caller, if so."""
+    if row is None or row["revoked"] or row["disabled"]:
+        return Unauthenticated(DISABLED if row is not None and row["disabled"] else REVOKED)
+    if row["expires_at"] < now:
+        return Unauthenticated(EXPIRED)
+    if needs_admin and not row["admin"]:
+        return PermissionDenied(NO_LONGER_ADMIN)
+    return None
 
 
 def bearer_token(metadata: Any) -> str | None:

@@ -72,7 +72,10 @@ class PoolSettings:
         1000, kind=INT, help="task changes a slow WatchTasks reader may lag by before it is resynced"
     )
     feed_auth_recheck: float = setting(
-        15.0, kind=DURATION, help="how often an idle task feed re-checks its caller's token"
+        2.0,
+        kind=DURATION,
+        help="how often open streams re-check their caller's access (expiry, and revocations made "
+        "with --data-dir); revocations through the pool end them at once",
     )
 
     def validate(self) -> None:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 from hivemind_nodepool.pool.store import Store
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.errors import PoolUnavailable, RateLimited
+from hivemind_nodepool.protocol.errors import HiveMindError, PoolUnavailable, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class TaskWatcher:
         self.limit = limit
         self.pending: OrderedDict[str, pb.Task] = OrderedDict()
         self.fell_behind = False
-        self.closed = ""  # why the pool ended this stream, once it did
+        self.closed: HiveMindError | None = None  # why the pool ended this stream, once it did
         self.resyncs = 0
         self._wake = asyncio.Event()
 
@@ -57,15 +57,17 @@ class TaskWatcher:
             self.fell_behind = True
         self._wake.set()
 
-    def close(self, reason: str) -> None:
-        self.closed = reason
+    def close(self, error: HiveMindError) -> None:
+        """End the stream with error: nothing queued is sent after it."""
+        self.closed = error
+        self.pending.clear()
         self._wake.set()
 
-    async def next(self, timeout: float) -> pb.TaskFeedMessage | None:
+    async def next(self, timeout: float | None = None) -> pb.TaskFeedMessage | None:
         """The next message to send; None when nothing came within timeout seconds."""
         while True:
-            if self.closed:
-                raise PoolUnavailable(self.closed)
+            if self.closed is not None:
+                raise self.closed
             if self.fell_behind:
                 self.fell_behind = False
                 self.resyncs += 1
@@ -134,4 +136,4 @@ class TaskFeedHub:
     def close(self, reason: str) -> None:
         """End every stream with UNAVAILABLE (the pool is going away); clients reconnect."""
         for watcher in list(self.watchers):
-            watcher.close(reason)
+            watcher.close(PoolUnavailable(reason))

@@ -161,7 +161,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             raise InvalidInput("a worker's Connect stream starts with a Hello")
         hello = first.hello
         validate_facts(hello.facts)
-        _row, entry = self._entry(principal.name)
+        row, entry = self._entry(principal.name)
+        if row["revoked_at"] or entry.state == pb.WORKER_REVOKED:  # revoked since it authenticated
+            raise Unauthenticated(auth.WORKER_REVOKED)
         entry.facts = hello.facts
         entry.state = pb.WORKER_ONLINE
         session, outbox = self.pool.fleet.attach(entry)
@@ -193,6 +195,8 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             reader.cancel()
             self._closed(entry, session)
         self.book.wake.set()
+        if entry.state == pb.WORKER_REVOKED:  # ended by a revocation: say so, the worker must stop
+            raise Unauthenticated(auth.WORKER_REVOKED)
 
     def _closed(self, entry: WorkerEntry, session: int) -> None:
         """A Connect stream ended. When it was the worker's current one and the pool did not end it
@@ -267,8 +271,8 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 beat = message.heartbeat
                 entry.last_seen = time.monotonic()
                 entry.last_heartbeat_at = time.time()
-                if entry.state == pb.WORKER_LOST:
-                    break  # declared lost meanwhile: it must reconnect with a Hello
+                if entry.state in (pb.WORKER_LOST, pb.WORKER_REVOKED):
+                    break  # declared lost meanwhile (it must reconnect with a Hello), or revoked
                 if beat.draining and entry.state != pb.WORKER_DRAINING:
                     entry.state = pb.WORKER_DRAINING
                     self.store.update_worker(entry.worker_id, state=pb.WORKER_DRAINING)
@@ -304,6 +308,9 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
         what = f"the bundle of task {row['id']}"
         for block in self.pool.blobs.read_chunks(row["bundle_sha256"], CHUNK_SIZE, what):
+            entry = self.pool.fleet.get(worker.name)
+            if entry is not None and entry.state == pb.WORKER_REVOKED:  # revoked mid-download
+                raise Unauthenticated(auth.WORKER_REVOKED)
             yield pb.Chunk(data=block)
 
     @unary

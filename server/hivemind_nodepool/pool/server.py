@@ -93,7 +93,8 @@ async def create_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     pool.health = health_servicer
     pool.tasks = [
-        asyncio.create_task(loop()) for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run)
+        asyncio.create_task(loop())
+        for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run, pool.revocations.run)
     ]
     return server, bound, pool
 

@@ -25,6 +25,7 @@ from hivemind_nodepool.protocol.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
 )
 from hivemind_nodepool.protocol.states import TERMINAL_STATES
 from hivemind_nodepool.protocol.wire import CHUNK_SIZE, MAX_MESSAGE_BYTES
@@ -55,10 +56,12 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     # -- helpers --------------------------------------------------------------------------------
 
     def _visible_task(self, task_id: str) -> sqlite3.Row:
+        """The caller's task (any task for an admin). Another user's task is NOT_FOUND with the
+        very message an unknown id gets, so ids cannot be probed."""
         principal = auth.current_user()
         row = self.book.require_task(task_id)
         if row["owner"] != principal.name and not principal.admin:
-            raise PermissionDenied(f"task {task_id} belongs to another user")
+            raise NotFound(f"no task {task_id!r}")
         return row
 
     def _task(self, row: sqlite3.Row, timeline: bool = True) -> pb.Task:
@@ -73,7 +76,8 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         if len(request.username) > 256 or len(request.password) > 1024:
             raise InvalidInput("user name or password too long")
         ttl = _ttl(request.ttl_seconds, self.pool.settings.token_ttl)
-        token, expires_at, row = await self.pool.auth.login(request.username, request.password, ttl)
+        source = auth.login_source(context.peer())
+        token, expires_at, row = await self.pool.auth.login(request.username, request.password, ttl, source)
         log.info("user %s signed in", request.username)
         return pb.LoginResponse(token=token, expires_at=expires_at, user=views.user(row))
 
@@ -81,7 +85,9 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     async def Logout(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.Empty]
     ) -> pb.Empty:
-        await self.store.revoke_token(auth.current_user().token_hash)
+        token_hash = auth.current_user().token_hash
+        await self.store.revoke_token(token_hash)
+        self.pool.auth.token_revoked(token_hash)  # its open streams end now
         return pb.Empty()
 
     @unary
@@ -131,6 +137,8 @@ class NodePoolService(pb_grpc.NodePoolServicer):
             manifests.check_entry_present(manifest, files)
             await writer.finish()
             filled = manifests.with_defaults(manifest, settings.default_timeout, settings.default_max_retries)
+            # A long upload may outlive its sign-in: a disabled account adds no task.
+            self.pool.auth.recheck(principal)
             row = await self.book.submit(principal.name, filled, sha, writer.size)
         except BaseException:
             writer.abort()
@@ -223,11 +231,18 @@ class NodePoolService(pb_grpc.NodePoolServicer):
             raise InvalidInput("after_seq cannot be negative")
         task_id = row["id"]
         last = request.after_seq
-        with self.pool.notifier.subscribe(task_id) as wake:
+        principal = auth.current_user()
+        with (
+            self.pool.auth.hold(principal, needs_admin=row["owner"] != principal.name) as held,
+            self.pool.notifier.subscribe(task_id) as wake,
+        ):
+            held.on_end(wake.set)  # a revocation wakes the wait below, so the stream ends at once
             while True:
+                held.check()
                 wake.clear()
                 batch = self.store.events_after(task_id, last)
                 for item in batch:
+                    held.check()
                     last = item["seq"]
                     yield views.event(item)
                     if (
@@ -260,16 +275,19 @@ class NodePoolService(pb_grpc.NodePoolServicer):
             raise PermissionDenied("only admins watch every user's tasks")
         owner = None if request.all_users else principal.name
         gauge = self.pool.metrics.task_feeds
-        with self.pool.feed.watch(principal.name, owner) as watcher:
+        with (
+            self.pool.auth.hold(principal, needs_admin=request.all_users) as held,
+            self.pool.feed.watch(principal.name, owner) as watcher,
+        ):
+            held.on_end(lambda: watcher.close(held.error or Unauthenticated("signed out")))
             gauge.inc()
             try:
                 yield pb.TaskFeedMessage(ready=pb.Empty())
                 while True:
-                    message = await watcher.next(timeout=self.pool.settings.feed_auth_recheck)
-                    if message is None:  # quiet for a while: is the caller still signed in?
-                        self.pool.auth.recheck(principal)
-                        continue
-                    yield message
+                    message = await watcher.next()
+                    held.check()
+                    if message is not None:
+                        yield message
             finally:
                 gauge.dec()
 
@@ -283,8 +301,11 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         if not row["result_sha256"]:
             raise NotFound(f"task {row['id']} has no result ({pb.TaskState.Name(row['state'])})")
         what = f"the result of task {row['id']}"
-        for block in self.pool.blobs.read_chunks(row["result_sha256"], CHUNK_SIZE, what):
-            yield pb.Chunk(data=block)
+        principal = auth.current_user()
+        with self.pool.auth.hold(principal, needs_admin=row["owner"] != principal.name) as held:
+            for block in self.pool.blobs.read_chunks(row["result_sha256"], CHUNK_SIZE, what):
+                held.check()
+                yield pb.Chunk(data=block)
 
     # -- the pool -------------------------------------------------------------------------------
 
@@ -292,13 +313,24 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     async def ListWorkers(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.ListWorkersResponse]
     ) -> pb.ListWorkersResponse:
-        auth.current_user()
+        principal = auth.current_user()
         answer = pb.ListWorkersResponse()
-        fleet = self.pool.fleet
-        for row in self.store.list_workers():
-            entry = fleet.get(row["id"]) or WorkerEntry.from_row(row)
-            answer.workers.append(views.worker(entry, row["registered_at"]))
+        rows = self.store.list_workers()
+        entries = [self.pool.fleet.get(row["id"]) or WorkerEntry.from_row(row) for row in rows]
+        # Task ids are shown to their owner (and admins); everyone else sees how many run.
+        running = sorted({task_id for entry in entries for task_id, _ in entry.allocations})
+        mine = None if principal.admin else self._owned_by(principal.name, running)
+        for row, entry in zip(rows, entries, strict=True):
+            answer.workers.append(views.worker(entry, row, visible=mine, admin=principal.admin))
         return answer
+
+    def _owned_by(self, owner: str, task_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(task_ids), 500):
+            for row in self.store.tasks_by_ids(task_ids[start : start + 500]):
+                if row["owner"] == owner:
+                    found.add(row["id"])
+        return found
 
     @unary
     async def GetPoolStatus(
@@ -345,10 +377,15 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @unary
     async def DisableUser(
-        self, request: pb.UserRef, context: grpc.aio.ServicerContext[pb.UserRef, pb.User]
+        self,
+        request: pb.DisableUserRequest,
+        context: grpc.aio.ServicerContext[pb.DisableUserRequest, pb.User],
     ) -> pb.User:
         admin = auth.current_admin()
-        return accounts.disable_user(self.store, request.name, by=admin.name)
+        cancel_tasks = not request.keep_tasks
+        user = accounts.disable_user(self.store, request.name, by=admin.name, cancel_tasks=cancel_tasks)
+        await self.pool.revocations.user_disabled(request.name, cancel_tasks, by=admin.name)
+        return user
 
     @unary
     async def CreateJoinToken(
@@ -369,10 +406,17 @@ class NodePoolService(pb_grpc.NodePoolServicer):
 
     @unary
     async def RevokeJoinToken(
-        self, request: pb.JoinTokenRef, context: grpc.aio.ServicerContext[pb.JoinTokenRef, pb.JoinToken]
+        self,
+        request: pb.RevokeJoinTokenRequest,
+        context: grpc.aio.ServicerContext[pb.RevokeJoinTokenRequest, pb.JoinToken],
     ) -> pb.JoinToken:
-        auth.current_admin()
-        return accounts.revoke_join_token(self.store, request.id)
+        admin = auth.current_admin()
+        token = accounts.revoke_join_token(self.store, request.id)
+        log.info("join token %s revoked by %s", request.id, admin.name)
+        if request.workers:
+            for worker_id in accounts.revoke_workers_of(self.store, request.id):
+                await self.pool.revocations.worker_revoked(worker_id, admin.name)
+        return token
 
     @unary
     async def DrainWorker(
@@ -387,4 +431,15 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         self.store.update_worker(entry.worker_id, state=pb.WORKER_DRAINING)
         entry.send(pb.PoolMessage(drain=pb.Empty()))
         log.info("worker %s draining (asked by %s)", entry.name, auth.current().name)
-        return views.worker(entry, row["registered_at"])
+        return views.worker(entry, row)
+
+    @unary
+    async def RevokeWorker(
+        self, request: pb.WorkerRef, context: grpc.aio.ServicerContext[pb.WorkerRef, pb.Worker]
+    ) -> pb.Worker:
+        admin = auth.current_admin()
+        accounts.revoke_worker(self.store, request.worker_id)
+        entry = await self.pool.revocations.worker_revoked(request.worker_id, admin.name)
+        row = self.store.get_worker(request.worker_id)
+        assert row is not None
+        return views.worker(entry, row)

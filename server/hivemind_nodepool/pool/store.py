@@ -151,6 +151,16 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX tasks_unexplained ON tasks(queued_at, id) WHERE state = 1 AND pending_reason = '';
     """,
+    # Taking access away: when a worker was revoked (its credential stops working); a disabled
+    # user whose unfinished tasks the running pool still has to cancel (a `--data-dir` disable
+    # cannot reach the workers); where each failed sign-in came from (the per-source limit).
+    """
+    ALTER TABLE workers ADD COLUMN revoked_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX workers_by_join_token ON workers(join_token_id);
+    ALTER TABLE users ADD COLUMN cancel_pending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE login_failures ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    CREATE INDEX login_failures_by_source ON login_failures(source, at);
+    """,
 ]
 
 
@@ -343,13 +353,44 @@ class Store:
     def list_users(self) -> list[sqlite3.Row]:
         return self.all("SELECT * FROM users ORDER BY name")
 
-    def set_user_disabled(self, name: str, disabled: bool) -> None:
+    def set_user_disabled(self, name: str, disabled: bool, cancel_tasks: bool = False) -> None:
+        """Disable (or enable) an account; with cancel_tasks its unfinished tasks are marked for the
+        pool to cancel (`users_to_settle`), which it does at once or, from another process, within
+        its recheck interval."""
+
         def job(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
+            db.execute(
+                "UPDATE users SET disabled = ?, cancel_pending = ? WHERE name = ?",
+                (int(disabled), int(disabled and cancel_tasks), name),
+            )
             if disabled:  # a disabled user's tokens stop working at once
                 db.execute("UPDATE tokens SET revoked = 1 WHERE user = ?", (name,))
 
         self.write(job)
+
+    def users_to_settle(self) -> list[sqlite3.Row]:
+        """Disabled users whose unfinished tasks are still to be cancelled."""
+        return self.all("SELECT * FROM users WHERE disabled = 1 AND cancel_pending = 1")
+
+    async def settled_user(self, name: str) -> None:
+        await self.awrite(
+            lambda db: db.execute("UPDATE users SET cancel_pending = 0 WHERE name = ?", (name,))
+        )
+
+    def token_states(self, token_hashes: Collection[str]) -> dict[str, sqlite3.Row]:
+        """For the open streams' recheck: each token's row (with its user's admin and disabled)."""
+        found: dict[str, sqlite3.Row] = {}
+        hashes = list(token_hashes)
+        for start in range(0, len(hashes), 500):
+            part = hashes[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.all(
+                "SELECT t.hash, t.revoked, t.expires_at, u.admin, u.disabled FROM tokens t "  # noqa: S608
+                f"JOIN users u ON u.name = t.user WHERE t.hash IN ({marks})",
+                part,
+            ):
+                found[row["hash"]] = row
+        return found
 
     async def add_token(self, token_hash: str, user: str, expires_at: float) -> None:
         await self.awrite(
@@ -372,22 +413,25 @@ class Store:
 
     # -- failed sign-ins (so the login rate limit survives a restart) ---------------------------
 
-    async def record_login_failure(self, name: str, at: float, window: float) -> None:
+    async def record_login_failure(self, name: str, source: str, at: float, window: float) -> None:
         """Keep one failure; failures older than the window are dropped on the way (bounded table)."""
 
         def job(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM login_failures WHERE at < ?", (at - window,))
-            db.execute("INSERT INTO login_failures (name, at) VALUES (?, ?)", (name, at))
+            db.execute("INSERT INTO login_failures (name, source, at) VALUES (?, ?, ?)", (name, source, at))
 
         await self.awrite(job)
 
     def clear_login_failures(self, name: str) -> None:
+        """A sign-in succeeded: its name's failures no longer count; they still count for their
+        source, so one good account cannot reset a source's allowance."""
         self.write_nowait(
-            lambda db: db.execute("DELETE FROM login_failures WHERE name = ?", (name,)), "a sign-in"
+            lambda db: db.execute("UPDATE login_failures SET name = '' WHERE name = ?", (name,)),
+            "a sign-in",
         )
 
     def recent_login_failures(self, since: float) -> list[sqlite3.Row]:
-        return self.all("SELECT name, at FROM login_failures WHERE at >= ? ORDER BY at", (since,))
+        return self.all("SELECT name, source, at FROM login_failures WHERE at >= ? ORDER BY at", (since,))
 
     # -- join tokens ----------------------------------------------------------------------------
 
@@ -433,6 +477,23 @@ class Store:
 
     def list_workers(self) -> list[sqlite3.Row]:
         return self.all("SELECT * FROM workers ORDER BY registered_at")
+
+    def workers_of_join_token(self, join_token_id: str) -> list[sqlite3.Row]:
+        return self.all(
+            "SELECT * FROM workers WHERE join_token_id = ? ORDER BY registered_at", (join_token_id,)
+        )
+
+    def revoked_workers(self) -> list[sqlite3.Row]:
+        return self.all("SELECT * FROM workers WHERE revoked_at > 0")
+
+    def revoke_worker(self, worker_id: str) -> None:
+        """Its credential stops working at once; a revoked worker stays revoked."""
+        self.write(
+            lambda db: db.execute(
+                "UPDATE workers SET revoked_at = ?, state = ? WHERE id = ? AND revoked_at = 0",
+                (time.time(), pb.WORKER_REVOKED, worker_id),
+            )
+        )
 
     def update_worker(self, worker_id: str, **fields: Any) -> None:
         """Queue a change to a worker's row. The pool's live view (the Fleet) is the authority while
@@ -512,6 +573,14 @@ class Store:
             [*args, limit, offset],
         )
         return rows, int(total["n"]) if total else 0
+
+    def unfinished_tasks_of(self, owner: str) -> list[sqlite3.Row]:
+        terminal = ",".join(str(int(s)) for s in TERMINAL_STATES)
+        return self.all(
+            f"SELECT * FROM tasks WHERE owner = ? AND state NOT IN ({terminal}) "  # noqa: S608
+            "ORDER BY created_at",
+            (owner,),
+        )
 
     def tasks_in_states(self, states: Collection[int]) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(states))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 from hivemind_nodepool.pool.fleet import WorkerEntry
@@ -73,15 +74,23 @@ def _capacity(entry: WorkerEntry) -> pb.Resources:
     return capacity
 
 
-def worker(entry: WorkerEntry, registered_at: float) -> pb.Worker:
+def worker(
+    entry: WorkerEntry, row: sqlite3.Row, visible: Collection[str] | None = None, admin: bool = True
+) -> pb.Worker:
+    """The worker as `admin` (or a plain user) may see it: running_task_ids only those in visible
+    (None: all), running_count every task, the join token it registered with for admins only."""
+    running = sorted({task_id for task_id, _ in entry.allocations})
     return pb.Worker(
         id=entry.worker_id,
         name=entry.name,
-        state=entry.state,  # type: ignore[arg-type]
+        state=pb.WORKER_REVOKED if row["revoked_at"] else entry.state,  # type: ignore[arg-type]
         facts=entry.facts,
         capacity=_capacity(entry),
         allocated=entry.allocated.to_pb(),
-        running_task_ids=sorted({task_id for task_id, _ in entry.allocations}),
+        running_task_ids=[t for t in running if visible is None or t in visible],
+        running_count=len(running),
         last_heartbeat_at=entry.last_heartbeat_at,
-        registered_at=registered_at,
+        registered_at=row["registered_at"],
+        join_token_id=row["join_token_id"] if admin else "",
+        revoked_at=row["revoked_at"],
     )

@@ -71,6 +71,8 @@ class _WorkerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkerSta
     """disconnected cleanly"""
     WORKER_LOST: _WorkerState.ValueType  # 4
     """stopped heartbeating"""
+    WORKER_REVOKED: _WorkerState.ValueType  # 5
+    """an admin revoked its credential; it can no longer connect"""
 
 class WorkerState(_WorkerState, metaclass=_WorkerStateEnumTypeWrapper): ...
 
@@ -81,6 +83,8 @@ WORKER_OFFLINE: WorkerState.ValueType  # 3
 """disconnected cleanly"""
 WORKER_LOST: WorkerState.ValueType  # 4
 """stopped heartbeating"""
+WORKER_REVOKED: WorkerState.ValueType  # 5
+"""an admin revoked its credential; it can no longer connect"""
 Global___WorkerState: _TypeAlias = WorkerState  # noqa: Y015
 
 @_typing.final
@@ -624,6 +628,31 @@ class UserRef(_message.Message):
 Global___UserRef: _TypeAlias = UserRef  # noqa: Y015
 
 @_typing.final
+class DisableUserRequest(_message.Message):
+    """DisableUser's request. The account's tokens stop working and its open streams end at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEEP_TASKS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    keep_tasks: _builtins.bool
+    """leave its queued and running tasks alone (default: cancel them)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        keep_tasks: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_tasks", b"keep_tasks", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableUserRequest: _TypeAlias = DisableUserRequest  # noqa: Y015
+
+@_typing.final
 class ListUsersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -717,6 +746,29 @@ class JoinTokenRef(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JoinTokenRef: _TypeAlias = JoinTokenRef  # noqa: Y015
+
+@_typing.final
+class RevokeJoinTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    workers: _builtins.bool
+    """revoke the workers that joined with it too (advised after a leak)"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        workers: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeJoinTokenRequest: _TypeAlias = RevokeJoinTokenRequest  # noqa: Y015
 
 @_typing.final
 class ListJoinTokensResponse(_message.Message):
@@ -1061,11 +1113,20 @@ class Worker(_message.Message):
     RUNNING_TASK_IDS_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    RUNNING_COUNT_FIELD_NUMBER: _builtins.int
+    JOIN_TOKEN_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: Global___WorkerState.ValueType
     last_heartbeat_at: _builtins.float
     registered_at: _builtins.float
+    running_count: _builtins.int
+    """tasks it runs, everyone's"""
+    join_token_id: _builtins.str
+    """the join token it registered with (admins only)"""
+    revoked_at: _builtins.float
+    """when it was revoked; 0 when not"""
     @_builtins.property
     def facts(self) -> Global___MachineFacts: ...
     @_builtins.property
@@ -1073,7 +1134,9 @@ class Worker(_message.Message):
     @_builtins.property
     def allocated(self) -> Global___Resources: ...
     @_builtins.property
-    def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the caller's own tasks only (every task for admins)"""
+
     def __init__(
         self,
         *,
@@ -1086,10 +1149,13 @@ class Worker(_message.Message):
         running_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         last_heartbeat_at: _builtins.float = ...,
         registered_at: _builtins.float = ...,
+        running_count: _builtins.int = ...,
+        join_token_id: _builtins.str = ...,
+        revoked_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "facts", b"facts", "id", b"id", "last_heartbeat_at", b"last_heartbeat_at", "name", b"name", "registered_at", b"registered_at", "running_task_ids", b"running_task_ids", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "facts", b"facts", "id", b"id", "join_token_id", b"join_token_id", "last_heartbeat_at", b"last_heartbeat_at", "name", b"name", "registered_at", b"registered_at", "revoked_at", b"revoked_at", "running_count", b"running_count", "running_task_ids", b"running_task_ids", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -116,7 +116,7 @@ class NodePoolStub:
                 _registered_method=True)
         self.DisableUser = channel.unary_unary(
                 '/hivemind.nodepool.v1.NodePool/DisableUser',
-                request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.UserRef.SerializeToString,
+                request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.DisableUserRequest.SerializeToString,
                 response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.User.FromString,
                 _registered_method=True)
         self.CreateJoinToken = channel.unary_unary(
@@ -131,11 +131,16 @@ class NodePoolStub:
                 _registered_method=True)
         self.RevokeJoinToken = channel.unary_unary(
                 '/hivemind.nodepool.v1.NodePool/RevokeJoinToken',
-                request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.JoinTokenRef.SerializeToString,
+                request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.RevokeJoinTokenRequest.SerializeToString,
                 response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.JoinToken.FromString,
                 _registered_method=True)
         self.DrainWorker = channel.unary_unary(
                 '/hivemind.nodepool.v1.NodePool/DrainWorker',
+                request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
+                response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
+                _registered_method=True)
+        self.RevokeWorker = channel.unary_unary(
+                '/hivemind.nodepool.v1.NodePool/RevokeWorker',
                 request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
                 response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
                 _registered_method=True)
@@ -276,6 +281,14 @@ class NodePoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeWorker(self, request, context):
+        """The worker's credential stops working, its open streams end, and its running attempts are
+        requeued without spending a retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodePoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -356,7 +369,7 @@ def add_NodePoolServicer_to_server(servicer, server):
             ),
             'DisableUser': grpc.unary_unary_rpc_method_handler(
                     servicer.DisableUser,
-                    request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.UserRef.FromString,
+                    request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.DisableUserRequest.FromString,
                     response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.User.SerializeToString,
             ),
             'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
@@ -371,11 +384,16 @@ def add_NodePoolServicer_to_server(servicer, server):
             ),
             'RevokeJoinToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeJoinToken,
-                    request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.JoinTokenRef.FromString,
+                    request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.RevokeJoinTokenRequest.FromString,
                     response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.JoinToken.SerializeToString,
             ),
             'DrainWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainWorker,
+                    request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.FromString,
+                    response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.SerializeToString,
+            ),
+            'RevokeWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeWorker,
                     request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.FromString,
                     response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.SerializeToString,
             ),
@@ -815,7 +833,7 @@ class NodePool:
             request,
             target,
             '/hivemind.nodepool.v1.NodePool/DisableUser',
-            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.UserRef.SerializeToString,
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.DisableUserRequest.SerializeToString,
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.User.FromString,
             options,
             channel_credentials,
@@ -896,7 +914,7 @@ class NodePool:
             request,
             target,
             '/hivemind.nodepool.v1.NodePool/RevokeJoinToken',
-            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.JoinTokenRef.SerializeToString,
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.RevokeJoinTokenRequest.SerializeToString,
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.JoinToken.FromString,
             options,
             channel_credentials,
@@ -923,6 +941,33 @@ class NodePool:
             request,
             target,
             '/hivemind.nodepool.v1.NodePool/DrainWorker',
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.nodepool.v1.NodePool/RevokeWorker',
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
             options,

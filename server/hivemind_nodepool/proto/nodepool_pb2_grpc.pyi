@@ -67,11 +67,15 @@ class NodePoolStub:
     CreateUser: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.CreateUserRequest, _nodepool_pb2.User]
     """Admins only."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListUsersResponse]
-    DisableUser: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.UserRef, _nodepool_pb2.User]
+    DisableUser: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.DisableUserRequest, _nodepool_pb2.User]
     CreateJoinToken: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.CreateJoinTokenRequest, _nodepool_pb2.JoinToken]
     ListJoinTokens: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListJoinTokensResponse]
-    RevokeJoinToken: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.JoinTokenRef, _nodepool_pb2.JoinToken]
+    RevokeJoinToken: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.RevokeJoinTokenRequest, _nodepool_pb2.JoinToken]
     DrainWorker: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.WorkerRef, _nodepool_pb2.Worker]
+    RevokeWorker: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.WorkerRef, _nodepool_pb2.Worker]
+    """The worker's credential stops working, its open streams end, and its running attempts are
+    requeued without spending a retry.
+    """
 
 @_typing.type_check_only
 class NodePoolAsyncStub(NodePoolStub):
@@ -106,11 +110,15 @@ class NodePoolAsyncStub(NodePoolStub):
     CreateUser: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.CreateUserRequest, _nodepool_pb2.User]  # type: ignore[assignment]
     """Admins only."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListUsersResponse]  # type: ignore[assignment]
-    DisableUser: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.UserRef, _nodepool_pb2.User]  # type: ignore[assignment]
+    DisableUser: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.DisableUserRequest, _nodepool_pb2.User]  # type: ignore[assignment]
     CreateJoinToken: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.CreateJoinTokenRequest, _nodepool_pb2.JoinToken]  # type: ignore[assignment]
     ListJoinTokens: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.Empty, _nodepool_pb2.ListJoinTokensResponse]  # type: ignore[assignment]
-    RevokeJoinToken: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.JoinTokenRef, _nodepool_pb2.JoinToken]  # type: ignore[assignment]
+    RevokeJoinToken: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.RevokeJoinTokenRequest, _nodepool_pb2.JoinToken]  # type: ignore[assignment]
     DrainWorker: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.WorkerRef, _nodepool_pb2.Worker]  # type: ignore[assignment]
+    RevokeWorker: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.WorkerRef, _nodepool_pb2.Worker]  # type: ignore[assignment]
+    """The worker's credential stops working, its open streams end, and its running attempts are
+    requeued without spending a retry.
+    """
 
 class NodePoolServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -236,7 +244,7 @@ class NodePoolServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def DisableUser(
         self,
-        request: _nodepool_pb2.UserRef,
+        request: _nodepool_pb2.DisableUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_nodepool_pb2.User, _abc.Awaitable[_nodepool_pb2.User]]: ...
 
@@ -257,7 +265,7 @@ class NodePoolServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def RevokeJoinToken(
         self,
-        request: _nodepool_pb2.JoinTokenRef,
+        request: _nodepool_pb2.RevokeJoinTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_nodepool_pb2.JoinToken, _abc.Awaitable[_nodepool_pb2.JoinToken]]: ...
 
@@ -267,6 +275,16 @@ class NodePoolServicer(metaclass=_abc_1.ABCMeta):
         request: _nodepool_pb2.WorkerRef,
         context: _ServicerContext,
     ) -> _typing.Union[_nodepool_pb2.Worker, _abc.Awaitable[_nodepool_pb2.Worker]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeWorker(
+        self,
+        request: _nodepool_pb2.WorkerRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nodepool_pb2.Worker, _abc.Awaitable[_nodepool_pb2.Worker]]:
+        """The worker's credential stops working, its open streams end, and its running attempts are
+        requeued without spending a retry.
+        """
 
 def add_NodePoolServicer_to_server(servicer: NodePoolServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
