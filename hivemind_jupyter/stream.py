@@ -27,6 +27,7 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import (
     Cancelled,
     HiveMindError,
+    PermissionDenied,
     PoolUnavailable,
     Unauthenticated,
     http_status,
@@ -48,10 +49,14 @@ CREDENTIAL_CHECK = 2.0  # seconds between local reads of the credential file
 MAX_BUFFERED_EVENTS = 20_000
 MAX_SUBSCRIPTIONS = 200
 MAX_MESSAGE_BYTES = 64 * 1024
+REFUSED_CLOSE_CODE = 4401  # the pool refused the sign-in (revoked, expired, disabled account)
 
 
 class Socket(Protocol):
     def send(self, message: dict[str, Any]) -> None: ...
+
+    def drop(self, code: int, reason: str) -> None:
+        """Close the socket from the server's side."""
 
 
 def _change_key(task: pb.Task) -> tuple[Any, ...]:
@@ -297,6 +302,11 @@ class TaskFeed:
 
     # -- the shared pool stream -----------------------------------------------------------------
 
+    def credential_changing(self) -> None:
+        """About to sign out or in here: stop the stream first, so the pool refusing the old
+        token is not taken for a revocation (which closes the sockets)."""
+        self._drop_follower()
+
     def credential_changed(self) -> None:
         """Signed in or out here (the session handler): follow the new credential now."""
         if self.sockets:
@@ -379,12 +389,23 @@ class TaskFeed:
         if follower is not self._follower:
             return
         self._follower = None
-        if isinstance(error, Unauthenticated):
-            log.info("the task feed was refused (%s); waiting for a new sign-in", error)
-            self._set_signed_in(False)
-            return  # the credential check starts again once the credential changes
+        if isinstance(error, (Unauthenticated, PermissionDenied)):
+            log.info("the task feed was refused (%s); closing the sockets until a new sign-in", error)
+            self._drop_sockets(str(error))
+            return
         log.info("the task feed ended (%s); trying again in %.0f s", error, RETRY_DELAY)
         self._retry = asyncio.get_running_loop().call_later(RETRY_DELAY, self._restart)
+
+    def _drop_sockets(self, reason: str) -> None:
+        """The pool refused the sign-in (revoked, expired, the account disabled): every socket
+        is told and closed at once, so none goes on showing the user's tasks or events."""
+        self._signed_in = False
+        sockets = list(self.sockets)
+        for socket in sockets:
+            socket.send({"type": "session", "signed_in": False, "reason": reason})
+        for socket in sockets:
+            self.remove(socket)
+            socket.drop(REFUSED_CLOSE_CODE, "the pool refused the sign-in")
 
     def _set_signed_in(self, signed_in: bool) -> None:
         if signed_in != self._signed_in:
@@ -489,6 +510,9 @@ class StreamHandler(JupyterHandler, websocket.WebSocketHandler):
             self.write_message(json.dumps(message))
         except websocket.WebSocketClosedError:
             self.feed.remove(self)
+
+    def drop(self, code: int, reason: str) -> None:
+        self.close(code, reason)
 
     def _error(self, message: str, status: int = 400) -> None:
         self.send({"type": "error", "error": message, "status": status})

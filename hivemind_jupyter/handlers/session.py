@@ -63,6 +63,7 @@ class SessionHandler(HiveMindHandler):
     @web.authenticated
     @authorized
     async def delete(self) -> None:
+        self.settings["hivemind_feed"].credential_changing()
         try:
             await self.blocking(self.connector.sign_out)
         except HiveMindError as exc:  # signing out locally cannot fail on the pool's account

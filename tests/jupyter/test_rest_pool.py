@@ -297,3 +297,29 @@ def test_stream_survives_a_pool_restart_and_follows_sign_out(
     message = _next_message(run, socket, lambda m: m["type"] == "session")
     assert message == {"type": "session", "signed_in": False}
     socket.close()
+
+
+def test_stream_sockets_are_dropped_when_the_pool_refuses_the_sign_in(
+    api, signed_in, jp_ws_fetch, jp_asyncio_loop, jp_serverapp
+):
+    """An admin disables the user: every socket is told and closed, none goes on being fed."""
+    run = jp_asyncio_loop.run_until_complete
+    sockets = [run(jp_ws_fetch("hivemind", "api", "stream")) for _ in range(2)]
+    feed = jp_serverapp.web_app.settings["hivemind_feed"]
+    deadline = time.monotonic() + 30
+    while feed.resyncs < 1 and time.monotonic() < deadline:
+        _run_loop_for(run, 0.1)
+    assert feed.resyncs == 1 and len(feed.sockets) == 2
+    with signed_in.admin() as admin:
+        admin.disable_user(USER)
+    for socket in sockets:
+        seen = []
+        while True:  # the session message, then the close (read_message answers None)
+            raw = run(socket.read_message())
+            if raw is None:
+                break
+            seen.append(json.loads(raw))
+        assert seen[-1]["type"] == "session" and seen[-1]["signed_in"] is False
+        assert "disabled" in seen[-1]["reason"]
+        assert socket.close_code == 4401
+    assert not feed.sockets and not feed.watchers
