@@ -5,9 +5,10 @@ pool's housekeeping for good."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from hivemind_nodepool.pool.aio import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,7 @@ async def repeat(
         if wake is None:
             await asyncio.sleep(interval)
         else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=interval)
+            if await wait_event(wake, interval):  # not asyncio.wait_for: it can lose a cancel
                 await asyncio.sleep(settle)
             wake.clear()
         try:

@@ -93,7 +93,8 @@ async def create_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     pool.health = health_servicer
     pool.tasks = [
-        asyncio.create_task(loop()) for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run)
+        asyncio.create_task(loop(), name=loop.__qualname__)
+        for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run)
     ]
     return server, bound, pool
 
@@ -102,6 +103,25 @@ def write_pool_file(data_dir: Path, address: str, metrics: str | None) -> Path:
     """Atomically: readers see either no file or a whole one."""
     payload = json.dumps({"address": address, "pid": os.getpid(), "metrics": metrics})
     return atomic_write(data_dir / POOL_FILE, payload, mode=0o644)
+
+
+async def stop_loops(tasks: list[asyncio.Task[None]], patience: float = 2.0, rounds: int = 5) -> None:
+    """Cancel the background loops and wait for them to end. One that outlives its cancel (a
+    swallowed CancelledError: see pool/aio.py) is named in the log and cancelled again, a few
+    rounds, rather than awaited for ever."""
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=patience)
+        for task in pending:
+            log.error("background loop %s did not stop when cancelled; cancelling again", task.get_name())
+            task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("the background loop %s ended with %r", task.get_name(), task.exception())
 
 
 # The store's writer thread and the blob threads wake from fsync needing the GIL back; with the
@@ -143,9 +163,7 @@ async def serve(settings: PoolSettings) -> None:
     pool.notifier.notify_all()
     pool.feed.close("the pool is shutting down; reconnect in a moment")
     await server.stop(settings.shutdown_grace)
-    for task in pool.tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_loops(pool.tasks)
     pool.close()
     with contextlib.suppress(FileNotFoundError):
         current = json.loads((settings.data_dir / POOL_FILE).read_text())
