@@ -349,6 +349,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             if len(event.text) > MAX_TEXT or len(event.data_json) > MAX_DATA_JSON:
                 raise InvalidInput("an event is too large; split long output")
         self.book.check_attempt(worker.name, request.task_id, request.attempt)  # fail fast when stale
+        self.pool.disk.require_space()  # live events wait in the worker while the disk is full
         acked = await self.book.record_events(
             worker.name, request.task_id, request.attempt, list(request.events)
         )

@@ -94,7 +94,7 @@ async def create_server(
     pool.health = health_servicer
     pool.tasks = [
         asyncio.create_task(loop(), name=loop.__qualname__)
-        for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run)
+        for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run, pool.disk.run)
     ]
     return server, bound, pool
 

@@ -319,6 +319,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
             status.tasks_by_state[pb.TaskState.Name(state)] = count  # type: ignore[arg-type]
         status.capacity.CopyFrom(capacity.to_pb())
         status.allocated.CopyFrom(allocated.to_pb())
+        status.disk_full, status.disk_free_bytes = self.pool.disk.full, self.pool.disk.free
         return status
 
     # -- admin ----------------------------------------------------------------------------------
