@@ -34,6 +34,7 @@ from hivemind_nodepool.protocol.errors import (
     PoolUnavailable,
     Unauthenticated,
 )
+from hivemind_nodepool.protocol.private import private_umask
 
 from . import facts as machine
 from . import identity as identity_file
@@ -174,6 +175,9 @@ class Daemon:
         s = self.settings
         if not s.pool:
             raise InvalidInput("no pool address: pass --pool HOST:PORT (or set pool in the config file)")
+        # Task folders and results are their user's alone: nothing the worker writes is for other
+        # accounts. A container's user still reaches its own bind-mounted folders (prepare_dirs).
+        private_umask()
         identity_file.prepare_state_dir(self.state_dir)
         self._set_task_disk()
         self._install_signals()

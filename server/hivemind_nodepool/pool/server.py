@@ -27,6 +27,7 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.files import atomic_write
+from hivemind_nodepool.protocol.private import make_private, private_umask
 from hivemind_nodepool.protocol.wire import (
     MAX_MESSAGE_BYTES,
     check_plaintext_allowed,
@@ -102,7 +103,7 @@ async def create_server(
 def write_pool_file(data_dir: Path, address: str, metrics: str | None) -> Path:
     """Atomically: readers see either no file or a whole one."""
     payload = json.dumps({"address": address, "pid": os.getpid(), "metrics": metrics})
-    return atomic_write(data_dir / POOL_FILE, payload, mode=0o644)
+    return atomic_write(data_dir / POOL_FILE, payload)  # 0600, in the private data folder
 
 
 async def stop_loops(tasks: list[asyncio.Task[None]], patience: float = 2.0, rounds: int = 5) -> None:
@@ -132,6 +133,9 @@ SHUTDOWN_MARGIN = 10.0  # seconds after the grace period before a hung shutdown 
 
 async def serve(settings: PoolSettings) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    # Users' bundles and results are theirs alone: nothing the pool writes is for other accounts.
+    private_umask()
+    make_private(settings.data_dir, "the pool's data folder")
     pool = Pool(settings)
     metrics_address = pool.metrics.serve(settings.metrics_listen) if settings.metrics_listen else None
     server, port, _ = await create_server(settings, pool)
