@@ -78,7 +78,7 @@ class PoolSettings:
         "events are refused (the pool's disk is full) until space is freed",
     )
     disk_reserve: int = setting(
-        16 * 1024**2,
+        8 * 1024**2,
         kind=SIZE,
         help="space the pool holds in `disk-reserve` and gives up when the disk fills, so cancels "
         "and state changes still work; 0: none",

@@ -22,7 +22,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 from hivemind_nodepool.protocol.errors import DiskFull
@@ -49,8 +48,11 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def free_bytes(path: Path) -> int:
-    """Bytes an unprivileged writer may still use on the filesystem that holds `path`."""
+    """Bytes an unprivileged writer may still use on the filesystem that holds `path`; 0 when no
+    file can be created there any more (out of inodes; filesystems without a count never are)."""
     info = os.statvfs(path)
+    if info.f_files > 0 and info.f_favail == 0:
+        return 0
     return info.f_bavail * info.f_frsize
 
 
@@ -63,9 +65,7 @@ class DiskGuard:
         self.reserve_size = max(0, reserve_size)
         self.reserve = data_dir / RESERVE_NAME
         self.full = False
-        self.since = 0.0  # time.time() when it filled
-        self.free = 0
-        self.refused = 0  # requests refused for lack of space since start
+        self.free = 0  # bytes free at the last look
         self._lock = threading.Lock()
         self._look()
         if not self.full and not self._take_reserve():
@@ -102,13 +102,11 @@ class DiskGuard:
         if not self.full:
             self._look()
         if self.full:
-            self.refused += 1
             raise DiskFull(MESSAGE)
 
     def hit(self, exc: BaseException) -> DiskFull:
         """A write failed for lack of space: full now. Returns the error to raise in its place."""
         self._fill(f"a write failed: {exc}")
-        self.refused += 1
         return DiskFull(MESSAGE)
 
     # -- the full state and the reserve ---------------------------------------------------------
@@ -118,7 +116,6 @@ class DiskGuard:
             if self.full:
                 return
             self.full = True
-            self.since = time.time()
         released = self._give_reserve()
         log.error(
             "the pool's disk is full (%s): new tasks, results and live events are refused until "
