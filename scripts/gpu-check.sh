@@ -21,8 +21,8 @@ address=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['addre
 echo "gpu-check-password" | hivemind-nodepool user add gpucheck --password-stdin --data-dir "$work/pool"
 echo "gpu-check-password" | hivemind login --pool "$address" --user gpucheck --password-stdin
 token=$(hivemind-nodepool join-token create --data-dir "$work/pool" | head -n 1)
-hivemind-worker run --pool "$address" --join-token "$token" --executor local \
-  --state-dir "$work/worker" >"$work/worker.log" 2>&1 &
+hivemind-worker run --pool "$address" --join-token-file - --executor local \
+  --state-dir "$work/worker" >"$work/worker.log" 2>&1 <<<"$token" &
 pids+=($!)
 sleep 3
 hivemind workers

@@ -254,6 +254,7 @@ def test_hivemind_up_stops_its_pool_and_worker_on_sigterm(tmp_path: Path) -> Non
         children = psutil.Process(up.pid).children(recursive=True)
         commands = [" ".join(child.cmdline()) for child in children]
         assert any(" serve " in c for c in commands) and any(" run " in c for c in commands), commands
+        assert not any("hmj_" in c for c in commands), f"a join token shows in ps: {commands}"
         up.send_signal(signal.SIGTERM)  # only `up` itself, as `kill PID` or a service manager does
         assert up.wait(timeout=90) == 128 + signal.SIGTERM, log_path.read_text(errors="replace")[-3000:]
         alive = [_describe(c) for c in processes.wait_gone(children, timeout=1)]

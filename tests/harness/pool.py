@@ -68,6 +68,8 @@ class PoolProcess:
             str(self.heartbeat_interval),
             "--heartbeat-timeout",
             str(self.heartbeat_timeout),
+            "--disk-reserve",  # hundreds of test pools: 1 MiB each, not the default (extra_args win)
+            "1M",
             *self.extra_args,
         ]
 

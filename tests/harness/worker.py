@@ -32,6 +32,7 @@ class WorkerProcess:
         name: str = "test-worker",
         env: dict[str, str] | None = None,
         join_token: str | None = None,
+        join_token_via: str = "env",
     ) -> None:
         self.pool = pool
         self.executor = executor
@@ -41,6 +42,10 @@ class WorkerProcess:
         self.name = name
         self.env = env
         self.join_token = join_token
+        # How the token reaches the worker: "env" (HIVEMIND_WORKER_JOIN_TOKEN), "file"
+        # (--join-token-file), "stdin" (--join-token-file -) or "flag" (--join-token, visible in ps).
+        self.join_token_via = join_token_via
+        self._token = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}.log"
         self.worker_id = ""
@@ -53,7 +58,14 @@ class WorkerProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        token = self.join_token or self.pool.join_token()
+        token = self._token = self.join_token or self.pool.join_token()
+        passing = {"flag": ["--join-token", token], "stdin": ["--join-token-file", "-"], "env": []}
+        if self.join_token_via == "file":
+            path = self.state_dir.parent / f"{self.state_dir.name}.join-token"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token + "\n")
+            passing["file"] = ["--join-token-file", str(path)]
         command = [
             sys.executable,
             "-m",
@@ -62,8 +74,7 @@ class WorkerProcess:
             "run",
             "--pool",
             self.pool.address,
-            "--join-token",
-            token,
+            *passing[self.join_token_via],
             "--executor",
             self.executor,
             "--state-dir",
@@ -82,9 +93,16 @@ class WorkerProcess:
         self._closed = False
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
+        command = self.command()
+        if self.join_token_via == "env":
+            env["HIVEMIND_WORKER_JOIN_TOKEN"] = self._token
         env.update(self.env or {})
+        stdin = subprocess.PIPE if self.join_token_via == "stdin" else subprocess.DEVNULL
         with open(self.log_path, "ab") as log:
-            self.proc = processes.start(self.command(), log, env)
+            self.proc = processes.start(command, log, env, stdin=stdin)
+        if self.proc.stdin is not None:
+            with self.proc.stdin:
+                self.proc.stdin.write(self._token.encode() + b"\n")
         try:
             self.wait_online(timeout)
         except BaseException:

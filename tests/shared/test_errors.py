@@ -83,6 +83,7 @@ def test_http_codes() -> None:
         "AlreadyExists": 409,
         "Conflict": 409,
         "TooLarge": 413,
+        "DiskFull": 507,
         "RateLimited": 429,
         "PoolUnavailable": 502,
         "DeadlineExceeded": 504,

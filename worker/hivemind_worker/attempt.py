@@ -26,7 +26,14 @@ from typing import Any
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import BundleLimits, safe_extract
-from hivemind_nodepool.protocol.errors import BundleError, Conflict, HiveMindError, NotFound, PoolUnavailable
+from hivemind_nodepool.protocol.errors import (
+    BundleError,
+    Conflict,
+    DiskFull,
+    HiveMindError,
+    NotFound,
+    PoolUnavailable,
+)
 
 from .bundles import BundleCache
 from .disk import AUTO, DiskExceeded, DiskWatch, TaskDisk, exceeded_message, human, is_space_error
@@ -38,6 +45,7 @@ from .results import DEFAULT_OUTPUTS, build_result, read_regular
 log = logging.getLogger(__name__)
 
 UPLOAD_RETRY_FOR = 600.0
+DISK_FULL_BACKOFF = 30.0  # the longest wait between uploads while the pool's disk is full
 PROGRESS_REPORT_INTERVAL = 1.0
 CANCEL = "cancel"
 REQUEUE = "requeue"
@@ -213,7 +221,7 @@ class Attempt:
                 if header.error and header.outcome == pb.FAILED and not header.traceback:
                     self.events.add(pb.TaskEvent.NOTICE, text=header.error)
                 header.metrics.wall_seconds = time.monotonic() - self.started_at
-                self.events.close(timeout=30)
+                self.events.close(timeout=30, wait_for_room=True)  # the result goes after them
                 self.outcome = header
                 self._upload(header, result_path)
             else:
@@ -394,7 +402,8 @@ class Attempt:
         }.get(outcome.status, outcome.error or outcome.status.value)
 
     def _upload(self, header: pb.ResultHeader, result: Path | None) -> None:
-        """Send the outcome, retrying while the pool is away; a refusal means it is not ours now."""
+        """Send the outcome, retrying while the pool is away or its disk is full; a refusal means
+        it is not ours now."""
         deadline = time.monotonic() + UPLOAD_RETRY_FOR
         backoff = 0.5
         while True:
@@ -410,6 +419,15 @@ class Attempt:
             except (Conflict, NotFound) as exc:
                 log.warning("the pool refused the outcome of %s: %s", self.name, exc)
                 return
+            except DiskFull as exc:
+                # Not a refusal: the pool takes it once it has room again. Hold the result (its
+                # folder stays) for as long as that takes, asking less often, without a deadline.
+                log.warning(
+                    "cannot upload %s yet (%s); holding it, retrying in %.1fs", self.name, exc, backoff
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, DISK_FULL_BACKOFF)
+                continue
             except PoolUnavailable as exc:
                 if time.monotonic() > deadline:
                     log.error("giving up on uploading %s: %s", self.name, exc)

@@ -1,6 +1,7 @@
 """`hivemind-worker`: run a worker, build the runtime image, check a machine.
 
-hivemind-worker run --pool HOST:PORT --join-token T [--executor docker|local] ...
+hivemind-worker run --pool HOST:PORT --join-token-file FILE|- [--executor docker|local] ...
+    (or HIVEMIND_WORKER_JOIN_TOKEN=T; --join-token T works too, but shows the token in `ps`)
 hivemind-worker image build [--bootstrap] [--network host] [--ca-bundle FILE] [--if-missing]
 hivemind-worker doctor [--pool HOST:PORT]
 """
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from hivemind_nodepool.protocol import commandline
+from hivemind_nodepool.protocol.errors import InvalidInput
 
 from .settings import SCHEMA, WorkerSettings, load_settings
 
@@ -20,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def _settings_from(args: argparse.Namespace) -> WorkerSettings:
+    if getattr(args, "join_token", None) is not None:
+        log.warning("%s", FLAG_WARNING)
     return load_settings(args.config, SCHEMA.flag_values(args))
 
 
@@ -28,10 +34,50 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     SCHEMA.add_flags(parser.add_argument_group("settings"))
 
 
+TOKEN_ENV = SCHEMA.settings["join_token"].env
+FLAG_WARNING = (
+    "--join-token on the command line is visible to every local user (ps, /proc/PID/cmdline): "
+    "pass the token with --join-token-file FILE, --join-token-file - (standard input) or the "
+    f"{TOKEN_ENV} environment variable instead"
+)
+
+
+def read_join_token(settings: WorkerSettings, stdin: TextIO) -> str:
+    """The join token: from --join-token-file (`-`: standard input) when given, else the setting
+    (environment, config file or flag). Giving both ways is an error: which one counts is unclear."""
+    source = settings.join_token_file
+    if source is None:
+        return settings.join_token
+    if settings.join_token:
+        raise InvalidInput(
+            "the join token came twice: give --join-token-file or the join token itself, not both"
+        )
+    if str(source) == "-":
+        text, where = stdin.readline(), "standard input"
+    else:
+        where = str(source)
+        try:
+            text = source.read_text()
+            if source.stat().st_mode & 0o077:
+                log.warning(
+                    "the join token file %s is readable by other local accounts: chmod 600 it", source
+                )
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the join token file {source}: {exc.strerror}") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise InvalidInput(f"no join token in {where}")
+    return token
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import run_daemon
 
-    return run_daemon(_settings_from(args))
+    settings = _settings_from(args)
+    settings.join_token = read_join_token(settings, sys.stdin)
+    for name in (TOKEN_ENV, SCHEMA.settings["join_token"].legacy_env):
+        os.environ.pop(name, None)  # read once; nothing the worker starts inherits it
+    return run_daemon(settings)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

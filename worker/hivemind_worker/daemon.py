@@ -34,6 +34,7 @@ from hivemind_nodepool.protocol.errors import (
     PoolUnavailable,
     Unauthenticated,
 )
+from hivemind_nodepool.protocol.private import private_umask
 
 from . import facts as machine
 from . import identity as identity_file
@@ -42,11 +43,12 @@ from .bundles import BundleCache
 from .disk import MOUNT, can_mount, default_task_disk, human, release_leftovers
 from .errors import WorkerError
 from .executors.base import Executor
-from .settings import WorkerSettings
+from .settings import SCHEMA, WorkerSettings
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
+PASS_TOKEN = SCHEMA.settings["join_token"].env  # the variable that keeps a join token out of `ps`
 
 
 class Daemon:
@@ -136,7 +138,8 @@ class Daemon:
             return
         if not s.join_token:
             raise Unauthenticated(
-                f"this worker has not joined {s.pool} yet: pass --join-token "
+                f"this worker has not joined {s.pool} yet: give it a join token with "
+                f"--join-token-file FILE (or - for standard input) or {PASS_TOKEN} "
                 "(an admin creates one with `hivemind-nodepool join-token create`)"
             )
         try:
@@ -148,8 +151,8 @@ class Daemon:
         except Unauthenticated as exc:
             raise Unauthenticated(
                 f"the pool refused the join token ({exc}): ask the admin for a new "
-                "one (`hivemind-nodepool join-token create`) and pass it with "
-                "--join-token"
+                f"one (`hivemind-nodepool join-token create`) and pass it with --join-token-file "
+                f"or {PASS_TOKEN}"
             ) from None
         self.worker_id = answer.worker_id
         saved = identity_file.Identity(answer.worker_id, answer.credential, s.pool)
@@ -174,6 +177,9 @@ class Daemon:
         s = self.settings
         if not s.pool:
             raise InvalidInput("no pool address: pass --pool HOST:PORT (or set pool in the config file)")
+        # Task folders and results are their user's alone: nothing the worker writes is for other
+        # accounts. A container's user still reaches its own bind-mounted folders (prepare_dirs).
+        private_umask()
         identity_file.prepare_state_dir(self.state_dir)
         self._set_task_disk()
         self._install_signals()
@@ -209,7 +215,8 @@ class Daemon:
             except Unauthenticated as exc:
                 if not self.settings.join_token:
                     raise Unauthenticated(
-                        f"the pool refused this worker's credential ({exc}); join again with --join-token"
+                        f"the pool refused this worker's credential ({exc}); join again with a join "
+                        f"token (--join-token-file or {PASS_TOKEN})"
                     ) from None
                 log.warning("the pool refused this worker's credential (%s); joining again", exc)
                 identity_file.forget(self.state_dir)

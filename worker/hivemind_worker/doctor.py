@@ -116,7 +116,7 @@ def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> N
         return
     if saved is not None:
         say(OK, "identity", f"joined as {saved.worker_id} (state dir {settings.state_dir})")
-    elif settings.join_token:
+    elif settings.join_token or settings.join_token_file:
         say(
             OK,
             "identity",
@@ -128,8 +128,8 @@ def _checks(settings: WorkerSettings, say: Callable[[str, str, str], None]) -> N
         say(
             FAIL,
             "identity",
-            "not joined yet and no --join-token: ask the admin for one "
-            "(`hivemind-nodepool join-token create`)",
+            "not joined yet and no join token (--join-token-file, or HIVEMIND_WORKER_JOIN_TOKEN): "
+            "ask the admin for one (`hivemind-nodepool join-token create`)",
         )
 
 

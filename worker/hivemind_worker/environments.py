@@ -144,7 +144,7 @@ class EnvironmentCache(ABC):
             return {}
 
     def _save_index(self, index: dict[str, dict[str, Any]]) -> None:
-        atomic_write(self._index_path(), json.dumps(index, indent=1), mode=0o644)
+        atomic_write(self._index_path(), json.dumps(index, indent=1))  # 0600: the state folder is private
 
     def _record(self, key: str, ref: str, size: int | None) -> None:
         with self._guard, self._file_lock("index"):

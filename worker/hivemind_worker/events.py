@@ -3,7 +3,7 @@
 Events are numbered when a batch is cut, so consecutive output text merges into one event; a batch
 sent again after a lost answer carries the same numbers, and the pool stores each number once. The
 live output of a task is capped: past the cap one NOTICE says so and further output is dropped
-(the executed notebook still holds all of it).
+(the executed notebook still holds all of it). While the pool's disk is full, events wait here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, NotFound, PoolUnavailable
+from hivemind_nodepool.protocol.errors import Conflict, DiskFull, HiveMindError, NotFound, PoolUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ MAX_BATCH_EVENTS = 500
 MAX_TEXT_CHARS = 200_000  # one text event; the pool takes up to 256 KiB
 MAX_DATA_BYTES = 2 * 1024 * 1024  # one display output; a bigger one is replaced by a notice
 MERGE_LIMIT = 64 * 1024  # consecutive text of one stream merges up to this size
+HELD_BACKOFF = 30.0  # the longest wait between tries while the pool's disk is full
 _TEXT_KINDS = (pb.TaskEvent.STDOUT, pb.TaskEvent.STDERR)
 
 
@@ -59,6 +60,7 @@ class EventStream:
         self.dropped_bytes = 0
         self.truncated = False
         self.fenced = False
+        self.held = False  # the pool's disk is full: events wait, without a deadline
         self._closing = False
         self._abandoned = False
         self._thread = threading.Thread(target=self._loop, name=f"events-{task_id}-{attempt}", daemon=True)
@@ -189,6 +191,20 @@ class EventStream:
                 if self.on_fenced:
                     self.on_fenced(str(exc))
                 return
+            except DiskFull as exc:
+                # The pool takes them once its disk has room: hold them (and the result, which
+                # waits behind them in close) for as long as that takes, asking less often.
+                with self._lock:
+                    self.held = True
+                log.warning(
+                    "events of %s wait for room on the pool (%s); retrying in %.1fs",
+                    self.task_id,
+                    exc,
+                    backoff,
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, HELD_BACKOFF)
+                continue
             except HiveMindError as exc:
                 level = logging.DEBUG if isinstance(exc, PoolUnavailable) else logging.WARNING
                 log.log(
@@ -198,25 +214,28 @@ class EventStream:
                 backoff = min(backoff * 2, 5.0)
                 continue
             with self._lock:
+                self.held = False
                 self.acked = max(self.acked, acked)
                 self._unacked = [e for e in self._unacked if e.seq > self.acked]
                 self._lock.notify_all()
             time.sleep(BATCH_INTERVAL)  # let output gather into the next batch
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until everything added so far is acknowledged; False on timeout or fencing."""
+    def flush(self, timeout: float, wait_for_room: bool = False) -> bool:
+        """Wait until everything added so far is acknowledged; False on timeout or fencing. With
+        wait_for_room the timeout does not run out while the pool's disk is full."""
         deadline = time.monotonic() + timeout
         with self._lock:
             self._lock.notify_all()
             while (self._pending or self._unacked) and not self.fenced:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
+                if (left <= 0 and not (wait_for_room and self.held)) or not self._thread.is_alive():
                     return False
-                self._lock.wait(min(left, 0.2))
+                self._lock.wait(0.2 if left <= 0 else min(left, 0.2))
             return not self.fenced
 
-    def close(self, timeout: float = 30.0) -> bool:
-        """Deliver what is left (up to timeout), then stop the sender."""
+    def close(self, timeout: float = 30.0, wait_for_room: bool = False) -> bool:
+        """Deliver what is left (up to timeout, longer with wait_for_room while the pool's disk is
+        full), then stop the sender."""
         with self._lock:
             if self.truncated and self.dropped_bytes:
                 self._pending.append(
@@ -227,7 +246,7 @@ class EventStream:
                         text=f"{self.dropped_bytes / 1024**2:.1f} MiB of output was not streamed",
                     )
                 )
-        delivered = self.flush(timeout)
+        delivered = self.flush(timeout, wait_for_room)
         with self._lock:
             self._closing = True
             self._abandoned = not delivered  # the sender gives up on what is left

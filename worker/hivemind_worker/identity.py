@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hivemind_nodepool.protocol.files import atomic_write
+from hivemind_nodepool.protocol.private import make_private
 
 from .errors import WorkerError
 
@@ -27,13 +28,13 @@ class Identity:
 
 
 def prepare_state_dir(path: Path) -> Path:
-    """Create the state dir (0700) and refuse one that others can write or read."""
+    """Create the state dir (0700), refuse one of another user, and make one that others could
+    read private again (said in the log): it holds the credential, bundles and task folders."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = path.stat()
     if info.st_uid != os.geteuid():
         raise WorkerError(f"the state dir {path} belongs to another user")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    make_private(path, "the worker's state folder")
     return path
 
 

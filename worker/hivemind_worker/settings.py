@@ -55,7 +55,17 @@ LABELS = Kind("labels", "K=V,...", _read_labels, _show_labels)
 @dataclass
 class WorkerSettings:
     pool: str = setting("", metavar="HOST:PORT", help="the pool's address")
-    join_token: str = setting("", metavar="TOKEN", help="the admin's join token; only for the first join")
+    join_token: str = setting(
+        "",
+        metavar="TOKEN",
+        help="the admin's join token, needed for the first join only. AVOID THE FLAG: every local "
+        "user sees it in `ps`; set HIVEMIND_WORKER_JOIN_TOKEN or use --join-token-file",
+    )
+    join_token_file: Path | None = setting(
+        None,
+        kind=PATH,
+        help="read the join token from this file (keep it 0600), or from standard input with `-`",
+    )
     name: str = setting("", metavar="NAME", help="the name shown in the pool", shown_default="the hostname")
     executor: str = setting(
         "docker",

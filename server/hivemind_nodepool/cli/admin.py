@@ -186,6 +186,7 @@ class Local:
                 f"no pool data in {data_dir} (start `hivemind-nodepool serve --data-dir "
                 f"{data_dir}` once, or pass the right --data-dir)"
             )
+        self.data_dir = data_dir
         self.store = Store(data_dir)
         self.accounts = accounts
 
@@ -235,7 +236,21 @@ class Local:
             for r in self.store.list_workers()
         ]
         tasks = {pb.TaskState.Name(s): n for s, n in self.store.count_by_state().items()}  # type: ignore[arg-type]
-        return {"workers": workers, "tasks_by_state": tasks, "source": str(self.store.path)}
+        from hivemind_nodepool.pool.disk import free_bytes
+
+        # Read from the files, not the server: full by the pool's rule with its default (or
+        # HIVEMIND_POOL_DISK_MIN_FREE) minimum; `--pool` asks the running pool itself.
+        free = free_bytes(self.data_dir)
+        min_free = SCHEMA.from_environment("disk_min_free")
+        if min_free is None:
+            min_free = SCHEMA.settings["disk_min_free"].default
+        return {
+            "workers": workers,
+            "tasks_by_state": tasks,
+            "disk_full": free < min_free,
+            "disk_free_bytes": free,
+            "source": str(self.store.path),
+        }
 
 
 class Remote:
@@ -307,6 +322,8 @@ class Remote:
         return {
             "workers": workers,
             "tasks_by_state": dict(status.tasks_by_state),
+            "disk_full": status.disk_full,
+            "disk_free_bytes": status.disk_free_bytes,
             "version": status.version,
             "source": args_pool(self.client.address),
         }
@@ -520,6 +537,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"HiveMind pool ({report['source']})")
+    if report["disk_full"]:
+        print(
+            "DEGRADED: the pool's disk is full: new tasks, results and live events are refused "
+            "until space is freed (reads, watches and cancels still work)"
+        )
+    print(f"disk: {format_size(report['disk_free_bytes'])} free")
     workers = report["workers"]
     print(f"workers: {sum(1 for w in workers if w['state'] == 'WORKER_ONLINE')} online of {len(workers)}")
     for w in workers:

@@ -251,26 +251,29 @@ def _run_up(args: argparse.Namespace) -> int:
         _say(f"to sign in again as {name}, use the password in {data_dir / 'local-admin.json'}")
         token = client.create_join_token(ttl_seconds=3600).token
         _say(f"starting a worker with the {executor} executor")
-        started.append(
-            subprocess.Popen(
-                [
-                    _tool("hivemind-worker"),
-                    "run",
-                    "--pool",
-                    address,
-                    "--join-token",
-                    token,
-                    "--executor",
-                    executor,
-                    "--state-dir",
-                    str(worker_dir),
-                ]
-            )
+        worker = subprocess.Popen(
+            [
+                _tool("hivemind-worker"),
+                "run",
+                "--pool",
+                address,
+                "--join-token-file",
+                "-",  # on standard input: a token on the command line is visible to all in `ps`
+                "--executor",
+                executor,
+                "--state-dir",
+                str(worker_dir),
+            ],
+            stdin=subprocess.PIPE,
         )
-        worker = _wait_for_worker(client)
-        cap = worker.capacity
+        started.append(worker)
+        assert worker.stdin is not None
+        with contextlib.suppress(BrokenPipeError), worker.stdin:  # a worker that died says why itself
+            worker.stdin.write(token.encode() + b"\n")
+        online = _wait_for_worker(client)
+        cap = online.capacity
         _say(
-            f"worker {worker.name} is online: {cap.cpus:g} CPUs, "
+            f"worker {online.name} is online: {cap.cpus:g} CPUs, "
             f"{cap.memory_bytes / 1024**3:.1f} GiB, {cap.gpus} GPUs"
         )
         if args.run:

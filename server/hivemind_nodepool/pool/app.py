@@ -12,6 +12,7 @@ from hivemind_nodepool.pool import views
 from hivemind_nodepool.pool.auth import Authenticator
 from hivemind_nodepool.pool.blobs import BlobStore
 from hivemind_nodepool.pool.config import PoolSettings
+from hivemind_nodepool.pool.disk import DiskGuard
 from hivemind_nodepool.pool.events import TaskNotifier
 from hivemind_nodepool.pool.feed import TaskFeedHub
 from hivemind_nodepool.pool.fleet import Fleet, WorkerEntry
@@ -32,9 +33,12 @@ class Pool:
     def __init__(self, settings: PoolSettings) -> None:
         self.settings = settings
         data = settings.data_dir
-        self.store = Store(data)
-        self.blobs = BlobStore(data / "blobs")
+        data.mkdir(parents=True, exist_ok=True)
+        self.disk = DiskGuard(data, settings.disk_min_free, settings.disk_reserve)
+        self.store = Store(data, on_disk_full=self.disk.hit)
+        self.blobs = BlobStore(data / "blobs", self.disk)
         self.metrics = PoolMetrics()
+        self.metrics.disk_full.set_function(lambda: float(self.disk.full))
         self.notifier = TaskNotifier()
         self.fleet = Fleet()
         self.book = TaskBook(self.store, self.fleet, self.notifier, settings, self.metrics)

@@ -13,13 +13,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from hivemind_nodepool.protocol.errors import InvalidInput, NotFound, TooLarge
+from hivemind_nodepool.pool.disk import MESSAGE, DiskGuard, is_disk_full
+from hivemind_nodepool.protocol.errors import DiskFull, InvalidInput, NotFound, TooLarge
 from hivemind_nodepool.protocol.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 INLINE_BYTES = 64 * 1024  # smaller chunks are hashed and written on the loop: cheaper than a thread hop
+CHECK_ROOM_EVERY = 8 * 1024**2  # an upload asks the disk guard for room again after this many bytes
 
 
 class BlobWriter:
@@ -35,9 +37,13 @@ class BlobWriter:
         self.size = 0
         self._digest = hashlib.sha256()
         self._pending: asyncio.Future[None] | None = None
+        self._checked_at = 0  # bytes received when the disk was last asked for room
         fd_name = f"{os.getpid()}-{time.monotonic_ns()}-{id(self):x}.part"
         self.tmp_path = store.tmp_dir / fd_name
-        self._file = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 (closed in finish/abort)
+        try:
+            self._file = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 (closed in finish/abort)
+        except OSError as exc:
+            raise store.no_space(exc) from None
 
     def _absorb(self, data: bytes) -> None:
         self._digest.update(data)
@@ -49,15 +55,24 @@ class BlobWriter:
     async def _drain(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            await pending
+            try:
+                await pending
+            except OSError as exc:
+                raise self._store.no_space(exc) from None
 
     async def write(self, data: bytes) -> None:
+        if self.size == 0 or self.size - self._checked_at >= CHECK_ROOM_EVERY:
+            self._checked_at = self.size
+            self._store.require_space()  # a full disk refuses new data before it is written
         self.size += len(data)
         if self.size > self.max_size:
             raise TooLarge(f"the upload is larger than the pool's limit of {self.max_size} bytes")
         await self._drain()  # the previous chunk is hashed and written before this one starts
         if len(data) <= INLINE_BYTES:
-            self._absorb(data)
+            try:
+                self._absorb(data)
+            except OSError as exc:
+                raise self._store.no_space(exc) from None
         else:
             self._pending = asyncio.get_running_loop().run_in_executor(None, self._absorb, data)
 
@@ -80,7 +95,10 @@ class BlobWriter:
         """fsync and rename into place (after verify); returns the hash. The caller then records it."""
         await self._drain()
         target = self._store.path_for(self.sha256)
-        await asyncio.to_thread(self._settle, target)
+        try:
+            await asyncio.to_thread(self._settle, target)
+        except OSError as exc:
+            raise self._store.no_space(exc) from None
         return self.sha256
 
     def _settle(self, target: Path) -> None:
@@ -143,10 +161,22 @@ async def receive_chunks(parts: AsyncIterator[Any], writer: BlobWriter, what: st
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, disk: DiskGuard | None = None) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.disk = disk
+
+    def require_space(self) -> None:
+        """DiskFull when the pool's disk cannot take new data now."""
+        if self.disk is not None:
+            self.disk.require_space()
+
+    def no_space(self, exc: OSError) -> Exception:
+        """The error to raise for a failed write: DiskFull when it was for lack of space."""
+        if not is_disk_full(exc):
+            return exc
+        return self.disk.hit(exc) if self.disk is not None else DiskFull(MESSAGE)
 
     def path_for(self, sha256: str) -> Path:
         if not _HEX.match(sha256):

@@ -71,6 +71,18 @@ class PoolSettings:
     feed_queue_limit: int = setting(
         1000, kind=INT, help="task changes a slow WatchTasks reader may lag by before it is resynced"
     )
+    disk_min_free: int = setting(
+        64 * 1024**2,
+        kind=SIZE,
+        help="below this much free space on the data folder's disk, new tasks, results and live "
+        "events are refused (the pool's disk is full) until space is freed",
+    )
+    disk_reserve: int = setting(
+        8 * 1024**2,
+        kind=SIZE,
+        help="space the pool holds in `disk-reserve` and gives up when the disk fills, so cancels "
+        "and state changes still work; 0: none",
+    )
     feed_auth_recheck: float = setting(
         2.0,
         kind=DURATION,
@@ -87,6 +99,8 @@ class PoolSettings:
             raise InvalidInput("give both --tls-cert and --tls-key, or neither")
         if self.default_max_retries < 0 or self.default_max_retries > 100:
             raise InvalidInput("default max retries must be between 0 and 100")
+        if self.disk_min_free < 0 or self.disk_reserve < 0:
+            raise InvalidInput("disk_min_free and disk_reserve cannot be negative")
         if self.feed_queue_limit < 1 or self.feed_auth_recheck <= 0:
             raise InvalidInput("feed_queue_limit must be 1 or more and feed_auth_recheck positive")
 

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from hivemind_nodepool.pool.aio import wait_event
 from hivemind_nodepool.pool.store import Store
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import HiveMindError, PoolUnavailable, RateLimited
@@ -76,9 +77,7 @@ class TaskWatcher:
                 _, task = self.pending.popitem(last=False)
                 return pb.TaskFeedMessage(task=task)
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
+            if not await wait_event(self._wake, timeout):
                 return None
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 import grpc
 
 from hivemind_nodepool.pool import auth
+from hivemind_nodepool.pool.aio import within
 from hivemind_nodepool.pool.app import Pool
 from hivemind_nodepool.pool.blobs import receive_chunks, receive_head
 from hivemind_nodepool.pool.fleet import AttemptKey, WorkerEntry
@@ -154,7 +155,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         principal = auth.current_worker()
         parts = request_iterator.__aiter__()
         try:
-            first = await asyncio.wait_for(parts.__anext__(), timeout=HELLO_TIMEOUT)
+            first = await within(parts.__anext__(), HELLO_TIMEOUT)
         except (StopAsyncIteration, TimeoutError):
             raise InvalidInput("a worker's Connect stream starts with a Hello") from None
         if first.WhichOneof("body") != "hello":
@@ -355,6 +356,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             if len(event.text) > MAX_TEXT or len(event.data_json) > MAX_DATA_JSON:
                 raise InvalidInput("an event is too large; split long output")
         self.book.check_attempt(worker.name, request.task_id, request.attempt)  # fail fast when stale
+        self.pool.disk.require_space()  # live events wait in the worker while the disk is full
         acked = await self.book.record_events(
             worker.name, request.task_id, request.attempt, list(request.events)
         )

@@ -5,9 +5,11 @@ pool's housekeeping for good."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from hivemind_nodepool.pool.aio import wait_event
+from hivemind_nodepool.protocol.errors import DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +27,18 @@ async def repeat(
 
     With wake, a round also starts as soon as the event is set (it is cleared before the round);
     settle is how long to wait after a wake-up so that a burst of changes lands in one round.
-    An exception from a round is logged to logger (the caller's) with the message failure."""
+    An exception from a round is logged to logger (the caller's) with the message failure (a full
+    disk as one line, without its traceback)."""
     while True:
         if wake is None:
             await asyncio.sleep(interval)
         else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=interval)
+            if await wait_event(wake, interval):  # not asyncio.wait_for: it can lose a cancel
                 await asyncio.sleep(settle)
             wake.clear()
         try:
             await one_round()
+        except DiskFull:  # said once by the disk guard; a traceback every round adds nothing
+            logger.warning("%s: the pool's disk is full", failure)
         except Exception:
             logger.exception(failure)

@@ -1,5 +1,5 @@
 """Prometheus metrics over HTTP (`--metrics-listen`): queue depth, tasks by state, workers up,
-scheduling latency. A registry of our own, so two pools in one process never share series."""
+scheduling latency, a full disk. A registry of our own, so two pools in one process never share series."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ class PoolMetrics:
         self.workers_lost = Counter("hivemind_workers_lost", "Workers declared lost", registry=self.registry)
         self.calls = Counter("hivemind_rpcs", "RPCs started, by method", ["method"], registry=self.registry)
         self.task_feeds = Gauge("hivemind_task_feeds", "Open WatchTasks streams", registry=self.registry)
+        self.disk_full = Gauge(
+            "hivemind_pool_disk_full",
+            "1 while the pool's disk is full: new tasks, results and live events are refused",
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hivemind_nodepool.protocol.errors import HiveMindError, InternalError, status_for
+from hivemind_nodepool.pool.disk import MESSAGE as DISK_FULL
+from hivemind_nodepool.pool.disk import is_disk_full
+from hivemind_nodepool.protocol.errors import DiskFull, HiveMindError, InternalError, status_for
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +32,15 @@ async def _abort_with(context: grpc.aio.ServicerContext[Any, Any], name: str, ex
     """End the call with the status for exc (call it from the except block that caught exc).
 
     HiveMindErrors become their status and message; an abort already under way passes through;
-    anything else is logged with its traceback and answered INTERNAL, without details."""
+    a write that failed for lack of space is DiskFull; anything else is logged with its traceback
+    and answered INTERNAL, without details."""
     if isinstance(exc, (grpc.aio.AbortError, grpc.aio.UsageError)):
         raise exc
     if isinstance(exc, HiveMindError):
         await abort_with_error(context, exc)
+    if is_disk_full(exc):  # a write that no layer below turned into DiskFull: still not a bug
+        log.warning("%s failed: the disk is full (%s)", name, exc)
+        await abort_with_error(context, DiskFull(DISK_FULL))
     log.exception("%s failed", name)
     await abort_with_error(context, InternalError("internal error in the pool; see its log"))
 

@@ -27,6 +27,7 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.files import atomic_write
+from hivemind_nodepool.protocol.private import make_private, private_umask
 from hivemind_nodepool.protocol.wire import (
     MAX_MESSAGE_BYTES,
     check_plaintext_allowed,
@@ -93,8 +94,14 @@ async def create_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     pool.health = health_servicer
     pool.tasks = [
-        asyncio.create_task(loop())
-        for loop in (pool.scheduler.run, pool.liveness.run, pool.collector.run, pool.revocations.run)
+        asyncio.create_task(loop(), name=loop.__qualname__)
+        for loop in (
+            pool.scheduler.run,
+            pool.liveness.run,
+            pool.collector.run,
+            pool.revocations.run,
+            pool.disk.run,
+        )
     ]
     return server, bound, pool
 
@@ -102,7 +109,26 @@ async def create_server(
 def write_pool_file(data_dir: Path, address: str, metrics: str | None) -> Path:
     """Atomically: readers see either no file or a whole one."""
     payload = json.dumps({"address": address, "pid": os.getpid(), "metrics": metrics})
-    return atomic_write(data_dir / POOL_FILE, payload, mode=0o644)
+    return atomic_write(data_dir / POOL_FILE, payload)  # 0600, in the private data folder
+
+
+async def stop_loops(tasks: list[asyncio.Task[None]], patience: float = 2.0, rounds: int = 5) -> None:
+    """Cancel the background loops and wait for them to end. One that outlives its cancel (a
+    swallowed CancelledError: see pool/aio.py) is named in the log and cancelled again, a few
+    rounds, rather than awaited for ever."""
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=patience)
+        for task in pending:
+            log.error("background loop %s did not stop when cancelled; cancelling again", task.get_name())
+            task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("the background loop %s ended with %r", task.get_name(), task.exception())
 
 
 # The store's writer thread and the blob threads wake from fsync needing the GIL back; with the
@@ -113,6 +139,9 @@ SHUTDOWN_MARGIN = 10.0  # seconds after the grace period before a hung shutdown 
 
 async def serve(settings: PoolSettings) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    # Users' bundles and results are theirs alone: nothing the pool writes is for other accounts.
+    private_umask()
+    make_private(settings.data_dir, "the pool's data folder")
     pool = Pool(settings)
     metrics_address = pool.metrics.serve(settings.metrics_listen) if settings.metrics_listen else None
     server, port, _ = await create_server(settings, pool)
@@ -144,9 +173,7 @@ async def serve(settings: PoolSettings) -> None:
     pool.notifier.notify_all()
     pool.feed.close("the pool is shutting down; reconnect in a moment")
     await server.stop(settings.shutdown_grace)
-    for task in pool.tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_loops(pool.tasks)
     pool.close()
     with contextlib.suppress(FileNotFoundError):
         current = json.loads((settings.data_dir / POOL_FILE).read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -11,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from hivemind_nodepool.pool import accounts, auth, views
+from hivemind_nodepool.pool.aio import wait_event
 from hivemind_nodepool.pool.app import Pool
 from hivemind_nodepool.pool.blobs import receive_chunks, receive_head
 from hivemind_nodepool.pool.fleet import Amount, WorkerEntry
@@ -261,8 +261,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
                 ):
                     return
                 # Re-read at least every 10 s anyway: cheap, and covers writes from another process.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=10.0)
+                await wait_event(wake, 10.0)
 
     @stream
     async def WatchTasks(
@@ -352,6 +351,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
             status.tasks_by_state[pb.TaskState.Name(state)] = count  # type: ignore[arg-type]
         status.capacity.CopyFrom(capacity.to_pb())
         status.allocated.CopyFrom(allocated.to_pb())
+        status.disk_full, status.disk_free_bytes = self.pool.disk.full, self.pool.disk.free
         return status
 
     # -- admin ----------------------------------------------------------------------------------

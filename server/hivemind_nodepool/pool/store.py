@@ -14,6 +14,7 @@ write while the server runs; busy_timeout makes each side wait its turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -24,9 +25,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hivemind_nodepool.pool.disk import is_disk_full
 from hivemind_nodepool.pool.fleet import Amount
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.errors import InternalError
+from hivemind_nodepool.protocol.errors import DiskFull, InternalError
 from hivemind_nodepool.protocol.states import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -182,8 +184,11 @@ class _Writer:
     """The one thread that writes: runs queued jobs in group transactions, resolves their futures
     after the commit."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, on_disk_full: Callable[[BaseException], BaseException] | None
+    ) -> None:
         self.conn = conn
+        self.on_disk_full = on_disk_full  # the disk guard's: it hears of the failure, gives the error
         self.jobs: queue.SimpleQueue[tuple[Job[Any], Future[Any]] | None] = queue.SimpleQueue()
         self.commits = 0  # transactions committed (for tests and benchmarks: jobs per commit)
         self.committed_jobs = 0
@@ -212,6 +217,29 @@ class _Writer:
 
     def _commit(self, group: list[tuple[Job[Any], Future[Any]]]) -> None:
         live = [(job, future) for job, future in group if future.set_running_or_notify_cancel()]
+        failed = self._transaction(live)
+        if failed is None:
+            return
+        if is_disk_full(failed) and len(live) > 1:
+            # One job's pages did not fit: the others may (the disk guard has given up its reserve
+            # for them by now), so each gets a transaction of its own rather than failing with it.
+            for item in live:
+                error = self._transaction([item])
+                if error is not None:
+                    item[1].set_exception(self._failure(error))
+            return
+        for _job, future in live:
+            future.set_exception(self._failure(failed))
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """What the waiters of a transaction that failed with `exc` get."""
+        if is_disk_full(exc):
+            return self.on_disk_full(exc) if self.on_disk_full else DiskFull("the pool's disk is full")
+        return InternalError(f"the pool could not store a change: {exc}")
+
+    def _transaction(self, live: list[tuple[Job[Any], Future[Any]]]) -> BaseException | None:
+        """Run the jobs in one transaction and resolve their futures after its commit; when the
+        transaction itself fails nothing of it is stored, and its error is returned unresolved."""
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         db = self.conn
         try:
@@ -221,6 +249,8 @@ class _Writer:
                 try:
                     value = job(db)
                 except BaseException as exc:
+                    if is_disk_full(exc):
+                        raise  # SQLite may have rolled the whole transaction back already
                     db.execute("ROLLBACK TO job")
                     db.execute("RELEASE job")
                     outcomes.append((future, None, exc))
@@ -229,13 +259,14 @@ class _Writer:
                     outcomes.append((future, value, None))
             db.execute("COMMIT")
         except Exception as exc:  # the transaction itself failed: nothing of it is stored
-            log.exception("a write transaction failed")
+            if is_disk_full(exc):
+                log.warning("a write transaction failed: the disk is full (%s)", exc)
+            else:
+                log.exception("a write transaction failed")
             if db.in_transaction:
-                db.execute("ROLLBACK")
-            failure = InternalError(f"the pool could not store a change: {exc}")
-            for _job, future in live:
-                future.set_exception(failure)
-            return
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            return exc
         self.commits += 1
         self.committed_jobs += len(live)
         for future, value, error in outcomes:
@@ -243,6 +274,7 @@ class _Writer:
                 future.set_result(value)
             else:
                 future.set_exception(error)
+        return None
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -252,11 +284,16 @@ class _Writer:
 class Store:
     """The pool database: `write`/`awrite`/`write_nowait` for changes, `one`/`all` for reads."""
 
-    def __init__(self, data_dir: Path, busy_timeout_ms: int = 15_000) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        busy_timeout_ms: int = 15_000,
+        on_disk_full: Callable[[BaseException], BaseException] | None = None,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_NAME
         self._lock = threading.Lock()  # the read connection is used from the loop and from threads
-        self._writer = _Writer(_connect(self.path, busy_timeout_ms))
+        self._writer = _Writer(_connect(self.path, busy_timeout_ms), on_disk_full)
         self.conn = _connect(self.path, busy_timeout_ms)
         self.migrate()
 

@@ -1230,9 +1230,17 @@ class PoolStatus(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     ALLOCATED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DISK_FULL_FIELD_NUMBER: _builtins.int
+    DISK_FREE_BYTES_FIELD_NUMBER: _builtins.int
     workers_online: _builtins.int
     workers_total: _builtins.int
     version: _builtins.str
+    disk_full: _builtins.bool
+    """True while the pool's disk is full: new tasks, results and live events are refused with
+    RESOURCE_EXHAUSTED ("the pool's disk is full"); reads, watches and cancels still work.
+    """
+    disk_free_bytes: _builtins.int
+    """free space on the disk of the pool's data folder"""
     @_builtins.property
     def tasks_by_state(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """state name -> count"""
@@ -1250,10 +1258,12 @@ class PoolStatus(_message.Message):
         capacity: Global___Resources | None = ...,
         allocated: Global___Resources | None = ...,
         version: _builtins.str = ...,
+        disk_full: _builtins.bool = ...,
+        disk_free_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "tasks_by_state", b"tasks_by_state", "version", b"version", "workers_online", b"workers_online", "workers_total", b"workers_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "disk_free_bytes", b"disk_free_bytes", "disk_full", b"disk_full", "tasks_by_state", b"tasks_by_state", "version", b"version", "workers_online", b"workers_online", "workers_total", b"workers_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,7 +2,7 @@
 
 Servers raise these; the pool's servicer wrappers end the call with `status_for(error)`: the code,
 the message, and the class name in the trailing metadata (`hivemind-error`), because two classes
-may share a code (TooLarge and RateLimited are both RESOURCE_EXHAUSTED). Clients get a
+may share a code (TooLarge, RateLimited and DiskFull are all RESOURCE_EXHAUSTED). Clients get a
 `grpc.RpcError`; `from_rpc_error` turns it back into the same class, or, when the name is missing
 or unknown, into the class the status code stands for. So callers catch `NotFound` and never look
 at status codes, and the REST layer answers with the HTTP code of the class (`http_status`).
@@ -70,6 +70,10 @@ class TooLarge(HiveMindError):
     """An upload or a request over one of the pool's size limits."""
 
 
+class DiskFull(HiveMindError):
+    """The pool's disk is full: it cannot store new data now. Retry later; nothing stored was lost."""
+
+
 class PoolUnavailable(HiveMindError):
     """The pool cannot be reached (down, wrong address, TLS mismatch)."""
 
@@ -108,6 +112,7 @@ STATUS: Mapping[type[HiveMindError], Status] = {
     Conflict: Status(grpc.StatusCode.FAILED_PRECONDITION, 409),
     RateLimited: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     TooLarge: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    DiskFull: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 507),  # 507 Insufficient Storage
     PoolUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 502),
     DeadlineExceeded: Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     Cancelled: Status(grpc.StatusCode.CANCELLED, 502),

@@ -229,7 +229,7 @@ def write_request(spec: RunSpec, task_dir_inside: str, out_dir_inside: str) -> P
     }
     path = spec.out_dir / "request.json"
     path.write_text(json.dumps(request))
-    path.chmod(0o644)
+    path.chmod(0o600)  # the sandbox's user owns it (prepare_dirs) or is the worker's own user
     return path
 
 
