@@ -25,6 +25,11 @@ fi
 stamp=.venv/.hivemind-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp || labextension/package.json -nt $stamp ]]; then
   echo "==> installing hivemind-jupyter and its development tools into .venv"
+  # The install writes the panel's shared data (install.json) under share/jupyter/labextensions;
+  # through the development link below it would land inside the build folder, so drop the link
+  # first (it is made again further down).
+  link=.venv/share/jupyter/labextensions/hivemind-jupyter
+  if [[ -L $link ]]; then rm "$link"; fi
   # pip's notes about this machine's package mirrors are noise here
   .venv/bin/python -m pip install -q --upgrade pip 2> >(grep -v '^WARNING: Location' >&2)
   .venv/bin/python -m pip install -q -e '.[dev]' 2> >(grep -v '^WARNING: Location' >&2)
