@@ -25,6 +25,7 @@ from traitlets import TraitError
 
 from hivemind_nodepool.client.submission import TaskRequest, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import left_out_notice
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
 from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration, parse_size
@@ -221,6 +222,8 @@ class HiveMindMagics(Magics):
                 raise UsageError(f"%%hivemind: {exc}") from None
             except HiveMindError as exc:
                 raise PoolProblem(str(exc)) from None
+            if packed.left_out:
+                print(f"[hivemind] {left_out_notice(packed.left_out)}", file=sys.stderr, flush=True)
             try:
                 task = client.submit(manifest, packed.path)
             except HiveMindError as exc:

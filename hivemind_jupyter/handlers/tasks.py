@@ -16,6 +16,7 @@ from tornado import web
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.client.submission import TaskRequest
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import LeftOut, left_out_notice
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
@@ -195,7 +196,7 @@ class TasksHandler(TaskBase):
 
     def _package_and_submit(
         self, target: Path, request: TaskRequest, entry: str | None, requirements: str | None = None
-    ) -> pb.Task:
+    ) -> tuple[pb.Task, list[LeftOut]]:
         client = self.connector.client()  # fail fast (401) before packaging a big folder
         workdir = Path(tempfile.mkdtemp(prefix="hivemind-submit-"))
         try:
@@ -207,7 +208,7 @@ class TasksHandler(TaskBase):
                 max_bytes=self.hivemind.max_bundle_bytes,
                 requirements=requirements,
             )
-            return client.submit(manifest, packed.path)
+            return client.submit(manifest, packed.path), packed.left_out
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -224,8 +225,12 @@ class TasksHandler(TaskBase):
 
         target, request, entry = await self.blocking(prepare)
         requirements = _string(body, "requirements")
-        task = await self.blocking(self._package_and_submit, target, request, entry, requirements)
-        self.reply(to_dict(task, every_field=True), status=201)
+        task, left_out = await self.blocking(self._package_and_submit, target, request, entry, requirements)
+        # The Task, plus what the packer left out as secrets and the one line that says so.
+        answer = to_dict(task, every_field=True)
+        answer["left_out"] = [item.name for item in left_out]
+        answer["notice"] = left_out_notice(left_out)
+        self.reply(answer, status=201)
 
 
 class TaskHandler(TaskBase):

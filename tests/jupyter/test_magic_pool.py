@@ -208,3 +208,22 @@ def test_a_cell_task_is_named_after_its_notebook_and_cell(signed_in, local_worke
     with capture_output():
         handle.wait()
         named.wait()
+
+
+def test_dir_leaves_secrets_behind_and_says_so(signed_in, local_worker, shell, tmp_path: Path):
+    """`--dir` with an SSH key and a `.env` in it: the remote cell sees neither, and the cell's
+    output names them with the way to send one on purpose."""
+    folder = tmp_path / "project"
+    (folder / ".ssh").mkdir(parents=True)
+    (folder / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n")
+    (folder / ".env").write_text("API_TOKEN=hm-secret\n")
+    (folder / "data.csv").write_text("1,2\n")
+    cell = "import os\nprint(sorted(os.path.join(t, f) for t, _, fs in os.walk('.') for f in fs))\n"
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind --dir {folder} --memory 512M\n{cell}")
+    assert result.error_in_exec is None, captured.stdout + captured.stderr
+    assert "./data.csv" in captured.stdout
+    assert ".ssh" not in captured.stdout and ".env" not in captured.stdout
+    notice = [line for line in captured.stderr.splitlines() if "left out as secrets" in line]
+    assert len(notice) == 1 and ".ssh/" in notice[0] and ".env" in notice[0], captured.stderr
+    assert "!NAME to .hivemindignore" in notice[0]

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from google.protobuf import json_format
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
+from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, pack, scan_folder
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
@@ -126,7 +126,8 @@ def package_path(
     extra: Mapping[str, bytes] | None = None,
 ) -> tuple[pb.Manifest, PackedBundle]:
     """Package a notebook (with its folder) or a folder into a bundle ZIP in workdir; `extra`
-    files (such as a requirements.txt typed in the panel) replace same-named ones of the folder."""
+    files (such as a requirements.txt typed in the panel) replace same-named ones of the folder.
+    Secrets are left out (see bundle.scan_folder) and named in the bundle's `left_out`."""
     source = Path(path).expanduser()
     if source.is_file():
         if source.suffix != ".ipynb":
@@ -138,9 +139,11 @@ def package_path(
         raise InvalidInput(f"{source} does not exist")
     manifest = request.to_manifest(entry_name)
     added = {**(extra or {}), MANIFEST_NAME: manifest_json(manifest)}
-    files = [(name, file) for name, file, _ in collect_files(folder) if name not in added]
+    scan = scan_folder(folder)
+    files = [(name, file) for name, file, _ in scan.files if name not in added]
     target_dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hivemind-bundle-"))
     packed = pack(target_dir / "bundle.zip", files, added, max_bytes=max_bytes)
+    packed.left_out = scan.left_out  # the caller tells the person (left_out_notice)
     return manifest, packed
 
 
