@@ -70,6 +70,11 @@ def cell_parser() -> _Parser:
     )
     parser.add_argument("--push", action="append", default=[], metavar="A,B", help="variables to send")
     parser.add_argument("--pull", action="append", default=[], metavar="C,D", help="variables to bring back")
+    parser.add_argument(
+        "--pull-pickle",
+        action="store_true",
+        help="also load --pull values that come back only pickled (trust the pool's workers first)",
+    )
     parser.add_argument("--timeout", help="e.g. 90s, 30m, 2h")
     parser.add_argument("--retries", type=int, help="retries after a lost worker")
     parser.add_argument("--name", help="the task's name")
@@ -140,6 +145,9 @@ class CellOptions:
             raise UsageError(f"%%hivemind --push: no variable {', '.join(missing)} in this notebook")
         self.push_values = {name: user_ns[name] for name in self.push}
         self.pull = _names(args.pull, "--pull")
+        self.pull_pickle = bool(args.pull_pickle)
+        if self.pull_pickle and not self.pull:
+            raise UsageError("%%hivemind --pull-pickle: give the variables with --pull")
         self.folder = Path(args.dir).expanduser() if args.dir else None
         if self.folder is not None and not self.folder.is_dir():
             raise UsageError(f"%%hivemind --dir: {args.dir} is not a folder")
@@ -230,7 +238,7 @@ class HiveMindMagics(Magics):
                 raise PoolProblem(str(exc)) from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return TaskHandle(task.id, self.connector, self.settings, self.shell)
+        return TaskHandle(task.id, self.connector, self.settings, self.shell, pull_pickle=options.pull_pickle)
 
     # -- %hivemind ------------------------------------------------------------------------------
 
