@@ -83,7 +83,7 @@ class HiveMind(Configurable):
         return value
 
     @validate("trusted_pools")
-    def _check_pools(self, proposal: dict) -> list[str]:
+    def _check_pools(self, proposal: dict[str, Any]) -> list[str]:
         pools = [str(pool) for pool in proposal["value"]]
         for pool in pools:
             try:

@@ -127,43 +127,53 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-def _decode(entry: dict[str, Any], allow_pickle: bool) -> Any:
-    """One pulled value from its entry; ValueError says why it cannot be read here."""
-    if "json" in entry:
-        return entry["json"]
+def _npy(entry: dict[str, Any]) -> Any:
+    try:
+        import numpy
+    except ImportError:
+        raise ValueError("it is a numpy value, and numpy is not installed in this kernel") from None
+    array = numpy.load(io.BytesIO(base64.b64decode(entry["npy"], validate=True)), allow_pickle=False)
+    return array[()] if entry.get("scalar") else array
+
+
+def _parquet(entry: dict[str, Any]) -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ValueError(
+            "it is a pandas value sent as Parquet; install pyarrow in this kernel to read it"
+        ) from None
+    if _version(pyarrow.__version__) < MIN_PYARROW:
+        raise ValueError(f"pyarrow {pyarrow.__version__} is too old to read it safely; use 14.0.1 or newer")
+    table = pyarrow.parquet.read_table(io.BytesIO(base64.b64decode(entry["parquet"], validate=True)))
+    frame = table.to_pandas()
+    if not entry.get("series"):
+        return frame
+    series = frame.iloc[:, 0]
+    series.name = entry.get("series_name")
+    return series
+
+
+def _plain(entry: dict[str, Any]) -> Any:
     if "float" in entry:
         if entry["float"] not in ("nan", "inf", "-inf"):
             raise ValueError("not a float")
         return float(entry["float"])
-    if "bytes" in entry:
-        data = base64.b64decode(entry["bytes"], validate=True)
-        return bytearray(data) if entry.get("bytearray") else data
+    data = base64.b64decode(entry["bytes"], validate=True)
+    return bytearray(data) if entry.get("bytearray") else data
+
+
+def _decode(entry: dict[str, Any], allow_pickle: bool) -> Any:
+    """One pulled value from its entry; ValueError says why it cannot be read here."""
+    if "json" in entry:
+        return entry["json"]
+    if "float" in entry or "bytes" in entry:
+        return _plain(entry)
     if "npy" in entry:
-        try:
-            import numpy
-        except ImportError:
-            raise ValueError("it is a numpy value, and numpy is not installed in this kernel") from None
-        array = numpy.load(io.BytesIO(base64.b64decode(entry["npy"], validate=True)), allow_pickle=False)
-        return array[()] if entry.get("scalar") else array
+        return _npy(entry)
     if "parquet" in entry:
-        try:
-            import pyarrow
-            import pyarrow.parquet
-        except ImportError:
-            raise ValueError(
-                "it is a pandas value sent as Parquet; install pyarrow in this kernel to read it"
-            ) from None
-        if _version(pyarrow.__version__) < MIN_PYARROW:
-            raise ValueError(
-                f"pyarrow {pyarrow.__version__} is too old to read it safely; use 14.0.1 or newer"
-            )
-        table = pyarrow.parquet.read_table(io.BytesIO(base64.b64decode(entry["parquet"], validate=True)))
-        frame = table.to_pandas()
-        if entry.get("series"):
-            series = frame.iloc[:, 0]
-            series.name = entry.get("series_name")
-            return series
-        return frame
+        return _parquet(entry)
     if "pickle" in entry:
         if not allow_pickle:
             why = f"{entry['safe_error']}; " if entry.get("safe_error") else ""

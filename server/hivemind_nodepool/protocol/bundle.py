@@ -269,6 +269,51 @@ def _holds_private_key(path: Path) -> bool:
     return bool(_PRIVATE_KEY.search(head))
 
 
+class _SecretRules:
+    """Which files of one folder are secrets, and the tally of what was left out."""
+
+    def __init__(self, includes: list[str]) -> None:
+        self.never = pathspec.GitIgnoreSpec.from_lines(HIVEMIND_CREDENTIALS)
+        self.secret = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
+        self.wanted = pathspec.GitIgnoreSpec.from_lines(includes)  # `!PATTERN` of .hivemindignore
+        self.left: dict[str, LeftOut] = {}
+
+    def secret_folder(self, rel: str) -> str | None:
+        """The outermost left-out secret folder above rel. As in git, a file inside a left-out
+        folder comes only with the folder (`!.ssh/`)."""
+        folders = (p for p in _parents(rel) if self.secret.match_file(p) and not self.wanted.match_file(p))
+        return next(folders, None)
+
+    def why_secret(self, rel: str, path: Path, size: int) -> tuple[str, bool] | None:
+        """(why, whether `!PATTERN` may send it) for a secret, None for a file to send."""
+        kind = _json_secret(path, size) if rel.endswith((".json", ".tmp")) else None
+        if self.never.match_file(rel) or kind == "HiveMind credentials":
+            return "HiveMind credentials", False
+        if self.secret_folder(rel) is not None:
+            return "secret folder", True
+        if self.wanted.match_file(rel):
+            return None
+        if self.secret.match_file(rel):
+            return "secret file", True
+        if kind is not None:
+            return kind, True
+        return ("private key", True) if _holds_private_key(path) else None
+
+    def leave_out(self, rel: str, why: str, can_include: bool) -> None:
+        folder = self.secret_folder(rel)  # files under a secret folder are reported once, as it
+        key = folder or rel
+        before = self.left.get(key)
+        if before is not None:
+            self.left[key] = LeftOut(key, before.why, before.files + 1, before.can_include and can_include)
+        else:
+            self.left[key] = LeftOut(key, "secret folder" if folder else why, 1, can_include)
+
+    def report(self) -> list[LeftOut]:
+        """HiveMind's credentials first, then what was found by content, then the rest by name."""
+        order = {"HiveMind credentials": 0, "private key": 1, "Jupyter connection file": 1}
+        return sorted(self.left.values(), key=lambda item: (order.get(item.why, 2), item.name))
+
+
 def scan_folder(root: str | Path, ignore: Iterable[str] = ()) -> FolderScan:
     """The files under root that the ignore rules keep, less secrets, and the secrets left out.
 
@@ -282,61 +327,27 @@ def scan_folder(root: str | Path, ignore: Iterable[str] = ()) -> FolderScan:
         raise InvalidInput(f"{root} is not a folder")
     lines, includes = _ignore_lines(base)
     spec = pathspec.GitIgnoreSpec.from_lines(list(DEFAULT_IGNORES) + list(ignore) + lines)
-    never = pathspec.GitIgnoreSpec.from_lines(HIVEMIND_CREDENTIALS)
-    secret = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
-    wanted = pathspec.GitIgnoreSpec.from_lines(includes)
+    rules = _SecretRules(includes)
     found: list[tuple[str, Path, int]] = []
-    left: dict[str, LeftOut] = {}
-
-    def secret_folder(rel: str) -> str | None:
-        # As in git, a file inside a left-out folder comes only with the folder (`!.ssh/`).
-        return next((p for p in _parents(rel) if secret.match_file(p) and not wanted.match_file(p)), None)
-
-    def leave_out(rel: str, why: str, can_include: bool = True) -> None:
-        folder = secret_folder(rel)  # files under a secret folder are reported once, as the folder
-        key = folder or rel
-        if key in left:
-            before = left[key]
-            left[key] = LeftOut(key, before.why, before.files + 1, before.can_include and can_include)
-        else:
-            left[key] = LeftOut(key, "secret folder" if folder else why, 1, can_include)
-
     for folder, dirs, names in os.walk(base):
         here = Path(folder)
-        rel_dir = here.relative_to(base).as_posix()
-        kept = []
-        for name in sorted(dirs):
-            rel = f"{rel_dir}/{name}/" if rel_dir != "." else f"{name}/"
-            if not (here / name).is_symlink() and not spec.match_file(rel):
-                kept.append(name)
-        dirs[:] = kept
+        prefix = "" if here == base else here.relative_to(base).as_posix() + "/"
+        dirs[:] = [
+            name
+            for name in sorted(dirs)
+            if not (here / name).is_symlink() and not spec.match_file(f"{prefix}{name}/")
+        ]
         for name in sorted(names):
-            full = here / name
-            rel = f"{rel_dir}/{name}" if rel_dir != "." else name
+            full, rel = here / name, prefix + name
             if full.is_symlink() or not full.is_file() or spec.match_file(rel):
                 continue
             size = full.stat().st_size
-            kind = _json_secret(full, size) if name.endswith((".json", ".tmp")) else None
-            if never.match_file(rel) or kind == "HiveMind credentials":
-                leave_out(rel, "HiveMind credentials", can_include=False)
-                continue
-            if secret_folder(rel) is not None:
-                leave_out(rel, "secret folder")
-                continue
-            if not wanted.match_file(rel):
-                if secret.match_file(rel):
-                    leave_out(rel, "secret file")
-                    continue
-                if kind is not None:
-                    leave_out(rel, kind)
-                    continue
-                if _holds_private_key(full):
-                    leave_out(rel, "private key")
-                    continue
-            found.append((rel, full, size))
-    # HiveMind's credentials first, then what was found by content, then the rest by name.
-    order = {"HiveMind credentials": 0, "private key": 1, "Jupyter connection file": 1}
-    return FolderScan(found, sorted(left.values(), key=lambda item: (order.get(item.why, 2), item.name)))
+            secret = rules.why_secret(rel, full, size)
+            if secret is None:
+                found.append((rel, full, size))
+            else:
+                rules.leave_out(rel, *secret)
+    return FolderScan(found, rules.report())
 
 
 def _parents(rel: str) -> list[str]:
