@@ -7,6 +7,7 @@ shows that the page would have run them."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +54,19 @@ def page(browser: Any, lab: Lab, ui_worker: Any, ui_pool: PoolProcess) -> Iterat
         context.close()
 
 
+def run_cell(page: Any, cell: Any) -> None:
+    """Click into the cell and press Shift+Enter until its prompt shows it queued or run ([*] or
+    [N]): a page still settling may swallow the first key press."""
+    for _ in range(5):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        for _ in range(20):
+            if re.search(r"\[[0-9*]+\]", cell.locator(".jp-InputPrompt").inner_text()):
+                return
+            page.wait_for_timeout(250)
+    raise AssertionError(f"the cell did not start: {cell.inner_text()[:300]}")
+
+
 def test_a_script_in_a_tasks_html_output_does_not_run(page: Any, lab: Lab) -> None:
     page.goto(f"{lab.url}/lab/tree/trust.ipynb?token={lab.token}")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
@@ -60,10 +74,7 @@ def test_a_script_in_a_tasks_html_output_does_not_run(page: Any, lab: Lab) -> No
     # run the four cells in order as a person does: click into each, Shift+Enter
     cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
     for index in range(4):
-        cells.nth(index).locator(".jp-InputArea-editor").click()
-        page.keyboard.press("Shift+Enter")
-        # the cell is queued or ran: its prompt is no longer blank
-        cells.nth(index).locator(".jp-InputPrompt:not(:text-is('[ ]:'))").wait_for(timeout=60_000)
+        run_cell(page, cells.nth(index))
     outputs = ".jp-NotebookPanel .jp-OutputArea-output"
     try:
         page.wait_for_selector(f"{outputs}:has-text('untrusted-visible')", timeout=240_000)
