@@ -139,15 +139,7 @@ class CellOptions:
             raise UsageError("%%hivemind: --disk must be more than 0")
         if args.retries is not None and args.retries < 0:
             raise UsageError("%%hivemind: --retries cannot be negative")
-        self.push = _names(args.push, "--push")
-        missing = [name for name in self.push if name not in user_ns]
-        if missing:
-            raise UsageError(f"%%hivemind --push: no variable {', '.join(missing)} in this notebook")
-        self.push_values = {name: user_ns[name] for name in self.push}
-        self.pull = _names(args.pull, "--pull")
-        self.pull_pickle = bool(args.pull_pickle)
-        if self.pull_pickle and not self.pull:
-            raise UsageError("%%hivemind --pull-pickle: give the variables with --pull")
+        self._variables(args, user_ns)
         self.folder = Path(args.dir).expanduser() if args.dir else None
         if self.folder is not None and not self.folder.is_dir():
             raise UsageError(f"%%hivemind --dir: {args.dir} is not a folder")
@@ -167,6 +159,18 @@ class CellOptions:
             labels=labels,
             pull_variables=tuple(self.pull),
         )
+
+    def _variables(self, args: argparse.Namespace, user_ns: dict[str, Any]) -> None:
+        """--push, --pull and --pull-pickle, checked."""
+        self.push = _names(args.push, "--push")
+        missing = [name for name in self.push if name not in user_ns]
+        if missing:
+            raise UsageError(f"%%hivemind --push: no variable {', '.join(missing)} in this notebook")
+        self.push_values = {name: user_ns[name] for name in self.push}
+        self.pull = _names(args.pull, "--pull")
+        self.pull_pickle = bool(args.pull_pickle)
+        if self.pull_pickle and not self.pull:
+            raise UsageError("%%hivemind --pull-pickle: give the variables with --pull")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
