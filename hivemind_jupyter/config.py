@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from traitlets import Bool, Enum, Float, Int, Unicode, default, validate
+from traitlets import Bool, Enum, Float, Int, List, Unicode, default, validate
 from traitlets.config import Configurable
 
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.units import parse_size
+from hivemind_nodepool.protocol.wire import join_address, split_address
 
 
 class HiveMind(Configurable):
@@ -33,6 +34,16 @@ class HiveMind(Configurable):
     default_memory = Unicode("2G", config=True, help="Memory a task asks for when it does not say.")
     default_gpus = Int(0, config=True, help="GPUs a task asks for when it does not say.")
     max_bundle_size = Unicode("1G", config=True, help="The cap on a task's files before compression.")
+    trusted_pools = List(
+        Unicode(),
+        [],
+        config=True,
+        help=(
+            "Pools (HOST:PORT, as you sign in) whose workers you trust with your kernel and browser: "
+            "their tasks' --pull variables may come back pickled, and their HTML and JavaScript "
+            "outputs are shown as they are. By default neither: a worker may be someone else's machine."
+        ),
+    )
     interrupt_action = Enum(
         ["cancel", "detach"],
         "cancel",
@@ -70,6 +81,26 @@ class HiveMind(Configurable):
         if value < 0:
             raise ValueError(f"default_gpus cannot be negative: {value}")
         return value
+
+    @validate("trusted_pools")
+    def _check_pools(self, proposal: dict[str, Any]) -> list[str]:
+        pools = [str(pool) for pool in proposal["value"]]
+        for pool in pools:
+            try:
+                split_address(pool)
+            except InvalidInput as exc:
+                raise ValueError(f"trusted_pools: {exc}") from None
+        return pools
+
+    def trusts(self, pool: str | None) -> bool:
+        """Whether the user trusts this pool's workers (c.HiveMind.trusted_pools)."""
+        if not pool:
+            return False
+        try:
+            wanted = join_address(*split_address(pool))
+            return any(join_address(*split_address(p)) == wanted for p in self.trusted_pools)
+        except InvalidInput:
+            return False
 
     @property
     def default_memory_bytes(self) -> int:

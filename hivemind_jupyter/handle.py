@@ -58,17 +58,29 @@ class TaskResult:
 class TaskHandle:
     """One task on the pool, seen from a kernel."""
 
-    def __init__(self, task_id: str, connector: PoolConnector, settings: HiveMind, shell: Any = None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        connector: PoolConnector,
+        settings: HiveMind,
+        shell: Any = None,
+        pull_pickle: bool = False,
+    ) -> None:
         self.task_id = task_id
         self.connector = connector
         self.settings = settings
         self.shell = shell
+        self.pull_pickle = pull_pickle  # --pull-pickle: load pickled variables from this task
         self._result: TaskResult | None = None
         self._remote_error: list[str] | None = None
 
     @property
     def id(self) -> str:
         return self.task_id
+
+    def trusted(self) -> bool:
+        """Whether this task's worker outputs are trusted: its pool is in c.HiveMind.trusted_pools."""
+        return self.settings.trusts(self.connector.pool_address())
 
     def _client(self) -> PoolClient:
         return self.connector.client()
@@ -172,6 +184,7 @@ class TaskHandle:
             return self._result
         task = self.task()
         view = make_view(task, self.shell) if show else LiveView(task)
+        view.trusted = self.trusted()
         try:
             task = self._follow(view, timeout)
         except KeyboardInterrupt:
@@ -210,7 +223,7 @@ class TaskHandle:
             result.outputs = cell_outputs(fetched.notebook)
             rich = [o for o in result.outputs if o.get("output_type") in ("display_data", "execute_result")]
             if show and len(rich) > view.displays_shown:  # outputs the live events did not carry
-                show_outputs(rich[view.displays_shown :], _publish_display)
+                show_outputs(rich[view.displays_shown :], _publish_display, trusted=view.trusted)
             if show and not view.streamed:
                 show_outputs(
                     [o for o in result.outputs if o.get("output_type") == "stream"],
@@ -218,8 +231,10 @@ class TaskHandle:
                     _write_stream,
                 )
             view.remote_error = view.remote_error or error_traceback(result.outputs)
-        if fetched is not None:
-            result.variables, problems = load_pulled(fetched.folder)
+        wanted = list(task.manifest.pull_variables)  # the pool's copy of what was asked for
+        if fetched is not None and wanted:
+            allow_pickle = self.pull_pickle or view.trusted
+            result.variables, problems = load_pulled(fetched.folder, wanted, allow_pickle=allow_pickle)
             for name, problem in problems.items():
                 print(f"[hivemind] variable {name} did not come back: {problem}", file=sys.stderr)
             if self.shell is not None and result.variables:

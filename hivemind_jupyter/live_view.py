@@ -3,7 +3,8 @@
 The status (state, why it waits, worker, elapsed time, progress) is a small ipywidgets view in a
 kernel with a frontend, a text line updated in place where widgets are unavailable, and printed
 lines in a terminal. Remote stdout and stderr go to the cell's own streams, and remote rich outputs
-are displayed as they arrive, so the saved notebook holds them just as if the cell ran here.
+are displayed as they arrive, so the saved notebook holds them just as if the cell ran here, made
+safe first unless the pool is trusted (see results.display_bundle).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
 from hivemind_nodepool.protocol.units import format_duration
 
-from .results import joined_mime_bundle
+from .results import display_bundle
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,12 @@ def _publish(data: dict[str, Any], metadata: dict[str, Any]) -> None:
 
 
 class LiveView:
-    """Receives a task's events and shows them; subclasses draw the status."""
+    """Receives a task's events and shows them; subclasses draw the status.
+
+    A worker's rich outputs are shown as they are only when `trusted` (the user trusts the pool's
+    workers); otherwise JavaScript is dropped and HTML sanitised (results.untrusted_bundle)."""
+
+    trusted = False
 
     def __init__(self, task: pb.Task) -> None:
         self.task_id = task.id
@@ -110,7 +116,14 @@ class LiveView:
             ]
             return
         if output.get("output_type") in ("display_data", "execute_result"):
-            _publish(joined_mime_bundle(output.get("data") or {}), output.get("metadata") or {})
+            data, metadata = output.get("data"), output.get("metadata")
+            bundle = display_bundle(
+                data if isinstance(data, dict) else {},
+                metadata if isinstance(metadata, dict) else {},
+                self.trusted,
+            )
+            if bundle is not None:
+                _publish(*bundle)
             self.displays_shown += 1
 
     # -- drawing --------------------------------------------------------------------------------

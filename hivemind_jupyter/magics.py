@@ -25,6 +25,7 @@ from traitlets import TraitError
 
 from hivemind_nodepool.client.submission import TaskRequest, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import left_out_notice
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
 from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration, parse_size
@@ -69,6 +70,11 @@ def cell_parser() -> _Parser:
     )
     parser.add_argument("--push", action="append", default=[], metavar="A,B", help="variables to send")
     parser.add_argument("--pull", action="append", default=[], metavar="C,D", help="variables to bring back")
+    parser.add_argument(
+        "--pull-pickle",
+        action="store_true",
+        help="also load --pull values that come back only pickled (trust the pool's workers first)",
+    )
     parser.add_argument("--timeout", help="e.g. 90s, 30m, 2h")
     parser.add_argument("--retries", type=int, help="retries after a lost worker")
     parser.add_argument("--name", help="the task's name")
@@ -133,12 +139,7 @@ class CellOptions:
             raise UsageError("%%hivemind: --disk must be more than 0")
         if args.retries is not None and args.retries < 0:
             raise UsageError("%%hivemind: --retries cannot be negative")
-        self.push = _names(args.push, "--push")
-        missing = [name for name in self.push if name not in user_ns]
-        if missing:
-            raise UsageError(f"%%hivemind --push: no variable {', '.join(missing)} in this notebook")
-        self.push_values = {name: user_ns[name] for name in self.push}
-        self.pull = _names(args.pull, "--pull")
+        self._variables(args, user_ns)
         self.folder = Path(args.dir).expanduser() if args.dir else None
         if self.folder is not None and not self.folder.is_dir():
             raise UsageError(f"%%hivemind --dir: {args.dir} is not a folder")
@@ -158,6 +159,18 @@ class CellOptions:
             labels=labels,
             pull_variables=tuple(self.pull),
         )
+
+    def _variables(self, args: argparse.Namespace, user_ns: dict[str, Any]) -> None:
+        """--push, --pull and --pull-pickle, checked."""
+        self.push = _names(args.push, "--push")
+        missing = [name for name in self.push if name not in user_ns]
+        if missing:
+            raise UsageError(f"%%hivemind --push: no variable {', '.join(missing)} in this notebook")
+        self.push_values = {name: user_ns[name] for name in self.push}
+        self.pull = _names(args.pull, "--pull")
+        self.pull_pickle = bool(args.pull_pickle)
+        if self.pull_pickle and not self.pull:
+            raise UsageError("%%hivemind --pull-pickle: give the variables with --pull")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -221,13 +234,15 @@ class HiveMindMagics(Magics):
                 raise UsageError(f"%%hivemind: {exc}") from None
             except HiveMindError as exc:
                 raise PoolProblem(str(exc)) from None
+            if packed.left_out:
+                print(f"[hivemind] {left_out_notice(packed.left_out)}", file=sys.stderr, flush=True)
             try:
                 task = client.submit(manifest, packed.path)
             except HiveMindError as exc:
                 raise PoolProblem(str(exc)) from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return TaskHandle(task.id, self.connector, self.settings, self.shell)
+        return TaskHandle(task.id, self.connector, self.settings, self.shell, pull_pickle=options.pull_pickle)
 
     # -- %hivemind ------------------------------------------------------------------------------
 

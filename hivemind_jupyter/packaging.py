@@ -19,7 +19,7 @@ from typing import Any
 
 from hivemind_nodepool.client.submission import DEFAULT_MAX_BUNDLE_BYTES, TaskRequest, package_path
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
+from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, LeftOut, PackedBundle, pack, scan_folder
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.manifest import code_preview, to_json, validate
 
@@ -127,12 +127,14 @@ def read_requirements(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _folder_files(folder: Path | None) -> list[tuple[str, Path]]:
+def _folder_files(folder: Path | None) -> tuple[list[tuple[str, Path]], list[LeftOut]]:
+    """The --dir folder's files to send, and the secrets left out of them."""
     if folder is None:
-        return []
+        return [], []
     if not folder.is_dir():
         raise InvalidInput(f"--dir {folder}: not a folder")
-    return [(name, path) for name, path, _ in collect_files(folder)]
+    scan = scan_folder(folder)
+    return [(name, path) for name, path, _ in scan.files], scan.left_out
 
 
 def pack_cell(
@@ -145,8 +147,9 @@ def pack_cell(
     push: Mapping[str, Any] | None = None,
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
 ) -> tuple[pb.Manifest, PackedBundle]:
-    """A cell (plus an optional folder) as a bundle at destination, and its manifest."""
-    files = _folder_files(folder)
+    """A cell (plus an optional folder) as a bundle at destination, and its manifest; the folder's
+    secrets are left out and named in the bundle's `left_out`."""
+    files, left_out = _folder_files(folder)
     taken = {name for name, _ in files}
     entry = CELL_ENTRY
     counter = 1
@@ -161,7 +164,9 @@ def pack_cell(
     extra.update(pickle_pushed(push_values))
     if requirements is not None:
         extra["requirements.txt"] = read_requirements(requirements)
-    return manifest, pack(destination, files, extra, max_bytes=max_bytes)
+    packed = pack(destination, files, extra, max_bytes=max_bytes)
+    packed.left_out = left_out
+    return manifest, packed
 
 
 def pack_path(

@@ -10,13 +10,14 @@ renamed into place, so a result folder either exists whole or not at all.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,36 +115,110 @@ def error_traceback(outputs: list[dict[str, Any]]) -> list[str] | None:
     return None
 
 
-def load_pulled(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(values, problems): the variables the task sent back, and why others did not come.
+# pyarrow before 14.0.1 could run code from a crafted file (CVE-2023-47248).
+MIN_PYARROW = (14, 0, 1)
+PICKLE_HINT = (
+    "pickles can run code in this kernel, so they are loaded only on request: "
+    "add --pull-pickle, or list the pool in c.HiveMind.trusted_pools, if you trust its workers"
+)
 
-    A value travels pickled (and as JSON when it is JSON); the pickle is preferred. It is the
-    user's own task's value, read through the pool, which only the task's owner can fetch.
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def _npy(entry: dict[str, Any]) -> Any:
+    try:
+        import numpy
+    except ImportError:
+        raise ValueError("it is a numpy value, and numpy is not installed in this kernel") from None
+    array = numpy.load(io.BytesIO(base64.b64decode(entry["npy"], validate=True)), allow_pickle=False)
+    return array[()] if entry.get("scalar") else array
+
+
+def _parquet(entry: dict[str, Any]) -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ValueError(
+            "it is a pandas value sent as Parquet; install pyarrow in this kernel to read it"
+        ) from None
+    if _version(pyarrow.__version__) < MIN_PYARROW:
+        raise ValueError(f"pyarrow {pyarrow.__version__} is too old to read it safely; use 14.0.1 or newer")
+    table = pyarrow.parquet.read_table(io.BytesIO(base64.b64decode(entry["parquet"], validate=True)))
+    frame = table.to_pandas()
+    if not entry.get("series"):
+        return frame
+    series = frame.iloc[:, 0]
+    series.name = entry.get("series_name")
+    return series
+
+
+def _plain(entry: dict[str, Any]) -> Any:
+    if "float" in entry:
+        if entry["float"] not in ("nan", "inf", "-inf"):
+            raise ValueError("not a float")
+        return float(entry["float"])
+    data = base64.b64decode(entry["bytes"], validate=True)
+    return bytearray(data) if entry.get("bytearray") else data
+
+
+def _decode(entry: dict[str, Any], allow_pickle: bool) -> Any:
+    """One pulled value from its entry; ValueError says why it cannot be read here."""
+    if "json" in entry:
+        return entry["json"]
+    if "float" in entry or "bytes" in entry:
+        return _plain(entry)
+    if "npy" in entry:
+        return _npy(entry)
+    if "parquet" in entry:
+        return _parquet(entry)
+    if "pickle" in entry:
+        if not allow_pickle:
+            why = f"{entry['safe_error']}; " if entry.get("safe_error") else ""
+            raise ValueError(
+                f"it is a {entry.get('type', '?')}, which comes back only pickled ({why}{PICKLE_HINT})"
+            )
+        return pickle.loads(base64.b64decode(entry["pickle"], validate=True))  # noqa: S301 - opted in
+    error = str(entry.get("error") or "did not come back")
+    raise ValueError(f"{entry['safe_error']} ({error})" if entry.get("safe_error") else error)
+
+
+def load_pulled(
+    folder: Path, names: Iterable[str], allow_pickle: bool = False
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values, problems): the variables the task sent back, of those asked for, and why others
+    did not come.
+
+    The worker that ran the task may belong to someone else, so by default only forms that cannot
+    run code are read: JSON, bytes, numpy's .npy (allow_pickle=False) and Parquet (pyarrow). A
+    pickle is loaded only when allow_pickle says the user trusts the pool's workers. Nothing is
+    read when nothing was asked for, and names that were not asked for are ignored.
     """
+    wanted = list(dict.fromkeys(names))
     path = folder / VARIABLES_FILE
-    if not path.is_file():
+    if not wanted:
         return {}, {}
+    if not path.is_file():
+        return {}, dict.fromkeys(wanted, "the result holds no variables")
     try:
         payload = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {}, {"*": f"the variables file is unreadable: {exc}"}
+    except (OSError, ValueError, RecursionError) as exc:
+        return {}, dict.fromkeys(wanted, f"the variables file is unreadable: {exc}")
+    if not isinstance(payload, dict):
+        payload = {}
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    for name, entry in payload.items() if isinstance(payload, dict) else []:
+    for name in wanted:
+        entry = payload.get(name)
         if not isinstance(entry, dict):
+            problems[name] = "did not come back"
             continue
-        if "pickle" in entry:
-            try:
-                values[name] = pickle.loads(base64.b64decode(entry["pickle"]))  # noqa: S301
-                continue
-            except Exception as exc:
-                if "json" not in entry:
-                    problems[name] = f"cannot be unpickled here ({entry.get('type', '?')}): {exc}"
-                    continue
-        if "json" in entry:
-            values[name] = entry["json"]
-        else:
-            problems[name] = str(entry.get("error") or "did not come back")
+        try:
+            values[name] = _decode(entry, allow_pickle)
+        except Exception as exc:  # a hostile or damaged entry must not stop the others
+            problems[name] = str(exc) if isinstance(exc, ValueError) else f"cannot be read here: {exc!r}"
     return values, problems
 
 
@@ -155,18 +230,159 @@ def joined_mime_bundle(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# What a worker's output may show in the user's browser when its pool is not trusted: what
+# JupyterLab shows of an untrusted notebook. JavaScript and other executable types are dropped;
+# HTML and Markdown are sanitised. Images render through <img>, where SVG cannot run script.
+SAFE_MIME_TYPES = frozenset(
+    {
+        "text/plain",
+        "text/html",
+        "text/markdown",
+        "text/latex",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/bmp",
+        "image/svg+xml",
+        "application/json",
+        "application/pdf",
+    }
+)
+_HTML_ATTRIBUTES = {"*": {"class", "style", "title", "lang", "dir"}, "table": {"border"}}
+_STYLE_PROPERTIES = {
+    "color",
+    "background-color",
+    "text-align",
+    "vertical-align",
+    "font-weight",
+    "font-style",
+    "font-size",
+    "font-family",
+    "text-decoration",
+    "white-space",
+    "width",
+    "height",
+    "max-width",
+    "min-width",
+    "border",
+    "border-collapse",
+    "border-color",
+    "border-style",
+    "border-width",
+    "border-top",
+    "border-bottom",
+    "border-left",
+    "border-right",
+    "padding",
+    "padding-top",
+    "padding-bottom",
+    "padding-left",
+    "padding-right",
+    "margin",
+    "margin-top",
+    "margin-bottom",
+    "margin-left",
+    "margin-right",
+}
+# Markdown links and images whose target is a scheme that runs or embeds a document.
+_MARKDOWN_BAD_TARGET = re.compile(
+    r"(\]\(\s*<?|^\s*\[[^\]]*\]:\s*<?)\s*(javascript|vbscript|data|file):", re.I | re.M
+)
+
+
+def _keep_attribute(tag: str, attribute: str, value: str) -> str | None:
+    """data: URLs may show an image, never be a link target (a document of the worker's making)."""
+    if attribute == "href" and value.strip().lower().startswith("data:"):
+        return None
+    return value
+
+
+def sanitize_html(text: str) -> str:
+    """HTML without script, event handlers, frames, forms or javascript: URLs (nh3, i.e. ammonia)."""
+    import nh3
+
+    tags = set(nh3.ALLOWED_TAGS)
+    attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
+    for tag, names in _HTML_ATTRIBUTES.items():
+        attributes.setdefault(tag, set()).update(names)
+    return nh3.clean(
+        text,
+        tags=tags,
+        attributes=attributes,
+        attribute_filter=_keep_attribute,
+        url_schemes={"http", "https", "mailto", "data"},
+        filter_style_properties=_STYLE_PROPERTIES,
+    )
+
+
+def sanitize_markdown(text: str) -> str:
+    """Markdown whose embedded HTML is sanitised and whose links cannot run script."""
+    if "<" in text:
+        text = sanitize_html(text)
+    return _MARKDOWN_BAD_TARGET.sub(lambda m: m.group(1) + "unsafe-", text)
+
+
+def untrusted_bundle(
+    data: dict[str, Any], metadata: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """An output from a worker the user does not trust, made safe to show (None: nothing to show)."""
+    joined = joined_mime_bundle(data)
+    kept: dict[str, Any] = {}
+    for mime, value in joined.items():
+        if mime not in SAFE_MIME_TYPES:
+            continue
+        if mime == "text/html":
+            kept[mime] = sanitize_html(value) if isinstance(value, str) else ""
+        elif mime == "text/markdown":
+            kept[mime] = sanitize_markdown(value) if isinstance(value, str) else ""
+        else:
+            kept[mime] = value
+    dropped = sorted(set(joined) - set(kept))
+    if dropped:
+        log.info("not shown from an untrusted pool's worker: %s", ", ".join(dropped))
+    if not kept and not dropped:
+        return None
+    if dropped and set(kept) <= {"text/plain"}:  # nothing else shows it: say why
+        note = (
+            f"[hivemind] not shown: {', '.join(dropped)} from the worker "
+            "(the pool is not in c.HiveMind.trusted_pools)"
+        )
+        plain = kept.get("text/plain")
+        kept["text/plain"] = f"{plain}\n{note}" if isinstance(plain, str) and plain else note
+    meta = {key: value for key, value in metadata.items() if key not in dropped}
+    return kept, meta
+
+
+def display_bundle(
+    data: dict[str, Any], metadata: dict[str, Any], trusted: bool
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """What to publish for a worker's output: as it is from a trusted pool, else made safe."""
+    if trusted:
+        return joined_mime_bundle(data), metadata
+    return untrusted_bundle(data, metadata)
+
+
 def show_outputs(
     outputs: list[dict[str, Any]],
     publish: Callable[[dict[str, Any], dict[str, Any]], None],
     write_stream: Callable[[str, str], None] | None = None,
+    trusted: bool = False,
 ) -> int:
-    """Show rich outputs (and streams when write_stream is given) as if produced here; returns
-    how many were shown."""
+    """Show rich outputs (and streams when write_stream is given) as if produced here, made safe
+    unless the pool is trusted; returns how many were shown."""
     shown = 0
     for output in outputs:
         kind = output.get("output_type")
         if kind in ("display_data", "execute_result"):
-            publish(joined_mime_bundle(output.get("data") or {}), output.get("metadata") or {})
+            data, metadata = output.get("data"), output.get("metadata")
+            bundle = display_bundle(
+                data if isinstance(data, dict) else {},
+                metadata if isinstance(metadata, dict) else {},
+                trusted,
+            )
+            if bundle is not None:
+                publish(*bundle)
             shown += 1
         elif kind == "stream" and write_stream is not None:
             text = output.get("text", "")

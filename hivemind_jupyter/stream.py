@@ -35,7 +35,7 @@ from hivemind_nodepool.protocol.errors import (
 from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.states import UNFINISHED_STATES
 
-from .handlers.base import AUTH_RESOURCE
+from .handlers.base import AUTH_RESOURCE, INT64_MAX
 from .handlers.tasks import TASK_ID
 from .pool import PoolConnector
 
@@ -523,7 +523,7 @@ class StreamHandler(JupyterHandler, websocket.WebSocketHandler):
             return
         try:
             data = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nesting too deep included
             self._error("messages must be JSON objects")
             return
         if not isinstance(data, dict):
@@ -533,8 +533,8 @@ class StreamHandler(JupyterHandler, websocket.WebSocketHandler):
             task_id, after = data.get("subscribe"), data.get("after", 0)
             if not isinstance(task_id, str) or not TASK_ID.match(task_id):
                 self._error("subscribe needs a task id")
-            elif isinstance(after, bool) or not isinstance(after, int) or after < 0:
-                self._error("after must be a whole number, 0 or more")
+            elif isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= INT64_MAX:
+                self._error(f"after must be a whole number from 0 to {INT64_MAX}")
             elif self.feed.subscriptions(self) >= MAX_SUBSCRIPTIONS:
                 self._error(f"at most {MAX_SUBSCRIPTIONS} subscriptions per socket")
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from tornado import web
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.client.submission import TaskRequest
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import LeftOut, left_out_notice
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
@@ -22,7 +24,7 @@ from hivemind_nodepool.protocol.units import parse_duration, parse_size
 from ..errors import ApiError
 from ..packaging import pack_path
 from ..results import fetch_into, public_files
-from .base import HiveMindHandler
+from .base import INT64_MAX, HiveMindHandler
 
 T = TypeVar("T")
 TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -41,6 +43,11 @@ SUBMIT_FIELDS = {
     "requirements",
 }
 MAX_EVENTS = 10_000
+MAX_PATH = 4096
+MAX_PAGE_TOKEN = 1024
+# Bounds that keep a value inside its protobuf field; the pool's own checks are tighter.
+MAX_WHOLE = 2**31 - 1
+MAX_NUMBER = 1e15
 STATE_NAMES = frozenset(pb.TaskState.DESCRIPTOR.values_by_name) - {"TASK_STATE_UNSPECIFIED"}
 
 
@@ -50,15 +57,19 @@ def _number(body: dict[str, Any], key: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"{key} must be a number")
+    if not (math.isfinite(value) and abs(value) <= MAX_NUMBER):
+        raise InvalidInput(f"{key} is out of range")
     return float(value)
 
 
-def _integer(body: dict[str, Any], key: str) -> int | None:
+def _integer(body: dict[str, Any], key: str, low: int = -MAX_WHOLE, high: int = MAX_WHOLE) -> int | None:
     value = body.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{key} must be a whole number")
+    if not low <= value <= high:
+        raise InvalidInput(f"{key} must be from {low} to {high}")
     return value
 
 
@@ -97,17 +108,28 @@ class TaskBase(HiveMindHandler):
         return Path(root).resolve()
 
     def resolve_path(self, relative: str) -> Path:
-        """A contents-relative path, refused when it leaves the contents root."""
-        if not relative or "\x00" in relative or PurePosixPath(relative).is_absolute() or "\\" in relative:
+        """A contents-relative path, refused when it leaves the contents root (symbolic links
+        included: the resolved path must stay inside)."""
+        if (
+            not relative
+            or len(relative) > MAX_PATH
+            or any(ord(c) < 32 for c in relative)
+            or PurePosixPath(relative).is_absolute()
+            or "\\" in relative
+        ):
             raise InvalidInput("path must be a notebook or folder relative to the Jupyter root")
         if ".." in PurePosixPath(relative).parts:
             raise InvalidInput("path may not contain '..'")
         root = self.contents_root()
-        target = (root / relative).resolve()
+        try:
+            target = (root / relative).resolve()
+            exists = target.exists()
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+            raise InvalidInput(f"{relative[:200]} cannot be opened: {exc.__class__.__name__}") from None
         if target != root and root not in target.parents:
-            raise InvalidInput(f"{relative} lies outside the Jupyter root")
-        if not target.exists():
-            raise InvalidInput(f"{relative} does not exist")
+            raise InvalidInput(f"{relative[:200]} lies outside the Jupyter root")
+        if not exists:
+            raise InvalidInput(f"{relative[:200]} does not exist")
         return target
 
 
@@ -120,15 +142,8 @@ class TasksHandler(TaskBase):
             if name not in STATE_NAMES:
                 raise ApiError(400, f"unknown state {name!r}; use e.g. RUNNING, QUEUED, SUCCEEDED")
             states.append(pb.TaskState.Value(name))
-        try:
-            limit = int(self.get_query_argument("limit", "50"))
-        except ValueError:
-            raise ApiError(400, "limit must be a whole number") from None
-        if not 1 <= limit <= 500:
-            raise ApiError(400, "limit must be between 1 and 500")
-        token = self.get_query_argument("page_token", "")
-        if len(token) > 1024:
-            raise ApiError(400, "page_token is too long")
+        limit = self.query_int("limit", 50, 1, 500)
+        token = self.query_text("page_token", MAX_PAGE_TOKEN)
         page = await self.pool(lambda c: c.list_tasks(states, page_size=limit, page_token=token))
         self.reply(
             {
@@ -141,17 +156,26 @@ class TasksHandler(TaskBase):
     def _request(self, body: dict[str, Any]) -> TaskRequest:
         settings = self.hivemind
         cpus = _number(body, "cpus")
-        gpus = _integer(body, "gpus")
-        retries = _integer(body, "retries")
+        gpus = _integer(body, "gpus", 0)
+        retries = _integer(body, "retries", -1)
         memory = body.get("memory")
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (str, int))):
             raise InvalidInput('memory must be a size like "8G" or a number of bytes')
+        if isinstance(memory, int) and not 0 < memory <= INT64_MAX:
+            raise InvalidInput("memory is out of range")
         disk = body.get("disk")
         if disk is not None and (isinstance(disk, bool) or not isinstance(disk, (str, int))):
             raise InvalidInput('disk must be a size like "20G" or a number of bytes')
+        if isinstance(disk, int) and not 0 <= disk <= INT64_MAX:
+            raise InvalidInput("disk is out of range")
         timeout = body.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (str, int, float))):
             raise InvalidInput('timeout must be a duration like "30m" or a number of seconds')
+        if isinstance(timeout, (int, float)):
+            _number(body, "timeout")
+        for key in ("memory", "disk", "timeout", "name", "entry"):
+            if isinstance(body.get(key), str) and len(body[key]) > MAX_PATH:
+                raise InvalidInput(f"{key} is longer than {MAX_PATH} characters")
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput("parameters must be a JSON object")
@@ -172,7 +196,7 @@ class TasksHandler(TaskBase):
 
     def _package_and_submit(
         self, target: Path, request: TaskRequest, entry: str | None, requirements: str | None = None
-    ) -> pb.Task:
+    ) -> tuple[pb.Task, list[LeftOut]]:
         client = self.connector.client()  # fail fast (401) before packaging a big folder
         workdir = Path(tempfile.mkdtemp(prefix="hivemind-submit-"))
         try:
@@ -184,7 +208,7 @@ class TasksHandler(TaskBase):
                 max_bytes=self.hivemind.max_bundle_bytes,
                 requirements=requirements,
             )
-            return client.submit(manifest, packed.path)
+            return client.submit(manifest, packed.path), packed.left_out
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -201,8 +225,12 @@ class TasksHandler(TaskBase):
 
         target, request, entry = await self.blocking(prepare)
         requirements = _string(body, "requirements")
-        task = await self.blocking(self._package_and_submit, target, request, entry, requirements)
-        self.reply(to_dict(task, every_field=True), status=201)
+        task, left_out = await self.blocking(self._package_and_submit, target, request, entry, requirements)
+        # The Task, plus what the packer left out as secrets and the one line that says so.
+        answer = to_dict(task, every_field=True)
+        answer["left_out"] = [item.name for item in left_out]
+        answer["notice"] = left_out_notice(left_out)
+        self.reply(answer, status=201)
 
 
 class TaskHandler(TaskBase):
@@ -216,6 +244,7 @@ class CancelHandler(TaskBase):
     @web.authenticated
     @authorized
     async def post(self, task_id: str) -> None:
+        self.json_body(set())  # no fields; a body, if any, must be an empty JSON object
         await self.reply_task(task_id, PoolClient.cancel_task)
 
 
@@ -223,6 +252,7 @@ class RetryHandler(TaskBase):
     @web.authenticated
     @authorized
     async def post(self, task_id: str) -> None:
+        self.json_body(set())  # no fields; a body, if any, must be an empty JSON object
         await self.reply_task(task_id, PoolClient.retry_task, status=201)
 
 
@@ -230,6 +260,7 @@ class ResultHandler(TaskBase):
     @web.authenticated
     @authorized
     async def post(self, task_id: str) -> None:
+        self.json_body(set())
         root = self.contents_root()
         results_root = (root / self.hivemind.results_dir).resolve()
         if root not in results_root.parents:
@@ -255,13 +286,8 @@ class EventsHandler(TaskBase):
     @web.authenticated
     @authorized
     async def get(self, task_id: str) -> None:
-        try:
-            after = int(self.get_query_argument("after", "0"))
-            limit = int(self.get_query_argument("limit", "1000"))
-        except ValueError:
-            raise ApiError(400, "after and limit must be whole numbers") from None
-        if after < 0 or not 1 <= limit <= MAX_EVENTS:
-            raise ApiError(400, f"after must be 0 or more and limit between 1 and {MAX_EVENTS}")
+        after = self.query_int("after", 0, 0, INT64_MAX)
+        limit = self.query_int("limit", 1000, 1, MAX_EVENTS)
 
         def read(client: PoolClient) -> list[pb.TaskEvent]:
             events: list[pb.TaskEvent] = []

@@ -144,6 +144,37 @@ def test_submit_wait_logs_fetch_and_retry(
     assert "cli-worker" in hivemind(signed_in, "workers").stdout
 
 
+def test_submitting_a_home_folder_sends_no_secrets_to_the_worker(
+    pool: PoolProcess, cli_worker: WorkerProcess, signed_in: Path, tmp_path: Path
+) -> None:
+    """The folder holds the user's own pool credential (the one this very `submit` signs in with,
+    as when a home folder is sent) and an SSH key: the worker's task sees neither, and the person
+    is told on stderr what was left out and how to send it on purpose."""
+    home = tmp_path / "home"
+    notebook(
+        home,
+        "import os\nfor top, dirs, files in os.walk('.'):\n    for f in files:\n"
+        "        print('FILE', os.path.join(top, f))",
+    )
+    (home / "data.csv").write_text("1,2\n")
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_rsa").write_text(
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n"
+    )
+    config = home / ".config" / "hivemind"
+    config.mkdir(parents=True)
+    (config / "credentials.json").write_bytes((signed_in / "credentials.json").read_bytes())
+    result = hivemind(config, "submit", str(home), "--memory", "512M", "--wait", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("FILE ")]
+    assert "./data.csv" in seen and "./job.ipynb" in seen
+    assert not any(".ssh" in name or "credentials" in name for name in seen), seen
+    notice = [line for line in result.stderr.splitlines() if "left out as secrets" in line]
+    assert len(notice) == 1, result.stderr
+    assert ".ssh/" in notice[0] and ".config/hivemind/credentials.json" in notice[0]
+    assert "!NAME to .hivemindignore" in notice[0]
+
+
 def test_a_failing_notebook_makes_submit_wait_fail(
     pool: PoolProcess, cli_worker: WorkerProcess, signed_in: Path, tmp_path: Path
 ) -> None:

@@ -208,3 +208,84 @@ def test_a_cell_task_is_named_after_its_notebook_and_cell(signed_in, local_worke
     with capture_output():
         handle.wait()
         named.wait()
+
+
+def test_dir_leaves_secrets_behind_and_says_so(signed_in, local_worker, shell, tmp_path: Path):
+    """`--dir` with an SSH key and a `.env` in it: the remote cell sees neither, and the cell's
+    output names them with the way to send one on purpose."""
+    folder = tmp_path / "project"
+    (folder / ".ssh").mkdir(parents=True)
+    (folder / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n")
+    (folder / ".env").write_text("API_TOKEN=hm-secret\n")
+    (folder / "data.csv").write_text("1,2\n")
+    cell = "import os\nprint(sorted(os.path.join(t, f) for t, _, fs in os.walk('.') for f in fs))\n"
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind --dir {folder} --memory 512M\n{cell}")
+    assert result.error_in_exec is None, captured.stdout + captured.stderr
+    assert "./data.csv" in captured.stdout
+    assert ".ssh" not in captured.stdout and ".env" not in captured.stdout
+    notice = [line for line in captured.stderr.splitlines() if "left out as secrets" in line]
+    assert len(notice) == 1 and ".ssh/" in notice[0] and ".env" in notice[0], captured.stderr
+    assert "!NAME to .hivemindignore" in notice[0]
+
+
+SAFE_FORMS_CELL = """
+import numpy as np, pandas as pd
+arr = np.arange(12, dtype=np.int32).reshape(3, 4)
+scalar = np.float32(1.5)
+frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}, index=["r1", "r2"])
+series = pd.Series([0.5, 1.5], name="s")
+blob = b"\\x00\\xff"
+nan = float("nan")
+text = "na\\u00efve"
+nested = {"k": [1, 2.5, None, True]}
+pair = (1, 2)
+objects = np.array([{"a": 1}], dtype=object)
+"""
+SAFE_NAMES = "arr,scalar,frame,series,blob,nan,text,nested,pair,objects"
+
+
+def test_pulled_values_come_back_in_forms_that_cannot_run_code(signed_in, local_worker, shell):
+    """numpy arrays as .npy, pandas values as Parquet, JSON, bytes: loaded without pickle. A
+    tuple or an object array has only a pickle form: refused with how to opt in, and loaded with
+    --pull-pickle."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind --pull {SAFE_NAMES} --memory 1G\n{SAFE_FORMS_CELL}")
+    assert result.error_in_exec is None, captured.stdout + captured.stderr
+    ns = shell.user_ns
+    assert ns["arr"].dtype == np.int32 and ns["arr"].tolist() == np.arange(12).reshape(3, 4).tolist()
+    assert isinstance(ns["scalar"], np.float32) and ns["scalar"] == 1.5
+    pd.testing.assert_frame_equal(
+        ns["frame"], pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}, index=["r1", "r2"])
+    )
+    pd.testing.assert_series_equal(ns["series"], pd.Series([0.5, 1.5], name="s"))
+    assert ns["blob"] == b"\x00\xff" and math.isnan(ns["nan"]) and ns["text"] == "na\u00efve"
+    assert ns["nested"] == {"k": [1, 2.5, None, True]}
+    assert "pair" not in ns and "objects" not in ns
+    problems = {line.split()[2]: line for line in captured.stderr.splitlines() if "did not come back" in line}
+    assert set(problems) == {"pair", "objects"}, captured.stderr
+    assert "--pull-pickle" in problems["pair"] and "builtins.tuple" in problems["pair"]
+    assert "array of Python objects" in problems["objects"]
+
+    with capture_output() as captured:
+        result = shell.run_cell(
+            f"%%hivemind --pull pair,objects --pull-pickle --memory 1G\n{SAFE_FORMS_CELL}"
+        )
+    assert result.error_in_exec is None, captured.stderr
+    assert ns["pair"] == (1, 2) and ns["objects"][0] == {"a": 1}
+
+
+def test_a_frame_without_pyarrow_in_the_task_is_refused_clearly(signed_in, local_worker, shell):
+    cell = "import sys\nimport pandas as pd\nsys.modules['pyarrow'] = None  # as if not installed\n"
+    cell += "frame = pd.DataFrame({'a': [1]})\n"
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind --pull frame --memory 1G\n{cell}")
+    assert result.error_in_exec is None, captured.stderr
+    assert "frame" not in shell.user_ns
+    line = next(line for line in captured.stderr.splitlines() if "variable frame did not come back" in line)
+    assert "needs pyarrow in the task's environment" in line

@@ -153,6 +153,24 @@ def test_submit_a_folder_and_cancel(api, signed_in, local_worker, jp_root_dir: P
     assert status in (200, 409)
 
 
+def test_submit_a_folder_leaves_secrets_out_and_says_so(api, signed_in, jp_root_dir: Path):
+    write_notebook(jp_root_dir / "home" / "nb.ipynb", "x = 1")
+    (jp_root_dir / "home" / ".ssh").mkdir()
+    (jp_root_dir / "home" / ".ssh" / "id_rsa").write_text("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n")
+    (jp_root_dir / "home" / ".env").write_text("TOKEN=1\n")
+    status, task = api("POST", "tasks", body={"path": "home", "memory": "256M"})
+    assert status == 201, task
+    assert task["left_out"] == [".env", ".ssh/"]
+    assert ".ssh/" in task["notice"] and "!NAME to .hivemindignore" in task["notice"]
+    (jp_root_dir / "home" / ".hivemindignore").write_text("!.env\n")
+    status, task = api("POST", "tasks", body={"path": "home/nb.ipynb", "memory": "256M"})
+    assert status == 201 and task["left_out"] == [".ssh/"], task
+    (jp_root_dir / "clean").mkdir()
+    write_notebook(jp_root_dir / "clean" / "nb.ipynb", "x = 1")
+    status, task = api("POST", "tasks", body={"path": "clean/nb.ipynb", "memory": "256M"})
+    assert status == 201 and task["left_out"] == [] and task["notice"] == ""
+
+
 def test_another_users_task_is_404(api, signed_in, jp_root_dir: Path, tmp_path: Path):
     signed_in.add_user("bob", "bob-password-1")
     bob = signed_in.login("bob", "bob-password-1")

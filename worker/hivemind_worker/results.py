@@ -5,7 +5,8 @@ Layout (what the Jupyter side and `hivemind fetch` read):
     <entry notebook path>        the executed notebook, outputs included (also after an error)
     outputs/...                  files matching the manifest's output patterns (default outputs/**)
     .hivemind/result.json        outcome, error, metrics, the entry notebook's name, the file list
-    .hivemind/variables.json     {name: {"type": ..., "pickle": base64, "json": value} | {"error": ...}}
+    .hivemind/variables.json     {name: {"type": ..., "json" | "npy" | "parquet" | "bytes" | "pickle": ...}
+                                 | {"error": ...}}  (written by runtime/runner.py)
 
 The task wrote these folders, so nothing in them is trusted: symbolic links and special files are
 skipped (a link could point at the worker's own files), and the total size is capped.

@@ -17,7 +17,7 @@ from hivemind_nodepool.client.pool_client import PoolClient
 from hivemind_nodepool.client.submission import TaskRequest, package_path, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol import commandline
-from hivemind_nodepool.protocol.bundle import safe_extract
+from hivemind_nodepool.protocol.bundle import left_out_notice, safe_extract
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
 from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.states import state_name
@@ -105,6 +105,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"{format_size(packed.packed_bytes)} zipped)",
             file=sys.stderr,
         )
+        if packed.left_out:
+            print(f"hivemind: {left_out_notice(packed.left_out)}", file=sys.stderr)
         with _client() as client:
             task = client.submit(manifest, packed.path, on_progress=_upload_progress(packed.packed_bytes))
             print(task.id)

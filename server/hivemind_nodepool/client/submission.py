@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from google.protobuf import json_format
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, collect_files, pack
+from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, pack, scan_folder
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
@@ -48,8 +48,14 @@ class TaskRequest:
             raise InvalidInput(f"--gpus cannot be negative ({self.gpus})")
         try:
             parameters_json = json.dumps(dict(self.parameters or {}))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidInput(f"parameters must be JSON values: {exc}") from None
+        try:
+            return self._manifest(entry_notebook, parameters_json)
+        except (ValueError, OverflowError, TypeError) as exc:  # a number too big for its field
+            raise InvalidInput(f"a value of the task is out of range: {exc}") from None
+
+    def _manifest(self, entry_notebook: str, parameters_json: str) -> pb.Manifest:
         return pb.Manifest(
             name=self.name or Path(entry_notebook).stem,
             entry_notebook=entry_notebook,
@@ -81,10 +87,21 @@ def find_entry(folder: Path, entry: str | None, how_to_choose: str = "--entry NA
     how_to_choose tells the caller's user how to name one (a CLI flag, an API field)."""
     if entry is not None:
         clean = PurePosixPath(entry)
-        if not entry or clean.is_absolute() or ".." in clean.parts or "\\" in entry:
-            raise InvalidInput(f"the entry notebook {entry!r} must be a path inside the folder")
-        if clean.suffix != ".ipynb" or not (folder / clean).is_file():
-            raise InvalidInput(f"there is no notebook {entry!r} in the folder {folder.name!r}")
+        if (
+            not entry
+            or len(entry) > 1024
+            or any(ord(c) < 32 for c in entry)
+            or clean.is_absolute()
+            or ".." in clean.parts
+            or "\\" in entry
+        ):
+            raise InvalidInput(f"the entry notebook {entry[:200]!r} must be a path inside the folder")
+        try:
+            found = clean.suffix == ".ipynb" and (folder / clean).is_file()
+        except OSError:  # a name the filesystem cannot hold
+            found = False
+        if not found:
+            raise InvalidInput(f"there is no notebook {entry[:200]!r} in the folder {folder.name!r}")
         return clean.as_posix()
     notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
     if len(notebooks) == 1:
@@ -109,7 +126,8 @@ def package_path(
     extra: Mapping[str, bytes] | None = None,
 ) -> tuple[pb.Manifest, PackedBundle]:
     """Package a notebook (with its folder) or a folder into a bundle ZIP in workdir; `extra`
-    files (such as a requirements.txt typed in the panel) replace same-named ones of the folder."""
+    files (such as a requirements.txt typed in the panel) replace same-named ones of the folder.
+    Secrets are left out (see bundle.scan_folder) and named in the bundle's `left_out`."""
     source = Path(path).expanduser()
     if source.is_file():
         if source.suffix != ".ipynb":
@@ -121,9 +139,11 @@ def package_path(
         raise InvalidInput(f"{source} does not exist")
     manifest = request.to_manifest(entry_name)
     added = {**(extra or {}), MANIFEST_NAME: manifest_json(manifest)}
-    files = [(name, file) for name, file, _ in collect_files(folder) if name not in added]
+    scan = scan_folder(folder)
+    files = [(name, file) for name, file, _ in scan.files if name not in added]
     target_dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hivemind-bundle-"))
     packed = pack(target_dir / "bundle.zip", files, added, max_bytes=max_bytes)
+    packed.left_out = scan.left_out  # the caller tells the person (left_out_notice)
     return manifest, packed
 
 

@@ -8,7 +8,9 @@ are counted while unpacking because the sizes a ZIP declares can lie.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -40,6 +42,32 @@ DEFAULT_IGNORES = (
 )
 _COPY_BLOCK = 1024 * 1024
 
+# HiveMind's own credentials (a user's pool token, a worker's identity): never packed, whatever the
+# ignore files say. Found by name, and by content for copies under other names.
+HIVEMIND_CREDENTIALS = ("**/hivemind/credentials.json", "**/hivemind/credentials.tmp")
+# Well-known secret places and files: left out unless `!PATTERN` in .hivemindignore asks for one.
+SECRET_PATTERNS = (
+    ".ssh/",
+    ".gnupg/",
+    ".aws/",
+    "**/.config/gcloud/",
+    ".netrc",
+    "_netrc",
+    ".git-credentials",
+    "*.pem",
+    "*.key",
+    ".env",
+    ".env.*",
+    "**/jupyter/runtime/",  # Jupyter's runtime folder: kernel connection keys, server tokens
+    "jpserver-*.json",
+    "jpserver-*-open.html",
+    "nbserver-*.json",
+)
+# A private key in PEM/OpenSSH/PGP/PuTTY form, wherever it starts a line of the file's head.
+_PRIVATE_KEY = re.compile(rb"(?m)^(-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File-\d)")
+_SNIFF_BYTES = 8192
+_SNIFF_JSON_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True)
 class BundleLimits:
@@ -56,6 +84,7 @@ class PackedBundle:
     unpacked_bytes: int
     packed_bytes: int
     names: list[str] = field(default_factory=list)
+    left_out: list[LeftOut] = field(default_factory=list)  # secrets the packer did not send
 
 
 def _clean_name(name: str, limits: BundleLimits) -> str:
@@ -184,41 +213,173 @@ def safe_extract(path: str | Path, destination: str | Path, limits: BundleLimits
     return written
 
 
-def _ignore_spec(root: Path, extra: Iterable[str]) -> pathspec.GitIgnoreSpec:
-    lines = list(DEFAULT_IGNORES) + list(extra)
+def _ignore_lines(root: Path) -> tuple[list[str], list[str]]:
+    """(every ignore line, the `!PATTERN` lines of .hivemindignore turned into plain patterns)."""
+    lines: list[str] = []
+    includes: list[str] = []
     for name in IGNORE_FILES:
         ignore_file = root / name
         if ignore_file.is_file():
-            lines.extend(ignore_file.read_text(errors="replace").splitlines())
-    return pathspec.GitIgnoreSpec.from_lines(lines)
+            text = ignore_file.read_text(errors="replace").splitlines()
+            lines.extend(text)
+            if name == ".hivemindignore":
+                includes.extend(line[1:] for line in text if line.startswith("!") and line[1:].strip())
+    return lines, includes
 
 
-def collect_files(root: str | Path, ignore: Iterable[str] = ()) -> list[tuple[str, Path, int]]:
-    """(name in bundle, path, size) of every file under root that the ignore rules keep.
+@dataclass(frozen=True)
+class LeftOut:
+    """A file or folder the packer left out because it holds a secret."""
+
+    name: str  # as in the bundle; a folder ends with "/"
+    why: str  # "HiveMind credentials", "private key", "secret file", "secret folder"
+    files: int = 1
+    can_include: bool = True  # False for HiveMind's own credentials: they are never sent
+
+
+@dataclass
+class FolderScan:
+    files: list[tuple[str, Path, int]]  # (name in bundle, path, size)
+    left_out: list[LeftOut]
+
+
+def _json_secret(path: Path, size: int) -> str | None:
+    """'HiveMind credentials' or 'Jupyter connection file' for such a JSON file, else None."""
+    if size > _SNIFF_JSON_BYTES:
+        return None
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if ("token" in data and {"pool", "user"} <= data.keys()) or {"worker_id", "credential"} <= data.keys():
+        return "HiveMind credentials"
+    if "key" in data and ("signature_scheme" in data or "shell_port" in data):
+        return "Jupyter connection file"
+    return None
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    return bool(_PRIVATE_KEY.search(head))
+
+
+class _SecretRules:
+    """Which files of one folder are secrets, and the tally of what was left out."""
+
+    def __init__(self, includes: list[str]) -> None:
+        self.never = pathspec.GitIgnoreSpec.from_lines(HIVEMIND_CREDENTIALS)
+        self.secret = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
+        self.wanted = pathspec.GitIgnoreSpec.from_lines(includes)  # `!PATTERN` of .hivemindignore
+        self.left: dict[str, LeftOut] = {}
+
+    def secret_folder(self, rel: str) -> str | None:
+        """The outermost left-out secret folder above rel. As in git, a file inside a left-out
+        folder comes only with the folder (`!.ssh/`)."""
+        folders = (p for p in _parents(rel) if self.secret.match_file(p) and not self.wanted.match_file(p))
+        return next(folders, None)
+
+    def why_secret(self, rel: str, path: Path, size: int) -> tuple[str, bool] | None:
+        """(why, whether `!PATTERN` may send it) for a secret, None for a file to send."""
+        kind = _json_secret(path, size) if rel.endswith((".json", ".tmp")) else None
+        if self.never.match_file(rel) or kind == "HiveMind credentials":
+            return "HiveMind credentials", False
+        if self.secret_folder(rel) is not None:
+            return "secret folder", True
+        if self.wanted.match_file(rel):
+            return None
+        if self.secret.match_file(rel):
+            return "secret file", True
+        if kind is not None:
+            return kind, True
+        return ("private key", True) if _holds_private_key(path) else None
+
+    def leave_out(self, rel: str, why: str, can_include: bool) -> None:
+        folder = self.secret_folder(rel)  # files under a secret folder are reported once, as it
+        key = folder or rel
+        before = self.left.get(key)
+        if before is not None:
+            self.left[key] = LeftOut(key, before.why, before.files + 1, before.can_include and can_include)
+        else:
+            self.left[key] = LeftOut(key, "secret folder" if folder else why, 1, can_include)
+
+    def report(self) -> list[LeftOut]:
+        """HiveMind's credentials first, then what was found by content, then the rest by name."""
+        order = {"HiveMind credentials": 0, "private key": 1, "Jupyter connection file": 1}
+        return sorted(self.left.values(), key=lambda item: (order.get(item.why, 2), item.name))
+
+
+def scan_folder(root: str | Path, ignore: Iterable[str] = ()) -> FolderScan:
+    """The files under root that the ignore rules keep, less secrets, and the secrets left out.
 
     Symbolic links are skipped: a bundle carries files, not pointers into the sender's disk.
+    HiveMind's own credential files are never kept. Well-known secret locations and files
+    (SECRET_PATTERNS, and any file that holds a private key) are left out unless a `!PATTERN`
+    line of .hivemindignore names them; .gitignore and .hivemindignore apply first, as always.
     """
     base = Path(root)
     if not base.is_dir():
         raise InvalidInput(f"{root} is not a folder")
-    spec = _ignore_spec(base, ignore)
+    lines, includes = _ignore_lines(base)
+    spec = pathspec.GitIgnoreSpec.from_lines(list(DEFAULT_IGNORES) + list(ignore) + lines)
+    rules = _SecretRules(includes)
     found: list[tuple[str, Path, int]] = []
     for folder, dirs, names in os.walk(base):
         here = Path(folder)
-        rel_dir = here.relative_to(base).as_posix()
-        kept = []
-        for name in sorted(dirs):
-            rel = f"{rel_dir}/{name}/" if rel_dir != "." else f"{name}/"
-            if not (here / name).is_symlink() and not spec.match_file(rel):
-                kept.append(name)
-        dirs[:] = kept
+        prefix = "" if here == base else here.relative_to(base).as_posix() + "/"
+        dirs[:] = [
+            name
+            for name in sorted(dirs)
+            if not (here / name).is_symlink() and not spec.match_file(f"{prefix}{name}/")
+        ]
         for name in sorted(names):
-            full = here / name
-            rel = f"{rel_dir}/{name}" if rel_dir != "." else name
+            full, rel = here / name, prefix + name
             if full.is_symlink() or not full.is_file() or spec.match_file(rel):
                 continue
-            found.append((rel, full, full.stat().st_size))
-    return found
+            size = full.stat().st_size
+            secret = rules.why_secret(rel, full, size)
+            if secret is None:
+                found.append((rel, full, size))
+            else:
+                rules.leave_out(rel, *secret)
+    return FolderScan(found, rules.report())
+
+
+def _parents(rel: str) -> list[str]:
+    """'a/', 'a/b/' for 'a/b/c': the folders above a file, outermost first."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
+
+
+def collect_files(root: str | Path, ignore: Iterable[str] = ()) -> list[tuple[str, Path, int]]:
+    """(name in bundle, path, size) of every file under root that the packer sends: see
+    scan_folder, which also says which secrets it left out."""
+    return scan_folder(root, ignore).files
+
+
+def left_out_notice(left_out: Iterable[LeftOut]) -> str:
+    """One line for the person: what was left out, and how to send a secret on purpose ('' if none)."""
+    items = list(left_out)
+    if not items:
+        return ""
+    shown = []
+    for item in items[:20]:
+        notes = [item.why] if item.why not in ("secret file", "secret folder") else []
+        if item.files > 1:
+            notes.append(f"{item.files} files")
+        shown.append(item.name + (f" ({', '.join(notes)})" if notes else ""))
+    more = f" and {len(items) - 20} more" if len(items) > 20 else ""
+    line = f"left out as secrets: {', '.join(shown)}{more}."
+    if any(item.can_include for item in items):
+        line += " To send one on purpose, add !NAME to .hivemindignore."
+    if not all(item.can_include for item in items):
+        line += " HiveMind credentials are never sent."
+    return line
 
 
 def pack(

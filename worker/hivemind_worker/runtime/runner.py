@@ -17,7 +17,8 @@ so it cannot corrupt them:
     {"t": "end", "status": "ok" | "error" | "kernel_died" | "runner_error",
      "error": "...", "traceback": "...", "metrics": {"cpu_seconds": ..., "peak_memory_bytes": ...}}
 
-Files written to the output folder: executed.ipynb (also after an error), variables.json. The
+Files written to the output folder: executed.ipynb (also after an error), variables.json (the
+pulled variables in forms that cannot run code where they are read; see _PULL_CODE). The
 notebook is saved after every cell, while a cell runs at most every few seconds as its outputs
 arrive, and on SIGTERM (how the worker stops a task on cancel or timeout, before it kills it), always
 by an atomic rename: a stopped task's last saved copy is whole and shows how far it got. Its
@@ -41,10 +42,66 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 MAX_VARIABLE_BYTES = 64 * 1024 * 1024
 
 # Run in the kernel after the notebook to read the requested variables. It writes the file itself so
-# big values never travel through the kernel's output messages.
+# big values never travel through the kernel's output messages. Each value travels in a form that
+# cannot run code where it is read (the worker may belong to someone else): JSON when it round-trips
+# exactly, bytes, numpy arrays and scalars as .npy (read with allow_pickle=False), pandas frames
+# and series as Parquet (needs pyarrow in the task's environment). Only a value with none of those
+# forms also travels pickled, which the user's side loads only from a pool the user trusts.
 _PULL_CODE = """
 def __hivemind_pull(names, path, limit):
-    import base64, json, pickle
+    import base64, io, json, math, pickle, sys
+
+    def b64(data):
+        return base64.b64encode(data).decode("ascii")
+
+    def safe_form(value):
+        kind = type(value)
+        module = kind.__module__
+        if module == "numpy" or module.startswith("numpy."):
+            import numpy
+            if isinstance(value, (numpy.ndarray, numpy.generic)):
+                buffer = io.BytesIO()
+                try:
+                    numpy.save(buffer, numpy.asarray(value), allow_pickle=False)
+                except ValueError:
+                    return None, "a numpy array of Python objects has no safe form (only pickle)"
+                entry = {"npy": b64(buffer.getvalue())}
+                if isinstance(value, numpy.generic):
+                    entry["scalar"] = True
+                return entry, ""
+        if module.startswith("pandas") and kind.__name__ in ("DataFrame", "Series"):
+            frame = value.to_frame(name="__hivemind_series__") if kind.__name__ == "Series" else value
+            buffer = io.BytesIO()
+            try:
+                frame.to_parquet(buffer, engine="pyarrow")
+            except ImportError:
+                return None, (
+                    "a pandas %s comes back as Parquet, which needs pyarrow in the task's "
+                    "environment (add pyarrow to its requirements.txt)" % kind.__name__
+                )
+            except Exception as exc:
+                return None, "cannot be written as Parquet: %s: %s" % (type(exc).__name__, exc)
+            entry = {"parquet": b64(buffer.getvalue())}
+            if kind.__name__ == "Series":
+                entry["series"] = True
+                try:
+                    json.dumps(value.name)
+                    entry["series_name"] = value.name
+                except (TypeError, ValueError):
+                    pass
+            return entry, ""
+        if kind in (bytes, bytearray):
+            return {"bytes": b64(bytes(value)), "bytearray": kind is bytearray}, ""
+        if kind is float and not math.isfinite(value):
+            return {"float": repr(value)}, ""
+        try:
+            text = json.dumps(value, allow_nan=False)
+            if json.loads(text) == value:  # exact: no tuple turned list, no int key turned str
+                return {"json": json.loads(text)}, ""
+        except (TypeError, ValueError, RecursionError):
+            pass
+        return None, ""
+
     found = {}
     space = globals()
     for name in names:
@@ -54,19 +111,27 @@ def __hivemind_pull(names, path, limit):
         value = space[name]
         entry = {"type": type(value).__module__ + "." + type(value).__qualname__}
         try:
+            form, why = safe_form(value)
+        except Exception as exc:
+            form, why = None, "%s: %s" % (type(exc).__name__, exc)
+        if form is not None:
+            size = len(json.dumps(form))
+            if size > limit:
+                entry["error"] = "%d bytes; the limit is %d" % (size, limit)
+            else:
+                entry.update(form)
+            found[name] = entry
+            continue
+        if why:
+            entry["safe_error"] = why
+        try:
             data = pickle.dumps(value, protocol=4)
             if len(data) > limit:
                 entry["error"] = "%d bytes pickled; the limit is %d" % (len(data), limit)
             else:
-                entry["pickle"] = base64.b64encode(data).decode("ascii")
+                entry["pickle"] = b64(data)
         except Exception as exc:
             entry["error"] = "cannot pickle: %s: %s" % (type(exc).__name__, exc)
-        try:
-            text = json.dumps(value, allow_nan=False)
-            if len(text) <= limit:
-                entry["json"] = json.loads(text)
-        except Exception:
-            pass
         found[name] = entry
     with open(path, "w") as handle:
         json.dump(found, handle)
