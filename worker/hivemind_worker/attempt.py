@@ -33,6 +33,7 @@ from hivemind_nodepool.protocol.errors import (
     HiveMindError,
     NotFound,
     PoolUnavailable,
+    ResultRefused,
 )
 
 from .bundles import BundleCache
@@ -348,6 +349,7 @@ class Attempt:
                 patterns=list(self.assignment.manifest.outputs) or list(DEFAULT_OUTPUTS),
                 meta=meta,
                 max_bytes=self.config.max_result_bytes,
+                limits=self.config.limits,
             )
         except HiveMindError as exc:
             self._fail(header, f"the result could not be returned: {exc}")
@@ -402,8 +404,9 @@ class Attempt:
         }.get(outcome.status, outcome.error or outcome.status.value)
 
     def _upload(self, header: pb.ResultHeader, result: Path | None) -> None:
-        """Send the outcome, retrying while the pool is away or its disk is full; a refusal means
-        it is not ours now."""
+        """Send the outcome, retrying while the pool is away or its disk is full, or answers with
+        another passing error. A stale attempt's refusal means it is not ours now; a refused result
+        is final (the pool has ended the task with the reason), so neither is sent again."""
         deadline = time.monotonic() + UPLOAD_RETRY_FOR
         backoff = 0.5
         while True:
@@ -418,6 +421,9 @@ class Attempt:
                 return
             except (Conflict, NotFound) as exc:
                 log.warning("the pool refused the outcome of %s: %s", self.name, exc)
+                return
+            except ResultRefused as exc:
+                log.error("the pool refused the result of %s, which ends the task: %s", self.name, exc)
                 return
             except DiskFull as exc:
                 # Not a refusal: the pool takes it once it has room again. Hold the result (its
