@@ -25,12 +25,18 @@ from typing import Any
 
 import pathspec
 
-from hivemind_nodepool.protocol.bundle import BundleLimits, PackedBundle, pack, stored_names
+from hivemind_nodepool.protocol.bundle import (
+    RESULT_META,
+    BundleLimits,
+    PackedBundle,
+    pack,
+    printable,
+    stored_names,
+)
 
 from .errors import WorkerError
 
 DEFAULT_OUTPUTS = ("outputs/**",)
-RESULT_META = ".hivemind/result.json"
 VARIABLES = ".hivemind/variables.json"
 
 
@@ -109,12 +115,13 @@ def build_result(
     stored = sorted([renamed.get(n, n) for n, _ in files] + list(extra))
     meta = dict(meta, entry_notebook=entry_notebook, files=stored)
     if renamed:
-        meta["renamed"] = {ascii(name)[1:-1]: new for name, new in renamed.items()}
+        # Keyed by the name's bytes as Python writes them (b'caf\\xe9.txt'): what the task wrote.
+        meta["renamed"] = {ascii(os.fsencode(name)): new for name, new in renamed.items()}
     extra[RESULT_META] = json.dumps(meta, indent=1).encode()
     sizes = sorted(((path.stat().st_size, name) for name, path in files), reverse=True)
     total = sum(size for size, _ in sizes) + sum(len(data) for data in extra.values())
     if total > max_bytes:
-        biggest = ", ".join(f"{ascii(name)[1:-1]} ({size / 1024**2:.1f} MiB)" for size, name in sizes[:5])
+        biggest = ", ".join(f"{printable(name)} ({size / 1024**2:.1f} MiB)" for size, name in sizes[:5])
         raise WorkerError(
             f"the result is too big to return: {total / 1024**2:.1f} MiB, over the "
             f"{max_bytes / 1024**2:.0f} MiB limit (biggest files: {biggest or 'none'})"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -31,6 +32,7 @@ import struct
 import tempfile
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -43,6 +45,7 @@ from hivemind_nodepool.protocol.errors import BundleError, InvalidInput
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "hivemind.json"
+RESULT_META = ".hivemind/result.json"  # in a result: outcome, metrics, file list (worker/results.py)
 IGNORE_FILES = (".gitignore", ".hivemindignore")
 # Never worth sending: version control, caches, environments, earlier results.
 DEFAULT_IGNORES = (
@@ -385,6 +388,24 @@ class _Placer:
         raise BundleError(f"no name for file {part!r} could be created here")
 
 
+def _copy_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, sink: BinaryIO, room: int) -> int:
+    """Copy one entry, counting: never more bytes than it declares, nor than `room`. A damaged
+    entry (bad CRC, broken compressed data) is a BundleError like any other refusal."""
+    copied = 0
+    try:
+        with archive.open(info) as source:
+            while block := source.read(_COPY_BLOCK):
+                copied += len(block)
+                if copied > info.file_size or copied > room:
+                    raise BundleError(
+                        f"entry {info.filename!r} unpacks to more bytes than it declares or allowed"
+                    )
+                sink.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise BundleError(f"entry {info.filename!r} is damaged or cannot be read: {exc}") from None
+    return copied
+
+
 def extract(
     path: str | Path,
     destination: str | Path,
@@ -422,16 +443,10 @@ def extract(
             local, fd = placer.open_file(parent, leaf)
             if local != clean:
                 result.renamed[clean] = local
-            with os.fdopen(fd, "wb") as sink, archive.open(info) as source:
-                entry_bytes = 0
-                while block := source.read(_COPY_BLOCK):
-                    entry_bytes += len(block)
-                    result.bytes_written += len(block)
-                    if entry_bytes > info.file_size or result.bytes_written > limits.max_unpacked_bytes:
-                        raise BundleError(
-                            f"entry {info.filename!r} unpacks to more bytes than it declares or allowed"
-                        )
-                    sink.write(block)
+            with os.fdopen(fd, "wb") as sink:
+                result.bytes_written += _copy_entry(
+                    archive, info, sink, limits.max_unpacked_bytes - result.bytes_written
+                )
             result.files += 1
     if result.renamed:
         log.warning(
@@ -480,9 +495,28 @@ def safe_extract(
     return extract(path, destination, limits, names).bytes_written
 
 
+def worker_renames(folder: Path, max_bytes: int = 16 * 1024 * 1024) -> dict[str, str]:
+    """The renames an unpacked result's worker made while packing (`renamed` in RESULT_META: names
+    that were not UTF-8 there); {} when there are none or the file is not what it should be."""
+    path = folder / RESULT_META
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > max_bytes:
+            return {}
+        renamed = json.loads(path.read_text(encoding="utf-8", errors="replace")).get("renamed")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in renamed.items()} if isinstance(renamed, dict) else {}
+
+
+def printable(name: str) -> str:
+    """A name as it may be shown on a terminal: control characters, and bytes a name held that are
+    not text, as escapes (a hostile name must not drive the terminal); the rest as it is."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in name)
+
+
 def describe_renames(renamed: Mapping[str, str], limit: int = 10) -> str:
     """One line per renamed entry (printable however hostile the name), at most `limit`."""
-    lines = [f"  {ascii(old)[1:-1]} -> {ascii(new)[1:-1]}" for old, new in list(renamed.items())[:limit]]
+    lines = [f"  {printable(old)} -> {printable(new)}" for old, new in list(renamed.items())[:limit]]
     if len(renamed) > limit:
         lines.append(f"  ... and {len(renamed) - limit} more")
     return "\n".join(lines)
@@ -571,7 +605,7 @@ def pack(
     total = sum(size for _, _, size in sizes) + sum(len(data) for data in extra.values())
     if max_bytes is not None and total > max_bytes:
         biggest = sorted(sizes, key=lambda item: -item[2])[:5]
-        listing = ", ".join(f"{ascii(name)[1:-1]} ({size / 1024**2:.1f} MiB)" for name, _, size in biggest)
+        listing = ", ".join(f"{printable(name)} ({size / 1024**2:.1f} MiB)" for name, _, size in biggest)
         raise InvalidInput(
             f"the folder holds {total / 1024**2:.1f} MiB, over the {max_bytes / 1024**2:.0f} MiB limit. "
             f"Biggest files: {listing}. Add them to .hivemindignore or pick a smaller folder."
