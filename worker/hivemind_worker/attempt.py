@@ -67,6 +67,13 @@ class AttemptConfig:
     pool_max_result_bytes: int = 0  # the pool's result limit, from its Welcome (0: not known)
 
 
+def notebook_output_chars(max_result_bytes: int) -> int:
+    """Printed text an executed notebook keeps: a quarter of the result limit (a character may
+    take up to four bytes in the notebook's JSON), and never more than 256 MiB, which the runner
+    must hold in memory."""
+    return max(1024 * 1024, min(256 * 1024**2, max_result_bytes // 4))
+
+
 def container_name(task_id: str, attempt: int) -> str:
     """A Docker-safe, unique name for an attempt's sandbox."""
     ident = task_id if _SAFE_ID.match(task_id) else hashlib.sha256(task_id.encode()).hexdigest()[:32]
@@ -188,6 +195,8 @@ class Attempt:
             output = event.get("output")
             if isinstance(output, dict):
                 self.events.add(pb.TaskEvent.DISPLAY, data=output)
+        elif kind == "notice":
+            self.events.notice(str(event.get("text", ""))[:2000])
         elif kind == "progress":
             done, total = int(event.get("done", 0)), int(event.get("total", 0))
             self.events.add(pb.TaskEvent.PROGRESS, progress=(done, total))
@@ -302,6 +311,7 @@ class Attempt:
                 else self.config.default_timeout,
                 allow_network=self.assignment.allow_network,
                 labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)},
+                max_output_chars=notebook_output_chars(self.config.max_result_bytes),
             )
             self._status(pb.RUNNING, "running")
             watch = DiskWatch(disk, lambda why: self.stopper.stop(DISK, why))
