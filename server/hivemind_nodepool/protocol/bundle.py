@@ -77,7 +77,7 @@ _WINDOWS_RESERVED = frozenset(
 class BundleLimits:
     max_files: int = 20_000
     max_unpacked_bytes: int = 8 * 1024**3
-    max_name_length: int = 1024
+    max_name_length: int = 4096  # a whole Linux path (PATH_MAX): every name a task can write
 
 
 @dataclass
