@@ -18,6 +18,7 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.bundle import describe_renames
 from hivemind_nodepool.protocol.errors import Cancelled, HiveMindError
 from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
 from hivemind_nodepool.protocol.units import format_duration
@@ -219,6 +220,13 @@ class TaskHandle:
             base = Path(os.getcwd()) / self.settings.results_dir
             fetched = fetch_into(self._client(), task, base)
             result.folder, result.notebook = fetched.folder, fetched.notebook
+            if fetched.renamed:
+                print(
+                    f"[hivemind] {len(fetched.renamed)} name(s) in the result could not be kept as "
+                    f"the task wrote them and were renamed in {fetched.folder.name}/:\n"
+                    + describe_renames(fetched.renamed),
+                    file=sys.stderr,
+                )
         if fetched is not None and fetched.notebook is not None:
             result.outputs = cell_outputs(fetched.notebook)
             rich = [o for o in result.outputs if o.get("output_type") in ("display_data", "execute_result")]

@@ -3,8 +3,14 @@
 The result ZIP (laid out by the worker, see hivemind_worker/results.py) holds the executed entry
 notebook, the files under the manifest's output patterns and `.hivemind/` (result.json, and
 variables.json with the pulled variables). It is unpacked with the bundle module's
-checks (no absolute paths, no `..`, no links, capped sizes) into a temporary folder that is then
-renamed into place, so a result folder either exists whole or not at all.
+checks (no absolute paths, no `..`, no links or devices, capped count and sizes, bytes counted while
+unpacking) into a temporary folder that is then renamed into place, so a result folder either exists
+whole or not at all. Names this filesystem cannot hold are renamed, and the renames are reported
+(`FetchedResult.renamed`) and kept in `.hivemind/fetched.json`.
+
+Each result gets a folder of its own, `<name>-<id>`, and is never unpacked into a folder that holds
+anything else: when that name is taken by something that is not this result (a folder of the
+user's, another result), the next free `<name>-<id>-2`, `-3`, ... is used instead.
 """
 
 from __future__ import annotations
@@ -24,8 +30,15 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.bundle import safe_extract
-from hivemind_nodepool.protocol.errors import Conflict
+from hivemind_nodepool.protocol.bundle import (
+    RESULT_META,
+    BundleLimits,
+    LocalNames,
+    Unpacked,
+    extract_new_folder,
+    worker_renames,
+)
+from hivemind_nodepool.protocol.errors import BundleError, Conflict
 from hivemind_nodepool.protocol.states import state_name
 
 from .packaging import TAG_CELL
@@ -34,6 +47,8 @@ log = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = ".hivemind/"
 VARIABLES_FILE = ".hivemind/variables.json"
+FETCH_RECORD = ".hivemind/fetched.json"
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -42,6 +57,7 @@ class FetchedResult:
     folder: Path
     notebook: Path | None
     files: list[Path] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # name in the result -> name written
 
 
 def folder_name(task: pb.Task) -> str:
@@ -54,35 +70,97 @@ def _listing(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _find_notebook(folder: Path, task: pb.Task) -> Path | None:
-    entry = folder / task.manifest.entry_notebook if task.manifest.entry_notebook else None
+def _find_notebook(folder: Path, task: pb.Task, renamed: dict[str, str] | None = None) -> Path | None:
+    name = task.manifest.entry_notebook
+    name = (renamed or {}).get(name, name)
+    entry = folder / name if name else None
     if entry is not None and entry.is_file():
         return entry
     found = sorted(folder.glob("*.ipynb")) or sorted(folder.rglob("*.ipynb"))
     return found[0] if found else None
 
 
-def fetch_into(client: PoolClient, task: pb.Task, results_root: Path) -> FetchedResult:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A small JSON object the result carries, or {} (never through a link, never huge)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_this_result(folder: Path, task: pb.Task) -> bool:
+    """Whether folder holds this task's result, fetched earlier (by its record, or, for a folder
+    fetched before records were kept, by the task id the worker wrote into result.json)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    record = _read_json(folder / FETCH_RECORD)
+    if record:
+        return record.get("task_id") == task.id and record.get("result_sha256") == task.result_sha256
+    return _read_json(folder / RESULT_META).get("task_id") == task.id
+
+
+def _renames(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _result(folder: Path, task: pb.Task) -> FetchedResult:
+    renamed = _renames(_read_json(folder / FETCH_RECORD).get("renamed"))
+    if renamed:
+        for old, new in renamed.items():
+            log.info("result of %s: %r was renamed to %r", task.id, old, new)
+    return FetchedResult(folder, _find_notebook(folder, task, renamed), _listing(folder), renamed)
+
+
+def fetch_into(
+    client: PoolClient,
+    task: pb.Task,
+    results_root: Path,
+    limits: BundleLimits = BundleLimits(),
+    names: LocalNames = LocalNames(),
+) -> FetchedResult:
     """Download and unpack the task's result under results_root/<name>-<id>/ (idempotent)."""
-    final = results_root / folder_name(task)
-    if final.is_dir():
-        return FetchedResult(final, _find_notebook(final, task), _listing(final))
+    base = folder_name(task)
+    final = results_root / base
+    for number in range(2, 1000):
+        if not final.exists() and not final.is_symlink():
+            break
+        if _is_this_result(final, task):
+            return _result(final, task)
+        final = results_root / f"{base}-{number}"  # taken by something else: never merged into
+    else:
+        raise Conflict(f"no free folder for the result of {task.id} under {results_root}")
     if not task.result_sha256:
         raise Conflict(f"task {task.id} has no result yet (it is {state_name(task.state)})")
     results_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{task.id}-", dir=results_root))
-    try:
-        archive = client.fetch_result(task.id, staging / "result.zip")
-        unpacked = staging / "unpacked"
-        safe_extract(archive, unpacked)
+
+    def record(folder: Path, unpacked: Unpacked) -> None:
+        # Names the worker had to store differently (not UTF-8 there) are renames too.
+        renamed = {**unpacked.renamed, **worker_renames(folder)}
+        internal = folder / INTERNAL_PREFIX
+        if internal.is_symlink() or (internal.exists() and not internal.is_dir()):
+            raise BundleError("the result's .hivemind entry is not a folder")
+        internal.mkdir(exist_ok=True)
+        target = folder / FETCH_RECORD
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        document = {"task_id": task.id, "result_sha256": task.result_sha256, "renamed": renamed}
+        target.write_text(json.dumps(document, indent=1))
+
+    with tempfile.TemporaryDirectory(prefix=f".{task.id}-", dir=results_root) as staging:
+        archive = client.fetch_result(task.id, Path(staging) / "result.zip")
         try:
-            unpacked.rename(final)
-        except OSError:
-            if not final.is_dir():  # a real failure, not a concurrent fetch that won
+            extract_new_folder(archive, final, limits, names, prepare=record)
+        except (BundleError, OSError):
+            if not _is_this_result(final, task):  # a real failure, not a concurrent fetch that won
                 raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return FetchedResult(final, _find_notebook(final, task), _listing(final))
+    return _result(final, task)
 
 
 def public_files(result: FetchedResult) -> list[Path]:

@@ -277,6 +277,8 @@ class ResultHandler(TaskBase):
                 "folder": rel(result.folder),
                 "notebook": rel(result.notebook) if result.notebook else None,
                 "files": [rel(p) for p in public_files(result)],
+                # Names this filesystem cannot hold, written under another name (shown in the panel).
+                "renamed": [{"from": old, "to": new} for old, new in result.renamed.items()],
             }
 
         self.reply(await self.task_call(task_id, fetch))

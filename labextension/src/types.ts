@@ -153,6 +153,8 @@ export interface IResult {
   folder: string;
   notebook?: string;
   files?: string[];
+  /** Names that could not be kept as the task wrote them (this filesystem cannot hold them). */
+  renamed?: { from: string; to: string }[];
 }
 
 /** What the submit dialog sends to POST /hivemind/api/tasks. */

@@ -175,6 +175,38 @@ def test_submitting_a_home_folder_sends_no_secrets_to_the_worker(
     assert "!NAME to .hivemindignore" in notice[0]
 
 
+ODD_OUTPUTS = (
+    "import os\nos.makedirs('outputs', exist_ok=True)\n"
+    "open(b'outputs/caf\\xe9.txt', 'wb').write(b'latin-1 name')\n"  # not UTF-8: stored escaped
+    "open('outputs/Report.txt', 'w').write('upper')\nopen('outputs/report.txt', 'w').write('lower')"
+)
+
+
+def test_fetch_never_overwrites_and_says_what_was_renamed(
+    pool: PoolProcess, cli_worker: WorkerProcess, signed_in: Path, tmp_path: Path
+) -> None:
+    job = notebook(tmp_path / "odd", ODD_OUTPUTS)
+    submitted = hivemind(signed_in, "submit", str(job), "--memory", "512M", "--wait", timeout=240)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    task_id = submitted.stdout.splitlines()[0].strip()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own notes")
+    refused = hivemind(signed_in, "fetch", task_id, "--to", str(mine))
+    assert refused.returncode == 1 and "not empty" in refused.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "the user's own notes"
+    out = tmp_path / "fetched"
+    fetched = hivemind(signed_in, "fetch", task_id, "--to", str(out))
+    assert fetched.returncode == 0, fetched.stderr
+    assert "1 name(s) could not be kept as the task wrote them" in fetched.stdout
+    assert "b'outputs/caf\\xe9.txt' -> outputs/caf\\xe9.txt" in fetched.stdout
+    assert (out / "outputs" / "caf\\xe9.txt").read_bytes() == b"latin-1 name"
+    assert (out / "outputs" / "Report.txt").read_text() == "upper"
+    assert (out / "outputs" / "report.txt").read_text() == "lower"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fetched")], "staging left behind"
+
+
 def test_a_failing_notebook_makes_submit_wait_fail(
     pool: PoolProcess, cli_worker: WorkerProcess, signed_in: Path, tmp_path: Path
 ) -> None:

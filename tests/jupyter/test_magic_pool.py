@@ -101,6 +101,17 @@ class Recorder(io.TextIOBase):
         return len(text)
 
 
+def test_renamed_result_names_are_told_in_the_cell(signed_in, local_worker, shell):
+    cell = "import os\nos.makedirs('outputs', exist_ok=True)\nopen(b'outputs/caf\\xe9.txt', 'wb').write(b'x')"
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind --memory 512M --name odd\n{cell}")
+    assert result.error_in_exec is None, captured.stdout + captured.stderr
+    assert "[hivemind] 1 name(s) in the result could not be kept as the task wrote them" in captured.stderr
+    assert "b'outputs/caf\\xe9.txt' -> outputs/caf\\xe9.txt" in captured.stderr
+    (folder,) = Path("hivemind-results").glob("odd-t-*")
+    assert (folder / "outputs" / "caf\\xe9.txt").read_bytes() == b"x"
+
+
 def test_stdout_arrives_before_the_task_ends(signed_in, local_worker, shell, monkeypatch):
     recorder = Recorder("first line")
     monkeypatch.setattr(sys, "stdout", recorder)

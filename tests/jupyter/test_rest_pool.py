@@ -138,6 +138,68 @@ def test_submit_follow_fetch_retry(api, signed_in, local_worker, jp_root_dir: Pa
     assert status == 200 and pool_status["workers_online"] == 1
 
 
+def test_open_result_never_overwrites_and_says_what_was_renamed(
+    api, signed_in, local_worker, jp_root_dir: Path
+):
+    """The panel's "open result": the result gets a folder of its own beside one of the user's that
+    has its name, and a name that had to change on the way (here one that is not UTF-8 on the
+    worker) is listed; names that differ in case arrive as two files."""
+    write_notebook(
+        jp_root_dir / "odd" / "odd.ipynb",
+        "import os\nos.makedirs('outputs', exist_ok=True)\n"
+        "open(b'outputs/caf\\xe9.txt', 'wb').write(b'latin-1 name')\n"
+        "open('outputs/Report.txt', 'w').write('upper')\nopen('outputs/report.txt', 'w').write('lower')",
+    )
+    status, task = api("POST", "tasks", body={"path": "odd/odd.ipynb", "memory": "512M", "name": "odd"})
+    assert status == 201, task
+    assert wait_state(api, task["id"], {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    mine = jp_root_dir / "hivemind-results" / f"odd-{task['id']}"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("the user's own file")
+    status, result = api("POST", "tasks", task["id"], "result")
+    assert status == 200, result
+    assert result["folder"] == f"hivemind-results/odd-{task['id']}-2"
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert (mine / "keep.txt").read_text() == "the user's own file"
+    assert result["renamed"] == [{"from": "b'outputs/caf\\xe9.txt'", "to": "outputs/caf\\xe9.txt"}]
+    folder = jp_root_dir / result["folder"]
+    assert (folder / "outputs" / "caf\\xe9.txt").read_bytes() == b"latin-1 name"
+    assert (folder / "outputs" / "Report.txt").read_text() == "upper"
+    assert (folder / "outputs" / "report.txt").read_text() == "lower"
+    assert api("POST", "tasks", task["id"], "result") == (200, result)  # found again, as itself
+
+
+def test_a_hostile_workers_result_never_reaches_the_user(api, signed_in, jp_root_dir: Path, tmp_path: Path):
+    """A worker that uploads a result climbing out of its folder: the pool refuses it and ends the
+    task with the reason, so "open result" has nothing to unpack."""
+    import zipfile
+
+    from harness import FakeWorker
+
+    from hivemind_nodepool.proto import nodepool_pb2 as pb
+    from hivemind_nodepool.protocol.errors import ResultRefused
+
+    write_notebook(jp_root_dir / "victim" / "v.ipynb", "x = 1")
+    status, task = api("POST", "tasks", body={"path": "victim/v.ipynb", "memory": "512M"})
+    assert status == 201, task
+    hostile = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(hostile, "w") as archive:
+        archive.writestr("main.ipynb", "{}")
+        archive.writestr("../../../escaped.txt", "x")
+    worker = FakeWorker(signed_in.address, signed_in.join_token(), name="rogue").connect()
+    try:
+        assignment = worker.next_assignment()
+        with pytest.raises(ResultRefused):
+            worker.finish(assignment, pb.SUCCEEDED, hostile)
+    finally:
+        worker.close()
+    done = wait_state(api, task["id"], {"FAILED"})
+    assert done["error"].startswith("the result was refused: entry '../../../escaped.txt' climbs out")
+    status, body = api("POST", "tasks", task["id"], "result")
+    assert status == 409 and "no result" in body["error"]
+    assert not list(jp_root_dir.parent.rglob("escaped.txt"))
+
+
 def test_submit_a_folder_and_cancel(api, signed_in, local_worker, jp_root_dir: Path):
     write_notebook(jp_root_dir / "slow" / "sleep.ipynb", "seconds = 120", "import time\ntime.sleep(seconds)")
     write_notebook(jp_root_dir / "slow" / "other.ipynb", "x = 1")

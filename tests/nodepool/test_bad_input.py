@@ -16,7 +16,14 @@ from harness import FakeWorker, PoolProcess
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
-from hivemind_nodepool.protocol.errors import Conflict, HiveMindError, InvalidInput, NotFound, TooLarge
+from hivemind_nodepool.protocol.errors import (
+    Conflict,
+    HiveMindError,
+    InvalidInput,
+    NotFound,
+    ResultRefused,
+    TooLarge,
+)
 
 from .helpers import GiB, bundle_bytes, manifest, submit
 
@@ -131,13 +138,13 @@ def hostile_zips() -> Iterator[tuple[str, bytes]]:
     yield "climbs out", build([("../evil.py", b"x")])
     yield "absolute", build([("/etc/passwd", b"x")])
     yield "symbolic link", build([(link, b"/etc/passwd")])
-    yield "appears twice", build([("a.txt", b"1"), ("A.TXT", b"2")])
-    bomb = io.BytesIO()
-    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("main.ipynb", "{}")
-        archive.writestr("zeros.bin", b"\0" * (50 * 1024 * 1024))
-    yield "suspiciously well", bomb.getvalue()
+    device = zipfile.ZipInfo("dev")
+    device.external_attr = 0o020666 << 16
+    yield "appears twice", build([("a.txt", b"1"), ("./a.txt", b"2")])
+    yield "not a regular file", build([(device, b"")])
     yield "not a readable ZIP", b"this is not a zip file at all"
+    # Names that differ only in case, and data that compresses well, are ordinary: not refused
+    # (test_ordinary_bundles_are_accepted).
 
 
 def test_hostile_zips_are_refused(pool: PoolProcess) -> None:
@@ -146,6 +153,18 @@ def test_hostile_zips_are_refused(pool: PoolProcess) -> None:
         with pytest.raises(InvalidInput, match=message):
             admin.submit(manifest(), io.BytesIO(data))
     nothing_stored(pool)
+
+
+def test_ordinary_bundles_are_accepted(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("main.ipynb", "{}")
+        archive.writestr("a.txt", b"1")
+        archive.writestr("A.TXT", b"2")
+        archive.writestr("back\\slash.txt", b"3")
+        archive.writestr("zeros.bin", b"\0" * (50 * 1024 * 1024))
+    assert admin.submit(manifest(), io.BytesIO(buffer.getvalue())).state == pb.QUEUED
 
 
 def test_oversize_upload_with_a_small_limit(tmp_path: Path) -> None:
@@ -276,11 +295,14 @@ def test_bad_worker_input(pool: PoolProcess, tmp_path: Path) -> None:
         hostile = tmp_path / "hostile.zip"
         with zipfile.ZipFile(hostile, "w") as archive:
             archive.writestr("../../escape.txt", "x")
-        with pytest.raises(InvalidInput, match="climbs out"):
+        assert admin.get_task(task.id).state == pb.ASSIGNED  # nothing changed so far
+        # A result the pool refuses ends the task (tests/nodepool/test_result_refusal.py).
+        with pytest.raises(ResultRefused, match="climbs out"):
             client.upload_result(pb.ResultHeader(task_id=task.id, attempt=1, outcome=pb.SUCCEEDED), hostile)
-        assert admin.get_task(task.id).state == pb.ASSIGNED  # nothing changed
-        failed = worker.finish(assignment, pb.FAILED, error="ZeroDivisionError: division by zero")
-        assert failed.state == pb.FAILED and failed.error.startswith("ZeroDivisionError")
+        refused = admin.get_task(task.id)
+        assert refused.state == pb.FAILED and refused.error.startswith("the result was refused")
+        with pytest.raises(Conflict, match="ended"):
+            worker.finish(assignment, pb.FAILED, error="ZeroDivisionError: division by zero")
     finally:
         worker.close()
 

@@ -35,6 +35,12 @@ def _symlink(name: str, target: str) -> zipfile.ZipInfo:
     return info
 
 
+def _special(name: str, kind: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (kind | 0o666) << 16
+    return info
+
+
 HOSTILE = {
     "zip-slip": ([("../../escaped.txt", b"x")], "climbs out"),
     "deep zip-slip": ([("a/b/../../../escaped.txt", b"x")], "climbs out"),
@@ -42,8 +48,8 @@ HOSTILE = {
     "symlink": ([(_symlink("link", "/etc/passwd"), b"/etc/passwd")], "symbolic link"),
     "duplicate": ([("a.txt", b"1"), ("a.txt", b"2")], "twice"),
     "file and folder": ([("a", b"1"), ("a/b", b"2")], "inside"),
-    "zip bomb": ([("bomb.bin", b"\0" * (64 * 1024 * 1024))], "zip bomb"),
-    "backslash": ([("..\\escaped.txt", b"x")], "backslash"),
+    "device": ([(_special("dev", stat.S_IFCHR), b"")], "not a regular file"),
+    "fifo": ([(_special("fifo", stat.S_IFIFO), b"")], "not a regular file"),
 }
 
 
@@ -87,6 +93,22 @@ def test_lying_sizes_are_caught_while_unpacking(tmp_path: Path) -> None:
     with pytest.raises((BundleError, zipfile.BadZipFile)):
         unpack(path, tmp_path / "task", BundleLimits())
     assert not (tmp_path / "task").exists()
+
+
+def test_ordinary_linux_names_and_compressible_data_unpack(tmp_path: Path) -> None:
+    """Names that differ in case, a backslash in a name, 64 MiB of zeros: a bundle from a Linux
+    folder, unpacked whole on a Linux worker."""
+    entries = [
+        ("main.ipynb", notebook("1")),
+        ("data/Table.csv", b"upper"),
+        ("data/table.csv", b"lower"),
+        ("data/back\\slash.txt", b"backslash"),
+        ("zeros.bin", b"\0" * (64 * 1024 * 1024)),
+    ]
+    good = _zip(tmp_path / "linux.zip", entries)
+    assert unpack(good, tmp_path / "task", BundleLimits()) > 64 * 1024 * 1024
+    for name, data in entries:
+        assert (tmp_path / "task" / name).read_bytes() == data, name
 
 
 def test_a_good_bundle_unpacks(tmp_path: Path) -> None:
@@ -133,6 +155,47 @@ def test_result_never_follows_links_out_of_the_task(tmp_path: Path) -> None:
         contents = b"".join(archive.read(n) for n in archive.namelist())
         assert "main.ipynb" not in archive.namelist()
     assert b"secret" not in contents
+
+
+def test_a_sparse_huge_output_is_refused_by_its_size_without_reading_it(tmp_path: Path) -> None:
+    task, out = tmp_path / "task", tmp_path / "out"
+    (task / "outputs").mkdir(parents=True)
+    out.mkdir()
+    with open(task / "outputs" / "sparse.bin", "wb") as handle:
+        handle.truncate(10 * 1000**3)  # 10 GB that take no space
+    with pytest.raises(WorkerError, match=r"too big.*sparse\.bin \(9536\.7 MiB\)"):
+        build_result(
+            tmp_path / "r.zip",
+            task,
+            out,
+            entry_notebook="main.ipynb",
+            patterns=["outputs/**"],
+            meta={},
+            max_bytes=1024**3,
+        )
+    assert not (tmp_path / "r.zip").exists()
+
+
+def test_a_million_tiny_outputs_are_refused_before_packing(tmp_path: Path) -> None:
+    """The file count is checked while the outputs are collected (the walk stops at the limit), so
+    the worker neither packs nor uploads a result the pool and the user's side would refuse."""
+    task, out = tmp_path / "task", tmp_path / "out"
+    (task / "outputs").mkdir(parents=True)
+    out.mkdir()
+    for i in range(120):  # the same walk and cap as a million files, at a test's scale
+        (task / "outputs" / f"f{i}").write_bytes(b"")
+    with pytest.raises(WorkerError, match="more than 99 files"):
+        build_result(
+            tmp_path / "r.zip",
+            task,
+            out,
+            entry_notebook="main.ipynb",
+            patterns=["outputs/**"],
+            meta={},
+            max_bytes=1024**3,
+            limits=BundleLimits(max_files=100),
+        )
+    assert not (tmp_path / "r.zip").exists()
 
 
 def test_result_size_is_capped(tmp_path: Path) -> None:

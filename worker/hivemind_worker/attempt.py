@@ -33,6 +33,7 @@ from hivemind_nodepool.protocol.errors import (
     HiveMindError,
     NotFound,
     PoolUnavailable,
+    ResultRefused,
 )
 
 from .bundles import BundleCache
@@ -64,6 +65,13 @@ class AttemptConfig:
     task_disk: int = 20 * 1024**3  # the most one task may use; a task may ask for less
     disk_mode: str = AUTO  # how the limit is held: auto, mount or monitor (see disk.py)
     pool_max_result_bytes: int = 0  # the pool's result limit, from its Welcome (0: not known)
+
+
+def notebook_output_chars(max_result_bytes: int) -> int:
+    """Printed text an executed notebook keeps: a quarter of the result limit (a character may
+    take up to four bytes in the notebook's JSON), and never more than 256 MiB, which the runner
+    must hold in memory."""
+    return max(1024 * 1024, min(256 * 1024**2, max_result_bytes // 4))
 
 
 def container_name(task_id: str, attempt: int) -> str:
@@ -187,6 +195,8 @@ class Attempt:
             output = event.get("output")
             if isinstance(output, dict):
                 self.events.add(pb.TaskEvent.DISPLAY, data=output)
+        elif kind == "notice":
+            self.events.notice(str(event.get("text", ""))[:2000])
         elif kind == "progress":
             done, total = int(event.get("done", 0)), int(event.get("total", 0))
             self.events.add(pb.TaskEvent.PROGRESS, progress=(done, total))
@@ -301,6 +311,7 @@ class Attempt:
                 else self.config.default_timeout,
                 allow_network=self.assignment.allow_network,
                 labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)},
+                max_output_chars=notebook_output_chars(self.config.max_result_bytes),
             )
             self._status(pb.RUNNING, "running")
             watch = DiskWatch(disk, lambda why: self.stopper.stop(DISK, why))
@@ -348,6 +359,7 @@ class Attempt:
                 patterns=list(self.assignment.manifest.outputs) or list(DEFAULT_OUTPUTS),
                 meta=meta,
                 max_bytes=self.config.max_result_bytes,
+                limits=self.config.limits,
             )
         except HiveMindError as exc:
             self._fail(header, f"the result could not be returned: {exc}")
@@ -402,8 +414,9 @@ class Attempt:
         }.get(outcome.status, outcome.error or outcome.status.value)
 
     def _upload(self, header: pb.ResultHeader, result: Path | None) -> None:
-        """Send the outcome, retrying while the pool is away or its disk is full; a refusal means
-        it is not ours now."""
+        """Send the outcome, retrying while the pool is away or its disk is full, or answers with
+        another passing error. A stale attempt's refusal means it is not ours now; a refused result
+        is final (the pool has ended the task with the reason), so neither is sent again."""
         deadline = time.monotonic() + UPLOAD_RETRY_FOR
         backoff = 0.5
         while True:
@@ -418,6 +431,9 @@ class Attempt:
                 return
             except (Conflict, NotFound) as exc:
                 log.warning("the pool refused the outcome of %s: %s", self.name, exc)
+                return
+            except ResultRefused as exc:
+                log.error("the pool refused the result of %s, which ends the task: %s", self.name, exc)
                 return
             except DiskFull as exc:
                 # Not a refusal: the pool takes it once it has room again. Hold the result (its

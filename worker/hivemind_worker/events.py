@@ -3,7 +3,8 @@
 Events are numbered when a batch is cut, so consecutive output text merges into one event; a batch
 sent again after a lost answer carries the same numbers, and the pool stores each number once. The
 live output of a task is capped: past the cap one NOTICE says so and further output is dropped
-(the executed notebook still holds all of it). While the pool's disk is full, events wait here.
+(the executed notebook still holds all of it, or its cell says what it left out); later notices
+still pass, up to MAX_NOTICE_BYTES. While the pool's disk is full, events wait here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MAX_TEXT_CHARS = 200_000  # one text event; the pool takes up to 256 KiB
 MAX_DATA_BYTES = 2 * 1024 * 1024  # one display output; a bigger one is replaced by a notice
 MERGE_LIMIT = 64 * 1024  # consecutive text of one stream merges up to this size
 HELD_BACKOFF = 30.0  # the longest wait between tries while the pool's disk is full
+MAX_NOTICE_BYTES = 64 * 1024  # notices let through after the live output was cut
 _TEXT_KINDS = (pb.TaskEvent.STDOUT, pb.TaskEvent.STDERR)
 
 
@@ -58,6 +60,7 @@ class EventStream:
         self.acked = 0
         self.used_bytes = 0
         self.dropped_bytes = 0
+        self.notice_bytes = 0
         self.truncated = False
         self.fenced = False
         self.held = False  # the pool's disk is full: events wait, without a deadline
@@ -104,6 +107,11 @@ class EventStream:
             event.data_json = ""
             size = _size(event)
         if self.truncated:
+            # Notices still pass, a few: what HiveMind says about the run (a cell that printed
+            # more than its notebook keeps, the outcome) must reach the user after the cap.
+            if event.kind == pb.TaskEvent.NOTICE and self.notice_bytes + size <= MAX_NOTICE_BYTES:
+                self.notice_bytes += size
+                return True
             self.dropped_bytes += size
             return False
         if self.used_bytes + size > self.max_bytes:

@@ -9,7 +9,10 @@ Layout (what the Jupyter side and `hivemind fetch` read):
                                  | {"error": ...}}  (written by runtime/runner.py)
 
 The task wrote these folders, so nothing in them is trusted: symbolic links and special files are
-skipped (a link could point at the worker's own files), and the total size is capped.
+skipped (a link could point at the worker's own files), and the total size and the number of files
+are capped, both checked before anything is packed (a sparse 10 GB file is refused by its size,
+not read). Names are kept as the task wrote them, whatever their case or characters; only a name
+that is not UTF-8 is stored with \\xNN escapes (listed under "renamed" in result.json).
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ from typing import Any
 
 import pathspec
 
-from hivemind_nodepool.protocol.bundle import PackedBundle, pack
+from hivemind_nodepool.protocol.bundle import (
+    RESULT_META,
+    BundleLimits,
+    PackedBundle,
+    pack,
+    printable,
+    stored_names,
+)
 
 from .errors import WorkerError
 
 DEFAULT_OUTPUTS = ("outputs/**",)
-RESULT_META = ".hivemind/result.json"
 VARIABLES = ".hivemind/variables.json"
 
 
@@ -47,8 +56,11 @@ def read_regular(path: Path, max_bytes: int) -> bytes | None:
     return data
 
 
-def collect_outputs(task_dir: Path, patterns: Iterable[str]) -> list[tuple[str, Path]]:
-    """(name, path) of the regular files under task_dir matching the patterns; links never followed."""
+def collect_outputs(
+    task_dir: Path, patterns: Iterable[str], max_files: int | None = None
+) -> list[tuple[str, Path]]:
+    """(name, path) of the regular files under task_dir matching the patterns; links never followed.
+    Raises WorkerError past max_files (the walk stops there)."""
     spec = pathspec.GitIgnoreSpec.from_lines(list(patterns) or list(DEFAULT_OUTPUTS))
     found: list[tuple[str, Path]] = []
     for folder, dirs, names in os.walk(task_dir, followlinks=False):
@@ -65,6 +77,12 @@ def collect_outputs(task_dir: Path, patterns: Iterable[str]) -> list[tuple[str, 
             rel = path.relative_to(task_dir).as_posix()
             if spec.match_file(rel):
                 found.append((rel, path))
+                if max_files is not None and len(found) > max_files:
+                    raise WorkerError(
+                        f"the task left more than {max_files} files under its output patterns; a "
+                        f"result carries at most {max_files}. Write fewer, bigger files (an archive "
+                        "of the many small ones, for example)."
+                    )
     return found
 
 
@@ -77,8 +95,10 @@ def build_result(
     patterns: Iterable[str],
     meta: dict[str, Any],
     max_bytes: int,
+    limits: BundleLimits = BundleLimits(),
 ) -> PackedBundle:
-    """Write the result ZIP; raises WorkerError when it would pass max_bytes."""
+    """Write the result ZIP; raises WorkerError when it would pass max_bytes or the file count of
+    `limits` (what the pool and the user's side check again)."""
     extra: dict[str, bytes] = {}
     notebook = read_regular(out_dir / "executed.ipynb", max_bytes)
     if notebook is not None:
@@ -86,17 +106,23 @@ def build_result(
     variables = read_regular(out_dir / "variables.json", max_bytes)
     if variables is not None:
         extra[VARIABLES] = variables
+    room = limits.max_files - len(extra) - 1  # the extras and result.json are entries too
     files = [
         (name, path)
-        for name, path in collect_outputs(task_dir, patterns)
+        for name, path in collect_outputs(task_dir, patterns, max_files=room)
         if name != entry_notebook and not name.startswith(".hivemind/")
     ]
-    meta = dict(meta, entry_notebook=entry_notebook, files=sorted([n for n, _ in files] + list(extra)))
+    renamed = stored_names((name for name, _ in files), [*extra, RESULT_META])
+    stored = sorted([renamed.get(n, n) for n, _ in files] + list(extra))
+    meta = dict(meta, entry_notebook=entry_notebook, files=stored)
+    if renamed:
+        # Keyed by the name's bytes as Python writes them (b'caf\\xe9.txt'): what the task wrote.
+        meta["renamed"] = {ascii(os.fsencode(name)): new for name, new in renamed.items()}
     extra[RESULT_META] = json.dumps(meta, indent=1).encode()
     sizes = sorted(((path.stat().st_size, name) for name, path in files), reverse=True)
     total = sum(size for size, _ in sizes) + sum(len(data) for data in extra.values())
     if total > max_bytes:
-        biggest = ", ".join(f"{name} ({size / 1024**2:.1f} MiB)" for size, name in sizes[:5])
+        biggest = ", ".join(f"{printable(name)} ({size / 1024**2:.1f} MiB)" for size, name in sizes[:5])
         raise WorkerError(
             f"the result is too big to return: {total / 1024**2:.1f} MiB, over the "
             f"{max_bytes / 1024**2:.0f} MiB limit (biggest files: {biggest or 'none'})"

@@ -179,6 +179,22 @@ function Result(props: {
           <p className="jp-HiveMind-dim">
             Saved in <code>{result.folder}</code> ({formatBytes(task.result_size)})
           </p>
+          {result.renamed && result.renamed.length ? (
+            <div className="jp-HiveMind-renamed" role="note">
+              <p>
+                {result.renamed.length} name{result.renamed.length === 1 ? '' : 's'} could not be kept as the
+                task wrote {result.renamed.length === 1 ? 'it' : 'them'} and
+                {result.renamed.length === 1 ? ' was' : ' were'} renamed:
+              </p>
+              <ul>
+                {result.renamed.map(item => (
+                  <li key={item.from}>
+                    <code>{item.from}</code> → <code>{item.to}</code>
+                  </li>
+                ))}
+              </ul>
+            </div>
+          ) : null}
           {result.files && result.files.length ? (
             <ul className="jp-HiveMind-files" aria-label="Output files">
               {result.files.map(path => (

@@ -17,7 +17,12 @@ from hivemind_nodepool.client.pool_client import PoolClient
 from hivemind_nodepool.client.submission import TaskRequest, package_path, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol import commandline
-from hivemind_nodepool.protocol.bundle import left_out_notice, safe_extract
+from hivemind_nodepool.protocol.bundle import (
+    describe_renames,
+    extract_new_folder,
+    left_out_notice,
+    worker_renames,
+)
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
 from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.states import state_name
@@ -177,12 +182,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     target = Path(args.to)
-    if target.exists() and any(target.iterdir()):
-        raise InvalidInput(f"{target} is not empty; choose a new folder with --to")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InvalidInput(f"{target} exists and is not empty; choose a new folder with --to")
     with _client() as client, tempfile.TemporaryDirectory(prefix="hivemind-fetch-") as tmp:
         archive = client.fetch_result(args.task_id, Path(tmp) / "result.zip")
-        written = safe_extract(archive, target)
-    print(f"result of {args.task_id} unpacked into {target} ({format_size(written)})")
+        unpacked = extract_new_folder(archive, target)
+    print(f"result of {args.task_id} unpacked into {target} ({format_size(unpacked.bytes_written)})")
+    renamed = {**unpacked.renamed, **worker_renames(target)}
+    if renamed:
+        print(
+            f"{len(renamed)} name(s) could not be kept as the task wrote them and were renamed:\n"
+            + describe_renames(renamed, limit=50)
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import NoReturn
 
 import grpc
 
@@ -19,14 +20,21 @@ from hivemind_nodepool.pool.aio import within
 from hivemind_nodepool.pool.app import Pool
 from hivemind_nodepool.pool.blobs import receive_chunks, receive_head
 from hivemind_nodepool.pool.fleet import AttemptKey, WorkerEntry
-from hivemind_nodepool.pool.lifecycle import amount_of
+from hivemind_nodepool.pool.lifecycle import amount_of, is_partial_result
 from hivemind_nodepool.pool.rpc import stream, unary
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
-from hivemind_nodepool.protocol.bundle import check_entries, open_archive
-from hivemind_nodepool.protocol.errors import BundleError, InvalidInput, Unauthenticated
+from hivemind_nodepool.protocol.bundle import check_archive
+from hivemind_nodepool.protocol.errors import (
+    BundleError,
+    InvalidInput,
+    ResultRefused,
+    TooLarge,
+    Unauthenticated,
+)
 from hivemind_nodepool.protocol.manifest import LABEL_KEY, LABEL_VALUE
 from hivemind_nodepool.protocol.states import ON_WORKER_STATES
+from hivemind_nodepool.protocol.units import format_size
 from hivemind_nodepool.protocol.wire import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
@@ -380,19 +388,28 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         if not header.requeue and header.outcome not in OUTCOMES:
             raise InvalidInput("the outcome is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT (or set requeue)")
         self.book.check_upload(worker.name, header)
-        writer = self.pool.blobs.writer(self.pool.settings.max_result_size)
+        limit = self.pool.settings.max_result_size
+        writer = self.pool.blobs.writer(limit)
         sha = ""
         try:
-            claimed = await receive_chunks(parts, writer, "an upload", "header")
+            refusal = ""
+            try:
+                claimed = await receive_chunks(parts, writer, "an upload", "header")
+            except TooLarge:
+                claimed, refusal = "", f"it is larger than the pool's result limit of {format_size(limit)}"
             result: tuple[str, int] | None = None
-            if claimed or writer.size:
+            if not refusal and (claimed or writer.size):
                 await writer.verify(claimed)
                 sha = writer.sha256
                 self.pool.collector.in_flight.add(sha)
                 try:
-                    await asyncio.to_thread(_check_zip, writer.tmp_path)
+                    await asyncio.to_thread(check_archive, writer.tmp_path)
                 except BundleError as exc:
-                    raise InvalidInput(f"the result was refused: {exc}") from None
+                    refusal = str(exc)
+            if refusal:
+                writer.abort()
+                await self._refuse(worker.name, header, refusal)
+            if claimed or writer.size:
                 # The task may have been cancelled or moved while the bytes came in.
                 self.book.check_upload(worker.name, header)
                 await writer.finish()
@@ -417,7 +434,20 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
 
         return views.task(final, self.store.timeline(final["id"]))
 
-
-def _check_zip(path: object) -> None:
-    with open_archive(str(path)) as archive:
-        check_entries(archive)
+    async def _refuse(self, worker_id: str, header: pb.ResultHeader, reason: str) -> NoReturn:
+        """A result the pool will not keep, for a reason no retry can change: the attempt's task
+        ends now (FAILED when it had succeeded; a failure or timeout keeps its state, with the
+        refusal added to its error) instead of waiting for the backstop, and the worker is told
+        with ResultRefused, which it does not retry. A cancelled task's result so far is only
+        refused: the task has ended already."""
+        message = f"the result was refused: {reason}"
+        log.warning("task %s attempt %d: %s", header.task_id, header.attempt, message)
+        row = self.book.require_task(header.task_id)
+        if not header.requeue and not is_partial_result(row, worker_id, header):
+            ended = pb.ResultHeader()
+            ended.CopyFrom(header)
+            if header.outcome == pb.SUCCEEDED:
+                ended.outcome = pb.FAILED
+            ended.error = message + (f"\n{header.error}" if header.error else "")
+            await self.book.finish(worker_id, ended, None)
+        raise ResultRefused(message)

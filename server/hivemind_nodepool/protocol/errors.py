@@ -42,6 +42,12 @@ class BundleError(InvalidInput):
     """A bundle that is unsafe, malformed or too big; the message says which entry and why."""
 
 
+class ResultRefused(InvalidInput):
+    """The pool will not keep an attempt's result (unsafe to unpack, over the pool's result limit).
+    Sending it again cannot help, so a worker does not retry: the pool has already ended the task
+    FAILED with this reason."""
+
+
 class Unauthenticated(HiveMindError):
     pass
 
@@ -105,6 +111,7 @@ STATUS: Mapping[type[HiveMindError], Status] = {
     HiveMindError: Status(grpc.StatusCode.UNKNOWN, 502),
     InvalidInput: Status(grpc.StatusCode.INVALID_ARGUMENT, 400),
     BundleError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    ResultRefused: Status(grpc.StatusCode.INVALID_ARGUMENT, 400),
     Unauthenticated: Status(grpc.StatusCode.UNAUTHENTICATED, 401),
     PermissionDenied: Status(grpc.StatusCode.PERMISSION_DENIED, 403),
     NotFound: Status(grpc.StatusCode.NOT_FOUND, 404),

@@ -73,6 +73,7 @@ class RunSpec:
     allow_network: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     tmp_dir: Path | None = None  # the task's /tmp (TMPDIR), on its disk; None: the executor's own
+    max_output_chars: int = 0  # printed text the executed notebook keeps (0: the runner's default)
 
 
 @dataclass
@@ -108,19 +109,26 @@ class LineParser:
 
     def __init__(self, sink: EventSink) -> None:
         self._sink = sink
-        self._pending = b""
+        self._pending: list[bytes] = []  # the pieces of a line not ended yet
         self.end: RunnerEvent | None = None
 
     def feed(self, data: bytes) -> None:
-        self._pending += data
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            self._line(line)
+        # Only the new data is searched and the pieces of a long line are joined once, at its end:
+        # rejoining the whole pending line on every read made a 10 MB line cost gigabytes of
+        # copying, and the slow reader made the runner fall behind its kernel.
+        *lines, rest = data.split(b"\n")
+        if lines:
+            self._line(b"".join([*self._pending, lines[0]]))
+            for line in lines[1:]:
+                self._line(line)
+            self._pending = []
+        if rest:
+            self._pending.append(rest)
 
     def close(self) -> None:
         if self._pending:
-            self._line(self._pending)
-            self._pending = b""
+            self._line(b"".join(self._pending))
+            self._pending = []
 
     def _line(self, raw: bytes) -> None:
         if not raw.strip():
@@ -219,7 +227,7 @@ class StderrTail:
 
 def write_request(spec: RunSpec, task_dir_inside: str, out_dir_inside: str) -> Path:
     """The runner's request file, in the output folder; returns its host path."""
-    request = {
+    request: dict[str, Any] = {
         "notebook": spec.notebook,
         "cwd": task_dir_inside,
         "out_dir": out_dir_inside,
@@ -227,6 +235,8 @@ def write_request(spec: RunSpec, task_dir_inside: str, out_dir_inside: str) -> P
         "pull_variables": spec.pull_variables,
         "kernel": "python3",
     }
+    if spec.max_output_chars:
+        request["max_output_chars"] = spec.max_output_chars
     path = spec.out_dir / "request.json"
     path.write_text(json.dumps(request))
     path.chmod(0o600)  # the sandbox's user owns it (prepare_dirs) or is the worker's own user

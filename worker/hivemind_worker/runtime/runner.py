@@ -14,6 +14,7 @@ so it cannot corrupt them:
     {"t": "progress", "done": 0, "total": 3}
     {"t": "stdout", "text": "..."}            {"t": "stderr", "text": "..."}
     {"t": "display", "output": {...}}          a Jupyter output: display_data, execute_result, error
+    {"t": "notice", "text": "..."}             HiveMind telling the user something about the run
     {"t": "end", "status": "ok" | "error" | "kernel_died" | "runner_error",
      "error": "...", "traceback": "...", "metrics": {"cpu_seconds": ..., "peak_memory_bytes": ...}}
 
@@ -24,22 +25,66 @@ arrive, and on SIGTERM (how the worker stops a task on cancel or timeout, before
 by an atomic rename: a stopped task's last saved copy is whole and shows how far it got. Its
 metadata says so: {"hivemind": {"cells_done": N, "cells_total": M, "finished": false}} until the
 run ends.
+
+Every line a task prints is kept in the executed notebook, or the cell says where and why some were
+not. Lines used to be lost silently in two places, both fixed here:
+- nbclient waits only `iopub_timeout` (4 s by default) after a cell's reply for the rest of its
+  output, then moves on without it. A task that prints faster than the worker reads the events made
+  this runner fall behind the kernel by more than that, and the cell's last outputs were dropped
+  (74,561 of 104,857 lines kept in one 100 MB run). Now events are written by a thread of their own
+  (`Emitter`), so a slow reader never stalls the loop that collects the kernel's output; the wait is
+  IOPUB_DRAIN_SECONDS; and if it still runs out, the cell gets a note saying its last outputs may
+  be missing.
+- The kernel publishes output on a ZeroMQ socket that drops messages past 1000 queued (its high
+  water mark) when this runner reads slower for a while (saving a big notebook, for example). The
+  kernel is started with that limit off (`_KERNEL_LAUNCH`).
+What is capped is said: the live stream drops output past LIVE_BUFFER_BYTES waiting to be written
+(a notice says how much; the notebook keeps it), and the notebook keeps at most `max_output_chars`
+of printed text (the request's, default DEFAULT_KEEP_CHARS), so that its result stays returnable;
+past that a note in the cell counts the lines left out.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 MAX_VARIABLE_BYTES = 64 * 1024 * 1024
+LIVE_BUFFER_BYTES = 32 * 1024 * 1024  # live output waiting for the worker; past it, dropped (said)
+LIVE_KINDS = ("stdout", "stderr", "display")
+EVENT_TEXT_CHARS = 64 * 1024  # one stdout/stderr event; longer text goes as several
+DEFAULT_KEEP_CHARS = 256 * 1024 * 1024  # printed text one executed notebook keeps
+IOPUB_DRAIN_SECONDS = 600  # after a cell's reply, how long its remaining output may take to arrive
+MIB = 1024 * 1024
+
+# The kernel's command line, instead of `-m ipykernel_launcher`: the same launcher, with no limit
+# on the messages its output sockets queue for a slow reader (ZeroMQ's default drops past 1000).
+# The limit must be set before the socket is bound, hence here rather than in a startup file.
+_KERNEL_LAUNCH = """
+import sys
+import zmq
+_socket = zmq.Context.socket
+def _unbounded(self, kind, *args, **kwargs):
+    sock = _socket(self, kind, *args, **kwargs)
+    if kind in (zmq.PUB, zmq.XPUB):
+        sock.setsockopt(zmq.SNDHWM, 0)
+    return sock
+zmq.Context.socket = _unbounded
+if sys.path and sys.path[0] in ("", "."):
+    del sys.path[0]
+from ipykernel import kernelapp
+kernelapp.launch_new_instance()
+"""
 
 # Run in the kernel after the notebook to read the requested variables. It writes the file itself so
 # big values never travel through the kernel's output messages. Each value travels in a form that
@@ -139,17 +184,86 @@ def __hivemind_pull(names, path, limit):
 
 
 class Emitter:
-    """Writes events as JSON lines to a private copy of the original standard output."""
+    """Writes events as JSON lines to a private copy of the original standard output.
 
-    def __init__(self) -> None:
-        self._out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    A thread of its own writes them, so a reader that is slower than the task never stalls the
+    caller (nbclient's loop, which must keep collecting the kernel's output). Live output (stdout,
+    stderr, display) waiting to be written is capped at `live_buffer` bytes: past it, it is left
+    out of the live stream and one notice says how much; the executed notebook still has it.
+    Progress, notices and the end are never dropped."""
+
+    def __init__(self, live_buffer: int = LIVE_BUFFER_BYTES) -> None:
+        self._out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)  # from now on stray writes to fd 1 (the kernel's, C libraries') go to stderr
         sys.stdout = sys.stderr
+        self.live_buffer = live_buffer
+        self._lock = threading.Condition()
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._dropped = 0
+        self.dropped_total = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._write, name="hivemind-events", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _line(kind: str, fields: dict[str, Any]) -> bytes:
+        fields["t"] = kind
+        return (json.dumps(fields, default=str) + "\n").encode("ascii")
 
     def emit(self, kind: str, **fields: Any) -> None:
-        fields["t"] = kind
-        self._out.write(json.dumps(fields, default=str) + "\n")
-        self._out.flush()
+        line = self._line(kind, fields)
+        with self._lock:
+            if kind in LIVE_KINDS and self._queued + len(line) > self.live_buffer:
+                self._dropped += len(line)
+                self.dropped_total += len(line)
+                return
+            self._say_dropped()
+            self._lines.append(line)
+            self._queued += len(line)
+            self._lock.notify_all()
+
+    def _say_dropped(self) -> None:
+        """Queue the notice for live output dropped since the last one (lock held)."""
+        if not self._dropped:
+            return
+        text = (
+            f"{self._dropped / MIB:.1f} MiB of live output were not streamed: the task printed faster "
+            "than the worker could take it. The executed notebook has all of it."
+        )
+        self._dropped = 0
+        line = self._line("notice", {"text": text})
+        self._lines.append(line)
+        self._queued += len(line)
+
+    def _write(self) -> None:
+        while True:
+            with self._lock:
+                while not self._lines and not self._closed:
+                    self._lock.wait()
+                if not self._lines:
+                    return
+                batch = b"".join(self._lines)
+                self._lines.clear()
+            try:
+                self._out.write(batch)
+                self._out.flush()
+            except OSError:  # the reader is gone: nothing more can be delivered
+                with self._lock:
+                    self._closed = True
+                    self._lines.clear()
+                    self._queued = 0
+                return
+            with self._lock:
+                self._queued -= len(batch)
+
+    def close(self, timeout: float = IOPUB_DRAIN_SECONDS) -> None:
+        """Deliver what is queued (a last drop notice included) and stop the writer."""
+        with self._lock:
+            self._say_dropped()
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join(timeout)
 
 
 class NotebookSaver:
@@ -230,41 +344,158 @@ def _metrics(started: float) -> dict[str, float]:
     }
 
 
-def _make_client(
-    nb: Any, emitter: Emitter, cwd: str, kernel_name: str, saver: NotebookSaver | None = None
-) -> Any:
+def _kernel_manager_class() -> type:
+    from jupyter_client.manager import AsyncKernelManager
+
+    class UnboundedKernelManager(AsyncKernelManager):
+        """Starts ipykernel through `_KERNEL_LAUNCH`; any other kernel as its spec says."""
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            cmd: list[str] = super().format_kernel_cmd(extra_arguments)
+            for at in range(len(cmd) - 1):
+                if cmd[at] == "-m" and cmd[at + 1] == "ipykernel_launcher":
+                    return [*cmd[:at], "-c", _KERNEL_LAUNCH, *cmd[at + 2 :]]
+            return cmd
+
+    return UnboundedKernelManager
+
+
+class OutputKeeper:
+    """Keeps at most `limit` characters of printed text in the notebook. Past it, a cell's further
+    stream text is left out, and one note in that cell, where the leaving out began, counts what
+    was (updated as more is); a notice tells the live stream once per cell."""
+
+    def __init__(self, limit: int, emitter: Emitter) -> None:
+        self.limit = limit
+        self.emitter = emitter
+        self.kept = 0
+        self._notes: dict[int, tuple[Any, list[int]]] = {}  # cell -> (note output, [chars, lines])
+
+    def admit(self, text: str, outs: list[Any], cell_index: int) -> str:
+        """The part of `text` the notebook keeps ('' for none); records the rest."""
+        room = self.limit - self.kept
+        if len(text) <= room:
+            self.kept += len(text)
+            return text
+        keep = text[: text.rfind("\n", 0, max(room, 0)) + 1] if room > 0 else ""
+        self.kept += len(keep)
+        self._left_out(text[len(keep) :], outs, cell_index)
+        return keep
+
+    def _left_out(self, text: str, outs: list[Any], cell_index: int) -> None:
+        import nbformat
+
+        note, counts = self._notes.get(cell_index, (None, [0, 0]))
+        counts[0] += len(text)
+        counts[1] += text.count("\n")
+        if note is None or not any(out is note for out in outs):  # new, or cleared by the cell
+            note = nbformat.v4.new_output("stream", name="stderr", text="")
+            outs.append(note)
+            if cell_index not in self._notes:
+                self.emitter.emit(
+                    "notice",
+                    text=f"cell {cell_index + 1} printed more than this notebook keeps "
+                    f"({self.limit / MIB:.0f} MiB of printed text); its note in the executed notebook "
+                    "says how much was left out",
+                )
+        self._notes[cell_index] = (note, counts)
+        note["text"] = (
+            f"[hivemind] {counts[1]:,} lines ({counts[0] / MIB:.1f} MiB) of this cell's printed output "
+            f"were left out of the executed notebook from here on: it keeps at most "
+            f"{self.limit / MIB:.0f} MiB of printed text, so that the result stays within the "
+            "worker's result limit. Write large output to a file under outputs/ instead.\n"
+        )
+
+
+def _streaming_client_class() -> type:
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionComplete
 
     class StreamingClient(NotebookClient):
-        """Emits each output the moment the kernel produces it."""
+        """Emits each output the moment the kernel produces it; keeps in the notebook what its
+        keeper allows; notes whether the running cell's outputs all arrived (the kernel went idle)."""
 
         quiet = False
+        idle_seen = False
+        emitter: Emitter
+        saver: NotebookSaver | None = None
+        keeper: OutputKeeper | None = None
+
+        def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+            try:
+                return super().process_message(msg, cell, cell_index)
+            except CellExecutionComplete:
+                self.idle_seen = True
+                raise
 
         def output(
             self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int
         ) -> Any:
-            out = super().output(outs, msg, display_id, cell_index)
-            if out is None or self.quiet:
-                return out
-            if out.get("output_type") == "stream":
-                name = out.get("name", "stdout")
-                emitter.emit(
-                    "stderr" if name == "stderr" else "stdout", text=out.get("text", ""), cell=cell_index
-                )
+            hooked = bool(self.output_hook_stack[msg["parent_header"].get("msg_id")])
+            if msg["msg_type"] == "stream" and not hooked:
+                out = self._stream(outs, msg, display_id, cell_index)
             else:
-                emitter.emit("display", output=out, cell=cell_index)
-            if saver is not None:
-                saver.output_arrived()
+                out = super().output(outs, msg, display_id, cell_index)
+                if out is not None and not self.quiet:
+                    self.emitter.emit("display", output=out, cell=cell_index)
+            if self.saver is not None:
+                self.saver.output_arrived()
             return out
 
-    return StreamingClient(
+        def _stream(
+            self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int
+        ) -> Any:
+            content = msg.get("content") or {}
+            text = str(content.get("text", ""))
+            if not self.quiet:
+                kind = "stderr" if content.get("name") == "stderr" else "stdout"
+                for start in range(0, len(text), EVENT_TEXT_CHARS):
+                    self.emitter.emit(kind, text=text[start : start + EVENT_TEXT_CHARS], cell=cell_index)
+            kept = self.keeper.admit(text, outs, cell_index) if self.keeper is not None else text
+            if not kept:
+                return None
+            if kept is not text:
+                msg = {**msg, "content": {**content, "text": kept}}
+            return super().output(outs, msg, display_id, cell_index)
+
+    return StreamingClient
+
+
+def _make_client(
+    nb: Any,
+    emitter: Emitter,
+    cwd: str,
+    kernel_name: str,
+    *,
+    saver: NotebookSaver | None = None,
+    keeper: OutputKeeper | None = None,
+) -> Any:
+    client = _streaming_client_class()(
         nb,
         timeout=None,
         kernel_name=kernel_name,
+        kernel_manager_class=_kernel_manager_class(),
         allow_errors=False,
         record_timing=True,
         startup_timeout=120,
+        iopub_timeout=IOPUB_DRAIN_SECONDS,
         resources={"metadata": {"path": cwd}},
+    )
+    client.emitter, client.saver, client.keeper = emitter, saver, keeper
+    return client
+
+
+def _note_missing_output(cell: Any) -> None:
+    """The cell's outputs did not all arrive in time after its reply: say so in the cell."""
+    import nbformat
+
+    cell.outputs.append(
+        nbformat.v4.new_output(
+            "stream",
+            name="stderr",
+            text=f"[hivemind] the end of this cell's output did not arrive within {IOPUB_DRAIN_SECONDS} s "
+            "after the cell finished; some of its last output may be missing here.\n",
+        )
     )
 
 
@@ -289,11 +520,13 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
     saver = NotebookSaver(nb, out_dir, len(code_cells))
     saver.save()  # a task killed before its first cell ends still returns its notebook
     signal.signal(signal.SIGTERM, saver.on_sigterm)
-    client = _make_client(nb, emitter, cwd, kernel_name, saver)
+    keeper = OutputKeeper(int(request.get("max_output_chars") or DEFAULT_KEEP_CHARS), emitter)
+    client = _make_client(nb, emitter, cwd, kernel_name, saver=saver, keeper=keeper)
     result: dict[str, Any] = {"status": "ok", "error": "", "traceback": ""}
     try:
         with client.setup_kernel():
             for done, index in enumerate(code_cells, start=1):
+                client.idle_seen = False
                 try:
                     client.execute_cell(nb.cells[index], index)
                 except CellExecutionError as exc:
@@ -305,6 +538,9 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
                     )
                     break
                 finally:
+                    if not client.idle_seen:
+                        _note_missing_output(nb.cells[index])
+                        emitter.emit("notice", text=f"cell {index + 1}: the end of its output did not arrive")
                     saver.cell_done(done)
                     emitter.emit("progress", done=done, total=len(code_cells))
             names = request.get("pull_variables") or []
@@ -342,6 +578,7 @@ def main(argv: list[str]) -> int:
     try:
         with open(argv[1]) as handle:
             request = json.load(handle)
+        emitter.live_buffer = int(request.get("live_buffer_bytes") or LIVE_BUFFER_BYTES)
         result = run(request, emitter)
     except Exception as exc:  # report anything, never die silently
         result = {
@@ -351,6 +588,7 @@ def main(argv: list[str]) -> int:
             "metrics": _metrics(started),
         }
     emitter.emit("end", **result)
+    emitter.close()
     return 0 if result["status"] == "ok" else 1
 
 
