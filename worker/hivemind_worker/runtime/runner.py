@@ -14,7 +14,7 @@ so it cannot corrupt them:
     {"t": "progress", "done": 0, "total": 3}
     {"t": "stdout", "text": "..."}            {"t": "stderr", "text": "..."}
     {"t": "display", "output": {...}}          a Jupyter output: display_data, execute_result, error
-    {"t": "end", "status": "ok" | "error" | "kernel_died" | "runner_error",
+    {"t": "end", "status": "ok" | "error" | "kernel_died" | "runner_error" | "lease_lapsed",
      "error": "...", "traceback": "...", "metrics": {"cpu_seconds": ..., "peak_memory_bytes": ...}}
 
 Files written to the output folder: executed.ipynb (also after an error), variables.json. The
@@ -23,22 +23,32 @@ arrive, and on SIGTERM (how the worker stops a task on cancel or timeout, before
 by an atomic rename: a stopped task's last saved copy is whole and shows how far it got. Its
 metadata says so: {"hivemind": {"cells_done": N, "cells_total": M, "finished": false}} until the
 run ends.
+
+When the request names a lease file, the run is bound to the worker's lease: the worker rewrites the
+file with the lease's end (wall-clock seconds) while the pool hears from it, and a thread here stops
+everything the moment that time passes, because the pool may then rerun the task elsewhere. It
+kills the kernel and whatever it started, reports "lease_lapsed", and exits with LEASE_EXIT; in a
+container that ends the container, and everything left in it, too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 MAX_VARIABLE_BYTES = 64 * 1024 * 1024
+LEASE_POLL = 0.2  # seconds between looks at the lease file
+LEASE_EXIT = 75  # the exit status after a lapsed lease (EX_TEMPFAIL: the task runs again elsewhere)
 
 # Run in the kernel after the notebook to read the requested variables. It writes the file itself so
 # big values never travel through the kernel's output messages.
@@ -80,11 +90,121 @@ class Emitter:
         self._out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
         os.dup2(2, 1)  # from now on stray writes to fd 1 (the kernel's, C libraries') go to stderr
         sys.stdout = sys.stderr
+        self._lock = threading.Lock()  # the lease watch may emit beside the main thread
 
     def emit(self, kind: str, **fields: Any) -> None:
         fields["t"] = kind
-        self._out.write(json.dumps(fields, default=str) + "\n")
-        self._out.flush()
+        line = json.dumps(fields, default=str) + "\n"
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (empty where there is no /proc)."""
+    found: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name, in (), may hold spaces
+        except (OSError, ValueError, IndexError):
+            continue
+        found.setdefault(parent, []).append(int(entry))
+    return found
+
+
+def kill_descendants(root: int, group: int | None = None) -> None:
+    """SIGKILL every descendant of `root`, and the process group `group` (the kernel starts its
+    own session, so its group holds what it started even once a parent in between has gone)."""
+    for _ in range(2):  # a second pass catches what forked while the first one ran
+        if group:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        children = _children()
+        todo, seen = [root], set()
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in seen:
+                    seen.add(child)
+                    todo.append(child)
+        for pid in seen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class LeaseWatch:
+    """Stops the run when the worker's lease lapses (see the module's docstring)."""
+
+    def __init__(self, path: str, emitter: Emitter) -> None:
+        self.path = path
+        self.emitter = emitter
+        self.client: Any = None  # the notebook client, once it exists: its kernel is stopped
+        self.expires = self._read() or 0.0  # unreadable at the start: lapsed
+        self._thread = threading.Thread(target=self._watch, name="lease", daemon=True)
+        self._ending = threading.Lock()  # the run's own end and a lapse: only the first one counts
+        self._ended = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _read(self) -> float | None:
+        try:
+            with open(self.path) as handle:
+                return float(handle.read().strip())
+        except (OSError, ValueError):
+            return None  # the worker replaces it whole, so this is rare: keep the last end
+
+    def _watch(self) -> None:
+        while True:
+            found = self._read()
+            if found is not None:
+                self.expires = found
+            if time.time() >= self.expires:
+                self.lapse()
+                return
+            time.sleep(LEASE_POLL)
+
+    def _kernel_group(self) -> int | None:
+        km = getattr(self.client, "km", None)
+        process = getattr(getattr(km, "provisioner", None), "process", None)
+        pid = getattr(process, "pid", None)
+        return pid if isinstance(pid, int) else None
+
+    def finish(self) -> None:
+        """The run ended by itself: its own end event stands (waits for a lapse under way)."""
+        with self._ending:
+            self._ended = True
+
+    def lapse(self) -> None:
+        """Kill the kernel and all it started, say why, and leave."""
+        with self._ending:
+            if self._ended:
+                return
+            self._lapse()
+
+    def _lapse(self) -> None:
+        kill_descendants(os.getpid(), self._kernel_group())
+        late = time.time() - self.expires
+        error = (
+            "this task was stopped because its worker lost its lease: the pool had not answered "
+            f"the worker since the lease ended ({late:.1f} s ago), so it may run the task elsewhere"
+        )
+        # Say so on a thread of its own: a frozen worker may not read the pipe.
+        said = threading.Thread(target=self._say, args=(error,), name="lease-end", daemon=True)
+        said.start()
+        said.join(timeout=1.0)
+        os._exit(LEASE_EXIT)
+
+    def _say(self, error: str) -> None:
+        with contextlib.suppress(Exception):  # the worker is gone: nobody to tell
+            self.emitter.emit("end", status="lease_lapsed", error=error, traceback="", metrics={})
 
 
 class NotebookSaver:
@@ -203,7 +323,7 @@ def _make_client(
     )
 
 
-def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
+def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = None) -> dict[str, Any]:
     """Execute the notebook; the 'end' event's fields."""
     import nbformat
     from nbclient.exceptions import CellExecutionError, DeadKernelError
@@ -225,6 +345,8 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
     saver.save()  # a task killed before its first cell ends still returns its notebook
     signal.signal(signal.SIGTERM, saver.on_sigterm)
     client = _make_client(nb, emitter, cwd, kernel_name, saver)
+    if lease is not None:
+        lease.client = client
     result: dict[str, Any] = {"status": "ok", "error": "", "traceback": ""}
     try:
         with client.setup_kernel():
@@ -274,10 +396,14 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     emitter = Emitter()
     started = time.monotonic()
+    lease: LeaseWatch | None = None
     try:
         with open(argv[1]) as handle:
             request = json.load(handle)
-        result = run(request, emitter)
+        if request.get("lease_file"):
+            lease = LeaseWatch(str(request["lease_file"]), emitter)
+            lease.start()
+        result = run(request, emitter, lease)
     except Exception as exc:  # report anything, never die silently
         result = {
             "status": "runner_error",
@@ -285,6 +411,8 @@ def main(argv: list[str]) -> int:
             "traceback": traceback.format_exc(),
             "metrics": _metrics(started),
         }
+    if lease is not None:
+        lease.finish()
     emitter.emit("end", **result)
     return 0 if result["status"] == "ok" else 1
 
