@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
 PASS_TOKEN = SCHEMA.settings["join_token"].env  # the variable that keeps a join token out of `ps`
+LEASE_BACKOFF = 1.0  # the longest wait between reconnections while tasks run
 LEASE_CHECK = 0.25  # seconds between the lease thread's looks
 
 
@@ -239,9 +240,12 @@ class Daemon:
                 break
             if time.monotonic() - began > 30:
                 backoff = 0.5
+            # While tasks run, try often: each reconnection renews the lease they depend on.
+            cap = LEASE_BACKOFF if self.lease.bound and self._running() else MAX_BACKOFF
+            backoff = min(backoff, cap)
             log.info("reconnecting in %.1fs", backoff)
             self._stop.wait(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            backoff = min(backoff * 2, cap)
         return EXIT_OK
 
     def _running(self) -> list[pb.RunningAttempt]:

@@ -43,7 +43,7 @@ class PoolSettings:
         kind=DURATION,
         help="a worker's lease lapses this long before the heartbeat timeout: a silent worker's "
         "tasks stop on their own that much before the pool may rerun them elsewhere",
-        shown_default="a third of the heartbeat timeout",
+        shown_default="a fifth of the heartbeat timeout",
     )
     timeout_grace: float = setting(
         60.0,
@@ -108,7 +108,8 @@ class PoolSettings:
     @property
     def lease(self) -> float:
         """How long a worker's lease lasts past the heartbeat (or Hello) the pool last answered."""
-        margin = self.heartbeat_timeout / 3 if self.lease_margin is None else self.lease_margin
+        # The margin covers the runner noticing (a fraction of a second) and the sandbox stopping.
+        margin = self.heartbeat_timeout / 5 if self.lease_margin is None else self.lease_margin
         return self.heartbeat_timeout - margin
 
     def validate(self) -> None:
