@@ -307,8 +307,18 @@ class DockerExecutor(Executor):
             pass
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # the engine is removing it already (auto-remove)
+                self._wait_removed(name)
                 return
             log.warning("could not remove container %s: %s", name, exc)
+
+    def _wait_removed(self, name: str) -> None:
+        """Return once the engine has removed the container, so none is seen after the task ends."""
+        try:
+            self.client.api.wait(name, timeout=EXIT_WAIT, condition="removed")
+        except docker.errors.NotFound:
+            pass
+        except Exception as exc:  # an engine that is slow or went away: the daemon's reaping remains
+            log.warning("container %s was not removed within %.0fs: %s", name, EXIT_WAIT, exc)
 
     def running_names(self) -> list[str]:
         containers = self.client.containers.list(
