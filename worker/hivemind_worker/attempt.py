@@ -324,16 +324,7 @@ class Attempt:
             watch = DiskWatch(disk, lambda why: self.stopper.stop(DISK, why))
             with watch:
                 outcome = self.executor.run(spec, self._on_runner_event, self.stopper)
-        if outcome.status == Outcome.LEASE_LAPSED:  # the runner stopped itself
-            log.warning("%s stopped itself: this worker's lease lapsed", self.name)
-            self.stopper.stop(LEASE, outcome.error or "this worker's lease lapsed")
-            outcome.status = Outcome.STOPPED
-        # Past the limit, by the watch or found now (a task that caught "no space left" and went
-        # on, or filled it between two looks): a failure, whatever else the run said.
-        over = disk.exceeded()
-        if self.stopper.kind == DISK or (over and outcome.status != Outcome.STOPPED):
-            message = self.stopper.reason if self.stopper.kind == DISK else exceeded_message(disk.limit, over)
-            outcome.status, outcome.error, outcome.traceback = Outcome.OUT_OF_DISK, message, ""
+        self._settle(outcome, disk)
         if outcome.status == Outcome.STOPPED:
             if self.stopper.kind == "fenced":
                 raise Fenced(self.stopper.reason)
@@ -346,6 +337,19 @@ class Attempt:
             self._apply(header, outcome)
             self._status(pb.UPLOADING, "uploading the result")
         return self._pack_result(header, outcome, task_dir, out_dir, entry)
+
+    def _settle(self, outcome: RunOutcome, disk: TaskDisk) -> None:
+        """Why the run really ended, beyond what the executor saw."""
+        if outcome.status == Outcome.LEASE_LAPSED:  # the runner stopped itself: a hand-back
+            log.warning("%s stopped itself: this worker's lease lapsed", self.name)
+            self.stopper.stop(LEASE, outcome.error or "this worker's lease lapsed")
+            outcome.status = Outcome.STOPPED
+        # Past the limit, by the watch or found now (a task that caught "no space left" and went
+        # on, or filled it between two looks): a failure, whatever else the run said.
+        over = disk.exceeded()
+        if self.stopper.kind == DISK or (over and outcome.status != Outcome.STOPPED):
+            message = self.stopper.reason if self.stopper.kind == DISK else exceeded_message(disk.limit, over)
+            outcome.status, outcome.error, outcome.traceback = Outcome.OUT_OF_DISK, message, ""
 
     def _pack_result(
         self, header: pb.ResultHeader, outcome: RunOutcome, task_dir: Path, out_dir: Path, entry: str
