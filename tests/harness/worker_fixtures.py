@@ -9,17 +9,22 @@ import pytest
 from .pool import PoolProcess
 from .worker import WorkerProcess, remove_task_containers
 
-__all__ = ["docker_worker", "local_worker", "remove_task_containers"]
+__all__ = ["docker_worker", "local_worker", "remove_task_containers", "runtime_image"]
 
 
 @pytest.fixture
-def docker_worker(pool: PoolProcess, docker_engine: None) -> Iterator[WorkerProcess]:
-    """A docker-executor worker (needs the Docker engine and the runtime image)."""
+def runtime_image(docker_engine: None) -> None:
+    """The Docker engine and the runtime image, for tests that start docker workers themselves."""
     from conftest import require
 
     from hivemind_worker.image import runtime_image_exists
 
     require(runtime_image_exists(), "the runtime image is missing: hivemind-worker image build --bootstrap")
+
+
+@pytest.fixture
+def docker_worker(pool: PoolProcess, runtime_image: None) -> Iterator[WorkerProcess]:
+    """A docker-executor worker (needs the Docker engine and the runtime image)."""
     with WorkerProcess(pool, executor="docker", name="docker-worker") as worker:
         yield worker
 

@@ -252,3 +252,79 @@ def test_idle_worker_that_leaves_is_offline_not_lost(pool: PoolProcess) -> None:
         assert _worker_state(admin, worker.worker_id) == pb.WORKER_OFFLINE
     finally:
         worker.close()
+
+
+def test_welcome_grants_a_lease_that_ends_before_the_worker_is_lost(tmp_path: Path) -> None:
+    pool = PoolProcess(tmp_path / "pool", heartbeat_timeout=6.0, extra_args=["--lease-margin", "2s"]).start()
+    try:
+        worker = FakeWorker(pool.address, pool.join_token()).connect()
+        try:
+            assert worker.welcome is not None
+            assert worker.welcome.heartbeat_timeout_seconds == 6.0
+            assert worker.welcome.lease_seconds == 4.0  # the timeout less the margin
+        finally:
+            worker.close()
+    finally:
+        pool.stop()
+
+
+def test_a_lost_worker_that_returns_with_its_old_attempt_gets_nothing_on_top_of_it(
+    pool: PoolProcess,
+) -> None:
+    admin = pool.admin()
+    worker = FakeWorker(pool.address, pool.join_token(), cpus=1).connect()
+    try:
+        task = submit(admin, cpus=1)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        worker.heartbeating = False  # frozen: the pool declares it lost and requeues the task
+        wait_for(lambda: admin.get_task(task.id).state == pb.QUEUED, timeout=20, what="the task requeued")
+        assert _worker_state(admin, worker.worker_id) == pb.WORKER_LOST
+        # It wakes up and reconnects, still running attempt 1 (its sandbox has not stopped yet).
+        worker.disconnect()
+        worker.heartbeating = True
+        worker.connect()
+        order = worker.next_message("cancel").cancel
+        assert (order.task_id, order.attempt) == (task.id, 1)
+        # The pool has looked at the queue with the worker back (the reason names busy workers, not
+        # a missing one) and placed nothing: attempt 1 still holds the worker's only CPU.
+        wait_for(
+            lambda: "busy" in admin.get_task(task.id).pending_reason,
+            timeout=15,
+            what="a scheduling pass that sees the returned worker",
+        )
+        assert admin.get_task(task.id).state == pb.QUEUED
+        with pytest.raises(TimeoutError):
+            worker.next_message("assignment", timeout=1.0)
+        # Attempt 1 has stopped: its heartbeats no longer list it, and attempt 2 may run there.
+        worker.running.pop(task.id)
+        again = worker.next_assignment(timeout=15)
+        assert (again.task_id, again.attempt) == (task.id, 2)
+    finally:
+        worker.close()
+
+
+def test_the_pool_ends_a_task_whose_worker_never_reports_its_timeout(tmp_path: Path) -> None:
+    # The backstop: timeout plus the grace (60 s by default, 1 s here), then TIMED_OUT by the pool.
+    pool = PoolProcess(tmp_path / "pool", extra_args=["--timeout-grace", "1s"]).start()
+    worker = FakeWorker(pool.address, pool.join_token())
+    try:
+        admin = pool.admin()
+        worker.connect()  # it heartbeats all along, so it is never lost: it only ignores the timeout
+        task = submit(admin, timeout_seconds=2)
+        assignment = worker.next_assignment()
+        worker.status(assignment, pb.RUNNING)
+        final = wait_for(
+            lambda: (t := admin.get_task(task.id)).state == pb.TIMED_OUT and t,
+            timeout=30,
+            what="the pool's backstop",
+        )
+        assert "timed out after 2 s" in final.error  # type: ignore[union-attr]
+        order = worker.next_message("cancel").cancel
+        assert (order.task_id, order.attempt) == (task.id, 1)
+        with pytest.raises(Conflict, match="ended"):
+            worker.finish(assignment, pb.SUCCEEDED, make_result_zip(tmp_path / "late.zip"))
+        assert _worker_state(admin, worker.worker_id) == pb.WORKER_ONLINE
+    finally:
+        worker.close()
+        pool.stop()

@@ -21,6 +21,7 @@ def test_each_outcome_has_a_task_state() -> None:
         Outcome.DIED: pb.FAILED,
         Outcome.TIMED_OUT: pb.TIMED_OUT,
         Outcome.STOPPED: pb.CANCELLED,
+        Outcome.LEASE_LAPSED: pb.CANCELLED,  # handed back (requeue), as a stopped run
     }
 
 
@@ -43,7 +44,7 @@ def _runner_statuses() -> set[str]:
 
 def test_the_runner_writes_only_known_outcomes() -> None:
     statuses = _runner_statuses()
-    assert statuses == {"ok", "error", "kernel_died", "runner_error"}
+    assert statuses == {"ok", "error", "kernel_died", "runner_error", "lease_lapsed"}
     for status in statuses:
         assert outcome_from_end({"t": "end", "status": status}, 0).status == Outcome(status)
 

@@ -41,6 +41,15 @@ for path in ("/etc/hivemind-probe", "/usr/hivemind-probe", "/hivemind-probe"):
 open("/tmp/ok", "w").write("ok")
 open("probe.txt", "w").write("ok")
 
+# The worker's lease: the task can read it but not extend it.
+found["lease_readable"] = float(open("/hivemind/lease/expires").read()) > 0
+for path in ("/hivemind/lease/expires", "/hivemind/lease/new"):
+    try:
+        open(path, "w").write("9999999999")
+        found[path] = "written"
+    except OSError as exc:
+        found[path] = "refused: %s" % exc.strerror
+
 # Privileges: not root, no capabilities, no way to gain any (setuid binaries gain nothing).
 found["uid"] = os.getuid()
 status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
@@ -98,6 +107,9 @@ def test_sandbox_from_inside(pool, docker_worker: WorkerProcess, tmp_path: Path)
     assert found["dns"].startswith("fails")
     assert found["interfaces"] == ["lo"]
     for path in ("/etc/hivemind-probe", "/usr/hivemind-probe", "/hivemind-probe"):
+        assert found[path].startswith("refused"), (path, found[path])
+    assert found["lease_readable"] is True
+    for path in ("/hivemind/lease/expires", "/hivemind/lease/new"):
         assert found[path].startswith("refused"), (path, found[path])
     assert found["uid"] != 0
     assert int(found["CapEff"], 16) == 0 and int(found["CapBnd"], 16) == 0

@@ -6,6 +6,10 @@ task past its disk limit) -> UPLOADING (the result ZIP, refused here when it is 
 limit) -> the outcome.
 Every report carries the attempt's fencing number; when the pool refuses one, this attempt is stale
 and stops at once without reporting an outcome.
+
+The run is bound to the worker's lease (lease.py): when it lapses, the runner stops the notebook by
+itself, or the daemon stops it here, and the attempt hands the task back (requeue) without spending
+a retry. When the pool has rerun the task elsewhere meanwhile, it refuses that report.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from .disk import AUTO, DiskExceeded, DiskWatch, TaskDisk, exceeded_message, hum
 from .errors import EnvironmentBuildError, Fenced, NoTaskNetwork, WorkerError
 from .events import EventStream
 from .executors.base import Executor, Outcome, RunOutcome, RunSpec, Stopper
+from .lease import Lease
 from .results import DEFAULT_OUTPUTS, build_result, read_regular
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ PROGRESS_REPORT_INTERVAL = 1.0
 CANCEL = "cancel"
 REQUEUE = "requeue"
 DISK = "disk"  # the stopper's kind when the disk watch stopped the task
+LEASE = "lease"  # the worker's lease lapsed: handed back, as REQUEUE
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -124,6 +130,7 @@ class Attempt:
         attempts_root: Path,
         config: AttemptConfig,
         on_done: Callable[[Attempt], None] = lambda _: None,
+        lease: Lease | None = None,
     ) -> None:
         self.assignment = assignment
         self.task_id = assignment.task_id
@@ -133,6 +140,8 @@ class Attempt:
         self.bundles = bundles
         self.config = config
         self.on_done = on_done
+        self.lease = lease
+        self._lease_file: Path | None = None
         self.stopper = Stopper()
         self.name = container_name(self.task_id, self.number)
         self.folder = attempts_root / self.name
@@ -157,6 +166,10 @@ class Attempt:
         """Stop the run (kills the sandbox within a poll interval)."""
         default = "handed back" if requeue else "cancelled"
         self.stopper.stop(REQUEUE if requeue else CANCEL, reason or default)
+
+    def lease_lapsed(self, reason: str) -> None:
+        """The worker's lease lapsed: stop the run, and hand the task back."""
+        self.stopper.stop(LEASE, reason)
 
     def join(self, timeout: float | None = None) -> bool:
         return self.done.wait(timeout)
@@ -237,6 +250,8 @@ class Attempt:
             else:
                 self.events.close(timeout=0.5)
         finally:
+            if self.lease is not None and self._lease_file is not None:
+                self.lease.detach(self._lease_file)
             if not self.config.keep_folders:
                 shutil.rmtree(self.folder, ignore_errors=True)
             self.done.set()
@@ -293,6 +308,8 @@ class Attempt:
         with self.executor.environment_for(requirements, self.events.notice) as environment:
             if self.stopper.stopped:
                 return self._stopped(header), None
+            if self.lease is not None and self.lease.bound:
+                self._lease_file = self.lease.attach(self.folder / "lease")
             resources = manifest.resources
             spec = RunSpec(
                 name=self.name,
@@ -312,17 +329,13 @@ class Attempt:
                 allow_network=self.assignment.allow_network,
                 labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)},
                 max_output_chars=notebook_output_chars(self.config.max_result_bytes),
+                lease_dir=self._lease_file.parent if self._lease_file is not None else None,
             )
             self._status(pb.RUNNING, "running")
             watch = DiskWatch(disk, lambda why: self.stopper.stop(DISK, why))
             with watch:
                 outcome = self.executor.run(spec, self._on_runner_event, self.stopper)
-        # Past the limit, by the watch or found now (a task that caught "no space left" and went
-        # on, or filled it between two looks): a failure, whatever else the run said.
-        over = disk.exceeded()
-        if self.stopper.kind == DISK or (over and outcome.status != Outcome.STOPPED):
-            message = self.stopper.reason if self.stopper.kind == DISK else exceeded_message(disk.limit, over)
-            outcome.status, outcome.error, outcome.traceback = Outcome.OUT_OF_DISK, message, ""
+        self._settle(outcome, disk)
         if outcome.status == Outcome.STOPPED:
             if self.stopper.kind == "fenced":
                 raise Fenced(self.stopper.reason)
@@ -335,6 +348,19 @@ class Attempt:
             self._apply(header, outcome)
             self._status(pb.UPLOADING, "uploading the result")
         return self._pack_result(header, outcome, task_dir, out_dir, entry)
+
+    def _settle(self, outcome: RunOutcome, disk: TaskDisk) -> None:
+        """Why the run really ended, beyond what the executor saw."""
+        if outcome.status == Outcome.LEASE_LAPSED:  # the runner stopped itself: a hand-back
+            log.warning("%s stopped itself: this worker's lease lapsed", self.name)
+            self.stopper.stop(LEASE, outcome.error or "this worker's lease lapsed")
+            outcome.status = Outcome.STOPPED
+        # Past the limit, by the watch or found now (a task that caught "no space left" and went
+        # on, or filled it between two looks): a failure, whatever else the run said.
+        over = disk.exceeded()
+        if self.stopper.kind == DISK or (over and outcome.status != Outcome.STOPPED):
+            message = self.stopper.reason if self.stopper.kind == DISK else exceeded_message(disk.limit, over)
+            outcome.status, outcome.error, outcome.traceback = Outcome.OUT_OF_DISK, message, ""
 
     def _pack_result(
         self, header: pb.ResultHeader, outcome: RunOutcome, task_dir: Path, out_dir: Path, entry: str
@@ -393,10 +419,10 @@ class Attempt:
         self.client.fetch_bundle(self.task_id, self.number, partial)
 
     def _stopped(self, header: pb.ResultHeader) -> pb.ResultHeader:
-        """Cancelled, or handed back (requeue) when the worker drains."""
+        """Cancelled, or handed back (requeue) when the worker drains or its lease lapsed."""
         header.outcome = Outcome.STOPPED.task_state
         header.error = self.stopper.reason
-        header.requeue = self.stopper.kind == REQUEUE
+        header.requeue = self.stopper.kind in (REQUEUE, LEASE)
         return header
 
     @staticmethod

@@ -6,7 +6,10 @@ Threads and why:
 - a heartbeat thread puts a Heartbeat on the stream's outbox on its own schedule: gRPC sends it from
   its own thread, so no task, image build or download can delay it; it also notices a pool that went
   silent and breaks the stream so the main thread reconnects;
-- one thread per attempt (attempt.py), plus that attempt's event sender.
+- one thread per attempt (attempt.py), plus that attempt's event sender;
+- a lease thread: when the pool has not answered for the lease (lease.py), it stops the running
+  attempts, which hand their tasks back. The runner in each sandbox watches the same lease on its
+  own, so tasks stop in time even when this whole process is frozen or killed.
 """
 
 from __future__ import annotations
@@ -43,12 +46,15 @@ from .bundles import BundleCache
 from .disk import MOUNT, can_mount, default_task_disk, human, release_leftovers
 from .errors import WorkerError
 from .executors.base import Executor
+from .lease import Lease
 from .settings import SCHEMA, WorkerSettings
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
 PASS_TOKEN = SCHEMA.settings["join_token"].env  # the variable that keeps a join token out of `ps`
+LEASE_BACKOFF = 1.0  # the longest wait between reconnections while tasks run
+LEASE_CHECK = 0.25  # seconds between the lease thread's looks
 
 
 class Daemon:
@@ -64,6 +70,8 @@ class Daemon:
         self._call: WorkerStream | None = None
         self._outbox: queue.Queue[pb.WorkerMessage | None] | None = None
         self._last_heard = time.monotonic()
+        self.lease = Lease()
+        self._hello_sent = time.monotonic()
         self.heartbeat_interval = settings.heartbeat_interval
         self.heartbeat_timeout = max(15.0, settings.heartbeat_interval * 5)
         self.worker_id = ""
@@ -196,6 +204,7 @@ class Daemon:
             release_leftovers(self.state_dir / "attempts")  # a killed run's task disks
             shutil.rmtree(self.state_dir / "attempts", ignore_errors=True)
             self.bundles = BundleCache(self.state_dir / "bundles", s.bundle_cache_size)
+            threading.Thread(target=self._watch_lease, name="lease", daemon=True).start()
             return self._connection_loop()
         except Unauthenticated as exc:
             log.error("%s", exc)
@@ -231,9 +240,12 @@ class Daemon:
                 break
             if time.monotonic() - began > 30:
                 backoff = 0.5
+            # While tasks run, try often: each reconnection renews the lease they depend on.
+            cap = LEASE_BACKOFF if self.lease.bound and self._running() else MAX_BACKOFF
+            backoff = min(backoff, cap)
             log.info("reconnecting in %.1fs", backoff)
             self._stop.wait(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            backoff = min(backoff * 2, cap)
         return EXIT_OK
 
     def _running(self) -> list[pb.RunningAttempt]:
@@ -248,6 +260,7 @@ class Daemon:
         """One Connect stream, from Hello to its end."""
         assert self.client is not None and self.proto_facts is not None
         outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
+        self._hello_sent = time.monotonic()  # the Welcome extends the lease from here
         outbox.put(pb.WorkerMessage(hello=pb.Hello(facts=self.proto_facts, running=self._running())))
 
         def messages() -> Iterator[pb.WorkerMessage]:
@@ -288,7 +301,10 @@ class Daemon:
             outbox.put(
                 pb.WorkerMessage(
                     heartbeat=pb.Heartbeat(
-                        running=self._running(), load=load, draining=self._draining.is_set()
+                        running=self._running(),
+                        load=load,
+                        draining=self._draining.is_set(),
+                        seq=self.lease.stamp(),
                     )
                 )
             )
@@ -310,12 +326,17 @@ class Daemon:
             if welcome.heartbeat_timeout_seconds > 0:
                 self.heartbeat_timeout = welcome.heartbeat_timeout_seconds
             self.config.pool_max_result_bytes = max(welcome.max_result_bytes, 0)
+            self.lease.welcome(self._hello_sent, welcome.lease_seconds)
             log.info(
-                "connected to %s as %s (heartbeat every %.1fs)",
+                "connected to %s as %s (heartbeat every %.1fs, lease %.1fs)",
                 self.settings.pool,
                 welcome.worker_id or self.worker_id,
                 self.heartbeat_interval,
+                welcome.lease_seconds,
             )
+        elif kind == "ack":
+            if message.ack.seq:
+                self.lease.answered(message.ack.seq)
         elif kind == "assignment":
             self._assign(message.assignment)
         elif kind == "cancel":
@@ -345,6 +366,7 @@ class Daemon:
                 attempts_root=self.state_dir / "attempts",
                 config=self.config,
                 on_done=self._finished,
+                lease=self.lease,
             )
             self.attempts[key] = run
         if self._draining.is_set():
@@ -356,6 +378,31 @@ class Daemon:
             assignment.manifest.name or assignment.manifest.entry_notebook,
         )
         run.start()
+
+    def _watch_lease(self) -> None:
+        """Stop the attempts that began before the lease lapsed (they hand their tasks back)."""
+        told = False
+        while not self._stop.wait(LEASE_CHECK):
+            now = time.monotonic()
+            if not self.lease.lapsed(now):
+                told = False
+                continue
+            with self._lock:
+                runs = [r for r in self.attempts.values() if r.started_at < now and not r.done.is_set()]
+            if runs and not told:
+                log.warning(
+                    "no answer from the pool for the lease (%.1fs): stopping %d task(s), which go back "
+                    "to the pool",
+                    self.lease.duration,
+                    len(runs),
+                )
+                told = True
+            reason = (
+                f"this worker lost its lease: the pool had not answered it for "
+                f"{self.lease.duration:.0f}s, so the task was stopped and handed back"
+            )
+            for run in runs:
+                run.lease_lapsed(reason)
 
     def _finished(self, run: Attempt) -> None:
         with self._lock:
@@ -385,7 +432,11 @@ class Daemon:
         self._drain_started = time.monotonic()
         outbox = self._outbox
         if outbox is not None:  # say so at once rather than at the next heartbeat
-            outbox.put(pb.WorkerMessage(heartbeat=pb.Heartbeat(running=self._running(), draining=True)))
+            outbox.put(
+                pb.WorkerMessage(
+                    heartbeat=pb.Heartbeat(running=self._running(), draining=True, seq=self.lease.stamp())
+                )
+            )
         threading.Thread(target=self._drain, args=(exit_after,), name="drain", daemon=True).start()
 
     def _drain(self, exit_after: bool) -> None:

@@ -60,7 +60,8 @@ class BuildOptions:
 def docker_client() -> docker.DockerClient:
     """A client of the local Docker engine, or WorkerError saying how to get one."""
     try:
-        client = docker.from_env(timeout=120)
+        # Each running task holds two streams (its output, its exit): room for many tasks.
+        client = docker.from_env(timeout=120, max_pool_size=64)
         client.ping()
         return client
     except docker.errors.DockerException as exc:

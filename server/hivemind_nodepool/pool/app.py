@@ -52,7 +52,9 @@ class Pool:
         )
         self.collector = Collector(self.store, self.blobs, settings.retention, settings.gc_interval)
         self.scheduler = Scheduler(self.book, self.fleet, self.metrics, settings.schedule_interval)
-        self.liveness = Liveness(self.book, self.fleet, self.metrics, settings.heartbeat_timeout)
+        self.liveness = Liveness(
+            self.book, self.fleet, self.metrics, settings.heartbeat_timeout, settings.timeout_grace
+        )
         self.started_at = time.time()
         self.health: Any = None  # the gRPC health servicer, once serving
         self.tasks: list[asyncio.Task[None]] = []  # background loops, once serving

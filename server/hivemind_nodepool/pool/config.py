@@ -38,12 +38,27 @@ class PoolSettings:
     metrics_listen: str | None = setting(None, metavar="HOST:PORT", help="serve Prometheus metrics here")
     heartbeat_interval: float = setting(5.0, kind=DURATION, help="how often workers heartbeat")
     heartbeat_timeout: float = setting(15.0, kind=DURATION, help="silence before a worker is lost")
+    lease_margin: float | None = setting(
+        None,
+        kind=DURATION,
+        help="a worker's lease lapses this long before the heartbeat timeout: a silent worker's "
+        "tasks stop on their own that much before the pool may rerun them elsewhere",
+        shown_default="a fifth of the heartbeat timeout",
+    )
+    timeout_grace: float = setting(
+        60.0,
+        kind=DURATION,
+        help="past a task's timeout, how long its worker has to end it before the pool ends it TIMED_OUT",
+    )
     schedule_interval: float = setting(
         1.0, kind=DURATION, help="the periodic scheduling tick; events trigger cycles too"
     )
     max_bundle_size: int = setting(2 * 1024**3, kind=SIZE, help="largest accepted bundle")
     max_result_size: int = setting(
         2 * 1024**3, kind=SIZE, help="largest accepted result; workers refuse a bigger one before uploading"
+    )
+    bundle_rate_limit: int = setting(
+        0, kind=SIZE, help="bytes per second one bundle download may take; 0: no limit"
     )
     token_ttl: float = setting(30 * DAY, kind=DURATION, help="lifetime of a user's API token")
     join_token_ttl: float = setting(
@@ -90,9 +105,27 @@ class PoolSettings:
         "with --data-dir); revocations through the pool end them at once",
     )
 
+    @property
+    def lease(self) -> float:
+        """How long a worker's lease lasts past the heartbeat (or Hello) the pool last answered."""
+        # The margin covers the runner noticing (a fraction of a second) and the sandbox stopping.
+        margin = self.heartbeat_timeout / 5 if self.lease_margin is None else self.lease_margin
+        return self.heartbeat_timeout - margin
+
     def validate(self) -> None:
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
             raise InvalidInput("the heartbeat timeout must be longer than the heartbeat interval (> 0)")
+        if self.lease_margin is not None and self.lease_margin <= 0:
+            raise InvalidInput("the lease margin must be positive")
+        # A lease shorter than two heartbeats would lapse between two answers of a healthy pool.
+        if self.lease < 2 * self.heartbeat_interval:
+            raise InvalidInput(
+                f"the lease (heartbeat timeout minus lease margin, {self.lease:g} s) must be at least "
+                f"two heartbeat intervals ({2 * self.heartbeat_interval:g} s): lengthen the heartbeat "
+                "timeout or shorten the margin"
+            )
+        if self.timeout_grace < 0 or self.bundle_rate_limit < 0:
+            raise InvalidInput("the timeout grace and the bundle rate limit cannot be negative")
         if self.max_bundle_size <= 0 or self.max_result_size <= 0:
             raise InvalidInput("size limits must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -176,32 +176,37 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         entry.facts = hello.facts
         entry.state = pb.WORKER_ONLINE
         session, outbox = self.pool.fleet.attach(entry)
-        self.store.update_worker(
-            entry.worker_id,
-            state=pb.WORKER_ONLINE,
-            facts=hello.facts.SerializeToString(),
-            last_heartbeat_at=entry.last_heartbeat_at,
-        )
-        log.info("worker %s connected (session %d, running %d)", entry.name, session, len(hello.running))
-        settings = self.pool.settings
-        yield pb.PoolMessage(
-            welcome=pb.Welcome(
-                worker_id=entry.worker_id,
-                heartbeat_interval_seconds=settings.heartbeat_interval,
-                heartbeat_timeout_seconds=settings.heartbeat_timeout,
-                max_result_bytes=settings.max_result_size,  # so a worker refuses a bigger one itself
-            )
-        )
-        await self._reconcile_hello(entry, hello.running)
-        reader = asyncio.create_task(self._read(parts, entry, session, outbox))
+        reader: asyncio.Task[None] | None = None
         try:
+            self.store.update_worker(
+                entry.worker_id,
+                state=pb.WORKER_ONLINE,
+                facts=hello.facts.SerializeToString(),
+                last_heartbeat_at=entry.last_heartbeat_at,
+            )
+            log.info("worker %s connected (session %d, running %d)", entry.name, session, len(hello.running))
+            # Before anything awaits: the scheduler must see what the worker still runs (its
+            # messages wait in the outbox, so the Welcome still goes first).
+            await self._reconcile_hello(entry, hello.running)
+            settings = self.pool.settings
+            yield pb.PoolMessage(
+                welcome=pb.Welcome(
+                    worker_id=entry.worker_id,
+                    heartbeat_interval_seconds=settings.heartbeat_interval,
+                    heartbeat_timeout_seconds=settings.heartbeat_timeout,
+                    max_result_bytes=settings.max_result_size,  # so a worker refuses a bigger one itself
+                    lease_seconds=settings.lease,
+                )
+            )
+            reader = asyncio.create_task(self._read(parts, entry, session, outbox))
             while True:
                 message = await outbox.get()
                 if message is None:
                     break
                 yield message
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self._closed(entry, session)
         self.book.wake.set()
         if entry.state == pb.WORKER_REVOKED:  # ended by a revocation: say so, the worker must stop
@@ -241,6 +246,12 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
             ):
                 entry.allocations[key] = amount_of(row)
                 continue
+            if row is not None:
+                # A stale attempt still running there (a lost worker that came back) uses its
+                # resources until the worker stops listing it: count them, so nothing new is
+                # placed on top of it before the cancel lands.
+                entry.allocations[key] = amount_of(row)
+                entry.zombies.add(key)
             entry.send(
                 pb.PoolMessage(
                     cancel=pb.CancelOrder(
@@ -301,7 +312,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 if time.monotonic() - persisted > PERSIST_HEARTBEAT_EVERY:
                     persisted = time.monotonic()
                     self.store.update_worker(entry.worker_id, last_heartbeat_at=entry.last_heartbeat_at)
-                entry.send(pb.PoolMessage(ack=pb.Heartbeat()))
+                entry.send(pb.PoolMessage(ack=pb.Heartbeat(seq=beat.seq)))  # extends its lease
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:
@@ -316,11 +327,19 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         worker = auth.current_worker()
         row = self.book.check_attempt(worker.name, request.task_id, request.attempt)
         what = f"the bundle of task {row['id']}"
-        for block in self.pool.blobs.read_chunks(row["bundle_sha256"], CHUNK_SIZE, what):
+        rate = self.pool.settings.bundle_rate_limit
+        # Paced when limited: about a quarter second of the allowed rate per chunk, each on schedule.
+        size = max(4096, min(CHUNK_SIZE, rate // 4)) if rate else CHUNK_SIZE
+        began, sent = time.monotonic(), 0
+        for block in self.pool.blobs.read_chunks(row["bundle_sha256"], size, what):
             entry = self.pool.fleet.get(worker.name)
             if entry is not None and entry.state == pb.WORKER_REVOKED:  # revoked mid-download
                 raise Unauthenticated(auth.WORKER_REVOKED)
+            ahead = began + sent / rate - time.monotonic() if rate else 0.0
+            if ahead > 0:
+                await asyncio.sleep(ahead)
             yield pb.Chunk(data=block)
+            sent += len(block)
 
     @unary
     async def ReportStatus(

@@ -351,11 +351,12 @@ class TaskBook:
                 (time.time(), header.outcome, task_id, attempt),
             )
             if header.requeue:
+                why = header.error.splitlines()[0][:300] if header.error else "its worker is draining"
                 self._transition(
                     db,
                     row,
                     pb.QUEUED,
-                    "handed back by a draining worker; requeued without spending a retry",
+                    f"handed back by its worker ({why}); requeued without spending a retry",
                     worker_id="",
                 )
             else:

@@ -10,8 +10,13 @@ left alone for one heartbeat timeout from that moment, because a worker daemon t
 back with a Hello that lists the attempts still running in their containers, and those must not be
 rerun elsewhere. If it does not come back in time it is declared lost, exactly like a silent one.
 
-A running task past its timeout plus a grace period is ended TIMED_OUT here as a backstop for a
-worker that failed to enforce it.
+Every attempt is bound to its worker's lease (see the Welcome's lease_seconds): the worker's tasks
+stop on their own when the pool has not answered it for the lease, which is shorter than the
+heartbeat timeout by the lease margin. So when the pool declares a worker lost and reruns its tasks
+elsewhere, the old attempts have already stopped: two attempts of a task never run at once.
+
+A running task past its timeout plus a grace period (`timeout_grace`) is ended TIMED_OUT here as a
+backstop for a worker that failed to enforce it.
 """
 
 from __future__ import annotations
@@ -30,15 +35,21 @@ from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_GRACE = 60.0  # seconds a worker gets to report a timeout itself
-
 
 class Liveness:
-    def __init__(self, book: TaskBook, fleet: Fleet, metrics: PoolMetrics, timeout: float) -> None:
+    def __init__(
+        self,
+        book: TaskBook,
+        fleet: Fleet,
+        metrics: PoolMetrics,
+        timeout: float,
+        timeout_grace: float,
+    ) -> None:
         self.book = book
         self.fleet = fleet
         self.metrics = metrics
         self.timeout = timeout
+        self.timeout_grace = timeout_grace
 
     async def declare_lost(self, worker: WorkerEntry) -> None:
         store = self.book.store
@@ -84,7 +95,7 @@ class Liveness:
         wall = time.time()
         for row in self.book.store.tasks_in_states([pb.RUNNING, pb.UPLOADING]):
             started = row["started_at"]
-            if started and wall > started + row["timeout_seconds"] + TIMEOUT_GRACE:
+            if started and wall > started + row["timeout_seconds"] + self.timeout_grace:
                 with contextlib.suppress(Conflict):
                     await self.book.cancel(
                         row, f"timed out after {row['timeout_seconds']} s", state=pb.TIMED_OUT

@@ -1355,9 +1355,14 @@ class Heartbeat(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     load: _builtins.float
     """1-minute load average over cores, informative"""
     draining: _builtins.bool
+    seq: _builtins.int
+    """Numbers the worker's heartbeats; the pool's ack carries the number it answers. The worker
+    extends its lease from the time it sent the heartbeat an ack answers.
+    """
     @_builtins.property
     def running(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]: ...
     def __init__(
@@ -1366,10 +1371,11 @@ class Heartbeat(_message.Message):
         running: _abc.Iterable[Global___RunningAttempt] | None = ...,
         load: _builtins.float = ...,
         draining: _builtins.bool = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "load", b"load", "running", b"running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "load", b"load", "running", b"running", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1506,6 +1512,7 @@ class Welcome(_message.Message):
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_RESULT_BYTES_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     heartbeat_interval_seconds: _builtins.float
     """send a Heartbeat this often"""
@@ -1513,6 +1520,11 @@ class Welcome(_message.Message):
     """silent this long, the worker is declared lost"""
     max_result_bytes: _builtins.int
     """the largest result the pool accepts (0: not said)"""
+    lease_seconds: _builtins.float
+    """How long each ack (and this Welcome) extends the worker's lease, counted from when it sent the
+    heartbeat (or Hello) answered. Its tasks stop on their own when the lease lapses, which is
+    before the pool may declare it lost and rerun them elsewhere. 0: tasks are not lease-bound.
+    """
     def __init__(
         self,
         *,
@@ -1520,10 +1532,11 @@ class Welcome(_message.Message):
         heartbeat_interval_seconds: _builtins.float = ...,
         heartbeat_timeout_seconds: _builtins.float = ...,
         max_result_bytes: _builtins.int = ...,
+        lease_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "heartbeat_timeout_seconds", b"heartbeat_timeout_seconds", "max_result_bytes", b"max_result_bytes", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "heartbeat_timeout_seconds", b"heartbeat_timeout_seconds", "lease_seconds", b"lease_seconds", "max_result_bytes", b"max_result_bytes", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1544,7 +1557,7 @@ class PoolMessage(_message.Message):
     def cancel(self) -> Global___CancelOrder: ...
     @_builtins.property
     def ack(self) -> Global___Heartbeat:
-        """the pool's answer to a heartbeat (empty)"""
+        """the pool's answer to a heartbeat (only seq set)"""
 
     @_builtins.property
     def drain(self) -> Global___Empty:

@@ -27,7 +27,7 @@ EventSink = Callable[[RunnerEvent], None]
 
 
 class Outcome(StrEnum):
-    """How a run ended, as the executor saw it. The runner reports the first four by these values
+    """How a run ended, as the executor saw it. The runner reports the first five by these values
     in its `end` event (runtime/runner.py runs inside the sandbox, so it writes them as strings)."""
 
     OK = "ok"  # the notebook ran to the end
@@ -36,6 +36,7 @@ class Outcome(StrEnum):
     RUNNER_ERROR = "runner_error"  # the runner could not run the notebook at all
     OUT_OF_MEMORY = "oom"
     OUT_OF_DISK = "out_of_disk"  # past the task's disk limit (found by the attempt, not the runner)
+    LEASE_LAPSED = "lease_lapsed"  # the runner stopped itself: the worker's lease lapsed
     DIED = "died"  # the container or process ended without reporting an end
     TIMED_OUT = "timed_out"
     STOPPED = "stopped"  # cancelled or handed back: Stopper.kind says which
@@ -47,11 +48,12 @@ class Outcome(StrEnum):
 
 
 # Every other outcome is a failure. A stopped run is reported CANCELLED, with `requeue` set when
-# the worker hands it back.
+# the worker hands it back (as it does after a lapsed lease).
 _TASK_STATES: dict[Outcome, pb.TaskState.ValueType] = {
     Outcome.OK: pb.SUCCEEDED,
     Outcome.TIMED_OUT: pb.TIMED_OUT,
     Outcome.STOPPED: pb.CANCELLED,
+    Outcome.LEASE_LAPSED: pb.CANCELLED,
 }
 
 
@@ -74,6 +76,7 @@ class RunSpec:
     labels: dict[str, str] = field(default_factory=dict)
     tmp_dir: Path | None = None  # the task's /tmp (TMPDIR), on its disk; None: the executor's own
     max_output_chars: int = 0  # printed text the executed notebook keeps (0: the runner's default)
+    lease_dir: Path | None = None  # holds the lease file the runner watches (lease.py); None: unbound
 
 
 @dataclass
@@ -225,9 +228,12 @@ class StderrTail:
         return outcome
 
 
-def write_request(spec: RunSpec, task_dir_inside: str, out_dir_inside: str) -> Path:
+def write_request(
+    spec: RunSpec, task_dir_inside: str, out_dir_inside: str, lease_file_inside: str | None = None
+) -> Path:
     """The runner's request file, in the output folder; returns its host path."""
     request: dict[str, Any] = {
+        "lease_file": lease_file_inside if spec.lease_dir is not None else None,
         "notebook": spec.notebook,
         "cwd": task_dir_inside,
         "out_dir": out_dir_inside,

@@ -4,7 +4,13 @@ The container gets no network (unless the pool allowed it), a read-only root, no
 no-new-privileges, a pids limit, the task's memory (without swap) and CPU limits, its GPUs where the
 engine has the NVIDIA runtime, a non-root user, a capped log, and never the Docker socket. Its only
 writable places are the attempt's task, output and /tmp folders, all on the task's size-limited disk
-(disk.py), or a tmpfs of --tmpfs-size on /tmp where the admin chose one.
+(disk.py), or a tmpfs of --tmpfs-size on /tmp where the admin chose one. The attempt's lease folder
+is mounted read-only, so the task cannot extend its own lease.
+
+Containers are created with auto-remove: one that ends while no worker looks after it (the worker
+was killed, and the runner stopped the task when the lease lapsed) leaves nothing behind. Its exit
+status and whether it ran out of memory therefore come from the engine's events for it, watched
+from before it starts, not from inspecting it afterwards.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from ..environments import DockerEnvironments
 from ..errors import NoTaskNetwork
 from ..image import RUNNER
+from ..lease import LEASE_FILE
 from .base import (
     STOP_GRACE,
     EventSink,
@@ -49,8 +56,46 @@ TMP_DIR = "/tmp"  # noqa: S108 (in the container)
 # The engine keeps a copy of what the task prints; the worker reads it from the attach stream, so a
 # small capped log is enough, and a print flood cannot fill the engine's disk.
 TASK_LOG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "8m", "max-file": "1"})
+LEASE_DIR = "/hivemind/lease"
 ROLE_LABEL = "org.hivemind.role"
 POLL_SECONDS = 0.1
+EXIT_WAIT = 30.0  # seconds to wait for the engine's word that an ended container has exited
+
+
+class ExitWatch:
+    """The engine's events about one container, from before it starts: its exit status, and
+    whether the kernel's OOM killer struck in it."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str) -> None:
+        self.exit_code: int | None = None
+        self.oom = False
+        self.exited = threading.Event()
+        self._stream = client.events(
+            decode=True, filters={"container": container_id, "event": ["oom", "die"]}
+        )
+        self._thread = threading.Thread(target=self._read, name=f"exit-{container_id[:12]}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._stream:
+                action = event.get("Action") or event.get("status")
+                if action == "oom":
+                    self.oom = True
+                elif action == "die":
+                    code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
+                    self.exit_code = int(code) if code is not None else None
+                    return
+        except Exception as exc:  # the stream was closed, or the engine went away
+            log.debug("events stream ended: %s", exc)
+        finally:
+            self.exited.set()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception as exc:
+            log.debug("closing the events stream: %s", exc)
 
 
 def nvidia_runtime_available(client: docker.DockerClient) -> bool:
@@ -154,6 +199,7 @@ class DockerExecutor(Executor):
             "memswap_limit": memory,  # no swap: a memory hog stops at its limit
             "init": True,  # reaps the kernel's zombies
             "ipc_mode": "private",
+            "auto_remove": True,  # nothing stays behind a container nobody removes (see above)
             "mounts": [
                 Mount(TASK_DIR, str(spec.task_dir), type="bind"),
                 Mount(OUT_DIR, str(spec.out_dir), type="bind"),
@@ -169,6 +215,8 @@ class DockerExecutor(Executor):
             options["tmpfs"] = {TMP_DIR: f"rw,nosuid,nodev,size={size}"}
         else:
             options["mounts"].append(Mount(TMP_DIR, str(spec.tmp_dir), type="bind"))
+        if spec.lease_dir is not None:
+            options["mounts"].append(Mount(LEASE_DIR, str(spec.lease_dir), type="bind", read_only=True))
         if spec.cpus > 0:
             options["nano_cpus"] = int(spec.cpus * 1e9)
         if spec.gpus > 0 and self.gpu_runtime:
@@ -176,7 +224,7 @@ class DockerExecutor(Executor):
         return options
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
-        write_request(spec, TASK_DIR, OUT_DIR)
+        write_request(spec, TASK_DIR, OUT_DIR, f"{LEASE_DIR}/{LEASE_FILE}")
         self.prepare_dirs(spec)
         self._remove(spec.name)  # a leftover of an earlier try of the same attempt
         container = self.client.containers.create(
@@ -187,7 +235,9 @@ class DockerExecutor(Executor):
         )
         parser = LineParser(on_event)
         stderr_tail = StderrTail()
+        exits: ExitWatch | None = None
         try:
+            exits = ExitWatch(self.client, container.id)
             stream = self.client.api.attach(
                 container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
             )
@@ -204,11 +254,10 @@ class DockerExecutor(Executor):
                 self._stop(container, reader)
                 return check.outcome(stop_kind)
             reader.join()
-            result = container.wait(timeout=30)
-            exit_code = int(result.get("StatusCode", -1))
-            container.reload()
-            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-            outcome = outcome_from_end(parser.end, exit_code)
+            if not exits.exited.wait(EXIT_WAIT):
+                log.warning("the engine did not report the end of %s", spec.name)
+            oom = exits.oom
+            outcome = outcome_from_end(parser.end, exits.exit_code)
             memory = spec.memory_bytes or self.default_memory
             if oom and outcome.status != Outcome.OK:
                 outcome.status = Outcome.OUT_OF_MEMORY
@@ -217,6 +266,8 @@ class DockerExecutor(Executor):
                 return outcome
             return stderr_tail.explain(outcome)
         finally:
+            if exits is not None:
+                exits.close()
             self._remove(spec.name)
 
     @staticmethod
@@ -255,7 +306,19 @@ class DockerExecutor(Executor):
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # the engine is removing it already (auto-remove)
+                self._wait_removed(name)
+                return
             log.warning("could not remove container %s: %s", name, exc)
+
+    def _wait_removed(self, name: str) -> None:
+        """Return once the engine has removed the container, so none is seen after the task ends."""
+        try:
+            self.client.api.wait(name, timeout=EXIT_WAIT, condition="removed")
+        except docker.errors.NotFound:
+            pass
+        except Exception as exc:  # an engine that is slow or went away: the daemon's reaping remains
+            log.warning("container %s was not removed within %.0fs: %s", name, EXIT_WAIT, exc)
 
     def running_names(self) -> list[str]:
         containers = self.client.containers.list(

@@ -3,7 +3,9 @@
 THIS DOES NOT ISOLATE THE TASK. The notebook runs as the worker's user, sees the worker's files and
 the network. What it does give: a venv per requirements hash, the task's timeout and cancel (the
 whole process tree is killed), a memory limit enforced by watching the tree's resident memory, and
-the disk limit on its folders and TMPDIR (disk.py; a path it writes outside them is not counted).
+the disk limit on its folders and TMPDIR (disk.py; a path it writes outside them is not counted),
+and the worker's lease: the runner kills its kernel's tree and exits when the lease lapses, so a
+task of a frozen or killed worker stops on its own (runtime/runner.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import psutil
 
 from ..environments import LocalEnvironments
 from ..image import RUNNER
+from ..lease import LEASE_FILE
 from .base import (
     STOP_GRACE,
     EventSink,
@@ -118,7 +121,8 @@ class LocalExecutor(Executor):
         return self.environments.use(requirements, on_notice)
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
-        write_request(spec, str(spec.task_dir), str(spec.out_dir))
+        lease_file = str(spec.lease_dir / LEASE_FILE) if spec.lease_dir is not None else None
+        write_request(spec, str(spec.task_dir), str(spec.out_dir), lease_file)
         env = _task_environment(spec)
         process = subprocess.Popen(
             [spec.environment, str(RUNNER), str(spec.out_dir / "request.json")],

@@ -15,7 +15,7 @@ so it cannot corrupt them:
     {"t": "stdout", "text": "..."}            {"t": "stderr", "text": "..."}
     {"t": "display", "output": {...}}          a Jupyter output: display_data, execute_result, error
     {"t": "notice", "text": "..."}             HiveMind telling the user something about the run
-    {"t": "end", "status": "ok" | "error" | "kernel_died" | "runner_error",
+    {"t": "end", "status": "ok" | "error" | "kernel_died" | "runner_error" | "lease_lapsed",
      "error": "...", "traceback": "...", "metrics": {"cpu_seconds": ..., "peak_memory_bytes": ...}}
 
 Files written to the output folder: executed.ipynb (also after an error), variables.json (the
@@ -42,11 +42,18 @@ What is capped is said: the live stream drops output past LIVE_BUFFER_BYTES wait
 (a notice says how much; the notebook keeps it), and the notebook keeps at most `max_output_chars`
 of printed text (the request's, default DEFAULT_KEEP_CHARS), so that its result stays returnable;
 past that a note in the cell counts the lines left out.
+
+When the request names a lease file, the run is bound to the worker's lease: the worker rewrites the
+file with the lease's end (wall-clock seconds) while the pool hears from it, and a thread here stops
+everything the moment that time passes, because the pool may then rerun the task elsewhere. It
+kills the kernel and whatever it started, reports "lease_lapsed", and exits with LEASE_EXIT; in a
+container that ends the container, and everything left in it, too.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -85,6 +92,8 @@ if sys.path and sys.path[0] in ("", "."):
 from ipykernel import kernelapp
 kernelapp.launch_new_instance()
 """
+LEASE_POLL = 0.2  # seconds between looks at the lease file
+LEASE_EXIT = 75  # the exit status after a lapsed lease (EX_TEMPFAIL: the task runs again elsewhere)
 
 # Run in the kernel after the notebook to read the requested variables. It writes the file itself so
 # big values never travel through the kernel's output messages. Each value travels in a form that
@@ -264,6 +273,114 @@ class Emitter:
             self._closed = True
             self._lock.notify_all()
         self._thread.join(timeout)
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (empty where there is no /proc)."""
+    found: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name, in (), may hold spaces
+        except (OSError, ValueError, IndexError):
+            continue
+        found.setdefault(parent, []).append(int(entry))
+    return found
+
+
+def kill_descendants(root: int, group: int | None = None) -> None:
+    """SIGKILL every descendant of `root`, and the process group `group` (the kernel starts its
+    own session, so its group holds what it started even once a parent in between has gone)."""
+    for _ in range(2):  # a second pass catches what forked while the first one ran
+        if group:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        children = _children()
+        todo, seen = [root], set()
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in seen:
+                    seen.add(child)
+                    todo.append(child)
+        for pid in seen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class LeaseWatch:
+    """Stops the run when the worker's lease lapses (see the module's docstring)."""
+
+    def __init__(self, path: str, emitter: Emitter) -> None:
+        self.path = path
+        self.emitter = emitter
+        self.client: Any = None  # the notebook client, once it exists: its kernel is stopped
+        self.expires = self._read() or 0.0  # unreadable at the start: lapsed
+        self._thread = threading.Thread(target=self._watch, name="lease", daemon=True)
+        self._ending = threading.Lock()  # the run's own end and a lapse: only the first one counts
+        self._ended = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _read(self) -> float | None:
+        try:
+            with open(self.path) as handle:
+                return float(handle.read().strip())
+        except (OSError, ValueError):
+            return None  # the worker replaces it whole, so this is rare: keep the last end
+
+    def _watch(self) -> None:
+        while True:
+            found = self._read()
+            if found is not None:
+                self.expires = found
+            if time.time() >= self.expires:
+                self.lapse()
+                return
+            time.sleep(LEASE_POLL)
+
+    def _kernel_group(self) -> int | None:
+        km = getattr(self.client, "km", None)
+        process = getattr(getattr(km, "provisioner", None), "process", None)
+        pid = getattr(process, "pid", None)
+        return pid if isinstance(pid, int) else None
+
+    def finish(self) -> None:
+        """The run ended by itself: its own end event stands (waits for a lapse under way)."""
+        with self._ending:
+            self._ended = True
+
+    def lapse(self) -> None:
+        """Kill the kernel and all it started, say why, and leave."""
+        with self._ending:
+            if self._ended:
+                return
+            self._lapse()
+
+    def _lapse(self) -> None:
+        kill_descendants(os.getpid(), self._kernel_group())
+        late = time.time() - self.expires
+        error = (
+            "this task was stopped because its worker lost its lease: the pool had not answered "
+            f"the worker since the lease ended ({late:.1f} s ago), so it may run the task elsewhere"
+        )
+        # Say so on a thread of its own: a frozen worker may not read the pipe.
+        said = threading.Thread(target=self._say, args=(error,), name="lease-end", daemon=True)
+        said.start()
+        said.join(timeout=1.0)
+        os._exit(LEASE_EXIT)
+
+    def _say(self, error: str) -> None:
+        with contextlib.suppress(Exception):  # the worker is gone: nobody to tell
+            self.emitter.emit("end", status="lease_lapsed", error=error, traceback="", metrics={})
+            self.emitter.close(timeout=0.9)  # events go out on the writer thread: let it deliver
 
 
 class NotebookSaver:
@@ -499,7 +616,7 @@ def _note_missing_output(cell: Any) -> None:
     )
 
 
-def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
+def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = None) -> dict[str, Any]:
     """Execute the notebook; the 'end' event's fields."""
     import nbformat
     from nbclient.exceptions import CellExecutionError, DeadKernelError
@@ -522,6 +639,8 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, saver.on_sigterm)
     keeper = OutputKeeper(int(request.get("max_output_chars") or DEFAULT_KEEP_CHARS), emitter)
     client = _make_client(nb, emitter, cwd, kernel_name, saver=saver, keeper=keeper)
+    if lease is not None:
+        lease.client = client
     result: dict[str, Any] = {"status": "ok", "error": "", "traceback": ""}
     try:
         with client.setup_kernel():
@@ -575,11 +694,15 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     emitter = Emitter()
     started = time.monotonic()
+    lease: LeaseWatch | None = None
     try:
         with open(argv[1]) as handle:
             request = json.load(handle)
         emitter.live_buffer = int(request.get("live_buffer_bytes") or LIVE_BUFFER_BYTES)
-        result = run(request, emitter)
+        if request.get("lease_file"):
+            lease = LeaseWatch(str(request["lease_file"]), emitter)
+            lease.start()
+        result = run(request, emitter, lease)
     except Exception as exc:  # report anything, never die silently
         result = {
             "status": "runner_error",
@@ -587,6 +710,8 @@ def main(argv: list[str]) -> int:
             "traceback": traceback.format_exc(),
             "metrics": _metrics(started),
         }
+    if lease is not None:
+        lease.finish()
     emitter.emit("end", **result)
     emitter.close()
     return 0 if result["status"] == "ok" else 1
