@@ -36,11 +36,17 @@ from .packaging import cell_task_name, check_identifier, pack_cell
 from .pool import PoolConnector
 
 
+class HelpShown(Exception):
+    """`--help` printed the help: the magic ends there, quietly (no UsageError printing it again)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status == 0 and message is None:  # argparse's help action, after printing the help
+            raise HelpShown()
         raise UsageError(message or self.format_help())
 
 
@@ -185,7 +191,10 @@ class HiveMindMagics(Magics):
     @cell_magic
     def hivemind(self, line: str, cell: str) -> TaskHandle | None:
         """Run this cell on the HiveMind pool. `%%hivemind --help` lists the options."""
-        options = CellOptions(line, self.settings, self.shell.user_ns if self.shell else {})
+        try:
+            options = CellOptions(line, self.settings, self.shell.user_ns if self.shell else {})
+        except HelpShown:
+            return None
         handle = self._submit(cell, options)
         if options.no_wait:
             return handle
@@ -240,6 +249,7 @@ class HiveMindMagics(Magics):
             raise UsageError(f"%hivemind: {exc}") from None
         if not argv or argv[0] in ("help", "-h", "--help"):
             print(LINE_HELP)
+            print(CELL_HELP)
             return None
         command, rest = argv[0], argv[1:]
         action = getattr(self, f"_cmd_{command}", None)
@@ -368,15 +378,39 @@ LINE_HELP = """%hivemind COMMAND
   logs ID                     a task's output so far
   cancel ID                   cancel a task
   attach ID                   a handle for a task (e.g. after a kernel restart): h = %hivemind attach ID
-%%hivemind --help lists the options of the cell magic."""
+  help                        this help"""
+
+CELL_HELP = """
+%%hivemind [OPTIONS] on the first line of a cell runs the cell on the pool, e.g.
+  %%hivemind --cpus 1 --memory 1G
+  %%hivemind --no-wait        returns a handle at once: h.status(), h.wait(), h.result(), h.cancel()
+`%%hivemind --help` (alone in a cell, or above code, which then does not run) lists every option."""
+
+
+def _help_without_body(lines: list[str]) -> list[str]:
+    """IPython refuses a cell magic with an empty body before the magic sees it; give
+    `%%hivemind --help` alone in a cell a blank body so the help shows."""
+    if not lines or not lines[0].startswith("%%hivemind") or any(line.strip() for line in lines[1:]):
+        return lines
+    try:
+        words = shlex.split(lines[0][len("%%hivemind") :])
+    except ValueError:
+        return lines
+    if lines[0][len("%%hivemind") :][:1] not in ("", " ", "\t", "\n") or not {"-h", "--help"} & set(words):
+        return lines
+    return [lines[0].rstrip("\n") + "\n", "\n"]
 
 
 def register(ipython: Any) -> None:
     magics = HiveMindMagics(ipython)
     ipython.register_magics(magics)
+    if _help_without_body not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(_help_without_body)
     if magics.settings not in ipython.configurables:
         ipython.configurables.append(magics.settings)  # so %config HiveMind... works
 
 
 def unregister(ipython: Any) -> None:
+    if _help_without_body in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(_help_without_body)
     ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, HiveMind)]

@@ -83,10 +83,29 @@ def test_defaults_come_from_the_settings():
     assert (request.cpus, request.memory, request.gpus) == (3, 3 * 1024**3, 1)
 
 
-def test_help_is_a_usage_message():
-    with pytest.raises(UsageError) as caught:
-        CellOptions("--help", HiveMind(), {})
-    assert "--cpus" in str(caught.value) and "--no-wait" in str(caught.value)
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "%%hivemind --help",
+        "%%hivemind --help\n",
+        "%%hivemind -h\n\n  \n",
+        "%%hivemind --cpus 1 --help\nprint('the body ran')\n",
+    ],
+)
+def test_cell_help_prints_once_with_or_without_a_body(shell, cell):
+    with capture_output() as captured:
+        result = shell.run_cell(cell)
+    assert result.success, (captured.stdout, captured.stderr)
+    assert captured.stdout.count("usage: %%hivemind") == 1, captured.stdout
+    assert "--no-wait" in captured.stdout and "--cpus" in captured.stdout
+    assert "the body ran" not in captured.stdout
+    assert captured.stderr == ""  # no "cell body is empty", no UsageError repeating the help
+
+
+def test_an_empty_cell_without_help_is_still_refused(shell):
+    with capture_output() as captured:
+        result = shell.run_cell("%%hivemind --cpus 1\n")
+    assert isinstance(result.error_in_exec, UsageError) and "body is empty" in captured.stderr
 
 
 def test_not_signed_in_is_one_clear_line(shell):
@@ -125,10 +144,11 @@ def test_bad_line_commands_are_usage_errors(shell, line, hivemind_config_dir: Pa
     assert isinstance(result.error_in_exec, UsageError), line
 
 
-def test_line_help(shell):
+def test_line_help_says_what_works(shell):
     with capture_output() as captured:
         shell.run_line_magic("hivemind", "help")
     assert "attach ID" in captured.stdout
+    assert "%%hivemind --help" in captured.stdout and "--memory 1G" in captured.stdout
 
 
 def test_interrupt_action_is_configurable(shell):
