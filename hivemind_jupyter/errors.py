@@ -47,3 +47,15 @@ class RemoteTaskError(HiveMindError):
         elif self.task.error:
             lines.append(self.task.error)
         return lines
+
+
+class TaskInterrupted(KeyboardInterrupt):
+    """The user interrupted a waiting cell: still a KeyboardInterrupt (a notebook run stops there),
+    shown as the one line that says what became of the task, not as a traceback of the wait."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.line]

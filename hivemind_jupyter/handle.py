@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -19,11 +20,11 @@ from typing import Any
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import Cancelled, HiveMindError
-from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration
 
 from .config import HiveMind
-from .errors import RemoteTaskError
+from .errors import RemoteTaskError, TaskInterrupted
 from .live_view import LiveView, make_view
 from .pool import PoolConnector
 from .results import (
@@ -35,8 +36,11 @@ from .results import (
     show_outputs,
 )
 
+log = logging.getLogger(__name__)
+
 POLL_SECONDS = 0.25
 REFRESH_SECONDS = 2.0
+PARTIAL_RESULT_WAIT = 15.0  # seconds an interrupted cell waits for the cancelled task's partial result
 
 
 @dataclass
@@ -175,29 +179,54 @@ class TaskHandle:
         try:
             task = self._follow(view, timeout)
         except KeyboardInterrupt:
-            self._interrupted(view)
-            raise
+            raise self._interrupted(view) from None
         result = self._collect(task, view, show)
         self._result = result
         if check:
             self._raise_if_failed(result)
         return result
 
-    def _interrupted(self, view: LiveView) -> None:
+    def _interrupted(self, view: LiveView) -> TaskInterrupted:
+        """Cancel (or detach from) the task; the one line that says so, as the cell's error."""
         if self.settings.interrupt_action == "detach":
-            note = (
-                f"interrupted: detached from task {self.task_id}, which keeps running. "
-                f"Follow it again with `%hivemind attach {self.task_id}`."
+            line = (
+                f"Detached from task {self.task_id}, which keeps running; "
+                f"follow it again with `%hivemind attach {self.task_id}`."
             )
         else:
             try:
-                self._client().cancel_task(self.task_id)
-                note = f"interrupted: task {self.task_id} was cancelled on the pool."
+                task = self._client().cancel_task(self.task_id)
             except HiveMindError as exc:
-                note = f"interrupted, but cancelling task {self.task_id} failed: {exc}"
-        with contextlib.suppress(HiveMindError):
-            view.finish(self._client().get_task(self.task_id), note)
-        print(f"[hivemind] {note}", file=sys.stderr, flush=True)
+                line = f"Interrupted, but cancelling task {self.task_id} on the pool failed: {exc}"
+            else:
+                line = self._cancelled_line(task)
+        view.clear()
+        return TaskInterrupted(line)
+
+    def _cancelled_line(self, task: pb.Task) -> str:
+        """'Cancelled on the pool after 12 s; partial result in …/' once the cancelled attempt has
+        uploaded what it produced (waited for briefly; a second interrupt stops the wait)."""
+        if task.state != pb.CANCELLED:
+            return f"Interrupted; task {self.task_id} had already ended {state_name(task.state)}."
+        folder: Path | None = None
+        deadline = time.monotonic() + PARTIAL_RESULT_WAIT
+        try:
+            while not task.result_sha256 and task.worker_id and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+                task = self._client().get_task(self.task_id)
+            if task.result_sha256:
+                base = Path(os.getcwd()) / self.settings.results_dir
+                fetched = fetch_into(self._client(), task, base)
+                if fetched.notebook is None:  # stopped before its notebook was first saved
+                    shutil.rmtree(fetched.folder, ignore_errors=True)
+                else:
+                    folder = fetched.folder
+        except (KeyboardInterrupt, HiveMindError, OSError) as exc:
+            log.info("the partial result of %s was not fetched: %s", self.task_id, exc)
+        line = f"Cancelled on the pool after {format_duration(elapsed_seconds(task, time.time()))}"
+        if folder is None:
+            return line + "."
+        return f"{line}; partial result in {_shown(folder)}/"
 
     def _collect(self, task: pb.Task, view: LiveView, show: bool) -> TaskResult:
         result = TaskResult(task=task)
@@ -225,14 +254,7 @@ class TaskHandle:
             if self.shell is not None and result.variables:
                 self.shell.user_ns.update(result.variables)
         self._remote_error = view.remote_error
-        elapsed = task.metrics.wall_seconds or view.elapsed()
-        note = f"{state_name(task.state)} in {format_duration(elapsed)}"
-        if result.folder is not None:
-            try:
-                shown = result.folder.relative_to(Path(os.getcwd()))
-            except ValueError:
-                shown = result.folder
-            note += f"; files in {shown}/"
+        note = f"files in {_shown(result.folder)}/" if result.folder is not None else ""
         view.finish(task, note)
         return result
 
@@ -245,6 +267,14 @@ class TaskHandle:
             f"<HiveMind task {self.task_id}: .status() .wait() .result() .logs() .cancel(); "
             f"after a restart: %hivemind attach {self.task_id}>"
         )
+
+
+def _shown(folder: Path) -> Path:
+    """A results folder as the user would type it: relative to the working dir when inside it."""
+    try:
+        return folder.relative_to(Path(os.getcwd()))
+    except ValueError:
+        return folder
 
 
 def _publish_display(data: dict[str, Any], metadata: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,7 +27,7 @@ from traitlets import TraitError
 from hivemind_nodepool.client.submission import TaskRequest, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
-from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.states import elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration, parse_size
 
 from .config import HiveMind
@@ -339,15 +340,13 @@ class HiveMindMagics(Magics):
         page = self.connector.client().list_tasks(states, page_size=args.limit)
         rows = []
         for task in page.tasks:
-            end = task.updated_at if task.state in TERMINAL_STATES else None
-            age = (end or task.updated_at) - task.created_at
             rows.append(
                 [
                     task.id,
                     task.manifest.name,
                     state_name(task.state),
                     task.worker_name or "-",
-                    format_duration(max(age, 0.0)),
+                    format_duration(elapsed_seconds(task, time.time())),
                 ]
             )
         print(_table(rows, ["ID", "NAME", "STATE", "WORKER", "TIME"]) if rows else "no tasks")

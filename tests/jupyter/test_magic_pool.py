@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import base64
 import io
+import re
 import sys
 import threading
 import time
@@ -17,7 +18,8 @@ from hivemind_jupyter.errors import RemoteTaskError
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.client.credentials import load
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.states import TERMINAL_STATES
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, elapsed_seconds
+from hivemind_nodepool.protocol.units import format_duration
 
 pytestmark = pytest.mark.slow
 
@@ -159,14 +161,32 @@ def test_no_wait_handle_and_attach(signed_in, local_worker, shell):
     assert result.error_in_exec is not None
 
 
+def test_a_no_wait_handle_has_one_status_line_with_one_time(signed_in, local_worker, shell):
+    with capture_output():
+        handle = shell.run_cell_magic(
+            "hivemind", "--no-wait --memory 512M", "import time\ntime.sleep(1)\nprint('done')\n"
+        )
+    wait_for_state(handle.id, TERMINAL_STATES)
+    time.sleep(2)  # read well after the end: the time shown must still be the task's own
+    with capture_output() as captured:
+        handle.result()
+    lines = [line for line in captured.stderr.splitlines() if handle.id in line or "SUCCEEDED" in line]
+    assert len(lines) == 1, captured.stderr
+    task = handle.task()
+    expected = format_duration(elapsed_seconds(task, time.time()))
+    assert f"{handle.id}: SUCCEEDED in {expected}" in lines[0], (lines[0], expected)
+    assert len(re.findall(r"\d+(?:\.\d+)?s\b", lines[0])) == 1, lines[0]  # one time only
+
+
 def _interrupt_when_running(holder: dict) -> None:
     client = my_client()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         tasks = client.list_tasks([pb.RUNNING], page_size=1).tasks
-        if tasks:
+        if tasks and any(
+            "started" in event.text for event in client.watch(tasks[0].id, follow=False, reconnect_for=5)
+        ):
             holder["task_id"] = tasks[0].id
-            time.sleep(0.5)
             _thread.interrupt_main()
             return
         time.sleep(0.1)
@@ -178,14 +198,24 @@ def test_interrupt_cancels_or_detaches(signed_in, local_worker, shell, action):
     holder: dict = {}
     threading.Thread(target=_interrupt_when_running, args=(holder,), daemon=True).start()
     with capture_output() as captured:
-        result = shell.run_cell("%%hivemind --memory 512M\nimport time\ntime.sleep(120)\n")
+        result = shell.run_cell(
+            "%%hivemind --memory 512M\nimport time\nprint('started', flush=True)\ntime.sleep(120)\n"
+        )
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     task_id = holder["task_id"]
+    shown = captured.stdout + captured.stderr
+    assert "Traceback" not in shown and "handle.py" not in shown and "queue.py" not in shown, shown
     if action == "cancel":
-        assert "was cancelled" in captured.stderr
+        lines = [line for line in shown.splitlines() if "ancel" in line]
+        assert len(lines) == 1 and lines[0].startswith("Cancelled on the pool after "), shown
         assert wait_for_state(task_id, {pb.CANCELLED}, timeout=30).state == pb.CANCELLED
+        # The attempt's partial result came back, where the line says.
+        assert "; partial result in hivemind-results/" in lines[0], lines[0]
+        folder = Path(lines[0].split("; partial result in ")[1].rstrip("/"))
+        assert "started" in (folder / "main.ipynb").read_text()
     else:
-        assert "detached" in captured.stderr and f"%hivemind attach {task_id}" in captured.stderr
+        lines = [line for line in shown.splitlines() if "etached" in line]
+        assert len(lines) == 1 and f"%hivemind attach {task_id}" in lines[0], shown
         assert my_client().get_task(task_id).state not in TERMINAL_STATES
         my_client().cancel_task(task_id)
 
