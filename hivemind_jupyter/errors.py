@@ -28,10 +28,13 @@ class PoolProblem(HiveMindError):
 class RemoteTaskError(HiveMindError):
     """The task did not succeed; IPython shows the remote traceback instead of a local one."""
 
-    def __init__(self, task: pb.Task, traceback_lines: list[str] | None = None) -> None:
+    def __init__(
+        self, task: pb.Task, traceback_lines: list[str] | None = None, hints: list[str] | None = None
+    ) -> None:
         self.task = task
         self.state = state_name(task.state)
         self.traceback_lines = traceback_lines or []
+        self.hints = hints or []  # what to do about it, e.g. "add `--push df`"
         summary = task.error or self.state.lower().replace("_", " ")
         super().__init__(f"task {task.id} {self.state}: {summary}")
 
@@ -46,6 +49,7 @@ class RemoteTaskError(HiveMindError):
             lines.extend(self.task.traceback.rstrip("\n").splitlines())
         elif self.task.error:
             lines.append(self.task.error)
+        lines.extend(f"HiveMind hint: {hint}" for hint in self.hints)
         return lines
 
 

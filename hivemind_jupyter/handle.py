@@ -35,6 +35,7 @@ from .results import (
     load_pulled,
     show_outputs,
 )
+from .tracebacks import hints, remote_cell_count, to_local_cell
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,22 @@ class TaskResult:
 class TaskHandle:
     """One task on the pool, seen from a kernel."""
 
-    def __init__(self, task_id: str, connector: PoolConnector, settings: HiveMind, shell: Any = None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        connector: PoolConnector,
+        settings: HiveMind,
+        shell: Any = None,
+        cell_count: int | None = None,
+    ) -> None:
         self.task_id = task_id
         self.connector = connector
         self.settings = settings
         self.shell = shell
+        self.cell_count = cell_count  # the execution count of the cell that submitted it, if known
         self._result: TaskResult | None = None
         self._remote_error: list[str] | None = None
+        self._hints: list[str] = []
 
     @property
     def id(self) -> str:
@@ -253,14 +263,19 @@ class TaskHandle:
                 print(f"[hivemind] variable {name} did not come back: {problem}", file=sys.stderr)
             if self.shell is not None and result.variables:
                 self.shell.user_ns.update(result.variables)
-        self._remote_error = view.remote_error
+        remote = view.remote_error or ([task.traceback.rstrip("\n")] if task.traceback else None)
+        if remote is not None:  # numbered as the user's own cell, [cell_count], shows the code
+            count = remote_cell_count(fetched.notebook if fetched else None, remote)
+            self._remote_error = to_local_cell(remote, count, self.cell_count)
+        if task.state == pb.FAILED and task.error:
+            self._hints = hints(task.error, self.shell.user_ns if self.shell is not None else {})
         note = f"files in {_shown(result.folder)}/" if result.folder is not None else ""
         view.finish(task, note)
         return result
 
     def _raise_if_failed(self, result: TaskResult) -> None:
         if result.task.state != pb.SUCCEEDED:
-            raise RemoteTaskError(result.task, self._remote_error)
+            raise RemoteTaskError(result.task, self._remote_error, self._hints)
 
     def __repr__(self) -> str:
         return (

@@ -167,6 +167,13 @@ class CellOptions:
         )
 
 
+def _running_count(shell: Any) -> int | None:
+    """The number the running cell shows as `In[N]` (IPython's result for the cell being run)."""
+    running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    count = getattr(running, "execution_count", None)
+    return count if isinstance(count, int) else None
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [
@@ -237,7 +244,8 @@ class HiveMindMagics(Magics):
                 raise PoolProblem(str(exc)) from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return TaskHandle(task.id, self.connector, self.settings, self.shell)
+        count = _running_count(self.shell)
+        return TaskHandle(task.id, self.connector, self.settings, self.shell, cell_count=count)
 
     # -- %hivemind ------------------------------------------------------------------------------
 
