@@ -260,7 +260,7 @@ class TaskHandle:
         if fetched is not None:
             result.variables, problems = load_pulled(fetched.folder)
             for name, problem in problems.items():
-                print(f"[hivemind] variable {name} did not come back: {problem}", file=sys.stderr)
+                view.notice(f"variable {name} did not come back: {problem}")
             if self.shell is not None and result.variables:
                 self.shell.user_ns.update(result.variables)
         remote = view.remote_error or ([task.traceback.rstrip("\n")] if task.traceback else None)

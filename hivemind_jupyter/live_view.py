@@ -48,6 +48,21 @@ def _publish(data: dict[str, Any], metadata: dict[str, Any]) -> None:
     publish_display_data(data=data, metadata=metadata)
 
 
+def notice_bundle(text: str) -> dict[str, str]:
+    """How a HiveMind notice shows in a notebook: a muted line marked as HiveMind's, not stderr."""
+    body = html.escape(text)
+    return {
+        "text/plain": f"[hivemind] {text}",
+        "text/html": f'<div class="hivemind-notice" style="{_NOTICE_STYLE}">ⓘ HiveMind: {body}</div>',
+    }
+
+
+_NOTICE_STYLE = (
+    "color: var(--jp-ui-font-color2, #616161); font-size: var(--jp-ui-font-size1, 13px); "
+    "font-style: italic; white-space: pre-wrap"
+)
+
+
 class LiveView:
     """Receives a task's events and shows them; subclasses draw the status."""
 
@@ -103,8 +118,13 @@ class LiveView:
                 self.reason = ""
             self.draw()
         elif kind == pb.TaskEvent.NOTICE:
-            sys.stderr.write(f"[hivemind] {event.text}\n")
-            sys.stderr.flush()
+            self.notice(event.text)
+
+    def notice(self, text: str) -> None:
+        """HiveMind's own information (an environment being built, output truncated): not the
+        task's stderr, so never on the red stderr background. Here: a prefixed stdout line."""
+        sys.stdout.write(f"[hivemind] {text}\n")
+        sys.stdout.flush()
 
     def _show(self, data_json: str) -> None:
         try:
@@ -212,6 +232,10 @@ class TextView(LiveView):
     def clear(self) -> None:
         if self._handle is not None:
             self._handle.update({"text/plain": ""}, raw=True)
+
+    def notice(self, text: str) -> None:
+        """A notice as its own quiet output in the cell (JupyterLab's secondary text colour)."""
+        _publish(notice_bundle(text), {})
 
 
 class WidgetView(TextView):

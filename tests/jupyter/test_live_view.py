@@ -44,8 +44,9 @@ def test_terminal_view_prints_each_change_once(shell):
     lines = captured.stderr.splitlines()
     assert sum("needs 2 GPUs" in line for line in lines) == 1
     assert any("RUNNING · on gpu-box" in line for line in lines)
-    assert captured.stdout == "hello\n"
-    assert "warning" in captured.stderr and "[hivemind] output truncated" in captured.stderr
+    # A notice is HiveMind's, not the task's stderr.
+    assert captured.stdout == "hello\n[hivemind] output truncated\n"
+    assert "warning" in captured.stderr and "output truncated" not in captured.stderr
     # One final line, one time: from submission to the end, as the pool's timeline has it.
     assert lines[-1] == "[hivemind] HiveMind t-1: SUCCEEDED in 19.9s · on gpu-box · files in results/x/"
     assert sum("SUCCEEDED" in line for line in lines) == 1
@@ -109,3 +110,17 @@ def test_the_time_counts_from_submission_however_late_the_view_starts(shell):
             task(pb.SUCCEEDED, created_at=submitted, timeline=[transition(pb.SUCCEEDED, submitted + 42)])
         )
     assert captured.stderr.splitlines() == ["[hivemind] HiveMind t-1: SUCCEEDED in 42.0s"]
+
+
+def test_a_kernel_view_shows_notices_as_their_own_quiet_output(shell, monkeypatch):
+    monkeypatch.setattr(shell, "kernel", object(), raising=False)
+    with capture_output() as captured:
+        view = make_view(task(pb.RUNNING), shell, widgets=False)
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STDERR, text="a real warning\n"))
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.NOTICE, text="installing requirements.txt <fast>"))
+    assert captured.stderr == "a real warning\n"  # the task's own stderr stays stderr
+    assert "installing" not in captured.stdout
+    notices = [o.data for o in captured.outputs if "hivemind-notice" in o.data.get("text/html", "")]
+    assert len(notices) == 1
+    assert notices[0]["text/plain"] == "[hivemind] installing requirements.txt <fast>"
+    assert "installing requirements.txt &lt;fast&gt;" in notices[0]["text/html"]
