@@ -33,6 +33,12 @@ class HiveMind(Configurable):
     default_memory = Unicode("2G", config=True, help="Memory a task asks for when it does not say.")
     default_gpus = Int(0, config=True, help="GPUs a task asks for when it does not say.")
     max_bundle_size = Unicode("1G", config=True, help="The cap on a task's files before compression.")
+    wait_for_fit = Bool(
+        False,
+        config=True,
+        help="A %%hivemind cell that no connected worker could ever run keeps waiting (for a larger "
+        "worker to join) instead of ending at once with the reason; --wait-for-fit does this per cell.",
+    )
     interrupt_action = Enum(
         ["cancel", "detach"],
         "cancel",

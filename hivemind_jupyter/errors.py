@@ -25,6 +25,10 @@ class PoolProblem(HiveMindError):
         return [f"HiveMind: {self}"]
 
 
+class DoesNotFit(PoolProblem):
+    """No connected worker could ever run the task as asked; it was cancelled (one line)."""
+
+
 class RemoteTaskError(HiveMindError):
     """The task did not succeed; IPython shows the remote traceback instead of a local one."""
 

@@ -20,11 +20,12 @@ from typing import Any
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import Cancelled, HiveMindError
+from hivemind_nodepool.protocol.placement import fits_no_worker
 from hivemind_nodepool.protocol.states import TERMINAL_STATES, elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration
 
 from .config import HiveMind
-from .errors import RemoteTaskError, TaskInterrupted
+from .errors import DoesNotFit, RemoteTaskError, TaskInterrupted
 from .live_view import LiveView, make_view
 from .pool import PoolConnector
 from .results import (
@@ -79,6 +80,8 @@ class TaskHandle:
         self._result: TaskResult | None = None
         self._remote_error: list[str] | None = None
         self._hints: list[str] = []
+        # Keep waiting when no connected worker could run it (else end at once, saying why).
+        self.wait_for_fit = settings.wait_for_fit
 
     @property
     def id(self) -> str:
@@ -147,9 +150,14 @@ class TaskHandle:
                 now = time.monotonic()
                 if deadline is not None and now > deadline:
                     raise TimeoutError(f"task {self.task_id} is still {view.state} after {timeout:g} s")
-                if view.state in ("QUEUED", "ASSIGNED", "PREPARING") and now - refreshed > REFRESH_SECONDS:
+                # Until the scheduler has said why a queued task waits, look often: a request no
+                # worker fits must be said at once.
+                every = POLL_SECONDS if view.state == "QUEUED" and not view.reason else REFRESH_SECONDS
+                if view.state in ("QUEUED", "ASSIGNED", "PREPARING") and now - refreshed > every:
                     refreshed = now  # why it waits, and where it goes, are on the task, not in events
-                    view.update_task(client.get_task(self.task_id))
+                    current = client.get_task(self.task_id)
+                    view.update_task(current)
+                    self._check_fit(current, view)
                 try:
                     kind, item = inbox.get(timeout=POLL_SECONDS)
                 except queue.Empty:
@@ -172,6 +180,21 @@ class TaskHandle:
                     view.update_task(client.get_task(self.task_id))
         finally:
             watcher.close()
+
+    def _check_fit(self, task: pb.Task, view: LiveView) -> None:
+        """End at once (cancelling the task) when no connected worker could ever run it."""
+        if self.wait_for_fit or task.state != pb.QUEUED or not fits_no_worker(task.pending_reason):
+            return
+        try:
+            self._client().cancel_task(self.task_id)
+            what = f"task {self.task_id} was cancelled"
+        except HiveMindError as exc:
+            what = f"cancelling task {self.task_id} failed ({exc})"
+        view.clear()
+        raise DoesNotFit(
+            f"no connected worker could run this: {task.pending_reason}. Ask for less, or add "
+            f"--wait-for-fit to wait for a larger worker ({what})."
+        )
 
     def wait(self, timeout: float | None = None, show: bool = True) -> str:
         """Block until the task ends (showing its live output); returns the final state."""

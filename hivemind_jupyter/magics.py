@@ -80,6 +80,11 @@ def cell_parser() -> _Parser:
     parser.add_argument("--retries", type=int, help="retries after a lost worker")
     parser.add_argument("--name", help="the task's name")
     parser.add_argument("--no-wait", action="store_true", help="return a handle at once")
+    parser.add_argument(
+        "--wait-for-fit",
+        action="store_true",
+        help="wait even when no connected worker could run it yet (for a larger one to join)",
+    )
     parser.add_argument("-h", "--help", action="help", help="show this help")
     return parser
 
@@ -153,6 +158,7 @@ class CellOptions:
         if self.requirements is not None and not self.requirements.is_file():
             raise UsageError(f"%%hivemind --requirements: {args.requirements} is not a file")
         self.no_wait = bool(args.no_wait)
+        self.wait_for_fit = bool(args.wait_for_fit) or settings.wait_for_fit
         self.request = TaskRequest(
             cpus=cpus,
             memory=memory,
@@ -245,7 +251,9 @@ class HiveMindMagics(Magics):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         count = _running_count(self.shell)
-        return TaskHandle(task.id, self.connector, self.settings, self.shell, cell_count=count)
+        handle = TaskHandle(task.id, self.connector, self.settings, self.shell, cell_count=count)
+        handle.wait_for_fit = options.wait_for_fit
+        return handle
 
     # -- %hivemind ------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -185,3 +186,41 @@ def test_the_panels_requirements_replace_the_folders(tmp_path: Path):
     assert cell_task_name("/home/ada/analysis.ipynb", 4) == "analysis.ipynb [4]"
     assert cell_task_name(None, 3) == "[3]"
     assert cell_task_name(None, None) == "cell"
+
+
+DEMO_WORKER = {"cpus": 2.0, "memory": 4 * 1024**3, "gpus": 0}  # `hivemind up` on a small machine
+
+
+def _doc_examples() -> list[tuple[str, str]]:
+    """(file, options) of every `%%hivemind` and `hivemind submit` line in the docs' code blocks."""
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for name in ("README.md", "docs/user-guide.md"):
+        inside = False
+        for line in (root / name).read_text().splitlines():
+            if line.strip().startswith("```"):
+                inside = not inside
+            elif inside and re.match(r"%%hivemind(\s+-|\s*$)", line.strip()):  # not the diagram
+                found.append((name, line.strip().removeprefix("%%hivemind")))
+            elif inside and line.strip().startswith("hivemind submit "):
+                found.append((name, " ".join(w for w in line.split()[3:] if w != "--wait")))
+    return found
+
+
+@pytest.mark.parametrize(("doc", "options"), _doc_examples())
+def test_the_docs_examples_fit_the_demo_worker(doc: str, options: str) -> None:
+    """Every example a new user copies runs on `hivemind up`'s worker, never waits for ever."""
+    request = CellOptions(options, HiveMind(), {}).request
+    assert request.cpus <= DEMO_WORKER["cpus"], (doc, options)
+    assert request.memory <= DEMO_WORKER["memory"], (doc, options)
+    assert request.gpus <= DEMO_WORKER["gpus"], (doc, options)
+
+
+def test_the_docs_have_examples() -> None:
+    assert len(_doc_examples()) >= 3
+
+
+def test_wait_for_fit_is_an_option_and_a_setting() -> None:
+    assert not CellOptions("", HiveMind(), {}).wait_for_fit
+    assert CellOptions("--wait-for-fit", HiveMind(), {}).wait_for_fit
+    assert CellOptions("", HiveMind(wait_for_fit=True), {}).wait_for_fit

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from IPython.utils.capture import capture_output
 
-from hivemind_jupyter.errors import RemoteTaskError
+from hivemind_jupyter.errors import DoesNotFit, RemoteTaskError
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.client.credentials import load
 from hivemind_nodepool.proto import nodepool_pb2 as pb
@@ -177,6 +177,48 @@ def test_a_no_wait_handle_has_one_status_line_with_one_time(signed_in, local_wor
     expected = format_duration(elapsed_seconds(task, time.time()))
     assert f"{handle.id}: SUCCEEDED in {expected}" in lines[0], (lines[0], expected)
     assert len(re.findall(r"\d+(?:\.\d+)?s\b", lines[0])) == 1, lines[0]  # one time only
+
+
+def test_a_request_no_worker_fits_says_so_at_once(signed_in, local_worker, shell):
+    began = time.monotonic()
+    with capture_output() as captured:
+        result = shell.run_cell("%%hivemind --cpus 64 --memory 512M\nprint('never')\n")
+    took = time.monotonic() - began
+    print(f"the cell ended {took:.1f} s after it started")
+    assert isinstance(result.error_in_exec, DoesNotFit), captured.stdout + captured.stderr
+    lines = captured.stdout.strip().splitlines()
+    assert len(lines) == 1, captured.stdout
+    cpus = local_worker.wait_online().capacity.cpus
+    assert f"needs 64 CPUs, the largest worker has {cpus:g}" in lines[0], lines[0]
+    assert "--wait-for-fit" in lines[0] and "never" not in captured.stdout
+    task = my_client().list_tasks(page_size=1).tasks[0]
+    assert wait_for_state(task.id, {pb.CANCELLED}).state == pb.CANCELLED  # not left queued for ever
+
+
+@pytest.mark.parametrize("how", ["--wait-for-fit", "setting"])
+def test_wait_for_fit_keeps_waiting(signed_in, local_worker, shell, how):
+    if how == "setting":
+        shell.run_line_magic("config", "HiveMind.wait_for_fit = True")
+    holder: dict = {}
+
+    def interrupt_once_explained() -> None:
+        client = my_client()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tasks = client.list_tasks([pb.QUEUED], page_size=1).tasks
+            if tasks and tasks[0].pending_reason:
+                time.sleep(2)  # well past the moment a cell without --wait-for-fit ends
+                holder["state"] = client.get_task(tasks[0].id).state
+                _thread.interrupt_main()
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=interrupt_once_explained, daemon=True).start()
+    option = "--wait-for-fit " if how == "--wait-for-fit" else ""
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind {option}--cpus 64 --memory 512M\nprint('never')\n")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt), captured.stdout
+    assert holder["state"] == pb.QUEUED
 
 
 def _interrupt_when_running(holder: dict) -> None:
