@@ -310,6 +310,39 @@ def test_hivemind_up_starts_jupyterlab_as_root_and_stops_it_all(tmp_path: Path) 
         processes.kill(up)
 
 
+def test_restarting_hivemind_up_keeps_one_worker(tmp_path: Path) -> None:
+    """`up` twice on the same data dir (a new free port each time): still one worker, online."""
+    env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(tmp_path / "config")}
+    for run in range(2):
+        log_path = tmp_path / f"up-{run}.log"
+        with open(log_path, "ab") as log:
+            up = processes.start(up_command(tmp_path, "--no-lab"), log, env)
+        try:
+            _wait_for_text(log_path, "press Ctrl-C to stop", up)
+            pool_dir = str(tmp_path / "data" / "pool")
+            status = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hivemind_nodepool.cli.admin",
+                    "status",
+                    "--json",
+                    "--data-dir",
+                    pool_dir,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            workers = json.loads(status.stdout)["workers"]
+            assert [w["state"] for w in workers] == ["WORKER_ONLINE"], (run, workers)
+            up.send_signal(signal.SIGTERM)
+            assert up.wait(timeout=120) == 128 + signal.SIGTERM
+        finally:
+            processes.kill(up)
+
+
 def test_hivemind_up_fails_in_one_line_when_the_pools_port_is_taken(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
