@@ -23,6 +23,10 @@ arrive, and on SIGTERM (how the worker stops a task on cancel or timeout, before
 by an atomic rename: a stopped task's last saved copy is whole and shows how far it got. Its
 metadata says so: {"hivemind": {"cells_done": N, "cells_total": M, "finished": false}} until the
 run ends.
+
+A notebook ends as plain papermill ends it: `sys.exit()` or `sys.exit(0)` in a cell stops it there
+and it succeeded; any other SystemExit fails it like an exception; a dead kernel fails it as
+`DeadKernelError` (tests/worker/test_papermill_parity.py compares the two over a corpus).
 """
 
 from __future__ import annotations
@@ -203,6 +207,12 @@ def _make_client(
     )
 
 
+def _clean_exit(exc: Any) -> bool:
+    """`sys.exit()` or `sys.exit(0)` in a cell: papermill stops there and counts the run a success
+    (any other SystemExit, like every other error, fails it)."""
+    return exc.ename == "SystemExit" and str(exc.evalue) in ("", "0")
+
+
 def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
     """Execute the notebook; the 'end' event's fields."""
     import nbformat
@@ -232,6 +242,8 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
                 try:
                     client.execute_cell(nb.cells[index], index)
                 except CellExecutionError as exc:
+                    if _clean_exit(exc):
+                        break  # as papermill: the notebook ends here, successfully
                     result.update(
                         status="error",
                         error=f"{exc.ename}: {exc.evalue}".strip(": "),
@@ -264,7 +276,8 @@ def run(request: dict[str, Any], emitter: Emitter) -> dict[str, Any]:
                 finally:
                     nb.cells.pop()
     except DeadKernelError as exc:
-        result.update(status="kernel_died", error=f"the kernel died: {exc}")
+        # Named as papermill's caller sees it: the error line reads `DeadKernelError: ...`.
+        result.update(status="kernel_died", error=f"DeadKernelError: the kernel died ({exc})")
     finally:
         saver.save(finished=True)
     result["metrics"] = _metrics(started)
