@@ -220,8 +220,7 @@ class HiveMindMagics(Magics):
         user_ns = self.shell.user_ns if self.shell else {}
         session = user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
         # inside run_cell IPython has already counted this cell on; its own number is the result's
-        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
-        count = getattr(running, "execution_count", None) or getattr(self.shell, "execution_count", None)
+        count = _running_count(self.shell) or getattr(self.shell, "execution_count", None)
         return cell_task_name(session if isinstance(session, str) else None, count)
 
     def _submit(self, cell: str, options: CellOptions) -> TaskHandle:
