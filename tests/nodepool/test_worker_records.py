@@ -78,6 +78,19 @@ def test_a_wrong_proof_or_a_connected_worker_does_not_take_an_identity(pool: Poo
     assert len(admin.list_workers()) == 2
 
 
+def test_a_revoked_worker_does_not_become_itself_again(pool: PoolProcess) -> None:
+    admin = pool.admin()
+    first = FakeWorker(pool.address, pool.join_token(), name="box").connect()
+    admin.revoke_worker(first.worker_id)
+    first.close()
+    answer = PoolClient(pool.address).register_worker(
+        pool.join_token(), "box", first.facts, (first.worker_id, first.credential)
+    )
+    assert answer.worker_id != first.worker_id
+    revoked = next(w for w in admin.list_workers() if w.id == first.worker_id)
+    assert revoked.state == pb.WORKER_REVOKED
+
+
 @pytest.fixture
 def admin_token(pool: PoolProcess) -> str:
     client = pool.admin()
