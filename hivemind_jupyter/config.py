@@ -44,6 +44,12 @@ class HiveMind(Configurable):
             "outputs are shown as they are. By default neither: a worker may be someone else's machine."
         ),
     )
+    wait_for_fit = Bool(
+        False,
+        config=True,
+        help="A %%hivemind cell that no connected worker could ever run keeps waiting (for a larger "
+        "worker to join) instead of ending at once with the reason; --wait-for-fit does this per cell.",
+    )
     interrupt_action = Enum(
         ["cancel", "detach"],
         "cancel",

@@ -25,13 +25,20 @@ class PoolProblem(HiveMindError):
         return [f"HiveMind: {self}"]
 
 
+class DoesNotFit(PoolProblem):
+    """No connected worker could ever run the task as asked; it was cancelled (one line)."""
+
+
 class RemoteTaskError(HiveMindError):
     """The task did not succeed; IPython shows the remote traceback instead of a local one."""
 
-    def __init__(self, task: pb.Task, traceback_lines: list[str] | None = None) -> None:
+    def __init__(
+        self, task: pb.Task, traceback_lines: list[str] | None = None, hints: list[str] | None = None
+    ) -> None:
         self.task = task
         self.state = state_name(task.state)
         self.traceback_lines = traceback_lines or []
+        self.hints = hints or []  # what to do about it, e.g. "add `--push df`"
         summary = task.error or self.state.lower().replace("_", " ")
         super().__init__(f"task {task.id} {self.state}: {summary}")
 
@@ -46,4 +53,17 @@ class RemoteTaskError(HiveMindError):
             lines.extend(self.task.traceback.rstrip("\n").splitlines())
         elif self.task.error:
             lines.append(self.task.error)
+        lines.extend(f"HiveMind hint: {hint}" for hint in self.hints)
         return lines
+
+
+class TaskInterrupted(KeyboardInterrupt):
+    """The user interrupted a waiting cell: still a KeyboardInterrupt (a notebook run stops there),
+    shown as the one line that says what became of the task, not as a traceback of the wait."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.line]

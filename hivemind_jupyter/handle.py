@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -20,11 +21,12 @@ from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import describe_renames
 from hivemind_nodepool.protocol.errors import Cancelled, HiveMindError
-from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.placement import fits_no_worker
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration
 
 from .config import HiveMind
-from .errors import RemoteTaskError
+from .errors import DoesNotFit, RemoteTaskError, TaskInterrupted
 from .live_view import LiveView, make_view
 from .pool import PoolConnector
 from .results import (
@@ -35,9 +37,13 @@ from .results import (
     load_pulled,
     show_outputs,
 )
+from .tracebacks import hints, remote_cell_count, to_local_cell
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
 REFRESH_SECONDS = 2.0
+PARTIAL_RESULT_WAIT = 15.0  # seconds an interrupted cell waits for the cancelled task's partial result
 
 
 @dataclass
@@ -65,15 +71,21 @@ class TaskHandle:
         connector: PoolConnector,
         settings: HiveMind,
         shell: Any = None,
+        *,
         pull_pickle: bool = False,
+        cell_count: int | None = None,
     ) -> None:
         self.task_id = task_id
         self.connector = connector
         self.settings = settings
         self.shell = shell
         self.pull_pickle = pull_pickle  # --pull-pickle: load pickled variables from this task
+        self.cell_count = cell_count  # the execution count of the cell that submitted it, if known
         self._result: TaskResult | None = None
         self._remote_error: list[str] | None = None
+        self._hints: list[str] = []
+        # Keep waiting when no connected worker could run it (else end at once, saying why).
+        self.wait_for_fit = settings.wait_for_fit
 
     @property
     def id(self) -> str:
@@ -146,9 +158,14 @@ class TaskHandle:
                 now = time.monotonic()
                 if deadline is not None and now > deadline:
                     raise TimeoutError(f"task {self.task_id} is still {view.state} after {timeout:g} s")
-                if view.state in ("QUEUED", "ASSIGNED", "PREPARING") and now - refreshed > REFRESH_SECONDS:
+                # Until the scheduler has said why a queued task waits, look often: a request no
+                # worker fits must be said at once.
+                every = POLL_SECONDS if view.state == "QUEUED" and not view.reason else REFRESH_SECONDS
+                if view.state in ("QUEUED", "ASSIGNED", "PREPARING") and now - refreshed > every:
                     refreshed = now  # why it waits, and where it goes, are on the task, not in events
-                    view.update_task(client.get_task(self.task_id))
+                    current = client.get_task(self.task_id)
+                    view.update_task(current)
+                    self._check_fit(current, view)
                 try:
                     kind, item = inbox.get(timeout=POLL_SECONDS)
                 except queue.Empty:
@@ -172,6 +189,21 @@ class TaskHandle:
         finally:
             watcher.close()
 
+    def _check_fit(self, task: pb.Task, view: LiveView) -> None:
+        """End at once (cancelling the task) when no connected worker could ever run it."""
+        if self.wait_for_fit or task.state != pb.QUEUED or not fits_no_worker(task.pending_reason):
+            return
+        try:
+            self._client().cancel_task(self.task_id)
+            what = f"task {self.task_id} was cancelled"
+        except HiveMindError as exc:
+            what = f"cancelling task {self.task_id} failed ({exc})"
+        view.clear()
+        raise DoesNotFit(
+            f"no connected worker could run this: {task.pending_reason}. Ask for less, or add "
+            f"--wait-for-fit to wait for a larger worker ({what})."
+        )
+
     def wait(self, timeout: float | None = None, show: bool = True) -> str:
         """Block until the task ends (showing its live output); returns the final state."""
         return state_name(self.result(timeout=timeout, show=show, check=False).task.state)
@@ -189,29 +221,54 @@ class TaskHandle:
         try:
             task = self._follow(view, timeout)
         except KeyboardInterrupt:
-            self._interrupted(view)
-            raise
+            raise self._interrupted(view) from None
         result = self._collect(task, view, show)
         self._result = result
         if check:
             self._raise_if_failed(result)
         return result
 
-    def _interrupted(self, view: LiveView) -> None:
+    def _interrupted(self, view: LiveView) -> TaskInterrupted:
+        """Cancel (or detach from) the task; the one line that says so, as the cell's error."""
         if self.settings.interrupt_action == "detach":
-            note = (
-                f"interrupted: detached from task {self.task_id}, which keeps running. "
-                f"Follow it again with `%hivemind attach {self.task_id}`."
+            line = (
+                f"Detached from task {self.task_id}, which keeps running; "
+                f"follow it again with `%hivemind attach {self.task_id}`."
             )
         else:
             try:
-                self._client().cancel_task(self.task_id)
-                note = f"interrupted: task {self.task_id} was cancelled on the pool."
+                task = self._client().cancel_task(self.task_id)
             except HiveMindError as exc:
-                note = f"interrupted, but cancelling task {self.task_id} failed: {exc}"
-        with contextlib.suppress(HiveMindError):
-            view.finish(self._client().get_task(self.task_id), note)
-        print(f"[hivemind] {note}", file=sys.stderr, flush=True)
+                line = f"Interrupted, but cancelling task {self.task_id} on the pool failed: {exc}"
+            else:
+                line = self._cancelled_line(task)
+        view.clear()
+        return TaskInterrupted(line)
+
+    def _cancelled_line(self, task: pb.Task) -> str:
+        """'Cancelled on the pool after 12 s; partial result in …/' once the cancelled attempt has
+        uploaded what it produced (waited for briefly; a second interrupt stops the wait)."""
+        if task.state != pb.CANCELLED:
+            return f"Interrupted; task {self.task_id} had already ended {state_name(task.state)}."
+        folder: Path | None = None
+        deadline = time.monotonic() + PARTIAL_RESULT_WAIT
+        try:
+            while not task.result_sha256 and task.worker_id and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+                task = self._client().get_task(self.task_id)
+            if task.result_sha256:
+                base = Path(os.getcwd()) / self.settings.results_dir
+                fetched = fetch_into(self._client(), task, base)
+                if fetched.notebook is None:  # stopped before its notebook was first saved
+                    shutil.rmtree(fetched.folder, ignore_errors=True)
+                else:
+                    folder = fetched.folder
+        except (KeyboardInterrupt, HiveMindError, OSError) as exc:
+            log.info("the partial result of %s was not fetched: %s", self.task_id, exc)
+        line = f"Cancelled on the pool after {format_duration(elapsed_seconds(task, time.time()))}"
+        if folder is None:
+            return line + "."
+        return f"{line}; partial result in {_shown(folder)}/"
 
     def _collect(self, task: pb.Task, view: LiveView, show: bool) -> TaskResult:
         result = TaskResult(task=task)
@@ -244,30 +301,36 @@ class TaskHandle:
             allow_pickle = self.pull_pickle or view.trusted
             result.variables, problems = load_pulled(fetched.folder, wanted, allow_pickle=allow_pickle)
             for name, problem in problems.items():
-                print(f"[hivemind] variable {name} did not come back: {problem}", file=sys.stderr)
+                view.notice(f"variable {name} did not come back: {problem}")
             if self.shell is not None and result.variables:
                 self.shell.user_ns.update(result.variables)
-        self._remote_error = view.remote_error
-        elapsed = task.metrics.wall_seconds or view.elapsed()
-        note = f"{state_name(task.state)} in {format_duration(elapsed)}"
-        if result.folder is not None:
-            try:
-                shown = result.folder.relative_to(Path(os.getcwd()))
-            except ValueError:
-                shown = result.folder
-            note += f"; files in {shown}/"
+        remote = view.remote_error or ([task.traceback.rstrip("\n")] if task.traceback else None)
+        if remote is not None:  # numbered as the user's own cell, [cell_count], shows the code
+            count = remote_cell_count(fetched.notebook if fetched else None, remote)
+            self._remote_error = to_local_cell(remote, count, self.cell_count)
+        if task.state == pb.FAILED and task.error:
+            self._hints = hints(task.error, self.shell.user_ns if self.shell is not None else {})
+        note = f"files in {_shown(result.folder)}/" if result.folder is not None else ""
         view.finish(task, note)
         return result
 
     def _raise_if_failed(self, result: TaskResult) -> None:
         if result.task.state != pb.SUCCEEDED:
-            raise RemoteTaskError(result.task, self._remote_error)
+            raise RemoteTaskError(result.task, self._remote_error, self._hints)
 
     def __repr__(self) -> str:
         return (
             f"<HiveMind task {self.task_id}: .status() .wait() .result() .logs() .cancel(); "
             f"after a restart: %hivemind attach {self.task_id}>"
         )
+
+
+def _shown(folder: Path) -> Path:
+    """A results folder as the user would type it: relative to the working dir when inside it."""
+    try:
+        return folder.relative_to(Path(os.getcwd()))
+    except ValueError:
+        return folder
 
 
 def _publish_display(data: dict[str, Any], metadata: dict[str, Any]) -> None:

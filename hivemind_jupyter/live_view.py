@@ -17,12 +17,14 @@ import time
 from typing import Any
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration
 
 from .results import display_bundle
 
 log = logging.getLogger(__name__)
+
+_TERMINAL_NAMES = frozenset(state_name(state) for state in TERMINAL_STATES)
 
 _COLOURS = {
     "SUCCEEDED": "#2e7d32",
@@ -47,6 +49,21 @@ def _publish(data: dict[str, Any], metadata: dict[str, Any]) -> None:
     publish_display_data(data=data, metadata=metadata)
 
 
+def notice_bundle(text: str) -> dict[str, str]:
+    """How a HiveMind notice shows in a notebook: a muted line marked as HiveMind's, not stderr."""
+    body = html.escape(text)
+    return {
+        "text/plain": f"[hivemind] {text}",
+        "text/html": f'<div class="hivemind-notice" style="{_NOTICE_STYLE}">ⓘ HiveMind: {body}</div>',
+    }
+
+
+_NOTICE_STYLE = (
+    "color: var(--jp-ui-font-color2, #616161); font-size: var(--jp-ui-font-size1, 13px); "
+    "font-style: italic; white-space: pre-wrap"
+)
+
+
 class LiveView:
     """Receives a task's events and shows them; subclasses draw the status.
 
@@ -63,6 +80,8 @@ class LiveView:
         self.done = task.progress.cells_done
         self.total = task.progress.cells_total
         self.started = time.monotonic()
+        self.latest = task  # the task as last read: its submission time, and its end once it ended
+        self.ended_at = 0.0
         self.displays_shown = 0
         self.streamed = False
         self.remote_error: list[str] | None = None
@@ -71,12 +90,16 @@ class LiveView:
     # -- input ----------------------------------------------------------------------------------
 
     def update_task(self, task: pb.Task) -> None:
+        self._take(task)
+        self.draw()
+
+    def _take(self, task: pb.Task) -> None:
+        self.latest = task
         self.state = state_name(task.state)
         self.reason = task.pending_reason if task.state == pb.QUEUED else ""
         self.worker = task.worker_name or self.worker
         if task.progress.cells_total:
             self.done, self.total = task.progress.cells_done, task.progress.cells_total
-        self.draw()
 
     def on_event(self, event: pb.TaskEvent) -> None:
         kind = event.kind
@@ -95,12 +118,19 @@ class LiveView:
             self.draw()
         elif kind == pb.TaskEvent.STATE:
             self.state = state_name(event.state)
+            if event.state in TERMINAL_STATES:
+                self.ended_at = event.at
             if event.state != pb.QUEUED:
                 self.reason = ""
             self.draw()
         elif kind == pb.TaskEvent.NOTICE:
-            sys.stderr.write(f"[hivemind] {event.text}\n")
-            sys.stderr.flush()
+            self.notice(event.text)
+
+    def notice(self, text: str) -> None:
+        """HiveMind's own information (an environment being built, output truncated): not the
+        task's stderr, so never on the red stderr background. Here: a prefixed stdout line."""
+        sys.stdout.write(f"[hivemind] {text}\n")
+        sys.stdout.flush()
 
     def _show(self, data_json: str) -> None:
         try:
@@ -129,9 +159,22 @@ class LiveView:
     # -- drawing --------------------------------------------------------------------------------
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        """Since the task was submitted, until it ended: the same time the pool's timeline gives."""
+        if not self.latest.created_at:
+            return time.monotonic() - self.started
+        # An ended task's STATE event carries its end before the final read of the task arrives.
+        return elapsed_seconds(self.latest, self.ended_at or time.time())
 
-    def summary(self) -> str:
+    def finished(self) -> bool:
+        return self.state in _TERMINAL_NAMES
+
+    def summary(self, note: str = "") -> str:
+        """The one status line; once the task ended it reads e.g. `SUCCEEDED in 19.9s`, then the note."""
+        if self.finished():
+            parts = [f"HiveMind {self.task_id}: {self.state} in {format_duration(self.elapsed())}"]
+            if self.worker:
+                parts.append(f"on {self.worker}")
+            return " · ".join([*parts, note] if note else parts)
         parts = [f"HiveMind {self.task_id}: {self.state}"]
         if self.state == "QUEUED" and self.reason:
             parts.append(f"waiting: {self.reason}")
@@ -149,22 +192,27 @@ class LiveView:
         """Called about four times a second while waiting (for the elapsed time)."""
 
     def finish(self, task: pb.Task, note: str = "") -> None:
+        """The task ended: show its one final status line (with the note, e.g. where its files are)."""
         self.update_task(task)
+
+    def clear(self) -> None:
+        """Take the status away (the cell's interrupted error line says what became of the task)."""
 
 
 class TerminalView(LiveView):
-    """Plain IPython in a terminal: one printed line per change of state."""
+    """Plain IPython in a terminal: one printed line per change of state, one final line."""
 
     def draw(self) -> None:
         key = (self.state, self.reason, self.worker)
-        if key != self._last_drawn:
+        # The end is finish()'s one line; a task that had ended before the view began (a --no-wait
+        # handle read late) replays its states, which are history, not news.
+        if key != self._last_drawn and not self.finished() and self.latest.state not in TERMINAL_STATES:
             self._last_drawn = key
             print(f"[hivemind] {self.summary()}", file=sys.stderr, flush=True)
 
     def finish(self, task: pb.Task, note: str = "") -> None:
-        super().finish(task)
-        if note:
-            print(f"[hivemind] {note}", file=sys.stderr, flush=True)
+        self._take(task)
+        print(f"[hivemind] {self.summary(note)}", file=sys.stderr, flush=True)
 
 
 class TextView(LiveView):
@@ -176,12 +224,9 @@ class TextView(LiveView):
         self._drawn_at = 0.0
 
     def _bundle(self, note: str = "") -> dict[str, str]:
-        text = self.summary() + (f"\n{note}" if note else "")
+        text = self.summary(note)
         colour = _COLOURS.get(self.state, "#455a64")
-        body = html.escape(self.summary())
-        if note:
-            body += f"<br><span>{html.escape(note)}</span>"
-        return {"text/plain": text, "text/html": f'<div style="color:{colour}">{body}</div>'}
+        return {"text/plain": text, "text/html": f'<div style="color:{colour}">{html.escape(text)}</div>'}
 
     def draw(self) -> None:
         self._drawn_at = time.monotonic()
@@ -193,9 +238,17 @@ class TextView(LiveView):
             self.draw()
 
     def finish(self, task: pb.Task, note: str = "") -> None:
-        super().finish(task)
+        self._take(task)
         if self._handle is not None:
             self._handle.update(self._bundle(note), raw=True)
+
+    def clear(self) -> None:
+        if self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)
+
+    def notice(self, text: str) -> None:
+        """A notice as its own quiet output in the cell (JupyterLab's secondary text colour)."""
+        _publish(notice_bundle(text), {})
 
 
 class WidgetView(TextView):
@@ -222,10 +275,14 @@ class WidgetView(TextView):
         self._bar.bar_style = {"SUCCEEDED": "success", "FAILED": "danger"}.get(self.state, "info")
 
     def finish(self, task: pb.Task, note: str = "") -> None:
-        LiveView.finish(self, task)
+        self._take(task)
         self._box.close()
         if self._handle is not None:
             self._handle.update(self._bundle(note), raw=True)
+
+    def clear(self) -> None:
+        self._box.close()
+        super().clear()
 
 
 def make_view(task: pb.Task, shell: Any = None, widgets: bool | None = None) -> LiveView:

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,7 +28,7 @@ from hivemind_nodepool.client.submission import TaskRequest, parse_assignment, p
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import left_out_notice
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
-from hivemind_nodepool.protocol.states import TERMINAL_STATES, state_name
+from hivemind_nodepool.protocol.states import elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size, parse_duration, parse_size
 
 from .config import HiveMind
@@ -37,11 +38,17 @@ from .packaging import cell_task_name, check_identifier, pack_cell
 from .pool import PoolConnector
 
 
+class HelpShown(Exception):
+    """`--help` printed the help: the magic ends there, quietly (no UsageError printing it again)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status == 0 and message is None:  # argparse's help action, after printing the help
+            raise HelpShown()
         raise UsageError(message or self.format_help())
 
 
@@ -79,6 +86,11 @@ def cell_parser() -> _Parser:
     parser.add_argument("--retries", type=int, help="retries after a lost worker")
     parser.add_argument("--name", help="the task's name")
     parser.add_argument("--no-wait", action="store_true", help="return a handle at once")
+    parser.add_argument(
+        "--wait-for-fit",
+        action="store_true",
+        help="wait even when no connected worker could run it yet (for a larger one to join)",
+    )
     parser.add_argument("-h", "--help", action="help", help="show this help")
     return parser
 
@@ -147,6 +159,7 @@ class CellOptions:
         if self.requirements is not None and not self.requirements.is_file():
             raise UsageError(f"%%hivemind --requirements: {args.requirements} is not a file")
         self.no_wait = bool(args.no_wait)
+        self.wait_for_fit = bool(args.wait_for_fit) or settings.wait_for_fit
         self.request = TaskRequest(
             cpus=cpus,
             memory=memory,
@@ -171,6 +184,13 @@ class CellOptions:
         self.pull_pickle = bool(args.pull_pickle)
         if self.pull_pickle and not self.pull:
             raise UsageError("%%hivemind --pull-pickle: give the variables with --pull")
+
+
+def _running_count(shell: Any) -> int | None:
+    """The number the running cell shows as `In[N]` (IPython's result for the cell being run)."""
+    running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    count = getattr(running, "execution_count", None)
+    return count if isinstance(count, int) else None
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -198,7 +218,10 @@ class HiveMindMagics(Magics):
     @cell_magic
     def hivemind(self, line: str, cell: str) -> TaskHandle | None:
         """Run this cell on the HiveMind pool. `%%hivemind --help` lists the options."""
-        options = CellOptions(line, self.settings, self.shell.user_ns if self.shell else {})
+        try:
+            options = CellOptions(line, self.settings, self.shell.user_ns if self.shell else {})
+        except HelpShown:
+            return None
         handle = self._submit(cell, options)
         if options.no_wait:
             return handle
@@ -210,8 +233,7 @@ class HiveMindMagics(Magics):
         user_ns = self.shell.user_ns if self.shell else {}
         session = user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
         # inside run_cell IPython has already counted this cell on; its own number is the result's
-        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
-        count = getattr(running, "execution_count", None) or getattr(self.shell, "execution_count", None)
+        count = _running_count(self.shell) or getattr(self.shell, "execution_count", None)
         return cell_task_name(session if isinstance(session, str) else None, count)
 
     def _submit(self, cell: str, options: CellOptions) -> TaskHandle:
@@ -242,7 +264,17 @@ class HiveMindMagics(Magics):
                 raise PoolProblem(str(exc)) from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return TaskHandle(task.id, self.connector, self.settings, self.shell, pull_pickle=options.pull_pickle)
+        count = _running_count(self.shell)
+        handle = TaskHandle(
+            task.id,
+            self.connector,
+            self.settings,
+            self.shell,
+            pull_pickle=options.pull_pickle,
+            cell_count=count,
+        )
+        handle.wait_for_fit = options.wait_for_fit
+        return handle
 
     # -- %hivemind ------------------------------------------------------------------------------
 
@@ -255,6 +287,7 @@ class HiveMindMagics(Magics):
             raise UsageError(f"%hivemind: {exc}") from None
         if not argv or argv[0] in ("help", "-h", "--help"):
             print(LINE_HELP)
+            print(CELL_HELP)
             return None
         command, rest = argv[0], argv[1:]
         action = getattr(self, f"_cmd_{command}", None)
@@ -344,15 +377,13 @@ class HiveMindMagics(Magics):
         page = self.connector.client().list_tasks(states, page_size=args.limit)
         rows = []
         for task in page.tasks:
-            end = task.updated_at if task.state in TERMINAL_STATES else None
-            age = (end or task.updated_at) - task.created_at
             rows.append(
                 [
                     task.id,
                     task.manifest.name,
                     state_name(task.state),
                     task.worker_name or "-",
-                    format_duration(max(age, 0.0)),
+                    format_duration(elapsed_seconds(task, time.time())),
                 ]
             )
         print(_table(rows, ["ID", "NAME", "STATE", "WORKER", "TIME"]) if rows else "no tasks")
@@ -383,15 +414,39 @@ LINE_HELP = """%hivemind COMMAND
   logs ID                     a task's output so far
   cancel ID                   cancel a task
   attach ID                   a handle for a task (e.g. after a kernel restart): h = %hivemind attach ID
-%%hivemind --help lists the options of the cell magic."""
+  help                        this help"""
+
+CELL_HELP = """
+%%hivemind [OPTIONS] on the first line of a cell runs the cell on the pool, e.g.
+  %%hivemind --cpus 1 --memory 1G
+  %%hivemind --no-wait        returns a handle at once: h.status(), h.wait(), h.result(), h.cancel()
+`%%hivemind --help` (alone in a cell, or above code, which then does not run) lists every option."""
+
+
+def _help_without_body(lines: list[str]) -> list[str]:
+    """IPython refuses a cell magic with an empty body before the magic sees it; give
+    `%%hivemind --help` alone in a cell a blank body so the help shows."""
+    if not lines or not lines[0].startswith("%%hivemind") or any(line.strip() for line in lines[1:]):
+        return lines
+    try:
+        words = shlex.split(lines[0][len("%%hivemind") :])
+    except ValueError:
+        return lines
+    if lines[0][len("%%hivemind") :][:1] not in ("", " ", "\t", "\n") or not {"-h", "--help"} & set(words):
+        return lines
+    return [lines[0].rstrip("\n") + "\n", "\n"]
 
 
 def register(ipython: Any) -> None:
     magics = HiveMindMagics(ipython)
     ipython.register_magics(magics)
+    if _help_without_body not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(_help_without_body)
     if magics.settings not in ipython.configurables:
         ipython.configurables.append(magics.settings)  # so %config HiveMind... works
 
 
 def unregister(ipython: Any) -> None:
+    if _help_without_body in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(_help_without_body)
     ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, HiveMind)]

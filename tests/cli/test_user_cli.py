@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -325,6 +327,121 @@ def test_hivemind_up_stops_its_pool_and_worker_on_sigterm(tmp_path: Path) -> Non
         assert not processes.group_members(up.pid)
     finally:
         processes.kill(up)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_text(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := path.read_text(errors="replace")):
+        assert process.poll() is None, log[-3000:]
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.2)
+    return log
+
+
+def test_hivemind_up_starts_jupyterlab_as_root_and_stops_it_all(tmp_path: Path) -> None:
+    """As root (as the README sets up) JupyterLab starts, answers HTTP, and SIGTERM stops it all."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "HIVEMIND_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    log_path = tmp_path / "up.log"
+    with open(log_path, "ab") as log:
+        up = processes.start(up_command(tmp_path, "--lab-port", str(port)), log, env, cwd=work)
+    try:
+        text = _wait_for_text(log_path, "JupyterLab is at", up)
+        if os.geteuid() == 0:
+            assert text.count("--allow-root") == 1, text[-3000:]  # said once, and why
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=10) as answer:
+            assert answer.status == 200 and "version" in json.loads(answer.read())
+        children = psutil.Process(up.pid).children(recursive=True)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=120) == 128 + signal.SIGTERM, log_path.read_text(errors="replace")[-3000:]
+        alive = [_describe(c) for c in processes.wait_gone(children, timeout=1)]
+        assert not alive, f"`hivemind up` was stopped and left these running: {alive}"
+        assert not processes.group_members(up.pid)
+    finally:
+        processes.kill(up)
+
+
+def test_restarting_hivemind_up_keeps_one_worker(tmp_path: Path) -> None:
+    """`up` twice on the same data dir (a new free port each time): still one worker, online."""
+    env = {**os.environ, "HIVEMIND_CONFIG_DIR": str(tmp_path / "config")}
+    for run in range(2):
+        log_path = tmp_path / f"up-{run}.log"
+        with open(log_path, "ab") as log:
+            up = processes.start(up_command(tmp_path, "--no-lab"), log, env)
+        try:
+            _wait_for_text(log_path, "press Ctrl-C to stop", up)
+            pool_dir = str(tmp_path / "data" / "pool")
+            status = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hivemind_nodepool.cli.admin",
+                    "status",
+                    "--json",
+                    "--data-dir",
+                    pool_dir,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            workers = json.loads(status.stdout)["workers"]
+            assert [w["state"] for w in workers] == ["WORKER_ONLINE"], (run, workers)
+            up.send_signal(signal.SIGTERM)
+            assert up.wait(timeout=120) == 128 + signal.SIGTERM
+        finally:
+            processes.kill(up)
+
+
+def test_hivemind_up_fails_in_one_line_when_the_pools_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = hivemind(tmp_path / "config", *up_command(tmp_path, "--port", str(port), "--no-lab")[3:])
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port} on 127.0.0.1 is already in use" in lines[0], result.stderr
+
+
+def test_hivemind_up_fails_when_jupyterlab_cannot_start(tmp_path: Path) -> None:
+    """A part that fails to start (here JupyterLab, its port taken) makes `up` exit non-zero,
+    ending on one line that names it, with the pool and worker stopped."""
+    env = {
+        **os.environ,
+        "HIVEMIND_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = up_command(tmp_path, "--lab-port", str(port))
+        up = processes.start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _out, err = up.communicate(timeout=300)
+            left = [_describe(p) for p in processes.group_members(up.pid)]
+        finally:
+            processes.kill(up)
+    stderr = err.decode(errors="replace")
+    assert up.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last == "hivemind: error: JupyterLab exited with status 1; see its log above", stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert not left, f"`hivemind up` exited and left these running: {left}"
 
 
 def up_command(tmp_path: Path, *args: str) -> list[str]:

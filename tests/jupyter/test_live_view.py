@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from IPython.utils.capture import capture_output
 
@@ -12,6 +13,15 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 def task(state: int = pb.QUEUED, **fields) -> pb.Task:
     return pb.Task(id="t-1", state=state, **fields)
+
+
+def transition(state: int, at: float) -> pb.StateTransition:
+    return pb.StateTransition(state=state, at=at)
+
+
+def ended(state: int, **fields) -> pb.Task:
+    """A task submitted at 1000.0 that reached `state` at 1019.9."""
+    return task(state, created_at=1000.0, timeline=[transition(state, 1019.9)], **fields)
 
 
 def test_a_plain_shell_gets_the_terminal_view(shell):
@@ -29,13 +39,17 @@ def test_terminal_view_prints_each_change_once(shell):
         view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STDOUT, text="hello\n"))
         view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STDERR, text="warning\n"))
         view.on_event(pb.TaskEvent(kind=pb.TaskEvent.NOTICE, text="output truncated"))
-        view.finish(task(pb.SUCCEEDED, worker_name="gpu-box"), "SUCCEEDED in 1.0s")
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STATE, state=pb.SUCCEEDED, at=1019.9))
+        view.finish(ended(pb.SUCCEEDED, worker_name="gpu-box"), "files in results/x/")
     lines = captured.stderr.splitlines()
     assert sum("needs 2 GPUs" in line for line in lines) == 1
     assert any("RUNNING · on gpu-box" in line for line in lines)
-    assert captured.stdout == "hello\n"
-    assert "warning" in captured.stderr and "[hivemind] output truncated" in captured.stderr
-    assert lines[-1] == "[hivemind] SUCCEEDED in 1.0s"
+    # A notice is HiveMind's, not the task's stderr.
+    assert captured.stdout == "hello\n[hivemind] output truncated\n"
+    assert "warning" in captured.stderr and "output truncated" not in captured.stderr
+    # One final line, one time: from submission to the end, as the pool's timeline has it.
+    assert lines[-1] == "[hivemind] HiveMind t-1: SUCCEEDED in 19.9s · on gpu-box · files in results/x/"
+    assert sum("SUCCEEDED" in line for line in lines) == 1
 
 
 def test_display_events_are_shown_with_their_mime_types(shell):
@@ -78,8 +92,35 @@ def test_text_view_updates_one_display_in_place(shell, monkeypatch):
         assert isinstance(view, TextView)
         progress = pb.Progress(cells_done=1, cells_total=3)
         view.update_task(task(pb.RUNNING, worker_name="box", progress=progress))
-        view.finish(task(pb.FAILED, worker_name="box"), "FAILED in 2.0s")
+        view.finish(ended(pb.FAILED, worker_name="box"), "files in results/y/")
     texts = [o.data["text/plain"] for o in captured.outputs]
     assert "waiting: no worker has 64 free CPUs" in texts[0]
     assert "RUNNING · on box · cell 1/3" in texts[1]
-    assert texts[-1].endswith("FAILED in 2.0s") and "text/html" in captured.outputs[-1].data
+    assert texts[-1] == "HiveMind t-1: FAILED in 19.9s · on box · files in results/y/"
+    assert "text/html" in captured.outputs[-1].data
+
+
+def test_the_time_counts_from_submission_however_late_the_view_starts(shell):
+    """A --no-wait handle read long after the submission shows the same time as the pool."""
+    submitted = time.time() - 300
+    with capture_output() as captured:
+        view = TerminalView(task(pb.RUNNING, created_at=submitted))
+        assert 299 < view.elapsed() < 400
+        view.finish(
+            task(pb.SUCCEEDED, created_at=submitted, timeline=[transition(pb.SUCCEEDED, submitted + 42)])
+        )
+    assert captured.stderr.splitlines() == ["[hivemind] HiveMind t-1: SUCCEEDED in 42.0s"]
+
+
+def test_a_kernel_view_shows_notices_as_their_own_quiet_output(shell, monkeypatch):
+    monkeypatch.setattr(shell, "kernel", object(), raising=False)
+    with capture_output() as captured:
+        view = make_view(task(pb.RUNNING), shell, widgets=False)
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.STDERR, text="a real warning\n"))
+        view.on_event(pb.TaskEvent(kind=pb.TaskEvent.NOTICE, text="installing requirements.txt <fast>"))
+    assert captured.stderr == "a real warning\n"  # the task's own stderr stays stderr
+    assert "installing" not in captured.stdout
+    notices = [o.data for o in captured.outputs if "hivemind-notice" in o.data.get("text/html", "")]
+    assert len(notices) == 1
+    assert notices[0]["text/plain"] == "[hivemind] installing requirements.txt <fast>"
+    assert "installing requirements.txt &lt;fast&gt;" in notices[0]["text/html"]

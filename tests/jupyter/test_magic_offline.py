@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -83,10 +84,29 @@ def test_defaults_come_from_the_settings():
     assert (request.cpus, request.memory, request.gpus) == (3, 3 * 1024**3, 1)
 
 
-def test_help_is_a_usage_message():
-    with pytest.raises(UsageError) as caught:
-        CellOptions("--help", HiveMind(), {})
-    assert "--cpus" in str(caught.value) and "--no-wait" in str(caught.value)
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "%%hivemind --help",
+        "%%hivemind --help\n",
+        "%%hivemind -h\n\n  \n",
+        "%%hivemind --cpus 1 --help\nprint('the body ran')\n",
+    ],
+)
+def test_cell_help_prints_once_with_or_without_a_body(shell, cell):
+    with capture_output() as captured:
+        result = shell.run_cell(cell)
+    assert result.success, (captured.stdout, captured.stderr)
+    assert captured.stdout.count("usage: %%hivemind") == 1, captured.stdout
+    assert "--no-wait" in captured.stdout and "--cpus" in captured.stdout
+    assert "the body ran" not in captured.stdout
+    assert captured.stderr == ""  # no "cell body is empty", no UsageError repeating the help
+
+
+def test_an_empty_cell_without_help_is_still_refused(shell):
+    with capture_output() as captured:
+        result = shell.run_cell("%%hivemind --cpus 1\n")
+    assert isinstance(result.error_in_exec, UsageError) and "body is empty" in captured.stderr
 
 
 def test_not_signed_in_is_one_clear_line(shell):
@@ -125,10 +145,11 @@ def test_bad_line_commands_are_usage_errors(shell, line, hivemind_config_dir: Pa
     assert isinstance(result.error_in_exec, UsageError), line
 
 
-def test_line_help(shell):
+def test_line_help_says_what_works(shell):
     with capture_output() as captured:
         shell.run_line_magic("hivemind", "help")
     assert "attach ID" in captured.stdout
+    assert "%%hivemind --help" in captured.stdout and "--memory 1G" in captured.stdout
 
 
 def test_interrupt_action_is_configurable(shell):
@@ -165,3 +186,41 @@ def test_the_panels_requirements_replace_the_folders(tmp_path: Path):
     assert cell_task_name("/home/ada/analysis.ipynb", 4) == "analysis.ipynb [4]"
     assert cell_task_name(None, 3) == "[3]"
     assert cell_task_name(None, None) == "cell"
+
+
+DEMO_WORKER = {"cpus": 2.0, "memory": 4 * 1024**3, "gpus": 0}  # `hivemind up` on a small machine
+
+
+def _doc_examples() -> list[tuple[str, str]]:
+    """(file, options) of every `%%hivemind` and `hivemind submit` line in the docs' code blocks."""
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for name in ("README.md", "docs/user-guide.md"):
+        inside = False
+        for line in (root / name).read_text().splitlines():
+            if line.strip().startswith("```"):
+                inside = not inside
+            elif inside and re.match(r"%%hivemind(\s+-|\s*$)", line.strip()):  # not the diagram
+                found.append((name, line.strip().removeprefix("%%hivemind")))
+            elif inside and line.strip().startswith("hivemind submit "):
+                found.append((name, " ".join(w for w in line.split()[3:] if w != "--wait")))
+    return found
+
+
+@pytest.mark.parametrize(("doc", "options"), _doc_examples())
+def test_the_docs_examples_fit_the_demo_worker(doc: str, options: str) -> None:
+    """Every example a new user copies runs on `hivemind up`'s worker, never waits for ever."""
+    request = CellOptions(options, HiveMind(), {}).request
+    assert request.cpus <= DEMO_WORKER["cpus"], (doc, options)
+    assert request.memory <= DEMO_WORKER["memory"], (doc, options)
+    assert request.gpus <= DEMO_WORKER["gpus"], (doc, options)
+
+
+def test_the_docs_have_examples() -> None:
+    assert len(_doc_examples()) >= 3
+
+
+def test_wait_for_fit_is_an_option_and_a_setting() -> None:
+    assert not CellOptions("", HiveMind(), {}).wait_for_fit
+    assert CellOptions("--wait-for-fit", HiveMind(), {}).wait_for_fit
+    assert CellOptions("", HiveMind(wait_for_fit=True), {}).wait_for_fit

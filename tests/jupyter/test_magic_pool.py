@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import base64
 import io
+import re
 import sys
 import threading
 import time
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 from IPython.utils.capture import capture_output
 
-from hivemind_jupyter.errors import RemoteTaskError
+from hivemind_jupyter.errors import DoesNotFit, RemoteTaskError
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.client.credentials import load
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.states import TERMINAL_STATES
+from hivemind_nodepool.protocol.states import TERMINAL_STATES, elapsed_seconds
+from hivemind_nodepool.protocol.units import format_duration
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +77,8 @@ rows = frame["rows"] + [4]
     assert shell.user_ns["y"] == 42
     assert shell.user_ns["rows"] == [1, 2, 3, 4]
     assert "nothere" not in shell.user_ns
-    assert "variable nothere did not come back" in captured.stderr
+    assert "variable nothere did not come back" in captured.stdout  # a notice, not stderr
+    assert "did not come back" not in captured.stderr
     assert "SUCCEEDED" in captured.stderr
     folders = list(Path("hivemind-results").glob("demo-t-*"))
     assert len(folders) == 1 and (folders[0] / "main.ipynb").is_file()
@@ -170,14 +173,74 @@ def test_no_wait_handle_and_attach(signed_in, local_worker, shell):
     assert result.error_in_exec is not None
 
 
+def test_a_no_wait_handle_has_one_status_line_with_one_time(signed_in, local_worker, shell):
+    with capture_output():
+        handle = shell.run_cell_magic(
+            "hivemind", "--no-wait --memory 512M", "import time\ntime.sleep(1)\nprint('done')\n"
+        )
+    wait_for_state(handle.id, TERMINAL_STATES)
+    time.sleep(2)  # read well after the end: the time shown must still be the task's own
+    with capture_output() as captured:
+        handle.result()
+    lines = [line for line in captured.stderr.splitlines() if handle.id in line or "SUCCEEDED" in line]
+    assert len(lines) == 1, captured.stderr
+    task = handle.task()
+    expected = format_duration(elapsed_seconds(task, time.time()))
+    assert f"{handle.id}: SUCCEEDED in {expected}" in lines[0], (lines[0], expected)
+    assert len(re.findall(r"\d+(?:\.\d+)?s\b", lines[0])) == 1, lines[0]  # one time only
+
+
+def test_a_request_no_worker_fits_says_so_at_once(signed_in, local_worker, shell):
+    began = time.monotonic()
+    with capture_output() as captured:
+        result = shell.run_cell("%%hivemind --cpus 64 --memory 512M\nprint('never')\n")
+    took = time.monotonic() - began
+    print(f"the cell ended {took:.1f} s after it started")
+    assert isinstance(result.error_in_exec, DoesNotFit), captured.stdout + captured.stderr
+    lines = captured.stdout.strip().splitlines()
+    assert len(lines) == 1, captured.stdout
+    cpus = local_worker.wait_online().capacity.cpus
+    assert f"needs 64 CPUs, the largest worker has {cpus:g}" in lines[0], lines[0]
+    assert "--wait-for-fit" in lines[0] and "never" not in captured.stdout
+    task = my_client().list_tasks(page_size=1).tasks[0]
+    assert wait_for_state(task.id, {pb.CANCELLED}).state == pb.CANCELLED  # not left queued for ever
+
+
+@pytest.mark.parametrize("how", ["--wait-for-fit", "setting"])
+def test_wait_for_fit_keeps_waiting(signed_in, local_worker, shell, how):
+    if how == "setting":
+        shell.run_line_magic("config", "HiveMind.wait_for_fit = True")
+    holder: dict = {}
+
+    def interrupt_once_explained() -> None:
+        client = my_client()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tasks = client.list_tasks([pb.QUEUED], page_size=1).tasks
+            if tasks and tasks[0].pending_reason:
+                time.sleep(2)  # well past the moment a cell without --wait-for-fit ends
+                holder["state"] = client.get_task(tasks[0].id).state
+                _thread.interrupt_main()
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=interrupt_once_explained, daemon=True).start()
+    option = "--wait-for-fit " if how == "--wait-for-fit" else ""
+    with capture_output() as captured:
+        result = shell.run_cell(f"%%hivemind {option}--cpus 64 --memory 512M\nprint('never')\n")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt), captured.stdout
+    assert holder["state"] == pb.QUEUED
+
+
 def _interrupt_when_running(holder: dict) -> None:
     client = my_client()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         tasks = client.list_tasks([pb.RUNNING], page_size=1).tasks
-        if tasks:
+        if tasks and any(
+            "started" in event.text for event in client.watch(tasks[0].id, follow=False, reconnect_for=5)
+        ):
             holder["task_id"] = tasks[0].id
-            time.sleep(0.5)
             _thread.interrupt_main()
             return
         time.sleep(0.1)
@@ -189,14 +252,24 @@ def test_interrupt_cancels_or_detaches(signed_in, local_worker, shell, action):
     holder: dict = {}
     threading.Thread(target=_interrupt_when_running, args=(holder,), daemon=True).start()
     with capture_output() as captured:
-        result = shell.run_cell("%%hivemind --memory 512M\nimport time\ntime.sleep(120)\n")
+        result = shell.run_cell(
+            "%%hivemind --memory 512M\nimport time\nprint('started', flush=True)\ntime.sleep(120)\n"
+        )
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     task_id = holder["task_id"]
+    shown = captured.stdout + captured.stderr
+    assert "Traceback" not in shown and "handle.py" not in shown and "queue.py" not in shown, shown
     if action == "cancel":
-        assert "was cancelled" in captured.stderr
+        lines = [line for line in shown.splitlines() if "ancel" in line]
+        assert len(lines) == 1 and lines[0].startswith("Cancelled on the pool after "), shown
         assert wait_for_state(task_id, {pb.CANCELLED}, timeout=30).state == pb.CANCELLED
+        # The attempt's partial result came back, where the line says.
+        assert "; partial result in hivemind-results/" in lines[0], lines[0]
+        folder = Path(lines[0].split("; partial result in ")[1].rstrip("/"))
+        assert "started" in (folder / "main.ipynb").read_text()
     else:
-        assert "detached" in captured.stderr and f"%hivemind attach {task_id}" in captured.stderr
+        lines = [line for line in shown.splitlines() if "etached" in line]
+        assert len(lines) == 1 and f"%hivemind attach {task_id}" in lines[0], shown
         assert my_client().get_task(task_id).state not in TERMINAL_STATES
         my_client().cancel_task(task_id)
 

@@ -278,6 +278,17 @@ def test_a_bundle_over_the_pools_limit_is_413(
         status, body = api("POST", "tasks", body={"path": "big/nb.ipynb", "memory": "512M"})
         assert status == 413, body
         assert body["status"] == 413 and "larger than the pool's limit of 65536" in body["error"]
+        # The other RESOURCE_EXHAUSTED of the pool, a rate limit, stays apart: 429, its own words.
+        for _ in range(5):
+            status, body = api(
+                "POST", "session", body={"pool": small.address, "username": USER, "password": "wrong"}
+            )
+            assert status == 401, body
+        status, limited = api(
+            "POST", "session", body={"pool": small.address, "username": USER, "password": "wrong"}
+        )
+        assert status == 429 and limited["status"] == 429, limited
+        assert "too many failed sign-ins" in limited["error"] and "limit of" not in limited["error"]
 
 
 def test_stream_pushes_task_changes_and_events(

@@ -76,6 +76,19 @@ def test_plaintext_off_loopback_is_refused(tmp_path: Path) -> None:
         PoolClient("10.20.30.40:50051")
 
 
+def test_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = cli("serve", "--listen", address, "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 1
+    assert f"hivemind-nodepool: error: cannot listen on {address}: the port is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_health_and_reflection(pool: PoolProcess) -> None:
     with grpc.insecure_channel(pool.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -52,6 +52,29 @@ def test_identity_is_kept_and_reused_without_a_join_token(pool, tmp_path: Path) 
         again.stop()
 
 
+def test_the_same_state_dir_is_the_same_worker_when_the_pool_moved(pool, tmp_path: Path) -> None:
+    """The pool restarted on another port (as `hivemind up --port 0` does): the worker's identity
+    names the old address, so it registers with its join token, and is still the same worker."""
+    state = tmp_path / "state"
+    worker = WorkerProcess(pool, executor="local", state_dir=state, name="mover").start()
+    first_id = worker.worker_id
+    assert worker.stop() == 0
+    old_address = pool.address
+    pool.stop()
+    pool.listen = "127.0.0.1:0"
+    pool.start()
+    assert pool.address != old_address
+    worker.worker_id = ""
+    worker.start()
+    try:
+        assert worker.worker_id == first_id
+        with pool.admin() as admin:
+            assert [w.id for w in admin.list_workers()] == [first_id]
+        assert "joined" in worker.log() and "again" in worker.log()
+    finally:
+        worker.stop()
+
+
 def test_drain_lets_running_work_finish(pool, tmp_path: Path) -> None:
     alice = user(pool)
     worker = WorkerProcess(pool, executor="local", name="drainer", extra_args=["--drain-grace", "60"]).start()

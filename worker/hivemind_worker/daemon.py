@@ -150,10 +150,14 @@ class Daemon:
                 f"--join-token-file FILE (or - for standard input) or {PASS_TOKEN} "
                 "(an admin creates one with `hivemind-nodepool join-token create`)"
             )
+        # This state dir's identity for another address: the same pool may only have moved (a new
+        # port); asking to be that worker again keeps one worker per state dir.
+        previous = identity_file.load_any(self.state_dir)
+        earlier = (previous.worker_id, previous.credential) if previous is not None else None
         try:
             answer = self._retrying(
                 lambda: self.client.register_worker(
-                    s.join_token, s.name or socket.gethostname(), self.proto_facts
+                    s.join_token, s.name or socket.gethostname(), self.proto_facts, earlier
                 )
             )
         except Unauthenticated as exc:
@@ -165,7 +169,8 @@ class Daemon:
         self.worker_id = answer.worker_id
         saved = identity_file.Identity(answer.worker_id, answer.credential, s.pool)
         identity_file.save(self.state_dir, saved)
-        log.info("joined %s as worker %s", s.pool, answer.worker_id)
+        again = earlier is not None and earlier[0] == answer.worker_id
+        log.info("joined %s as worker %s%s", s.pool, answer.worker_id, " again" if again else "")
 
     def _retrying(self, call: Any) -> Any:
         backoff = 0.5

@@ -2,7 +2,9 @@
 
 A restart rejoins as the same worker without a join token. The identity names the pool it belongs
 to, so pointing a state dir at another pool asks for a join token instead of sending a credential
-the other pool never issued.
+the other pool never issued. With that join token the worker still asks to be its old self (the
+same pool may only have moved to another address): it sends its old id and a proof bound to the
+token, never the credential (hivemind_nodepool.protocol.rejoin).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def prepare_state_dir(path: Path) -> Path:
 
 def load(state_dir: Path, pool: str) -> Identity | None:
     """The saved identity for this pool, or None."""
+    identity = load_any(state_dir)
+    return identity if identity is not None and identity.pool == pool else None
+
+
+def load_any(state_dir: Path) -> Identity | None:
+    """The saved identity, whichever pool address it was made for, or None."""
     path = state_dir / IDENTITY_FILE
     try:
         data = json.loads(path.read_text())
@@ -50,7 +58,7 @@ def load(state_dir: Path, pool: str) -> Identity | None:
         raise WorkerError(f"{path} is damaged ({exc}); delete it and join again with a join token") from None
     if path.stat().st_mode & 0o077:
         raise WorkerError(f"{path} is readable by others; it holds a secret: chmod 600 it")
-    return identity if identity.pool == pool else None
+    return identity
 
 
 def save(state_dir: Path, identity: Identity) -> Path:

@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     wrevoke.add_argument("id")
     _add_target(wrevoke)
     wrevoke.set_defaults(func=cmd_worker_revoke)
+    wremove = worker.add_parser(
+        "remove",
+        help="forget an offline worker",
+        description="Forget an offline worker (it no longer shows anywhere; its tasks' history keeps "
+        "its id). An online worker, or one still holding tasks, is refused: stop it first. A worker "
+        "that comes back with the same state dir and a join token joins again as a new worker.",
+    )
+    wremove.add_argument("id", help="the worker's id (w-...), as `status` lists it")
+    _add_target(wremove)
+    wremove.set_defaults(func=cmd_worker_remove)
 
     tls = commands.add_parser("tls", help="TLS certificates").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -225,6 +235,9 @@ class Local:
         self.accounts.revoke_worker(self.store, worker_id)
         return next(w for w in self.list_workers() if w.id == worker_id)
 
+    def remove_worker(self, worker_id: str) -> pb.Worker:
+        return self.accounts.remove_worker(self.store, worker_id)  # the row has what the pool saw
+
     def status(self) -> dict[str, Any]:
         workers = [
             {
@@ -296,6 +309,9 @@ class Remote:
 
     def revoke_worker(self, worker_id: str) -> pb.Worker:
         return self.client.revoke_worker(worker_id)
+
+    def remove_worker(self, worker_id: str) -> pb.Worker:
+        return self.client.remove_worker(worker_id)
 
     def status(self) -> dict[str, Any]:
         status = self.client.pool_status()
@@ -515,6 +531,13 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
 def cmd_worker_revoke(args: argparse.Namespace) -> int:
     worker = _backend(args).revoke_worker(args.id)
     print(f"revoked worker {worker.id} ({worker.name}); its running tasks go back to the queue")
+    return 0
+
+
+def cmd_worker_remove(args: argparse.Namespace) -> int:
+    removed = _backend(args).remove_worker(args.id)
+    state = pb.WorkerState.Name(removed.state).removeprefix("WORKER_").lower()
+    print(f"removed worker {removed.id} ({removed.name}, {state})")
     return 0
 
 

@@ -8,7 +8,7 @@ import time
 from typing import TextIO
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.states import state_name
+from hivemind_nodepool.protocol.states import elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size
 
 STATE_MARKS = {
@@ -27,7 +27,7 @@ STATE_MARKS = {
 
 def task_line(task: pb.Task) -> str:
     state = state_name(task.state)
-    elapsed = (task.updated_at or time.time()) - task.created_at if task.created_at else 0.0
+    elapsed = elapsed_seconds(task, time.time())
     resources = task.manifest.resources
     want = f"{resources.cpus:g} cpu, {format_size(resources.memory_bytes)}"
     if resources.gpus:

@@ -13,10 +13,12 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -154,14 +156,87 @@ def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             _stop_all(started)
 
 
-def _wait_for_worker(client: PoolClient, timeout: float = 60) -> pb.Worker:
+def _wait_for_worker(
+    client: PoolClient, process: subprocess.Popen[bytes], worker_dir: Path, timeout: float = 60
+) -> pb.Worker:
+    """The worker `up` started, once online (by the id in its state dir: not an older one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        online = [w for w in client.list_workers() if w.state == pb.WORKER_ONLINE]
+        if process.poll() is not None:
+            raise HiveMindError(f"the worker exited with status {process.returncode}; see its log above")
+        mine = _worker_id(worker_dir)
+        online = [w for w in client.list_workers() if w.state == pb.WORKER_ONLINE and w.id == mine]
         if online:
             return online[0]
         time.sleep(0.3)
     raise HiveMindError(f"the worker did not join within {timeout:.0f}s; see its log above")
+
+
+def _worker_id(worker_dir: Path) -> str:
+    try:
+        return str(json.loads((worker_dir / "identity.json").read_text())["worker_id"])
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def _check_port_free(port: int) -> None:
+    """Fail in one line before anything starts when the pool's port is taken."""
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise HiveMindError(
+                f"port {port} on 127.0.0.1 is already in use ({exc.strerror}): is another pool or "
+                "`hivemind up` running? Stop it, or pass --port N (0: any free port)"
+            ) from None
+
+
+def _lab_command(port: int | None) -> list[str]:
+    command = [_tool("jupyter"), "lab", "--no-browser"]
+    if port is not None:  # that port or none: a taken one fails instead of moving elsewhere
+        command += [f"--port={port}", "--ServerApp.port_retries=0"]
+    if os.geteuid() == 0:
+        # JupyterLab refuses to run as root unless told to; the README sets up as root.
+        _say(
+            "running as root, so JupyterLab is started with --allow-root (it refuses root "
+            "otherwise); on a shared machine run `hivemind up` as a normal user"
+        )
+        command.append("--allow-root")
+    return command
+
+
+def _wait_for_lab(lab: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    """The lab's URL once it answers HTTP; an error when it exits first or never answers."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    info = Path(jupyter_runtime_dir()) / f"jpserver-{lab.pid}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lab.poll() is not None:
+            raise HiveMindError(f"JupyterLab exited with status {lab.returncode}; see its log above")
+        try:
+            server = json.loads(info.read_text())
+            with urllib.request.urlopen(f"http://127.0.0.1:{server['port']}/api", timeout=5):
+                return str(server["url"]).rstrip("/") + "/lab"
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.3)
+    raise HiveMindError(f"JupyterLab did not answer within {timeout:.0f}s; see its log above")
+
+
+def _supervise(parts: dict[str, subprocess.Popen[bytes]], done: str | None = None) -> int:
+    """Wait until one part ends: 0 when it is `done` ending well (JupyterLab shut down from its
+    menu); otherwise an error naming the part, so `up` never exits 0 with a part missing."""
+    while True:
+        for name, process in parts.items():
+            status = process.poll()
+            if status is None:
+                continue
+            if name == done and status == 0:
+                return 0
+            raise HiveMindError(f"{name} exited with status {status}; see its log above")
+        time.sleep(0.5)
 
 
 def run_notebook(path: Path, output_dir: Path) -> int:
@@ -221,6 +296,7 @@ def _run_up(args: argparse.Namespace) -> int:
                 "executor: tasks run as your user, NOT isolated. (scripts/start-docker.sh and "
                 "`hivemind-worker image build --bootstrap` give you the Docker sandbox.)"
             )
+    _check_port_free(args.port)
     with _processes() as started:
         (pool_dir / "pool.json").unlink(missing_ok=True)
         _say(f"starting the pool (data in {pool_dir})")
@@ -270,7 +346,7 @@ def _run_up(args: argparse.Namespace) -> int:
         assert worker.stdin is not None
         with contextlib.suppress(BrokenPipeError), worker.stdin:  # a worker that died says why itself
             worker.stdin.write(token.encode() + b"\n")
-        online = _wait_for_worker(client)
+        online = _wait_for_worker(client, worker, worker_dir)
         cap = online.capacity
         _say(
             f"worker {online.name} is online: {cap.cpus:g} CPUs, "
@@ -278,14 +354,18 @@ def _run_up(args: argparse.Namespace) -> int:
         )
         if args.run:
             return run_notebook(Path(args.run), data_dir)
+        parts = {"the pool": started[0], "the worker": started[1]}
         if args.no_lab:
             _say("pool and worker are running; press Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
-                started[0].wait()
+                return _supervise(parts)
             return 0
-        _say("starting JupyterLab; open the HiveMind panel in the left sidebar. Ctrl-C stops everything.")
-        lab = subprocess.Popen([_tool("jupyter"), "lab", "--no-browser"])
+        _say("starting JupyterLab")
+        lab = subprocess.Popen(_lab_command(args.lab_port))
         started.append(lab)
+        parts["JupyterLab"] = lab
+        url = _wait_for_lab(lab)
+        _say(f"JupyterLab is at {url}; open the HiveMind panel in the left sidebar. Ctrl-C stops everything.")
         with contextlib.suppress(KeyboardInterrupt):
-            lab.wait()
+            return _supervise(parts, done="JupyterLab")
     return 0

@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--no-lab", action="store_true", help="do not start JupyterLab")
     sub.add_argument(
+        "--lab-port", type=int, help="JupyterLab's port (default: its own choice, 8888 or the next free)"
+    )
+    sub.add_argument(
         "--run",
         metavar="NOTEBOOK",
         help="execute this notebook headlessly against the local pool, print what came "

@@ -21,6 +21,7 @@ from hivemind_nodepool.client.channel import create_channel
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol.errors import PoolUnavailable, from_rpc_error
+from hivemind_nodepool.protocol.rejoin import rejoin_proof
 from hivemind_nodepool.protocol.states import TERMINAL_STATES
 from hivemind_nodepool.protocol.wire import CHUNK_SIZE
 
@@ -299,13 +300,27 @@ class PoolClient:
     def revoke_worker(self, worker_id: str) -> pb.Worker:
         return self._unary(self._pool.RevokeWorker, pb.WorkerRef(worker_id=worker_id))
 
+    def remove_worker(self, worker_id: str) -> pb.Worker:
+        """Forget an offline worker; Conflict while it is online or holds tasks."""
+        return self._unary(self._pool.RemoveWorker, pb.WorkerRef(worker_id=worker_id))
+
     # -- the worker's side ----------------------------------------------------------------------
 
-    def register_worker(self, join_token: str, name: str, facts: pb.MachineFacts) -> pb.RegisterResponse:
-        """Join the pool; the client uses the worker's new credential from now on."""
-        answer = self._unary(
-            self._gateway.Register, pb.RegisterRequest(join_token=join_token, name=name, facts=facts)
-        )
+    def register_worker(
+        self,
+        join_token: str,
+        name: str,
+        facts: pb.MachineFacts,
+        previous: tuple[str, str] | None = None,
+    ) -> pb.RegisterResponse:
+        """Join the pool; the client uses the worker's new credential from now on. `previous`, the
+        (worker id, credential) of an identity the worker holds, asks to join again as that
+        worker: only a proof bound to the join token is sent, never the credential."""
+        request = pb.RegisterRequest(join_token=join_token, name=name, facts=facts)
+        if previous is not None:
+            request.rejoin_worker_id = previous[0]
+            request.rejoin_proof = rejoin_proof(previous[1], join_token)
+        answer = self._unary(self._gateway.Register, request)
         self.token = answer.credential
         return answer
 

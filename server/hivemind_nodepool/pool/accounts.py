@@ -1,8 +1,8 @@
-"""User accounts, join tokens and workers' credentials: the one implementation behind both the
-NodePool service's admin RPCs and `hivemind-nodepool user|join-token|worker --data-dir` (which acts
-on the pool's files directly). What a change means for the running pool (open streams, tasks, a
-worker's stream) is `revocation.Revocations`: the service calls it at once, and the pool's periodic
-recheck finds changes made on the files.
+"""User accounts, join tokens, workers' credentials and removing workers: the one implementation
+behind both the NodePool service's admin RPCs and `hivemind-nodepool user|join-token|worker
+--data-dir` (which acts on the pool's files directly). What a change means for the running pool
+(open streams, tasks, a worker's stream) is `revocation.Revocations`: the service calls it at once,
+and the pool's periodic recheck finds changes made on the files.
 
 Each function takes the Store and answers the wire message; errors are HiveMindErrors. Permission
 checks (who may call) stay with the caller: the service checks the principal, the local CLI is run
@@ -16,6 +16,7 @@ import sqlite3
 import time
 
 from hivemind_nodepool.pool import auth, views
+from hivemind_nodepool.pool.fleet import Fleet, WorkerEntry
 from hivemind_nodepool.pool.store import Store
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import AlreadyExists, Conflict, InvalidInput, NotFound
@@ -115,3 +116,31 @@ def stored_workers(store: Store) -> list[pb.Worker]:
         )
         for row in store.list_workers()
     ]
+
+
+def remove_worker(store: Store, worker_id: str, fleet: Fleet | None = None) -> pb.Worker:
+    """Forget an offline worker that holds no task; returns it as it was. Refused (Conflict) while
+    it is online, since it would only register again, and while it holds a task, which must first
+    go back to the queue. With the running pool's fleet its live state decides; on the pool's files
+    alone, the state the pool last stored."""
+    row = store.get_worker(worker_id) if worker_id else None
+    if row is None:
+        raise NotFound(f"no worker {worker_id!r}")
+    entry = (fleet.get(row["id"]) if fleet is not None else None) or WorkerEntry.from_row(row)
+    who = f"worker {row['name']} ({row['id']})"
+    if entry.connected or entry.present:
+        raise Conflict(
+            f"{who} is online; only offline workers can be removed: stop it first "
+            "(SIGTERM drains it) and remove it once it shows offline"
+        )
+    held = [r for r in store.tasks_in_states(ON_WORKER_STATES) if r["worker_id"] == row["id"]]
+    if held:
+        raise Conflict(
+            f"{who} still holds {len(held)} task(s), which go back to the queue once it is declared "
+            "lost (after the heartbeat timeout); remove it after that"
+        )
+    removed = views.worker(entry, row)
+    store.remove_worker(row["id"])
+    if fleet is not None:
+        fleet.workers.pop(row["id"], None)
+    return removed

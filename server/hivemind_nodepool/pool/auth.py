@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import ipaddress
 import logging
 import re
@@ -31,6 +30,7 @@ from hivemind_nodepool.protocol.errors import (
     RateLimited,
     Unauthenticated,
 )
+from hivemind_nodepool.protocol.rejoin import credential_hash
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,9 @@ def current_worker() -> Principal:
 
 
 def hash_secret(secret: str) -> str:
-    """Tokens are high-entropy, so a plain sha256 is the right stored form (no salt needed)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+    """Tokens are high-entropy, so a plain sha256 is the right stored form (no salt needed); the
+    same form a rejoining worker's proof is built on."""
+    return credential_hash(secret)
 
 
 def new_token(prefix: str) -> str:

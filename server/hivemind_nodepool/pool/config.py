@@ -98,6 +98,12 @@ class PoolSettings:
         help="space the pool holds in `disk-reserve` and gives up when the disk fills, so cancels "
         "and state changes still work; 0: none",
     )
+    offline_worker_hidden_after: float = setting(
+        3600.0,
+        kind=DURATION,
+        help="users stop seeing a worker this long after it went offline (admins always see it; "
+        "`hivemind-nodepool worker remove` forgets it)",
+    )
     feed_auth_recheck: float = setting(
         2.0,
         kind=DURATION,
@@ -134,6 +140,8 @@ class PoolSettings:
             raise InvalidInput("default max retries must be between 0 and 100")
         if self.disk_min_free < 0 or self.disk_reserve < 0:
             raise InvalidInput("disk_min_free and disk_reserve cannot be negative")
+        if self.offline_worker_hidden_after < 0:
+            raise InvalidInput("offline_worker_hidden_after cannot be negative")
         if self.feed_queue_limit < 1 or self.feed_auth_recheck <= 0:
             raise InvalidInput("feed_queue_limit must be 1 or more and feed_auth_recheck positive")
 

@@ -27,12 +27,14 @@ from hivemind_nodepool.proto import nodepool_pb2_grpc as pb_grpc
 from hivemind_nodepool.protocol.bundle import check_archive
 from hivemind_nodepool.protocol.errors import (
     BundleError,
+    Conflict,
     InvalidInput,
     ResultRefused,
     TooLarge,
     Unauthenticated,
 )
 from hivemind_nodepool.protocol.manifest import LABEL_KEY, LABEL_VALUE
+from hivemind_nodepool.protocol.rejoin import proof_matches
 from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 from hivemind_nodepool.protocol.units import format_size
 from hivemind_nodepool.protocol.wire import CHUNK_SIZE
@@ -141,8 +143,11 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         validate_facts(request.facts)
         name = request.name or request.facts.hostname or "worker"
         _check_text(name, "the worker name", 128)
-        worker_id = "w-" + secrets.token_hex(6)
         credential = auth.new_token("hmw")
+        rejoined = await self._rejoin(request, name, credential, token["id"])
+        if rejoined is not None:
+            return pb.RegisterResponse(worker_id=rejoined, credential=credential)
+        worker_id = "w-" + secrets.token_hex(6)
         await self.store.add_worker(
             worker_id,
             name,
@@ -153,6 +158,38 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
         )
         log.info("worker %s registered as %s with join token %s", name, worker_id, token["id"])
         return pb.RegisterResponse(worker_id=worker_id, credential=credential)
+
+    async def _rejoin(
+        self, request: pb.RegisterRequest, name: str, credential: str, token_id: str
+    ) -> str | None:
+        """The worker's id when it proves it is a worker this pool knows (the same state dir,
+        reached under another address): it keeps its id, with a new credential. None: a new one."""
+        if not request.rejoin_worker_id or len(request.rejoin_worker_id) > 64:
+            return None
+        row = self.store.get_worker(request.rejoin_worker_id)
+        if row is None or not proof_matches(row["credential_hash"], request.join_token, request.rejoin_proof):
+            return None  # removed meanwhile, or not that worker's: it joins as a new one
+        if row["revoked_at"]:
+            return None  # a revoked worker stays revoked; with a valid join token it is a new worker
+        worker_id = str(row["id"])
+        entry = self.pool.fleet.get(worker_id)
+        if entry is not None and entry.connected:
+            raise Conflict(
+                f"worker {row['name']} ({worker_id}) is connected already: is another worker running "
+                "with this state dir? Give each worker its own --state-dir"
+            )
+        await self.store.rejoin_worker(
+            worker_id,
+            name,
+            auth.hash_secret(credential),
+            token_id,
+            request.facts.SerializeToString(),
+            pb.WORKER_OFFLINE,
+        )
+        if entry is not None:
+            entry.name = name
+        log.info("worker %s (%s) joined again as itself with join token %s", name, worker_id, token_id)
+        return worker_id
 
     @stream
     async def Connect(

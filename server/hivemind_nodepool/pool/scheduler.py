@@ -22,6 +22,7 @@ from hivemind_nodepool.pool.lifecycle import TaskBook, amount_of
 from hivemind_nodepool.pool.loops import repeat
 from hivemind_nodepool.pool.metrics import PoolMetrics
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.placement import LARGEST, LARGEST_DISK, NO_LABELLED_WORKER, NO_SINGLE_WORKER
 from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 from hivemind_nodepool.protocol.units import format_size
 
@@ -79,28 +80,24 @@ def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry], di
     matching = [w for w in online if labels_match(labels, w.labels)]
     if not matching:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        return f"needs labels {wanted}; no online worker has them"
+        return f"needs labels {wanted}; {NO_LABELLED_WORKER}"
     reasons = []
     most_cpus = max(w.capacity.cpus for w in matching)
     most_memory = max(w.capacity.memory for w in matching)
     most_gpus = max(w.capacity.gpus for w in matching)
     if want.cpus > most_cpus + 1e-9:
-        reasons.append(f"needs {_plural(want.cpus, 'CPU')}, the largest worker has {most_cpus:g}")
+        reasons.append(f"needs {_plural(want.cpus, 'CPU')}, {LARGEST} {most_cpus:g}")
     if want.memory > most_memory:
-        reasons.append(
-            f"needs {format_size(want.memory)} of memory, the largest worker has {format_size(most_memory)}"
-        )
+        reasons.append(f"needs {format_size(want.memory)} of memory, {LARGEST} {format_size(most_memory)}")
     if want.gpus > most_gpus:
-        reasons.append(f"needs {_plural(want.gpus, 'GPU')}, the largest worker has {most_gpus}")
+        reasons.append(f"needs {_plural(want.gpus, 'GPU')}, {LARGEST} {most_gpus}")
     if not any(disk_fits(disk, w) for w in matching):
         most_disk = max(w.task_disk for w in matching)
-        reasons.append(
-            f"needs {format_size(disk)} of disk, the largest worker offers {format_size(most_disk)} per task"
-        )
+        reasons.append(f"needs {format_size(disk)} of disk, {LARGEST_DISK} {format_size(most_disk)} per task")
     if reasons:
         return "; ".join(reasons)
     if not any(w.capacity.covers(want) and disk_fits(disk, w) for w in matching):
-        return "no single worker has all of: " + _describe(want, disk)
+        return f"{NO_SINGLE_WORKER}: " + _describe(want, disk)
     return f"all fitting workers are busy (needs {_describe(want, disk)})"
 
 

@@ -83,12 +83,18 @@ async def create_server(
     )
     reflection.enable_server_reflection(names, server)
     target = join_address(host, port)
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        bound = server.add_secure_port(target, server_credentials(settings.tls_cert, settings.tls_key))
-    else:
-        bound = server.add_insecure_port(target)
+    try:
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            bound = server.add_secure_port(target, server_credentials(settings.tls_cert, settings.tls_key))
+        else:
+            bound = server.add_insecure_port(target)
+    except RuntimeError:  # gRPC's way of saying the bind failed
+        bound = 0
     if not bound:
-        raise InvalidInput(f"cannot listen on {target}")
+        raise InvalidInput(
+            f"cannot listen on {target}: the port is in use (another pool?) "
+            "or the address is not this machine's"
+        )
     await server.start()
     for name in ("", *names[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

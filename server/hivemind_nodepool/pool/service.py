@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -314,7 +315,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     ) -> pb.ListWorkersResponse:
         principal = auth.current_user()
         answer = pb.ListWorkersResponse()
-        rows = self.store.list_workers()
+        rows = self._visible_rows(principal.admin)
         entries = [self.pool.fleet.get(row["id"]) or WorkerEntry.from_row(row) for row in rows]
         # Task ids are shown to their owner (and admins); everyone else sees how many run.
         running = sorted({task_id for entry in entries for task_id, _ in entry.allocations})
@@ -322,6 +323,21 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         for row, entry in zip(rows, entries, strict=True):
             answer.workers.append(views.worker(entry, row, visible=mine, admin=principal.admin))
         return answer
+
+    def _visible_rows(self, admin: bool) -> list[sqlite3.Row]:
+        """Every worker for an admin; for a user, without those offline for longer than the pool's
+        offline_worker_hidden_after (a machine that left long ago is not part of their pool)."""
+        rows = self.store.list_workers()
+        if admin:
+            return rows
+        cutoff = time.time() - self.pool.settings.offline_worker_hidden_after
+        shown = []
+        for row in rows:
+            entry = self.pool.fleet.get(row["id"]) or WorkerEntry.from_row(row)
+            away = row["revoked_at"] or (not entry.connected and not entry.present)
+            if not away or max(entry.last_heartbeat_at, row["registered_at"]) >= cutoff:
+                shown.append(row)
+        return shown
 
     def _owned_by(self, owner: str, task_ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -335,7 +351,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
     async def GetPoolStatus(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[pb.Empty, pb.PoolStatus]
     ) -> pb.PoolStatus:
-        auth.current_user()
+        principal = auth.current_user()
         from hivemind_nodepool import __version__
 
         status = pb.PoolStatus(version=__version__)
@@ -346,7 +362,7 @@ class NodePoolService(pb_grpc.NodePoolServicer):
                 status.workers_online += 1
                 capacity = capacity + entry.capacity
                 allocated = allocated + entry.allocated
-        status.workers_total = len(self.store.list_workers())
+        status.workers_total = len(self._visible_rows(principal.admin))
         for state, count in self.store.count_by_state().items():
             status.tasks_by_state[pb.TaskState.Name(state)] = count  # type: ignore[arg-type]
         status.capacity.CopyFrom(capacity.to_pb())
@@ -443,3 +459,12 @@ class NodePoolService(pb_grpc.NodePoolServicer):
         row = self.store.get_worker(request.worker_id)
         assert row is not None
         return views.worker(entry, row)
+
+    @unary
+    async def RemoveWorker(
+        self, request: pb.WorkerRef, context: grpc.aio.ServicerContext[pb.WorkerRef, pb.Worker]
+    ) -> pb.Worker:
+        admin = auth.current_admin()
+        removed = accounts.remove_worker(self.store, request.worker_id, self.pool.fleet)
+        log.info("worker %s (%s) removed by %s", removed.name, removed.id, admin.name)
+        return removed

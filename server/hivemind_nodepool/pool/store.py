@@ -506,6 +506,22 @@ class Store:
             )
         )
 
+    async def rejoin_worker(  # noqa: PLR0917
+        self, worker_id: str, name: str, credential_hash: str, join_token_id: str, facts: bytes, state: int
+    ) -> None:
+        """The same worker registering again: a new credential (the old one stops working)."""
+        await self.awrite(
+            lambda db: db.execute(
+                "UPDATE workers SET name = ?, credential_hash = ?, join_token_id = ?, facts = ?, "
+                "state = ? WHERE id = ?",
+                (name, credential_hash, join_token_id, facts, state, worker_id),
+            )
+        )
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker (its tasks' history keeps its id); durable when this returns."""
+        self.write(lambda db: db.execute("DELETE FROM workers WHERE id = ?", (worker_id,)))
+
     def get_worker(self, worker_id: str) -> sqlite3.Row | None:
         return self.one("SELECT * FROM workers WHERE id = ?", (worker_id,))
 

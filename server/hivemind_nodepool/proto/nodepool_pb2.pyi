@@ -1281,9 +1281,17 @@ class RegisterRequest(_message.Message):
     JOIN_TOKEN_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     FACTS_FIELD_NUMBER: _builtins.int
+    REJOIN_WORKER_ID_FIELD_NUMBER: _builtins.int
+    REJOIN_PROOF_FIELD_NUMBER: _builtins.int
     join_token: _builtins.str
     name: _builtins.str
     """a display name, e.g. the hostname"""
+    rejoin_worker_id: _builtins.str
+    """A worker whose state dir holds an identity (for this pool under another address) joins again
+    as that worker: its id, and a proof that it holds the identity's credential bound to this
+    join token (hivemind_nodepool.protocol.rejoin), so the credential itself never travels.
+    """
+    rejoin_proof: _builtins.str
     @_builtins.property
     def facts(self) -> Global___MachineFacts: ...
     def __init__(
@@ -1292,10 +1300,12 @@ class RegisterRequest(_message.Message):
         join_token: _builtins.str = ...,
         name: _builtins.str = ...,
         facts: Global___MachineFacts | None = ...,
+        rejoin_worker_id: _builtins.str = ...,
+        rejoin_proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "join_token", b"join_token", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "join_token", b"join_token", "name", b"name", "rejoin_proof", b"rejoin_proof", "rejoin_worker_id", b"rejoin_worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

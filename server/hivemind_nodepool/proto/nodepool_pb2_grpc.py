@@ -144,6 +144,11 @@ class NodePoolStub:
                 request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
                 response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
                 _registered_method=True)
+        self.RemoveWorker = channel.unary_unary(
+                '/hivemind.nodepool.v1.NodePool/RemoveWorker',
+                request_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
+                response_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
+                _registered_method=True)
 
 
 class NodePoolServicer:
@@ -289,6 +294,13 @@ class NodePoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveWorker(self, request, context):
+        """Forget an offline worker (refused while it is online or holds tasks); returns it as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodePoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -394,6 +406,11 @@ def add_NodePoolServicer_to_server(servicer, server):
             ),
             'RevokeWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeWorker,
+                    request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.FromString,
+                    response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.SerializeToString,
+            ),
+            'RemoveWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveWorker,
                     request_deserializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.FromString,
                     response_serializer=hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.SerializeToString,
             ),
@@ -968,6 +985,33 @@ class NodePool:
             request,
             target,
             '/hivemind.nodepool.v1.NodePool/RevokeWorker',
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
+            hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.nodepool.v1.NodePool/RemoveWorker',
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.WorkerRef.SerializeToString,
             hivemind_dot_nodepool_dot_v1_dot_nodepool__pb2.Worker.FromString,
             options,

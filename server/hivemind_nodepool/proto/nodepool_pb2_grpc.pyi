@@ -76,6 +76,8 @@ class NodePoolStub:
     """The worker's credential stops working, its open streams end, and its running attempts are
     requeued without spending a retry.
     """
+    RemoveWorker: _grpc.UnaryUnaryMultiCallable[_nodepool_pb2.WorkerRef, _nodepool_pb2.Worker]
+    """Forget an offline worker (refused while it is online or holds tasks); returns it as it was."""
 
 @_typing.type_check_only
 class NodePoolAsyncStub(NodePoolStub):
@@ -119,6 +121,8 @@ class NodePoolAsyncStub(NodePoolStub):
     """The worker's credential stops working, its open streams end, and its running attempts are
     requeued without spending a retry.
     """
+    RemoveWorker: _aio.UnaryUnaryMultiCallable[_nodepool_pb2.WorkerRef, _nodepool_pb2.Worker]  # type: ignore[assignment]
+    """Forget an offline worker (refused while it is online or holds tasks); returns it as it was."""
 
 class NodePoolServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -285,6 +289,14 @@ class NodePoolServicer(metaclass=_abc_1.ABCMeta):
         """The worker's credential stops working, its open streams end, and its running attempts are
         requeued without spending a retry.
         """
+
+    @_abc_1.abstractmethod
+    def RemoveWorker(
+        self,
+        request: _nodepool_pb2.WorkerRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nodepool_pb2.Worker, _abc.Awaitable[_nodepool_pb2.Worker]]:
+        """Forget an offline worker (refused while it is online or holds tasks); returns it as it was."""
 
 def add_NodePoolServicer_to_server(servicer: NodePoolServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -33,3 +33,22 @@ PRESENT_WORKER_STATES: frozenset[int] = frozenset({pb.WORKER_ONLINE, pb.WORKER_D
 def worker_present(state: int) -> bool:
     """True for an online or draining worker."""
     return state in PRESENT_WORKER_STATES
+
+
+def ended_at(task: pb.Task) -> float | None:
+    """When a finished task reached its terminal state (None while it is unfinished)."""
+    if task.state not in TERMINAL_STATES:
+        return None
+    for item in reversed(task.timeline):
+        if item.state == task.state:
+            return item.at
+    return task.updated_at or None
+
+
+def elapsed_seconds(task: pb.Task, now: float) -> float:
+    """The one time shown for a task everywhere: from its submission to its end, or to `now`
+    (wall-clock seconds) while it is unfinished."""
+    if not task.created_at:
+        return 0.0
+    end = ended_at(task)
+    return max(0.0, (now if end is None else end) - task.created_at)

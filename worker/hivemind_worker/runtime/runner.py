@@ -48,6 +48,10 @@ file with the lease's end (wall-clock seconds) while the pool hears from it, and
 everything the moment that time passes, because the pool may then rerun the task elsewhere. It
 kills the kernel and whatever it started, reports "lease_lapsed", and exits with LEASE_EXIT; in a
 container that ends the container, and everything left in it, too.
+
+A notebook ends as plain papermill ends it: `sys.exit()` or `sys.exit(0)` in a cell stops it there
+and it succeeded; any other SystemExit fails it like an exception; a dead kernel fails it as
+`DeadKernelError` (tests/worker/test_papermill_parity.py compares the two over a corpus).
 """
 
 from __future__ import annotations
@@ -616,6 +620,12 @@ def _note_missing_output(cell: Any) -> None:
     )
 
 
+def _clean_exit(exc: Any) -> bool:
+    """`sys.exit()` or `sys.exit(0)` in a cell: papermill stops there and counts the run a success
+    (any other SystemExit, like every other error, fails it)."""
+    return exc.ename == "SystemExit" and str(exc.evalue) in ("", "0")
+
+
 def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = None) -> dict[str, Any]:
     """Execute the notebook; the 'end' event's fields."""
     import nbformat
@@ -649,6 +659,8 @@ def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = No
                 try:
                     client.execute_cell(nb.cells[index], index)
                 except CellExecutionError as exc:
+                    if _clean_exit(exc):
+                        break  # as papermill: the notebook ends here, successfully
                     result.update(
                         status="error",
                         error=f"{exc.ename}: {exc.evalue}".strip(": "),
@@ -684,7 +696,8 @@ def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = No
                 finally:
                     nb.cells.pop()
     except DeadKernelError as exc:
-        result.update(status="kernel_died", error=f"the kernel died: {exc}")
+        # Named as papermill's caller sees it: the error line reads `DeadKernelError: ...`.
+        result.update(status="kernel_died", error=f"DeadKernelError: the kernel died ({exc})")
     finally:
         saver.save(finished=True)
     result["metrics"] = _metrics(started)
