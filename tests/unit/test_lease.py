@@ -16,7 +16,9 @@ def test_an_answer_extends_the_lease_from_when_its_heartbeat_was_sent(tmp_path: 
     assert lease.bound and not lease.lapsed()
     assert lease.lapsed(now=hello + 5.0)  # counted from the Hello, not from the Welcome
 
-    path = lease.attach(tmp_path / "lease")
+    private = lease.attach(tmp_path / "private")  # the local executor's tasks run as the worker
+    assert (private.parent.stat().st_mode & 0o777, private.stat().st_mode & 0o777) == (0o700, 0o600)
+    path = lease.attach(tmp_path / "lease", shared=True)  # a container's user must read it
     assert (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777) == (0o755, 0o644)
     first = float(path.read_text())
     seq = lease.stamp()

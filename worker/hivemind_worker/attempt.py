@@ -309,7 +309,7 @@ class Attempt:
             if self.stopper.stopped:
                 return self._stopped(header), None
             if self.lease is not None and self.lease.bound:
-                self._lease_file = self.lease.attach(self.folder / "lease")
+                self._lease_file = self.lease.attach(self.folder / "lease", shared=self.executor.isolated)
             resources = manifest.resources
             spec = RunSpec(
                 name=self.name,

@@ -39,6 +39,7 @@ class Lease:
         self._seq = 0
         self._sent: OrderedDict[int, float] = OrderedDict()  # heartbeat seq -> when it was queued
         self._files: set[Path] = set()
+        self._modes: dict[Path, int] = {}  # each file's mode: readable by a container's user or private
         self._writing = threading.Lock()  # one write at a time, so a newer end is never overwritten
 
     # -- what the pool says ---------------------------------------------------------------------
@@ -91,19 +92,23 @@ class Lease:
         """The lease's end as wall-clock seconds (what the sandbox can compare with its clock)."""
         return time.time() + (self._until - time.monotonic())
 
-    def attach(self, folder: Path) -> Path:
-        """Create `folder` with the lease file in it, kept current until `detach`; returns the file."""
+    def attach(self, folder: Path, *, shared: bool = False) -> Path:
+        """Create `folder` with the lease file in it, kept current until `detach`; returns the file.
+        `shared`: the sandbox runs as another user (a container's), who must read it; it holds
+        nothing secret. Otherwise it is as private as the rest of the state folder."""
         folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o755)  # the sandbox's user reads it; it holds nothing secret
+        folder.chmod(0o755 if shared else 0o700)
         path = folder / LEASE_FILE
         with self._lock:
             self._files.add(path)
+            self._modes[path] = 0o644 if shared else 0o600
         self._write(path)
         return path
 
     def detach(self, path: Path) -> None:
         with self._lock:
             self._files.discard(path)
+            self._modes.pop(path, None)
 
     def _write(self, path: Path) -> None:
         """Replace the file whole (a rename), so the runner never reads half a number."""
@@ -111,7 +116,7 @@ class Lease:
         with self._writing:
             try:
                 partial.write_text(f"{self.expires_at():.3f}\n")
-                partial.chmod(0o644)
+                partial.chmod(self._modes.get(path, 0o600))
                 os.replace(partial, path)
             except OSError as exc:  # the attempt's folder went away meanwhile
                 log.debug("could not write the lease file %s: %s", path, exc)
