@@ -92,6 +92,12 @@ class EventStream:
     def notice(self, text: str) -> None:
         self.add(pb.TaskEvent.NOTICE, text=text)
 
+    def phase(self, name: str, **details: Any) -> None:
+        """The attempt entered a phase ("fetching", "environment", "container", "kernel",
+        "running", "uploading"), or moved on within one (details, e.g. step="downloading 3
+        packages"): what the live view and the panel's timeline show while nothing else happens."""
+        self.add(pb.TaskEvent.PHASE, text=name, data=details or None)
+
     def _admit(self, event: pb.TaskEvent) -> bool:
         """Apply the size caps (caller holds the lock)."""
         size = _size(event)

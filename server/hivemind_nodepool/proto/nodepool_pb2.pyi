@@ -177,6 +177,7 @@ class Manifest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     ALLOW_NETWORK_FIELD_NUMBER: _builtins.int
     CODE_PREVIEW_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """shown to people; defaults to the entry notebook's name"""
     entry_notebook: _builtins.str
@@ -207,6 +208,10 @@ class Manifest(_message.Message):
     def pull_variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """variables to read back from the executed notebook"""
 
+    @_builtins.property
+    def environment(self) -> Global___Environment:
+        """the packages the task runs with; unset: requirements.txt if any"""
+
     def __init__(
         self,
         *,
@@ -222,14 +227,64 @@ class Manifest(_message.Message):
         priority: _builtins.int = ...,
         allow_network: _builtins.bool = ...,
         code_preview: _builtins.str = ...,
+        environment: Global___Environment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_network", b"allow_network", "code_preview", b"code_preview", "entry_notebook", b"entry_notebook", "labels", b"labels", "max_retries", b"max_retries", "name", b"name", "outputs", b"outputs", "parameters_json", b"parameters_json", "priority", b"priority", "pull_variables", b"pull_variables", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_network", b"allow_network", "code_preview", b"code_preview", "entry_notebook", b"entry_notebook", "environment", b"environment", "labels", b"labels", "max_retries", b"max_retries", "name", b"name", "outputs", b"outputs", "parameters_json", b"parameters_json", "priority", b"priority", "pull_variables", b"pull_variables", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
+
+@_typing.final
+class Environment(_message.Message):
+    """Which packages a task runs with (hivemind_nodepool.protocol.environment). In "auto" and
+    "freeze" the bundle holds the lock (.hivemind/environment.lock: pinned requirements) and any
+    wheels built on the user's side (.hivemind/wheels/); in "requirements" its requirements.txt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    REQUIRE_PYTHON_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    PACKAGE_COUNT_FIELD_NUMBER: _builtins.int
+    LOCK_SHA256_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    """"auto", "freeze", "requirements", "none" or "image" """
+    python_version: _builtins.str
+    """the calling kernel's Python, e.g. "3.11.7" """
+    require_python: _builtins.bool
+    """run only where that minor version is available (--python)"""
+    image: _builtins.str
+    """mode "image": an image the worker's admin allow-listed"""
+    summary: _builtins.str
+    """one line for people, e.g. "numpy 2.3.1, pandas 2.3.0 + 6 dependencies" """
+    package_count: _builtins.int
+    """pinned distributions in the lock"""
+    lock_sha256: _builtins.str
+    """of the lock's text: the environment's identity with the Python"""
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        python_version: _builtins.str = ...,
+        require_python: _builtins.bool = ...,
+        image: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        package_count: _builtins.int = ...,
+        lock_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "lock_sha256", b"lock_sha256", "mode", b"mode", "package_count", b"package_count", "python_version", b"python_version", "require_python", b"require_python", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Environment: _TypeAlias = Environment  # noqa: Y015
 
 @_typing.final
 class StateTransition(_message.Message):
@@ -270,6 +325,7 @@ class Progress(_message.Message):
     CELLS_TOTAL_FIELD_NUMBER: _builtins.int
     cells_done: _builtins.int
     cells_total: _builtins.int
+    """the user's cells: an injected parameters cell is not counted"""
     def __init__(
         self,
         *,
@@ -426,6 +482,10 @@ class TaskEvent(_message.Message):
         """`progress`"""
         NOTICE: TaskEvent._Kind.ValueType  # 6
         """`text`: from HiveMind itself, e.g. "output truncated" """
+        PHASE: TaskEvent._Kind.ValueType  # 7
+        """`text`: the phase the attempt entered ("fetching", "environment", "container", "kernel",
+        "running", "uploading"); `data_json`: details, e.g. {"step": "downloading 3 packages"}
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: TaskEvent.Kind.ValueType  # 0
@@ -441,6 +501,10 @@ class TaskEvent(_message.Message):
     """`progress`"""
     NOTICE: TaskEvent.Kind.ValueType  # 6
     """`text`: from HiveMind itself, e.g. "output truncated" """
+    PHASE: TaskEvent.Kind.ValueType  # 7
+    """`text`: the phase the attempt entered ("fetching", "environment", "container", "kernel",
+    "running", "uploading"); `data_json`: details, e.g. {"step": "downloading 3 packages"}
+    """
 
     SEQ_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
@@ -1058,6 +1122,8 @@ class MachineFacts(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSIONS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     cpu_cores: _builtins.int
     memory_bytes: _builtins.int
@@ -1077,6 +1143,14 @@ class MachineFacts(_message.Message):
     def capacity(self) -> Global___Resources:
         """what the admin lets the pool use (after --max-cpus ...)"""
 
+    @_builtins.property
+    def python_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """minor versions it runs tasks with, e.g. "3.11" """
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """images its admin allow-listed for --image"""
+
     def __init__(
         self,
         *,
@@ -1091,14 +1165,53 @@ class MachineFacts(_message.Message):
         version: _builtins.str = ...,
         capacity: Global___Resources | None = ...,
         platform: _builtins.str = ...,
+        python_versions: _abc.Iterable[_builtins.str] | None = ...,
+        images: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "cpu_cores", b"cpu_cores", "disk_free_bytes", b"disk_free_bytes", "docker_ok", b"docker_ok", "executors", b"executors", "gpus", b"gpus", "hostname", b"hostname", "labels", b"labels", "memory_bytes", b"memory_bytes", "platform", b"platform", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "cpu_cores", b"cpu_cores", "disk_free_bytes", b"disk_free_bytes", "docker_ok", b"docker_ok", "executors", b"executors", "gpus", b"gpus", "hostname", b"hostname", "images", b"images", "labels", b"labels", "memory_bytes", b"memory_bytes", "platform", b"platform", "python_versions", b"python_versions", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MachineFacts: _TypeAlias = MachineFacts  # noqa: Y015
+
+@_typing.final
+class EnvironmentCacheStats(_message.Message):
+    """A worker's environment cache, as its heartbeats report it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    BUILDS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    environments: _builtins.int
+    size_bytes: _builtins.int
+    """environments plus the shared package cache"""
+    hits: _builtins.int
+    """tasks whose environment was already built"""
+    builds: _builtins.int
+    """environments built"""
+    failures: _builtins.int
+    """builds that failed"""
+    def __init__(
+        self,
+        *,
+        environments: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        hits: _builtins.int = ...,
+        builds: _builtins.int = ...,
+        failures: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builds", b"builds", "environments", b"environments", "failures", b"failures", "hits", b"hits", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnvironmentCacheStats: _TypeAlias = EnvironmentCacheStats  # noqa: Y015
 
 @_typing.final
 class Worker(_message.Message):
@@ -1116,6 +1229,7 @@ class Worker(_message.Message):
     RUNNING_COUNT_FIELD_NUMBER: _builtins.int
     JOIN_TOKEN_ID_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    ENV_CACHE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: Global___WorkerState.ValueType
@@ -1137,6 +1251,10 @@ class Worker(_message.Message):
     def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the caller's own tasks only (every task for admins)"""
 
+    @_builtins.property
+    def env_cache(self) -> Global___EnvironmentCacheStats:
+        """from its last heartbeat"""
+
     def __init__(
         self,
         *,
@@ -1152,10 +1270,11 @@ class Worker(_message.Message):
         running_count: _builtins.int = ...,
         join_token_id: _builtins.str = ...,
         revoked_at: _builtins.float = ...,
+        env_cache: Global___EnvironmentCacheStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "facts", b"facts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "env_cache", b"env_cache", "facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "facts", b"facts", "id", b"id", "join_token_id", b"join_token_id", "last_heartbeat_at", b"last_heartbeat_at", "name", b"name", "registered_at", b"registered_at", "revoked_at", b"revoked_at", "running_count", b"running_count", "running_task_ids", b"running_task_ids", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "env_cache", b"env_cache", "facts", b"facts", "id", b"id", "join_token_id", b"join_token_id", "last_heartbeat_at", b"last_heartbeat_at", "name", b"name", "registered_at", b"registered_at", "revoked_at", b"revoked_at", "running_count", b"running_count", "running_task_ids", b"running_task_ids", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1366,6 +1485,7 @@ class Heartbeat(_message.Message):
     LOAD_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    ENV_CACHE_FIELD_NUMBER: _builtins.int
     load: _builtins.float
     """1-minute load average over cores, informative"""
     draining: _builtins.bool
@@ -1375,6 +1495,8 @@ class Heartbeat(_message.Message):
     """
     @_builtins.property
     def running(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]: ...
+    @_builtins.property
+    def env_cache(self) -> Global___EnvironmentCacheStats: ...
     def __init__(
         self,
         *,
@@ -1382,10 +1504,11 @@ class Heartbeat(_message.Message):
         load: _builtins.float = ...,
         draining: _builtins.bool = ...,
         seq: _builtins.int = ...,
+        env_cache: Global___EnvironmentCacheStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["env_cache", b"env_cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "load", b"load", "running", b"running", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "env_cache", b"env_cache", "load", b"load", "running", b"running", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
