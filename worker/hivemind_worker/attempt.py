@@ -270,7 +270,7 @@ class Attempt:
         if self.assignment.allow_network:
             self.executor.check_network()
         sha256 = self.assignment.bundle_sha256
-        self._status(pb.PREPARING, "preparing the task")
+        self._status(pb.PREPARING, "getting the task ready")
         self.events.phase(phases.FETCHING, bytes=self.assignment.bundle_size, cached=self.bundles.has(sha256))
         bundle = self.bundles.get(sha256, self._download)
         shutil.rmtree(self.folder, ignore_errors=True)
