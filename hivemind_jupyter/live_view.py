@@ -2,9 +2,13 @@
 
 The status (state, why it waits, worker, elapsed time, progress) is a small ipywidgets view in a
 kernel with a frontend, a text line updated in place where widgets are unavailable, and printed
-lines in a terminal. Remote stdout and stderr go to the cell's own streams, and remote rich outputs
-are displayed as they arrive, so the saved notebook holds them just as if the cell ran here, made
-safe first unless the pool is trusted (see results.display_bundle).
+lines in a terminal. On the worker, the phase the attempt is in takes the state's place ("fetching
+the bundle", "building the environment: installing requirements.txt", "starting the kernel",
+"running · cell 2/5"); the bar counts the user's cells, and moves without a fraction (a working
+look, not 0 % or 50 %) while there is nothing to count: before the first cell, and for a task of
+one cell, as every `%%hivemind` cell is. Remote stdout and stderr go to the cell's own streams,
+and remote rich outputs are displayed as they arrive, so the saved notebook holds them just as if
+the cell ran here, made safe first unless the pool is trusted (see results.display_bundle).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from typing import Any
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol import phases
 from hivemind_nodepool.protocol.states import TERMINAL_STATES, elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration
 
@@ -25,6 +30,17 @@ from .results import display_bundle
 log = logging.getLogger(__name__)
 
 _TERMINAL_NAMES = frozenset(state_name(state) for state in TERMINAL_STATES)
+_PHASED_STATES = frozenset({"PREPARING", "RUNNING", "UPLOADING"})  # a worker's phases apply
+_WORKING_CLASS = "hivemind-working"
+# The bar's look while nothing can be counted: full, with stripes moving (ipywidgets has no
+# indeterminate progress bar). In the label's HTML, which the widget sets as it is.
+_WORKING_STYLE = (
+    "<style>.hivemind-working .progress-bar{background-image:linear-gradient(45deg,"
+    "rgba(255,255,255,.4) 25%,transparent 25%,transparent 50%,rgba(255,255,255,.4) 50%,"
+    "rgba(255,255,255,.4) 75%,transparent 75%,transparent);background-size:16px 16px;"
+    "animation:hivemind-working 1s linear infinite}"
+    "@keyframes hivemind-working{from{background-position:0 0}to{background-position:16px 0}}</style>"
+)
 
 _COLOURS = {
     "SUCCEEDED": "#2e7d32",
@@ -79,6 +95,9 @@ class LiveView:
         self.worker = task.worker_name
         self.done = task.progress.cells_done
         self.total = task.progress.cells_total
+        self.attempt = task.attempt
+        self.phase = ""  # the attempt's phase, from its PHASE events ("" before the first)
+        self.phase_details: dict[str, Any] = {}
         self.started = time.monotonic()
         self.latest = task  # the task as last read: its submission time, and its end once it ended
         self.ended_at = 0.0
@@ -98,6 +117,9 @@ class LiveView:
         self.state = state_name(task.state)
         self.reason = task.pending_reason if task.state == pb.QUEUED else ""
         self.worker = task.worker_name or self.worker
+        if task.attempt > self.attempt or self.state not in _PHASED_STATES:
+            self.attempt = max(self.attempt, task.attempt)
+            self._set_phase("")
         if task.progress.cells_total:
             self.done, self.total = task.progress.cells_done, task.progress.cells_total
 
@@ -116,8 +138,15 @@ class LiveView:
         elif kind == pb.TaskEvent.PROGRESS:
             self.done, self.total = event.progress.cells_done, event.progress.cells_total
             self.draw()
+        elif kind == pb.TaskEvent.PHASE:
+            if event.attempt >= self.attempt:  # not a late word from an attempt already over
+                self.attempt = event.attempt
+                self._set_phase(event.text, phases.phase_details(event.data_json))
+                self.draw()
         elif kind == pb.TaskEvent.STATE:
             self.state = state_name(event.state)
+            if self.state not in _PHASED_STATES:
+                self._set_phase("")
             if event.state in TERMINAL_STATES:
                 self.ended_at = event.at
             if event.state != pb.QUEUED:
@@ -125,6 +154,9 @@ class LiveView:
             self.draw()
         elif kind == pb.TaskEvent.NOTICE:
             self.notice(event.text)
+
+    def _set_phase(self, name: str, details: dict[str, Any] | None = None) -> None:
+        self.phase, self.phase_details = name, details or {}
 
     def notice(self, text: str) -> None:
         """HiveMind's own information (an environment being built, output truncated): not the
@@ -175,15 +207,30 @@ class LiveView:
             if self.worker:
                 parts.append(f"on {self.worker}")
             return " · ".join([*parts, note] if note else parts)
-        parts = [f"HiveMind {self.task_id}: {self.state}"]
+        parts = [f"HiveMind {self.task_id}: {self.doing()}"]
         if self.state == "QUEUED" and self.reason:
             parts.append(f"waiting: {self.reason}")
         if self.worker:
             parts.append(f"on {self.worker}")
-        if self.total:
+        if self.counting():
             parts.append(f"cell {self.done}/{self.total}")
         parts.append(format_duration(self.elapsed()))
         return " · ".join(parts)
+
+    def doing(self) -> str:
+        """The phase the attempt is in, as people read it; the state where no phase is known."""
+        if self.phase and self.state in _PHASED_STATES:
+            return phases.phase_label(self.phase, self.phase_details)
+        return self.state
+
+    def counting(self) -> bool:
+        """Whether cells can be counted now: more than one, and the notebook is running."""
+        running = self.phase in ("", phases.RUNNING) and self.state == "RUNNING"
+        return self.total > 1 and running
+
+    def working(self) -> bool:
+        """Busy on a worker with nothing to count: the bar shows work, not a fraction."""
+        return self.state in _PHASED_STATES and not self.counting()
 
     def draw(self) -> None:
         """Redraw the status; subclasses decide how."""
@@ -203,7 +250,7 @@ class TerminalView(LiveView):
     """Plain IPython in a terminal: one printed line per change of state, one final line."""
 
     def draw(self) -> None:
-        key = (self.state, self.reason, self.worker)
+        key = (self.state, self.reason, self.worker, self.doing())
         # The end is finish()'s one line; a task that had ended before the view began (a --no-wait
         # handle read late) replays its states, which are history, not news.
         if key != self._last_drawn and not self.finished() and self.latest.state not in TERMINAL_STATES:
@@ -269,9 +316,15 @@ class WidgetView(TextView):
     def draw(self) -> None:
         self._drawn_at = time.monotonic()
         colour = _COLOURS.get(self.state, "#455a64")
-        self._label.value = f'<span style="color:{colour}">{html.escape(self.summary())}</span>'
-        self._bar.max = max(self.total, 1)
-        self._bar.value = min(self.done, self._bar.max)
+        line = html.escape(self.summary())
+        self._label.value = f'{_WORKING_STYLE}<span style="color:{colour}">{line}</span>'
+        if self.working():
+            self._bar.max, self._bar.value = 1, 1
+            self._bar.add_class(_WORKING_CLASS)
+        else:
+            self._bar.max = max(self.total, 1)
+            self._bar.value = min(self.done, self._bar.max)
+            self._bar.remove_class(_WORKING_CLASS)
         self._bar.bar_style = {"SUCCEEDED": "success", "FAILED": "danger"}.get(self.state, "info")
 
     def finish(self, task: pb.Task, note: str = "") -> None:

@@ -8,6 +8,14 @@ module.exports = {
   transform: {
     '^.+\\.tsx?$': ['ts-jest', { tsconfig: 'tsconfig.test.json' }]
   },
-  collectCoverageFrom: ['src/model.ts', 'src/format.ts', 'src/stream.ts', 'src/states.ts', 'src/types.ts'],
+  collectCoverageFrom: [
+    'src/model.ts',
+    'src/format.ts',
+    'src/stream.ts',
+    'src/states.ts',
+    'src/types.ts',
+    'src/phases.ts',
+    'src/timeline.ts'
+  ],
   coverageReporters: ['text-summary']
 };

@@ -22,6 +22,8 @@ export type View = 'tasks' | 'pool';
 export interface ILogState {
   taskId: string;
   events: ITaskEvent[];
+  /** The task's PHASE events, kept whatever the log drops: the timeline's steps (a few per attempt). */
+  phases: ITaskEvent[];
   lastSeq: number;
   dropped: number;
   loading: boolean;
@@ -241,7 +243,7 @@ export class HiveMindModel implements IDisposable {
       this._emit();
       return;
     }
-    this._log = { taskId, events: [], lastSeq: 0, dropped: 0, loading: true, error: '' };
+    this._log = { taskId, events: [], phases: [], lastSeq: 0, dropped: 0, loading: true, error: '' };
     this._emit();
     try {
       const task = await this.api.getTask(taskId);
@@ -410,6 +412,9 @@ export class HiveMindModel implements IDisposable {
         continue; // already shown: resubscribing after a reconnect may repeat events
       }
       log.events.push(event);
+      if (event.kind === 'PHASE') {
+        log.phases = [...log.phases, event];
+      }
       log.lastSeq = seq;
       added = true;
     }

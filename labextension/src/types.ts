@@ -72,7 +72,15 @@ export interface ITask {
 }
 
 export type EventKind =
-  'KIND_UNSPECIFIED' | 'STATE' | 'STDOUT' | 'STDERR' | 'DISPLAY' | 'PROGRESS' | 'NOTICE';
+  | 'KIND_UNSPECIFIED'
+  | 'STATE'
+  | 'STDOUT'
+  | 'STDERR'
+  | 'DISPLAY'
+  | 'PROGRESS'
+  | 'NOTICE'
+  /** `text`: the phase's name (phases.ts); `data_json`: its details */
+  | 'PHASE';
 
 export interface ITaskEvent {
   seq?: Int64;

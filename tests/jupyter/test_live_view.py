@@ -7,7 +7,7 @@ import time
 
 from IPython.utils.capture import capture_output
 
-from hivemind_jupyter.live_view import TerminalView, TextView, make_view
+from hivemind_jupyter.live_view import TerminalView, TextView, WidgetView, make_view
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 
@@ -124,3 +124,103 @@ def test_a_kernel_view_shows_notices_as_their_own_quiet_output(shell, monkeypatc
     assert len(notices) == 1
     assert notices[0]["text/plain"] == "[hivemind] installing requirements.txt <fast>"
     assert "installing requirements.txt &lt;fast&gt;" in notices[0]["text/html"]
+
+
+def phase(name: str, attempt: int = 1, **details) -> pb.TaskEvent:
+    return pb.TaskEvent(
+        kind=pb.TaskEvent.PHASE, text=name, attempt=attempt, data_json=json.dumps(details) if details else ""
+    )
+
+
+def state(value: int, attempt: int = 1) -> pb.TaskEvent:
+    return pb.TaskEvent(kind=pb.TaskEvent.STATE, state=value, attempt=attempt)
+
+
+def progress(done: int, total: int) -> pb.TaskEvent:
+    return pb.TaskEvent(kind=pb.TaskEvent.PROGRESS, progress=pb.Progress(cells_done=done, cells_total=total))
+
+
+def test_the_status_line_says_the_phase_the_attempt_is_in(shell):
+    view = TerminalView(task(pb.ASSIGNED, worker_name="box"))
+    lines = []
+    steps = [
+        (state(pb.PREPARING), None),
+        (phase("fetching", bytes=3 * 1024 * 1024, cached=False), "fetching the bundle (3.0 MiB)"),
+        (phase("environment", cached=False, step="installing requirements.txt"), None),
+        (state(pb.RUNNING), "building the environment: installing requirements.txt"),
+        (phase("container", sandbox="container"), "starting the container"),
+        (phase("kernel"), "starting the kernel"),
+        (progress(0, 5), "starting the kernel"),
+        (phase("running"), "running · on box · cell 0/5"),
+        (progress(2, 5), "running · on box · cell 2/5"),
+        (state(pb.UPLOADING), None),
+        (phase("uploading"), "uploading the result"),
+    ]
+    for event, expected in steps:
+        view.on_event(event)
+        lines.append(view.summary())
+        if expected is not None:
+            assert f"HiveMind t-1: {expected}" in lines[-1], lines[-1]
+    # before the running phase there is nothing to count: no "cell 0/5" while the kernel starts
+    assert not any("cell" in line for line in lines[:7]), lines
+    # handed back: queued again, the old attempt's phase is gone, and its late words are ignored
+    view.on_event(state(pb.QUEUED, attempt=1))
+    view.update_task(task(pb.QUEUED, attempt=1, pending_reason="waiting for a worker"))
+    assert view.summary().startswith("HiveMind t-1: QUEUED · waiting: waiting for a worker")
+    view.update_task(task(pb.PREPARING, attempt=2, worker_name="other"))
+    view.on_event(phase("running", attempt=1))
+    assert view.summary().startswith("HiveMind t-1: PREPARING · on other")
+    view.on_event(phase("fetching", attempt=2, cached=True))
+    assert view.summary().startswith("HiveMind t-1: fetching the bundle (cached) · on other")
+
+
+def test_the_terminal_prints_each_phase_once(shell):
+    with capture_output() as captured:
+        view = TerminalView(task(pb.PREPARING, worker_name="box"))
+        view.draw()
+        for event in (phase("fetching"), phase("fetching"), phase("container", sandbox="process")):
+            view.on_event(event)
+    lines = captured.stderr.splitlines()
+    assert [line.split(" · ")[0] for line in lines] == [
+        "[hivemind] HiveMind t-1: PREPARING",
+        "[hivemind] HiveMind t-1: fetching the bundle",
+        "[hivemind] HiveMind t-1: starting the task's process",
+    ]
+
+
+def _bar(view: WidgetView):
+    return view._bar  # the widget the user sees beside the status line
+
+
+def test_a_one_cell_task_shows_a_working_bar_not_a_fraction(shell):
+    """A %%hivemind cell is one cell: its bar never reads 0 % or 50 %, and no "cell 0/2" shows."""
+    with capture_output():
+        view = WidgetView(task(pb.PREPARING, worker_name="box"))
+        start = (phase("fetching"), state(pb.RUNNING), phase("kernel"), progress(0, 1), phase("running"))
+        for event in start:
+            view.on_event(event)
+            assert "hivemind-working" in _bar(view)._dom_classes, view.summary()
+            assert _bar(view).value == _bar(view).max
+            assert "cell 0/" not in view._label.value
+        assert "running · on box" in view._label.value
+        view.on_event(progress(1, 1))
+        assert "hivemind-working" in _bar(view)._dom_classes
+        view.finish(ended(pb.SUCCEEDED, worker_name="box"))
+
+
+def test_a_task_of_several_cells_counts_them_once_they_run(shell):
+    with capture_output():
+        view = WidgetView(task(pb.RUNNING, worker_name="box"))
+        view.on_event(phase("kernel"))
+        view.on_event(progress(0, 4))
+        assert "hivemind-working" in _bar(view)._dom_classes  # the kernel is starting: nothing to count
+        view.on_event(phase("running"))
+        view.on_event(progress(1, 4))
+        assert "hivemind-working" not in _bar(view)._dom_classes
+        assert (_bar(view).value, _bar(view).max) == (1, 4)
+        assert "running · on box · cell 1/4" in view._label.value
+        view.on_event(state(pb.UPLOADING))
+        view.on_event(phase("uploading"))
+        assert "hivemind-working" in _bar(view)._dom_classes
+        assert "uploading the result" in view._label.value
+        view.finish(ended(pb.SUCCEEDED, worker_name="box"))

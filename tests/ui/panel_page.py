@@ -70,6 +70,24 @@ SOCKET_SPY = """
 """
 
 
+# Records every text a notebook's ipywidgets HTML shows (the %%hivemind status line), in order.
+WIDGET_TEXTS = """
+() => {
+  window.__hmWidgetTexts = [];
+  const record = () => {
+    for (const el of document.querySelectorAll('.jp-NotebookPanel .widget-html-content')) {
+      const text = el.innerText;
+      const texts = window.__hmWidgetTexts;
+      if (text && !texts.includes(text.replace(/ · [0-9.]+s$/, ''))) {
+        texts.push(text.replace(/ · [0-9.]+s$/, ''));
+      }
+    }
+  };
+  new MutationObserver(record).observe(document.body, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
 class PanelPage:
     def __init__(self, page: Any, lab_url: str, token: str) -> None:
         self.page = page

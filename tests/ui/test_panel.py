@@ -22,7 +22,7 @@ from hivemind_nodepool.client.submission import TaskRequest, package_path
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
 from .conftest import PASSWORD, REPO, USER, Lab
-from .panel_page import DETAIL, SIDEBAR, SOCKET_SPY, PanelPage
+from .panel_page import DETAIL, SIDEBAR, SOCKET_SPY, WIDGET_TEXTS, PanelPage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -122,6 +122,40 @@ def test_submit_from_file_browser_runs_live_to_success(
     timeline = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-timeline li")
     assert timeline.count() >= 3
     assert "lab-box" in panel.page.locator(f"{SIDEBAR} .jp-HiveMind-facts").inner_text()
+    # The worker's phases reached the page (PHASE events over the server's REST and WebSocket):
+    # steps of the timeline, named, under the states they refine, each with its duration.
+    phases = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-timeline li.jp-HiveMind-phaseStep")
+    panel.page.locator(f'{SIDEBAR} .jp-HiveMind-phaseStep[data-phase="uploading"]').wait_for()
+    assert [phases.nth(i).get_attribute("data-phase") for i in range(phases.count())] == [
+        "fetching",
+        "container",
+        "kernel",
+        "running",
+        "uploading",
+    ]
+    labels = phases.locator("time").all_inner_texts()
+    # (the bundle's label gives its size: "fetching the bundle (1.8 KiB)")
+    assert [re.sub(r" \(.*\)$", "", label.strip()) for label in labels] == [
+        "fetching the bundle",
+        "starting the task's process",
+        "starting the kernel",
+        "running",
+        "uploading the result",
+    ], labels
+    durations = phases.locator(".jp-HiveMind-stepDuration").all_inner_texts()
+    assert len(durations) == 5 and all(re.fullmatch(r"\d+s", d.strip()) for d in durations), durations
+    steps = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-timeline li")
+    order = [
+        steps.nth(i).get_attribute("data-state") or steps.nth(i).get_attribute("data-phase")
+        for i in range(steps.count())
+    ]
+    assert order.index("PREPARING") < order.index("fetching") < order.index("RUNNING")
+    assert (
+        order.index("RUNNING") < order.index("container") < order.index("running") < order.index("UPLOADING")
+    )
+    # PREPARING is not labelled with a guess of where its time went: its phases say it
+    preparing = panel.page.locator(f'{SIDEBAR} .jp-HiveMind-timeline li[data-state="PREPARING"]')
+    assert preparing.locator(".jp-HiveMind-stepMessage").count() == 0
 
 
 def test_open_result(panel: PanelPage) -> None:
@@ -283,11 +317,21 @@ def test_a_cell_task_is_named_after_its_notebook_and_shows_its_code(
     notebook = panel.page.locator(".jp-NotebookPanel:visible").first
     notebook.locator(".jp-KernelName", has_text="Python 3").wait_for(timeout=60_000)
     notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+    # every text the cell's status widget shows, as it shows it
+    panel.page.evaluate(WIDGET_TEXTS)
     notebook.locator(".jp-Cell").first.locator(".jp-InputArea-prompt").click()
     panel.page.keyboard.press("Shift+Enter")
     panel.page.keyboard.press("Shift+Enter")
     # the cell while it streams, for the user guide
     notebook.locator(".jp-OutputArea-output", has_text="step 2").wait_for(timeout=120_000)
+    # one cell: the status names the phase, counts no hidden cells, and its bar shows work
+    # rather than a fraction (0 % or 50 %)
+    remote = notebook.locator(".jp-Cell").nth(1)
+    remote.locator(".widget-html-content", has_text="running · on lab-box").wait_for()
+    assert remote.locator(".hivemind-working .progress-bar").count() == 1
+    seen = panel.page.evaluate("window.__hmWidgetTexts")
+    assert any("starting the kernel" in text for text in seen), seen
+    assert not any(re.search(r"cell \d+/", text) for text in seen), seen
     shots = REPO / "docs" / "screenshots" if UPDATE_SCREENSHOTS else tmp_path
     notebook.locator(".jp-Cell").nth(1).screenshot(path=str(shots / "cell-streaming.png"))
     notebook.locator(".jp-OutputArea-output", has_text="step 7").wait_for(timeout=120_000)

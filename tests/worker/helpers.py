@@ -146,3 +146,21 @@ def task_containers(task_id: str) -> list[str]:
         text=True,
         check=False,
     ).stdout.split()
+
+
+def phase_names(events: list[pb.TaskEvent]) -> list[str]:
+    """The phases an attempt went through, in order (a phase reporting its steps counts once)."""
+    names: list[str] = []
+    for event in events:
+        if event.kind == pb.TaskEvent.PHASE and (not names or names[-1] != event.text):
+            names.append(event.text)
+    return names
+
+
+def phase_details_of(events: list[pb.TaskEvent], name: str) -> list[dict[str, Any]]:
+    """The details of each PHASE event of `name`."""
+    return [
+        json.loads(e.data_json) if e.data_json else {}
+        for e in events
+        if e.kind == pb.TaskEvent.PHASE and e.text == name
+    ]

@@ -16,6 +16,8 @@ from .helpers import (
     bundle,
     notebook,
     outputs_of,
+    phase_details_of,
+    phase_names,
     result_files,
     stdout_of,
     submit,
@@ -78,7 +80,19 @@ def test_parameters_requirements_live_output_and_image_reuse(
     assert any("<b>bold</b>" in d.get("data", {}).get("text/html", "") for d in displays)
     assert any(d.get("output_type") == "execute_result" and d["data"]["text/plain"] == "42" for d in displays)
     progress = [e.progress for e in events if e.kind == pb.TaskEvent.PROGRESS]
-    assert progress[-1].cells_done == progress[-1].cells_total == 4  # parameters, injected, 2 cells
+    # the notebook's own cells (its parameters cell and 2 more); papermill's injected one is not
+    assert progress[-1].cells_done == progress[-1].cells_total == 3
+    # what the time went into, in order: the environment was built (it was forgotten above)
+    assert phase_names(events) == [
+        "fetching",
+        "environment",
+        "container",
+        "kernel",
+        "running",
+        "uploading",
+    ]
+    built = phase_details_of(events, "environment")
+    assert built[0]["cached"] is False and built[0]["step"] == "installing requirements.txt"
 
     files = result_files(alice, task.id, tmp_path)
     assert files["outputs/answer.toml"] == b"answer = 42\n"
@@ -98,6 +112,9 @@ def test_parameters_requirements_live_output_and_image_reuse(
     again = submit(alice, data, parameters={"factor": 2}, timeout=600)
     second = wait_state(alice, again.id)
     assert second.state == pb.SUCCEEDED, second.error
-    notices = [e.text for e in alice.watch(again.id, follow=False) if e.kind == pb.TaskEvent.NOTICE]
+    events_again = list(alice.watch(again.id, follow=False))
+    notices = [e.text for e in events_again if e.kind == pb.TaskEvent.NOTICE]
     assert not any("new environment" in text for text in notices), notices
+    assert phase_details_of(events_again, "environment") == [{"cached": True}]
+    assert phase_details_of(events_again, "fetching")[0]["cached"] is True
     assert "tick 3" in stdout_of(list(alice.watch(again.id, follow=False)))

@@ -3,7 +3,9 @@
 PREPARING (fetch the bundle, cached by sha256; unpack it safely into a fresh folder on the task's
 size-limited disk; get the environment) -> RUNNING (the executor streams events; a watch stops the
 task past its disk limit) -> UPLOADING (the result ZIP, refused here when it is over the pool's
-limit) -> the outcome.
+limit) -> the outcome. Within those states, PHASE events say what happens at the moment
+(hivemind_nodepool.protocol.phases): fetching, environment (with requirements only), container
+(from the executor), kernel and running (from the runner in the sandbox), uploading.
 Every report carries the attempt's fencing number; when the pool refuses one, this attempt is stale
 and stops at once without reporting an outcome.
 
@@ -15,6 +17,7 @@ a retry. When the pool has rerun the task elsewhere meanwhile, it refuses that r
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +32,7 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol import phases
 from hivemind_nodepool.protocol.bundle import BundleLimits, safe_extract
 from hivemind_nodepool.protocol.errors import (
     BundleError,
@@ -210,6 +214,9 @@ class Attempt:
                 self.events.add(pb.TaskEvent.DISPLAY, data=output)
         elif kind == "notice":
             self.events.notice(str(event.get("text", ""))[:2000])
+        elif kind == "phase":  # the executor's, or the runner's (LineParser lets only its own by)
+            details = {key: value for key, value in event.items() if key not in ("t", "name")}
+            self.events.phase(str(event.get("name", "")), **details)
         elif kind == "progress":
             done, total = int(event.get("done", 0)), int(event.get("total", 0))
             self.events.add(pb.TaskEvent.PROGRESS, progress=(done, total))
@@ -262,8 +269,10 @@ class Attempt:
             return self._stopped(header), None
         if self.assignment.allow_network:
             self.executor.check_network()
-        self._status(pb.PREPARING, "fetching the bundle")
-        bundle = self.bundles.get(self.assignment.bundle_sha256, self._download)
+        sha256 = self.assignment.bundle_sha256
+        self._status(pb.PREPARING, "getting the task ready")
+        self.events.phase(phases.FETCHING, bytes=self.assignment.bundle_size, cached=self.bundles.has(sha256))
+        bundle = self.bundles.get(sha256, self._download)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, mode=0o700, exist_ok=True)
         disk = TaskDisk(self.folder / "disk", self._disk_limit(), self.config.disk_mode)
@@ -304,8 +313,8 @@ class Attempt:
         if self.stopper.stopped:
             return self._stopped(header), None
 
-        self._status(pb.PREPARING, "preparing the environment")
-        with self.executor.environment_for(requirements, self.events.notice) as environment:
+        on_phase = functools.partial(self.events.phase, phases.ENVIRONMENT)
+        with self.executor.environment_for(requirements, self.events.notice, on_phase) as environment:
             if self.stopper.stopped:
                 return self._stopped(header), None
             if self.lease is not None and self.lease.bound:
@@ -347,6 +356,7 @@ class Attempt:
         else:
             self._apply(header, outcome)
             self._status(pb.UPLOADING, "uploading the result")
+            self.events.phase(phases.UPLOADING)
         return self._pack_result(header, outcome, task_dir, out_dir, entry)
 
     def _settle(self, outcome: RunOutcome, disk: TaskDisk) -> None:

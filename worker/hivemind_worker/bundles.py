@@ -42,6 +42,10 @@ class BundleCache:
             raise WorkerError(f"not a sha256 digest: {sha256!r}")
         return self.root / f"{sha256}.zip"
 
+    def has(self, sha256: str) -> bool:
+        """Whether the bundle is cached now (a get would download nothing)."""
+        return self.path_for(sha256).exists()
+
     def get(self, sha256: str, download: Callable[[Path], None]) -> Path:
         """The bundle's cached path, downloading it with download(partial_path) when missing."""
         target = self.path_for(sha256)

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 BUILD_TIMEOUT = 1800.0
 MAX_REQUIREMENTS_BYTES = 1024 * 1024
 Notice = Callable[[str], None]
+# Reports the environment phase: cached=True (reused) or False (built), and step="..." as a build
+# moves on (EventStream.phase("environment", ...) in an attempt).
+PhaseReport = Callable[..., None]
 
 
 def _tail(text: str, lines: int = 20) -> str:
@@ -88,14 +91,21 @@ class EnvironmentCache(ABC):
         return digest.hexdigest()
 
     @contextmanager
-    def use(self, requirements: bytes | None, notice: Notice = lambda _: None) -> Iterator[str]:
-        """The environment for these requirements, built if needed, held while the block runs."""
+    def use(
+        self,
+        requirements: bytes | None,
+        notice: Notice = lambda _: None,
+        on_phase: PhaseReport | None = None,
+    ) -> Iterator[str]:
+        """The environment for these requirements, built if needed, held while the block runs;
+        on_phase hears whether it is reused or built (and a build's steps)."""
         if requirements is None or not requirements.strip():
             yield self.default_ref()
             return
         if len(requirements) > MAX_REQUIREMENTS_BYTES:
             raise EnvironmentBuildError("requirements.txt is larger than 1 MiB")
         key = self.key_for(requirements)
+        on_phase = on_phase or (lambda **_: None)
         with self._guard:
             lock = self._key_locks.setdefault(key, threading.Lock())
             self._in_use[key] = self._in_use.get(key, 0) + 1
@@ -103,6 +113,7 @@ class EnvironmentCache(ABC):
             with lock, self._file_lock(key):
                 ref = self.exists(key)
                 if ref is None:
+                    on_phase(cached=False, step="installing requirements.txt")
                     notice(
                         f"installing requirements.txt into a new environment ({key[:12]}); "
                         "later tasks with the same requirements reuse it"
@@ -113,6 +124,7 @@ class EnvironmentCache(ABC):
                     notice(f"environment {key[:12]} ready in {time.monotonic() - started:.1f}s")
                     self._record(key, ref, size)
                 else:
+                    on_phase(cached=True)
                     self._record(key, ref, None)
             self.evict()
             yield ref

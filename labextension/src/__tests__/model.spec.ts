@@ -315,6 +315,21 @@ describe('HiveMindModel', () => {
       expect(toSeq(model.log!.events[0])).toBe(4);
     });
 
+    it('keeps the phases for the timeline when the log drops their events', async () => {
+      await signedInWith();
+      const all = events(1, MAX_LOG_EVENTS + 3);
+      all[0] = { seq: '1', kind: 'PHASE', text: 'fetching' };
+      fake.api.events.mockResolvedValueOnce({ events: all });
+      await model.select('t1');
+      push({
+        type: 'event',
+        task_id: 't1',
+        event: { seq: String(MAX_LOG_EVENTS + 4), kind: 'PHASE', text: 'uploading' }
+      });
+      expect(model.log?.dropped).toBe(4);
+      expect(model.log?.phases.map(e => e.text)).toEqual(['fetching', 'uploading']);
+    });
+
     it('unsubscribes from the log it leaves', async () => {
       await signedInWith();
       await model.select('t1');

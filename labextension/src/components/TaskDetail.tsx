@@ -10,7 +10,9 @@ import {
   taskName
 } from '../format';
 import { HiveMindModel, ILogState } from '../model';
+import { phaseDetails, phaseLabel } from '../phases';
 import { isTerminal } from '../states';
+import { currentPhase, timelineSteps } from '../timeline';
 import { ITask, ITaskEvent, toNumber } from '../types';
 import { Message, StateBadge, confirmAction, useTicker } from './common';
 
@@ -31,6 +33,8 @@ function eventText(event: ITaskEvent): string {
       return `── ${stateLabel(event.state)}${event.text ? `: ${event.text}` : ''}\n`;
     case 'NOTICE':
       return `── ${event.text ?? ''}\n`;
+    case 'PHASE':
+      return `── ${phaseLabel(event.text ?? '', phaseDetails(event.data_json))}\n`;
     case 'PROGRESS':
       return '';
     case 'DISPLAY': {
@@ -104,24 +108,37 @@ function LogView(props: { log: ILogState }): JSX.Element {
   );
 }
 
-function Timeline(props: { task: ITask }): JSX.Element {
-  const steps = props.task.timeline ?? [];
+function Timeline(props: { task: ITask; phases: readonly ITaskEvent[]; now: number }): JSX.Element {
+  const steps = timelineSteps(props.task, props.phases, props.now);
   return (
     <section className="jp-HiveMind-section" aria-label="Timeline">
       <h3>Timeline</h3>
       {steps.length ? (
         <ol className="jp-HiveMind-timeline">
           {steps.map((step, i) => {
-            const next = steps[i + 1];
+            const when = step.at ? new Date(step.at * 1000).toISOString() : undefined;
+            const duration = step.duration !== undefined && (
+              <span className="jp-HiveMind-dim jp-HiveMind-stepDuration">
+                {' '}
+                {formatDuration(step.duration)}
+                {step.ongoing ? ' so far' : ''}
+              </span>
+            );
+            if (step.kind === 'phase') {
+              return (
+                <li key={i} className="jp-HiveMind-phaseStep" data-phase={step.phase}>
+                  <time dateTime={when} title={formatTime(step.at)}>
+                    {step.label}
+                  </time>
+                  {duration}
+                </li>
+              );
+            }
             return (
               <li key={i} data-state={step.state}>
                 <StateBadge state={step.state} />
-                <time dateTime={step.at ? new Date(step.at * 1000).toISOString() : undefined}>
-                  {formatTime(step.at)}
-                </time>
-                {next?.at && step.at && (
-                  <span className="jp-HiveMind-dim"> {formatDuration(next.at - step.at)}</span>
-                )}
+                <time dateTime={when}>{formatTime(step.at)}</time>
+                {duration}
                 {step.message && <div className="jp-HiveMind-stepMessage">{step.message}</div>}
               </li>
             );
@@ -262,6 +279,8 @@ export function TaskDetail(props: {
   }
   const terminal = isTerminal(task.state);
   const progress = task.progress;
+  const phases = model.log && model.log.taskId === task.id ? model.log.phases : [];
+  const phase = currentPhase(task, phases);
   return (
     <div className="jp-HiveMind-detail" onKeyDown={onKeyDown} data-task-id={task.id} data-state={task.state}>
       {header}
@@ -269,9 +288,10 @@ export function TaskDetail(props: {
       <div className="jp-HiveMind-detailState">
         <StateBadge state={task.state} />
         <span className="jp-HiveMind-elapsed">{elapsed(task, now)}</span>
-        {progress?.cells_total ? (
+        {phase && <span className="jp-HiveMind-currentPhase">{phase}</span>}
+        {(progress?.cells_total ?? 0) > 1 && (!phase || phase === 'running') ? (
           <span className="jp-HiveMind-dim">
-            cell {progress.cells_done ?? 0} of {progress.cells_total}
+            cell {progress?.cells_done ?? 0} of {progress?.cells_total}
           </span>
         ) : null}
       </div>
@@ -356,7 +376,7 @@ export function TaskDetail(props: {
         )}
       </div>
       <Result model={model} task={task} openPath={openPath} />
-      <Timeline task={task} />
+      <Timeline task={task} phases={phases} now={now} />
       {model.log && model.log.taskId === task.id && <LogView log={model.log} />}
     </div>
   );

@@ -8,6 +8,7 @@ import time
 from typing import TextIO
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.phases import phase_details, phase_label
 from hivemind_nodepool.protocol.states import elapsed_seconds, state_name
 from hivemind_nodepool.protocol.units import format_duration, format_size
 
@@ -79,6 +80,8 @@ def print_event(event: pb.TaskEvent, out: TextIO = sys.stdout, err: TextIO = sys
         print(f"[hivemind] cell {event.progress.cells_done}/{event.progress.cells_total}", file=err)
     elif event.kind == pb.TaskEvent.NOTICE:
         print(f"[hivemind] {event.text}", file=err)
+    elif event.kind == pb.TaskEvent.PHASE:
+        print(f"[hivemind] {phase_label(event.text, phase_details(event.data_json))}", file=err)
     elif event.kind == pb.TaskEvent.DISPLAY:
         print(_display_text(event.data_json), file=out)
     out.flush()

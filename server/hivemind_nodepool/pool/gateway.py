@@ -52,6 +52,7 @@ EVENT_KINDS = {
     pb.TaskEvent.DISPLAY,
     pb.TaskEvent.PROGRESS,
     pb.TaskEvent.NOTICE,
+    pb.TaskEvent.PHASE,
 }
 OUTCOMES = {pb.SUCCEEDED, pb.FAILED, pb.CANCELLED, pb.TIMED_OUT}
 
@@ -414,7 +415,7 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 raise InvalidInput("number events from 1 within the attempt")
             if event.kind not in EVENT_KINDS:
                 raise InvalidInput(
-                    "workers send STDOUT, STDERR, DISPLAY, PROGRESS or NOTICE events; "
+                    "workers send STDOUT, STDERR, DISPLAY, PROGRESS, NOTICE or PHASE events; "
                     "state changes go with ReportStatus"
                 )
             if len(event.text) > MAX_TEXT or len(event.data_json) > MAX_DATA_JSON:

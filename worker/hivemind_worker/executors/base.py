@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol.phases import RUNNER_PHASES
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,22 @@ class LineParser:
         if event["t"] == "end":
             self.end = event
             return
+        if event["t"] == "phase":
+            # The runner shares the sandbox with the task's code: it may say only its own phases,
+            # and with no details, so nothing in the sandbox can write the worker's phases.
+            if event.get("name") not in RUNNER_PHASES:
+                log.debug("a phase the runner may not report was dropped: %.200r", event.get("name"))
+                return
+            event = {"t": "phase", "name": event["name"]}
         try:
             self._sink(event)
         except Exception:
             log.exception("an event sink failed")
+
+
+def phase_event(name: str, **details: Any) -> RunnerEvent:
+    """A phase as an event of the runner's protocol (runtime/runner.py writes them the same way)."""
+    return {"t": "phase", "name": name, **details}
 
 
 def outcome_from_end(end: RunnerEvent | None, exit_code: int | None) -> RunOutcome:
@@ -256,13 +269,21 @@ class Executor(ABC):
     isolated: bool = True
 
     @abstractmethod
-    def environment_for(self, requirements: bytes | None, on_notice: Callable[[str], None]) -> Any:
+    def environment_for(
+        self,
+        requirements: bytes | None,
+        on_notice: Callable[[str], None],
+        on_phase: Callable[..., None] | None = None,
+    ) -> Any:
         """A context manager yielding the environment string for RunSpec.environment; it builds
-        the environment the first time and keeps it in use while the context is open."""
+        the environment the first time and keeps it in use while the context is open. on_phase
+        hears the environment phase's details (cached, step) when there are requirements."""
 
     @abstractmethod
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
-        """Run the task to its end (or until stopper fires); always leaves nothing running."""
+        """Run the task to its end (or until stopper fires); always leaves nothing running. Besides
+        the runner's events, on_event gets {"t": "phase", "name": "container", ...} (phase_event)
+        when the sandbox is being created and started."""
 
     def check_network(self) -> None:  # noqa: B027 - optional hook
         """Raise NoTaskNetwork when a task allowed network could not get one (checked before

@@ -27,6 +27,8 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, LogConfig, Mount
 
+from hivemind_nodepool.protocol.phases import CONTAINER
+
 from ..environments import DockerEnvironments
 from ..errors import NoTaskNetwork
 from ..image import RUNNER
@@ -43,6 +45,7 @@ from .base import (
     StopCheck,
     Stopper,
     outcome_from_end,
+    phase_event,
     write_request,
 )
 
@@ -142,9 +145,12 @@ class DockerExecutor(Executor):
         )
 
     def environment_for(
-        self, requirements: bytes | None, on_notice: Callable[[str], None]
+        self,
+        requirements: bytes | None,
+        on_notice: Callable[[str], None],
+        on_phase: Callable[..., None] | None = None,
     ) -> AbstractContextManager[str]:
-        return self.environments.use(requirements, on_notice)
+        return self.environments.use(requirements, on_notice, on_phase)
 
     def check_network(self) -> None:
         """The task network must exist: engines started with --bridge=none have no "bridge", and a
@@ -224,6 +230,7 @@ class DockerExecutor(Executor):
         return options
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
+        on_event(phase_event(CONTAINER, sandbox="container"))
         write_request(spec, TASK_DIR, OUT_DIR, f"{LEASE_DIR}/{LEASE_FILE}")
         self.prepare_dirs(spec)
         self._remove(spec.name)  # a leftover of an earlier try of the same attempt

@@ -21,6 +21,8 @@ from typing import IO
 
 import psutil
 
+from hivemind_nodepool.protocol.phases import CONTAINER
+
 from ..environments import LocalEnvironments
 from ..image import RUNNER
 from ..lease import LEASE_FILE
@@ -36,6 +38,7 @@ from .base import (
     StopCheck,
     Stopper,
     outcome_from_end,
+    phase_event,
     write_request,
 )
 
@@ -116,11 +119,15 @@ class LocalExecutor(Executor):
         log.warning(WARNING)
 
     def environment_for(
-        self, requirements: bytes | None, on_notice: Callable[[str], None]
+        self,
+        requirements: bytes | None,
+        on_notice: Callable[[str], None],
+        on_phase: Callable[..., None] | None = None,
     ) -> AbstractContextManager[str]:
-        return self.environments.use(requirements, on_notice)
+        return self.environments.use(requirements, on_notice, on_phase)
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
+        on_event(phase_event(CONTAINER, sandbox="process"))
         lease_file = str(spec.lease_dir / LEASE_FILE) if spec.lease_dir is not None else None
         write_request(spec, str(spec.task_dir), str(spec.out_dir), lease_file)
         env = _task_environment(spec)

@@ -11,7 +11,8 @@ read back and the output folder. Events go to the process's original standard ou
 object per line; anything else that writes to file descriptor 1 afterwards is sent to standard error
 so it cannot corrupt them:
 
-    {"t": "progress", "done": 0, "total": 3}
+    {"t": "phase", "name": "kernel" | "running"}   starting the kernel; the first cell is next
+    {"t": "progress", "done": 0, "total": 3}   the user's cells only (see _counted)
     {"t": "stdout", "text": "..."}            {"t": "stderr", "text": "..."}
     {"t": "display", "output": {...}}          a Jupyter output: display_data, execute_result, error
     {"t": "notice", "text": "..."}             HiveMind telling the user something about the run
@@ -70,6 +71,9 @@ import traceback
 from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Cells that are not the user's, so progress does not count them: papermill's injected parameters,
+# and the variables HiveMind pushes into a cell's task (hivemind_jupyter.packaging.TAG_PUSH).
+NOT_COUNTED_TAGS = frozenset({"injected-parameters", "hivemind-push"})
 MAX_VARIABLE_BYTES = 64 * 1024 * 1024
 LIVE_BUFFER_BYTES = 32 * 1024 * 1024  # live output waiting for the worker; past it, dropped (said)
 LIVE_KINDS = ("stdout", "stderr", "display")
@@ -626,6 +630,15 @@ def _clean_exit(exc: Any) -> bool:
     return exc.ename == "SystemExit" and str(exc.evalue) in ("", "0")
 
 
+def _counted(cell: Any, generated: bool) -> bool:
+    """Whether progress counts this code cell: the user's own cells only. In a notebook HiveMind
+    generated from a `%%hivemind` cell, the `parameters` cell holds HiveMind's defaults too."""
+    tags = set((cell.get("metadata") or {}).get("tags") or [])
+    if tags & NOT_COUNTED_TAGS:
+        return False
+    return not (generated and "parameters" in tags)
+
+
 def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = None) -> dict[str, Any]:
     """Execute the notebook; the 'end' event's fields."""
     import nbformat
@@ -643,8 +656,11 @@ def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = No
     if parameters:
         nb = parameterize_notebook(nb, parameters, kernel_name=kernel_name, language="python")
     code_cells = [index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
-    emitter.emit("progress", done=0, total=len(code_cells))
-    saver = NotebookSaver(nb, out_dir, len(code_cells))
+    generated = bool((nb.metadata.get("hivemind") or {}).get("generated"))
+    counted = {index for index in code_cells if _counted(nb.cells[index], generated)}
+    total = len(counted)
+    emitter.emit("progress", done=0, total=total)
+    saver = NotebookSaver(nb, out_dir, total)
     saver.save()  # a task killed before its first cell ends still returns its notebook
     signal.signal(signal.SIGTERM, saver.on_sigterm)
     keeper = OutputKeeper(int(request.get("max_output_chars") or DEFAULT_KEEP_CHARS), emitter)
@@ -652,9 +668,12 @@ def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = No
     if lease is not None:
         lease.client = client
     result: dict[str, Any] = {"status": "ok", "error": "", "traceback": ""}
+    done = 0
     try:
+        emitter.emit("phase", name="kernel")
         with client.setup_kernel():
-            for done, index in enumerate(code_cells, start=1):
+            emitter.emit("phase", name="running")
+            for index in code_cells:
                 client.idle_seen = False
                 try:
                     client.execute_cell(nb.cells[index], index)
@@ -672,8 +691,10 @@ def run(request: dict[str, Any], emitter: Emitter, lease: LeaseWatch | None = No
                     if not client.idle_seen:
                         _note_missing_output(nb.cells[index])
                         emitter.emit("notice", text=f"cell {index + 1}: the end of its output did not arrive")
+                    if index in counted:
+                        done += 1
+                        emitter.emit("progress", done=done, total=total)
                     saver.cell_done(done)
-                    emitter.emit("progress", done=done, total=len(code_cells))
             names = request.get("pull_variables") or []
             if names and result["status"] == "ok":
                 client.quiet = True
