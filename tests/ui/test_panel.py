@@ -423,6 +423,9 @@ def test_screenshots(panel: PanelPage, lab: Lab, theme: str, tmp_path: Path) -> 
     )
     panel.show_view("tasks")
     panel.back_to_list()
+    # the first result in front: what "Open executed notebook" showed, outputs and all
+    panel.page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="hello - t-").click()
+    panel.page.wait_for_selector(".jp-NotebookPanel:visible .jp-OutputArea-output:has-text('hi 3')")
     panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").first.wait_for()
     panel.screenshot(str(shots / f"panel-tasks-{theme}.png"))
     panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").last.locator("button").click()
