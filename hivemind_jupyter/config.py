@@ -30,6 +30,12 @@ class HiveMind(Configurable):
         config=True,
         help="Folder for fetched results, relative to the contents root (server) or working dir (kernel).",
     )
+    save_results = Bool(
+        False,
+        config=True,
+        help="A %%hivemind cell keeps its whole result (executed notebook and all) in results_dir, as "
+        "--save does per cell; otherwise only its output files, and the notebook when it failed.",
+    )
     default_cpus = Float(1.0, config=True, help="CPU cores a task asks for when it does not say.")
     default_memory = Unicode("2G", config=True, help="Memory a task asks for when it does not say.")
     default_gpus = Int(0, config=True, help="GPUs a task asks for when it does not say.")

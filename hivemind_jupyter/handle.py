@@ -11,6 +11,7 @@ import os
 import queue
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from .results import (
     cell_outputs,
     error_traceback,
     fetch_into,
+    fetch_to,
+    keep_asked_for,
     load_pulled,
     show_outputs,
 )
@@ -86,6 +89,8 @@ class TaskHandle:
         self._hints: list[str] = []
         # Keep waiting when no connected worker could run it (else end at once, saying why).
         self.wait_for_fit = settings.wait_for_fit
+        # Keep the whole result beside the notebook (--save), not only what the user asked for.
+        self.save = settings.save_results
 
     @property
     def id(self) -> str:
@@ -119,6 +124,17 @@ class TaskHandle:
             if event.kind in (pb.TaskEvent.STDOUT, pb.TaskEvent.STDERR)
         ]
         return "".join(parts)
+
+    def fetch(self, to: str | os.PathLike[str] | None = None) -> Path:
+        """Fetch the task's whole result (its executed notebook, named after the task, the output
+        files, HiveMind's .hivemind/ records) into `to`, a new or empty folder, or by default into
+        the results folder's <name>-<id>/; returns the folder. A cell keeps only what was asked for
+        beside the notebook: this gets the rest, for as long as the pool keeps it."""
+        task = self.task()
+        if to is None:
+            root = Path(os.getcwd()) / self.settings.results_dir
+            return fetch_into(self._client(), task, root).folder
+        return fetch_to(self._client(), task, Path(to).expanduser()).folder
 
     def cancel(self) -> str:
         """Cancel the task (a finished task stays as it is); returns the state."""
@@ -270,31 +286,35 @@ class TaskHandle:
             return line + "."
         return f"{line}; partial result in {_shown(folder)}/"
 
+    def _fetch(self, task: pb.Task, staging: Path) -> tuple[FetchedResult | None, FetchedResult | None]:
+        """(read, kept): the result, fetched to read its outputs and variables from, and what of it
+        stays beside the notebook: everything with --save, else only what the user asked for."""
+        if not task.result_sha256:
+            return None, None
+        results_root = Path(os.getcwd()) / self.settings.results_dir
+        if self.save:
+            fetched = fetch_into(self._client(), task, results_root)
+            return fetched, fetched
+        fetched = fetch_into(self._client(), task, staging)
+        return fetched, keep_asked_for(fetched, task, results_root, notebook=task.state != pb.SUCCEEDED)
+
     def _collect(self, task: pb.Task, view: LiveView, show: bool) -> TaskResult:
+        staging = Path(tempfile.mkdtemp(prefix="hivemind-result-"))
+        try:
+            return self._collect_from(task, view, show, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _collect_from(self, task: pb.Task, view: LiveView, show: bool, staging: Path) -> TaskResult:
         result = TaskResult(task=task)
-        fetched: FetchedResult | None = None
-        if task.result_sha256:
-            base = Path(os.getcwd()) / self.settings.results_dir
-            fetched = fetch_into(self._client(), task, base)
-            result.folder, result.notebook = fetched.folder, fetched.notebook
-            if fetched.renamed:
-                print(
-                    f"[hivemind] {len(fetched.renamed)} name(s) in the result could not be kept as "
-                    f"the task wrote them and were renamed in {fetched.folder.name}/:\n"
-                    + describe_renames(fetched.renamed),
-                    file=sys.stderr,
-                )
+        fetched, kept = self._fetch(task, staging)
+        if kept is not None:
+            result.folder, result.notebook = kept.folder, kept.notebook
+            _tell_renames(kept)
         if fetched is not None and fetched.notebook is not None:
             result.outputs = cell_outputs(fetched.notebook)
-            rich = [o for o in result.outputs if o.get("output_type") in ("display_data", "execute_result")]
-            if show and len(rich) > view.displays_shown:  # outputs the live events did not carry
-                show_outputs(rich[view.displays_shown :], _publish_display, trusted=view.trusted)
-            if show and not view.streamed:
-                show_outputs(
-                    [o for o in result.outputs if o.get("output_type") == "stream"],
-                    lambda d, m: None,
-                    _write_stream,
-                )
+            if show:
+                _show_the_rest(result.outputs, view)
             view.remote_error = view.remote_error or error_traceback(result.outputs)
         wanted = list(task.manifest.pull_variables)  # the pool's copy of what was asked for
         if fetched is not None and wanted:
@@ -310,6 +330,7 @@ class TaskHandle:
             self._remote_error = to_local_cell(remote, count, self.cell_count)
         if task.state == pb.FAILED and task.error:
             self._hints = hints(task.error, self.shell.user_ns if self.shell is not None else {})
+        # one quiet line says where the files went, when any stayed beside the notebook
         note = f"files in {_shown(result.folder)}/" if result.folder is not None else ""
         view.finish(task, note)
         return result
@@ -320,7 +341,7 @@ class TaskHandle:
 
     def __repr__(self) -> str:
         return (
-            f"<HiveMind task {self.task_id}: .status() .wait() .result() .logs() .cancel(); "
+            f"<HiveMind task {self.task_id}: .status() .wait() .result() .logs() .fetch() .cancel(); "
             f"after a restart: %hivemind attach {self.task_id}>"
         )
 
@@ -331,6 +352,28 @@ def _shown(folder: Path) -> Path:
         return folder.relative_to(Path(os.getcwd()))
     except ValueError:
         return folder
+
+
+def _tell_renames(kept: FetchedResult) -> None:
+    if kept.renamed:
+        print(
+            f"[hivemind] {len(kept.renamed)} name(s) in the result could not be kept as "
+            f"the task wrote them and were renamed in {kept.folder.name}/:\n"
+            + describe_renames(kept.renamed),
+            file=sys.stderr,
+        )
+
+
+def _show_the_rest(outputs: list[dict[str, Any]], view: LiveView) -> None:
+    """The outputs the live events did not carry (rich ones past those shown; every stream when
+    nothing streamed), shown as if produced here."""
+    rich = [o for o in outputs if o.get("output_type") in ("display_data", "execute_result")]
+    if len(rich) > view.displays_shown:
+        show_outputs(rich[view.displays_shown :], _publish_display, trusted=view.trusted)
+    if not view.streamed:
+        show_outputs(
+            [o for o in outputs if o.get("output_type") == "stream"], lambda d, m: None, _write_stream
+        )
 
 
 def _publish_display(data: dict[str, Any], metadata: dict[str, Any]) -> None:

@@ -82,6 +82,12 @@ def cell_parser() -> _Parser:
         action="store_true",
         help="also load --pull values that come back only pickled (trust the pool's workers first)",
     )
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="keep the whole result (the executed notebook too) in the results folder, "
+        "not only the output files",
+    )
     parser.add_argument("--timeout", help="e.g. 90s, 30m, 2h")
     parser.add_argument("--retries", type=int, help="retries after a lost worker")
     parser.add_argument("--name", help="the task's name")
@@ -159,6 +165,7 @@ class CellOptions:
         if self.requirements is not None and not self.requirements.is_file():
             raise UsageError(f"%%hivemind --requirements: {args.requirements} is not a file")
         self.no_wait = bool(args.no_wait)
+        self.save = bool(args.save) or settings.save_results
         self.wait_for_fit = bool(args.wait_for_fit) or settings.wait_for_fit
         self.request = TaskRequest(
             cpus=cpus,
@@ -274,6 +281,7 @@ class HiveMindMagics(Magics):
             cell_count=count,
         )
         handle.wait_for_fit = options.wait_for_fit
+        handle.save = options.save
         return handle
 
     # -- %hivemind ------------------------------------------------------------------------------
@@ -399,6 +407,14 @@ class HiveMindMagics(Magics):
         task_id = self._one_id("cancel", rest)
         print(f"{task_id}: {TaskHandle(task_id, self.connector, self.settings, self.shell).cancel()}")
 
+    def _cmd_fetch(self, rest: list[str]) -> None:
+        parser = _Parser(prog="%hivemind fetch", add_help=False)
+        parser.add_argument("task_id")
+        parser.add_argument("--to", default=None, help="a new or empty folder (default: the results folder)")
+        args = parser.parse_args(rest)
+        folder = TaskHandle(args.task_id, self.connector, self.settings, self.shell).fetch(args.to)
+        print(f"result of {args.task_id} in {folder}/")
+
     def _cmd_attach(self, rest: list[str]) -> TaskHandle:
         task_id = self._one_id("attach", rest)
         self.connector.client().get_task(task_id)  # unknown ids fail here, not later
@@ -413,6 +429,7 @@ LINE_HELP = """%hivemind COMMAND
   tasks [--state S] [--limit N]   your tasks, newest first
   logs ID                     a task's output so far
   cancel ID                   cancel a task
+  fetch ID [--to DIR]         a task's whole result, into the results folder (or DIR)
   attach ID                   a handle for a task (e.g. after a kernel restart): h = %hivemind attach ID
   help                        this help"""
 

@@ -10,7 +10,13 @@ whole or not at all. Names this filesystem cannot hold are renamed, and the rena
 
 Each result gets a folder of its own, `<name>-<id>`, and is never unpacked into a folder that holds
 anything else: when that name is taken by something that is not this result (a folder of the
-user's, another result), the next free `<name>-<id>-2`, `-3`, ... is used instead.
+user's, another result), the next free `<name>-<id>-2`, `-3`, ... is used instead. The executed
+notebook is named after the task (protocol/result_notebook.py), so two result tabs differ.
+
+A `%%hivemind` cell keeps only what its user asked for (`keep_asked_for`): the output files, the
+executed notebook when the task did not succeed. Such a folder is marked partial in its record;
+fetching the whole result later (the panel, `handle.fetch()`) fills in the rest beside what is
+there, never replacing a file.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import base64
 import io
 import json
 import logging
+import os
 import pickle
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +46,8 @@ from hivemind_nodepool.protocol.bundle import (
     extract_new_folder,
     worker_renames,
 )
-from hivemind_nodepool.protocol.errors import BundleError, Conflict
+from hivemind_nodepool.protocol.errors import BundleError, Conflict, InvalidInput
+from hivemind_nodepool.protocol.result_notebook import name_result_notebook
 from hivemind_nodepool.protocol.states import state_name
 
 from .packaging import TAG_CELL
@@ -70,12 +79,16 @@ def _listing(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _find_notebook(folder: Path, task: pb.Task, renamed: dict[str, str] | None = None) -> Path | None:
+def _find_notebook(folder: Path, task: pb.Task, record: dict[str, Any]) -> Path | None:
+    """The executed notebook: as the record names it (renamed after the task), else the entry's."""
     name = task.manifest.entry_notebook
-    name = (renamed or {}).get(name, name)
-    entry = folder / name if name else None
-    if entry is not None and entry.is_file():
-        return entry
+    name = _renames(record.get("renamed")).get(name, name)
+    for candidate in (record.get("notebook"), name):
+        entry = folder / candidate if isinstance(candidate, str) and candidate else None
+        if entry is not None and not entry.is_symlink() and entry.is_file():
+            return entry
+    if record.get("whole") is False:  # a partial folder holds a notebook only when it was kept
+        return None
     found = sorted(folder.glob("*.ipynb")) or sorted(folder.rglob("*.ipynb"))
     return found[0] if found else None
 
@@ -109,11 +122,100 @@ def _renames(value: Any) -> dict[str, str]:
 
 
 def _result(folder: Path, task: pb.Task) -> FetchedResult:
-    renamed = _renames(_read_json(folder / FETCH_RECORD).get("renamed"))
+    record = _read_json(folder / FETCH_RECORD)
+    renamed = _renames(record.get("renamed"))
     if renamed:
         for old, new in renamed.items():
             log.info("result of %s: %r was renamed to %r", task.id, old, new)
-    return FetchedResult(folder, _find_notebook(folder, task, renamed), _listing(folder), renamed)
+    return FetchedResult(folder, _find_notebook(folder, task, record), _listing(folder), renamed)
+
+
+def _is_whole(folder: Path) -> bool:
+    return _read_json(folder / FETCH_RECORD).get("whole") is not False
+
+
+def _write_record(
+    folder: Path, task: pb.Task, renamed: dict[str, str], notebook: str | None, whole: bool
+) -> None:
+    internal = folder / INTERNAL_PREFIX
+    if internal.is_symlink() or (internal.exists() and not internal.is_dir()):
+        raise BundleError("the result's .hivemind entry is not a folder")
+    internal.mkdir(exist_ok=True)
+    target = folder / FETCH_RECORD
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+    document = {
+        "task_id": task.id,
+        "result_sha256": task.result_sha256,
+        "renamed": renamed,
+        "notebook": notebook,
+        "whole": whole,
+    }
+    target.write_text(json.dumps(document, indent=1))
+
+
+def _prepare(task: pb.Task) -> Callable[[Path, Unpacked], None]:
+    """What is done to a result in its staging folder: the executed notebook named after the task,
+    renames and that name recorded."""
+
+    def prepare(folder: Path, unpacked: Unpacked) -> None:
+        # Names the worker had to store differently (not UTF-8 there) are renames too.
+        renamed = {**unpacked.renamed, **worker_renames(folder)}
+        entry = task.manifest.entry_notebook
+        notebook = name_result_notebook(folder, renamed.get(entry, entry), task.manifest.name, task.id)
+        _write_record(folder, task, renamed, notebook, whole=True)
+
+    return prepare
+
+
+def _fill_in(staged: Path, partial: Path) -> None:
+    """Move what a partial folder lacks from the whole result beside it; nothing there is replaced."""
+    for path in sorted(staged.rglob("*")):
+        if path.is_dir() or path.is_symlink():
+            continue
+        relative = path.relative_to(staged)
+        target = partial / relative
+        if relative.as_posix() == FETCH_RECORD or not (target.exists() or target.is_symlink()):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+            except OSError as exc:  # a file of the user's where a folder would go: keep theirs
+                log.info("%s was not filled in: %s", target, exc)
+
+
+def _free_folder(results_root: Path, task: pb.Task) -> Path:
+    """results_root/<name>-<id>, or the next free -2, -3, ... when taken by something else; a
+    folder already holding this result is returned as it is."""
+    base = folder_name(task)
+    final = results_root / base
+    for number in range(2, 1000):
+        if (not final.exists() and not final.is_symlink()) or _is_this_result(final, task):
+            return final
+        final = results_root / f"{base}-{number}"  # taken by something else: never merged into
+    raise Conflict(f"no free folder for the result of {task.id} under {results_root}")
+
+
+def _unpack(
+    client: PoolClient, task: pb.Task, final: Path, limits: BundleLimits, names: LocalNames, *, partial: bool
+) -> None:
+    """Download the result and unpack it whole into final: a new (or empty) folder, or, when
+    `partial`, a partial one of this result, which is filled in."""
+    if not task.result_sha256:
+        raise Conflict(f"task {task.id} has no result yet (it is {state_name(task.state)})")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{task.id}-", dir=final.parent) as staging:
+        archive = client.fetch_result(task.id, Path(staging) / "result.zip")
+        target = Path(staging) / "whole" if partial else final
+        try:
+            extract_new_folder(archive, target, limits, names, prepare=_prepare(task))
+        except (BundleError, OSError):
+            if partial or not _is_this_result(final, task):  # not a concurrent fetch that won
+                raise
+            return
+        if partial:
+            _fill_in(target, final)
 
 
 def fetch_into(
@@ -123,43 +225,55 @@ def fetch_into(
     limits: BundleLimits = BundleLimits(),
     names: LocalNames = LocalNames(),
 ) -> FetchedResult:
-    """Download and unpack the task's result under results_root/<name>-<id>/ (idempotent)."""
-    base = folder_name(task)
-    final = results_root / base
-    for number in range(2, 1000):
-        if not final.exists() and not final.is_symlink():
-            break
-        if _is_this_result(final, task):
-            return _result(final, task)
-        final = results_root / f"{base}-{number}"  # taken by something else: never merged into
-    else:
-        raise Conflict(f"no free folder for the result of {task.id} under {results_root}")
-    if not task.result_sha256:
-        raise Conflict(f"task {task.id} has no result yet (it is {state_name(task.state)})")
+    """Download and unpack the task's whole result under results_root/<name>-<id>/ (idempotent)."""
+    final = _free_folder(results_root, task)
+    if not final.exists() or not _is_whole(final):
+        _unpack(client, task, final, limits, names, partial=final.exists())
+    return _result(final, task)
+
+
+def fetch_to(
+    client: PoolClient,
+    task: pb.Task,
+    target: Path,
+    limits: BundleLimits = BundleLimits(),
+    names: LocalNames = LocalNames(),
+) -> FetchedResult:
+    """Download and unpack the task's whole result into target, a new or empty folder."""
+    if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
+        raise InvalidInput(f"{target} exists and is not empty; choose a new folder")
+    _unpack(client, task, target, limits, names, partial=False)
+    return _result(target, task)
+
+
+def keep_asked_for(
+    fetched: FetchedResult, task: pb.Task, results_root: Path, notebook: bool
+) -> FetchedResult | None:
+    """Keep, under results_root/<name>-<id>/, only what a cell's user asked for: its output files,
+    and the executed notebook when `notebook` (the task did not succeed). None when that is nothing:
+    then nothing is written, and the whole result stays on the pool to be fetched on demand."""
+    wanted = [p for p in public_files(fetched) if p != fetched.notebook]
+    if notebook and fetched.notebook is not None:
+        wanted.append(fetched.notebook)
+    if not wanted:
+        return None
+    final = _free_folder(results_root, task)
+    if final.exists():  # kept (or fetched whole) before
+        return _result(final, task)
     results_root.mkdir(parents=True, exist_ok=True)
-
-    def record(folder: Path, unpacked: Unpacked) -> None:
-        # Names the worker had to store differently (not UTF-8 there) are renames too.
-        renamed = {**unpacked.renamed, **worker_renames(folder)}
-        internal = folder / INTERNAL_PREFIX
-        if internal.is_symlink() or (internal.exists() and not internal.is_dir()):
-            raise BundleError("the result's .hivemind entry is not a folder")
-        internal.mkdir(exist_ok=True)
-        target = folder / FETCH_RECORD
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-        document = {"task_id": task.id, "result_sha256": task.result_sha256, "renamed": renamed}
-        target.write_text(json.dumps(document, indent=1))
-
-    with tempfile.TemporaryDirectory(prefix=f".{task.id}-", dir=results_root) as staging:
-        archive = client.fetch_result(task.id, Path(staging) / "result.zip")
-        try:
-            extract_new_folder(archive, final, limits, names, prepare=record)
-        except (BundleError, OSError):
-            if not _is_this_result(final, task):  # a real failure, not a concurrent fetch that won
-                raise
+    staging = results_root / f".{task.id}-{uuid.uuid4().hex[:8]}"
+    try:
+        for path in wanted:
+            target = staging / path.relative_to(fetched.folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        kept = None
+        if notebook and fetched.notebook is not None:
+            kept = fetched.notebook.relative_to(fetched.folder).as_posix()
+        _write_record(staging, task, fetched.renamed, kept, whole=False)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return _result(final, task)
 
 

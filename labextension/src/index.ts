@@ -13,7 +13,7 @@ import { DisposableDelegate, IDisposable } from '@lumino/disposable';
 import { HiveMindApi } from './api';
 import { hivemindIcon } from './icons';
 import { HiveMindModel, describe } from './model';
-import { endNotice, notebookInView } from './notify';
+import { endNotice, notebookInView, submitNotice } from './notify';
 import { HiveMindPanel } from './panel';
 import { ISubmitDefaults, notebookParameters, parametersCellSource } from './request';
 import { askSubmit } from './submit';
@@ -171,6 +171,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const task = await model.api.submit(request);
         Notification.dismiss(pending);
         Notification.success(`${path} is queued on HiveMind.`, { autoClose: 4000 });
+        const notice = submitNotice(path, task);
+        if (notice) {
+          // stays until read: it says what the task will not find (toasts are cut; "Details" is whole)
+          Notification.warning(notice, {
+            autoClose: false,
+            actions: [{ label: 'Details', callback: () => void showErrorMessage('Run on HiveMind', notice) }]
+          });
+        }
         app.shell.activateById(panel.id);
         model.sources.set(task.id, path);
         await model.adopt(task);

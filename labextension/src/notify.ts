@@ -5,7 +5,7 @@
  */
 import { formatDuration, taskName } from './format';
 import { TaskState, isTerminal } from './states';
-import { ITask } from './types';
+import { ISubmitted, ITask } from './types';
 
 export type NoticeKind = 'success' | 'error' | 'warning' | 'info';
 
@@ -56,4 +56,10 @@ export function notebookInView(
   }
   const match = CELL_TASK.exec(task.manifest?.name ?? '');
   return !!match && basename(match[1]) === basename(current);
+}
+
+/** What a submit's answer asks to tell the user (the secrets left behind), or null. */
+export function submitNotice(path: string, answer: ISubmitted): string | null {
+  const notice = (answer.notice ?? '').trim();
+  return notice ? `HiveMind sent ${path}, but ${notice}` : null;
 }

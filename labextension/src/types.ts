@@ -165,6 +165,13 @@ export interface IResult {
   renamed?: { from: string; to: string }[];
 }
 
+/** POST /hivemind/api/tasks's answer: the task, and what the packer left out as secrets. */
+export interface ISubmitted extends ITask {
+  left_out?: string[];
+  /** One line for the user, e.g. "left out as secrets: .env. To send one on purpose, ..." ('' if none). */
+  notice?: string;
+}
+
 /** What the submit dialog sends to POST /hivemind/api/tasks. */
 export interface ISubmitRequest {
   path: string;

@@ -135,9 +135,12 @@ def test_submit_wait_logs_fetch_and_retry(
     assert "QUEUED" in shown and "RUNNING" in shown and "SUCCEEDED" in shown
 
     out = tmp_path / "result"
-    assert hivemind(signed_in, "fetch", task_id, "--to", str(out)).returncode == 0
+    fetched = hivemind(signed_in, "fetch", task_id, "--to", str(out))
+    assert fetched.returncode == 0, fetched.stderr
     assert (out / "outputs" / "answer.txt").read_text() == "42"
-    assert (out / "job.ipynb").exists()
+    # the executed notebook is named after the task, not after its entry notebook
+    assert (out / f"cli-job - {task_id}.ipynb").is_file() and not (out / "job.ipynb").exists()
+    assert f"executed notebook: {out / f'cli-job - {task_id}.ipynb'}" in fetched.stdout
     refused = hivemind(signed_in, "fetch", task_id, "--to", str(out))
     assert refused.returncode == 1 and "not empty" in refused.stderr
 

@@ -80,8 +80,30 @@ rows = frame["rows"] + [4]
     assert "variable nothere did not come back" in captured.stdout  # a notice, not stderr
     assert "did not come back" not in captured.stdout + captured.stderr
     assert "SUCCEEDED" in captured.stderr
-    folders = list(Path("hivemind-results").glob("demo-t-*"))
-    assert len(folders) == 1 and (folders[0] / "main.ipynb").is_file()
+    # nothing the user asked for (no output files, no failure, no --save): nothing beside the notebook
+    assert not Path("hivemind-results").exists()
+    assert "files in" not in captured.stdout + captured.stderr
+
+
+def test_save_keeps_the_whole_result_and_fetch_gets_it_on_demand(signed_in, local_worker, shell):
+    with capture_output() as captured:
+        result = shell.run_cell("%%hivemind --memory 512M --name kept --save\nprint('saved run')")
+    assert result.error_in_exec is None, captured.stdout + captured.stderr
+    (folder,) = Path("hivemind-results").glob("kept-t-*")
+    task_id = folder.name.removeprefix("kept-")
+    assert (folder / f"kept - {task_id}.ipynb").is_file()  # the executed notebook, named after the task
+    assert f"files in hivemind-results/{folder.name}/" in captured.stderr  # the one quiet line
+    # a plain cell's result stays on the pool; the handle (or %hivemind fetch) brings it on demand
+    with capture_output():
+        handle = shell.run_cell_magic("hivemind", "--no-wait --memory 512M --name later", "print('later')")
+        handle.wait()
+    assert not list(Path("hivemind-results").glob("later-*"))
+    fetched = handle.fetch()
+    assert fetched == Path.cwd() / "hivemind-results" / f"later-{handle.id}"
+    assert "later" in (fetched / f"later - {handle.id}.ipynb").read_text()
+    with capture_output() as told:
+        shell.run_line_magic("hivemind", f"fetch {handle.id} --to elsewhere")
+    assert (Path("elsewhere") / f"later - {handle.id}.ipynb").is_file(), told.stdout + told.stderr
 
 
 class Recorder(io.TextIOBase):
@@ -156,7 +178,8 @@ def test_no_wait_handle_and_attach(signed_in, local_worker, shell):
     assert handle.logs() == "working\n"
     assert shell.user_ns["z"] == "done"
     result = handle.result()
-    assert result.variables == {"z": "done"} and result.notebook is not None
+    assert result.variables == {"z": "done"} and result.outputs  # read from the result
+    assert result.folder is None and result.notebook is None  # nothing asked for: nothing kept
     # After a "restart": a fresh handle from the id alone.
     shell.user_ns.pop("z")
     with capture_output():
@@ -266,7 +289,8 @@ def test_interrupt_cancels_or_detaches(signed_in, local_worker, shell, action):
         # The attempt's partial result came back, where the line says.
         assert "; partial result in hivemind-results/" in lines[0], lines[0]
         folder = Path(lines[0].split("; partial result in ")[1].rstrip("/"))
-        assert "started" in (folder / "main.ipynb").read_text()
+        (executed,) = folder.glob(f"* - {task_id}.ipynb")  # named after the task
+        assert "started" in executed.read_text()
     else:
         lines = [line for line in shown.splitlines() if "etached" in line]
         assert len(lines) == 1 and f"%hivemind attach {task_id}" in lines[0], shown
@@ -371,5 +395,6 @@ def test_a_frame_without_pyarrow_in_the_task_is_refused_clearly(signed_in, local
         result = shell.run_cell(f"%%hivemind --pull frame --memory 1G\n{cell}")
     assert result.error_in_exec is None, captured.stderr
     assert "frame" not in shell.user_ns
+    # a HiveMind notice: a prefixed stdout line in a terminal, not stderr
     line = next(line for line in captured.stdout.splitlines() if "variable frame did not come back" in line)
     assert "needs pyarrow in the task's environment" in line

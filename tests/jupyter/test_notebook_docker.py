@@ -60,8 +60,13 @@ def test_notebook_runs_cells_on_a_docker_worker(signed_in, docker_worker, tmp_pa
     errors = outputs_of(failed, "error")
     assert errors and "ValueError" in "\n".join(errors[0].traceback)
     assert nb.cells[4].outputs == []  # Run All stopped at the failing cell
-    results = list((tmp_path / "hivemind-results").glob("in-docker-*"))
-    assert len(results) == 1 and (results[0] / "main.ipynb").is_file()
+    # a cell that succeeded and wrote no output files leaves nothing beside the notebook; the
+    # failed one keeps its executed notebook, named after its task
+    (kept,) = (tmp_path / "hivemind-results").iterdir()
+    assert not kept.name.startswith("in-docker-")
+    (executed,) = kept.glob("*.ipynb")
+    assert executed.name.endswith(f" - t-{kept.name.rsplit('-t-', 1)[1]}.ipynb")
+    assert "remote failure" in executed.read_text()
     nbformat.write(nb, tmp_path / "executed.ipynb")  # what a user would save
     saved = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     nbformat.validate(saved)

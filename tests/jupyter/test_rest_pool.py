@@ -122,7 +122,7 @@ def test_submit_follow_fetch_retry(api, signed_in, local_worker, jp_root_dir: Pa
     status, result = api("POST", "tasks", task_id, "result")
     assert status == 200, result
     assert result["folder"] == f"hivemind-results/analysis-{task_id}"
-    assert result["notebook"] == f"{result['folder']}/analysis.ipynb"
+    assert result["notebook"] == f"{result['folder']}/analysis - {task_id}.ipynb"  # named after the task
     assert f"{result['folder']}/outputs/result.txt" in result["files"]
     assert (jp_root_dir / result["folder"] / "outputs" / "result.txt").read_text() == "42"
     assert not (jp_root_dir / result["folder"] / "big.bin").exists()

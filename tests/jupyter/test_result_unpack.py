@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_jupyter.results import FETCH_RECORD, fetch_into, folder_name
+from hivemind_jupyter.results import FETCH_RECORD, fetch_into, fetch_to, folder_name, keep_asked_for
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import BundleLimits, LocalNames
-from hivemind_nodepool.protocol.errors import BundleError
+from hivemind_nodepool.protocol.errors import BundleError, InvalidInput
 
 NOTEBOOK = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
 
@@ -172,7 +172,7 @@ def test_names_this_filesystem_cannot_hold_are_renamed_and_said(tmp_path: Path) 
         "b'outputs/caf\\xe9'": "outputs/caf\\xe9",  # the worker's, from result.json
     }
     folder = tmp_path / "results" / folder_name(task)
-    assert fetched.folder == folder and fetched.notebook == folder / "main.ipynb"
+    assert fetched.folder == folder and fetched.notebook == folder / "job - t-0123456789ab.ipynb"
     assert (folder / "outputs" / "report~2.txt").read_bytes() == b"lower"
     assert (folder / "outputs" / "Report.txt").read_bytes() == b"upper"
     assert (folder / "outputs" / "a_b.txt").read_bytes() == b"backslash"
@@ -226,3 +226,58 @@ def test_a_result_cannot_forge_the_fetch_record(tmp_path: Path) -> None:
     fetched = fetch_into(ResultSource(data), _task(), tmp_path / "results")  # type: ignore[arg-type]
     record = json.loads((fetched.folder / FETCH_RECORD).read_text())
     assert record["task_id"] == "t-0123456789ab" and record["result_sha256"] == "a" * 64
+
+
+def test_the_executed_notebook_is_named_after_the_task(tmp_path: Path) -> None:
+    """Two results of `main.ipynb` cells open as two tabs that say which task each is."""
+    task = _task()
+    task.manifest.name = "analysis.ipynb [4]"
+    fetched = fetch_into(ResultSource(_zip(tmp_path / "r.zip", [])), task, tmp_path / "results")  # type: ignore[arg-type]
+    assert fetched.notebook == fetched.folder / "analysis [4] - t-0123456789ab.ipynb"
+    assert not (fetched.folder / "main.ipynb").exists()
+    other = _task(task_id="t-ba9876543210")
+    other.manifest.name = "analysis.ipynb [4]"
+    second = fetch_into(ResultSource(_zip(tmp_path / "s.zip", [])), other, tmp_path / "results")  # type: ignore[arg-type]
+    assert second.notebook is not None and fetched.notebook.name != second.notebook.name
+    # found again under its new name
+    assert fetch_into(ResultSource(b""), task, tmp_path / "results").notebook == fetched.notebook  # type: ignore[arg-type]
+
+
+def test_a_cell_keeps_only_what_was_asked_for(tmp_path: Path) -> None:
+    """No outputs and success: nothing is written beside the notebook. Outputs: only they stay;
+    the whole result, fetched later, fills in the rest and replaces nothing."""
+    results = tmp_path / "results"
+    plain = fetch_into(ResultSource(_zip(tmp_path / "p.zip", [])), _task(), tmp_path / "tmp1")  # type: ignore[arg-type]
+    assert keep_asked_for(plain, _task(), results, notebook=False) is None
+    assert not results.exists()
+
+    data = _zip(tmp_path / "o.zip", [("outputs/plot.png", b"png"), (".hivemind/result.json", b"{}")])
+    fetched = fetch_into(ResultSource(data), _task(), tmp_path / "tmp2")  # type: ignore[arg-type]
+    kept = keep_asked_for(fetched, _task(), results, notebook=False)
+    assert kept is not None and kept.notebook is None
+    assert sorted(_tree(kept.folder)) == [".hivemind", FETCH_RECORD, "outputs", "outputs/plot.png"]
+    (kept.folder / "outputs" / "plot.png").write_bytes(b"the user's edit")
+    source = ResultSource(data)
+    whole = fetch_into(source, _task(), results)  # type: ignore[arg-type]
+    assert whole.folder == kept.folder and source.fetches == 1
+    assert whole.notebook == kept.folder / "job - t-0123456789ab.ipynb"
+    assert (kept.folder / "outputs" / "plot.png").read_bytes() == b"the user's edit"
+    assert (kept.folder / ".hivemind" / "result.json").is_file()
+    assert fetch_into(source, _task(), results).folder == kept.folder and source.fetches == 1  # whole now
+
+
+def test_a_failed_cell_keeps_its_executed_notebook(tmp_path: Path) -> None:
+    fetched = fetch_into(ResultSource(_zip(tmp_path / "f.zip", [])), _task(), tmp_path / "tmp")  # type: ignore[arg-type]
+    kept = keep_asked_for(fetched, _task(), tmp_path / "results", notebook=True)
+    assert kept is not None and kept.notebook == kept.folder / "job - t-0123456789ab.ipynb"
+    assert kept.notebook.read_bytes() == NOTEBOOK
+
+
+def test_fetch_to_wants_a_new_or_empty_folder(tmp_path: Path) -> None:
+    data = _zip(tmp_path / "r.zip", [("outputs/a.txt", b"a")])
+    (tmp_path / "empty").mkdir()
+    fetched = fetch_to(ResultSource(data), _task(), tmp_path / "empty")  # type: ignore[arg-type]
+    assert (fetched.folder / "outputs" / "a.txt").read_bytes() == b"a"
+    assert fetched.notebook == fetched.folder / "job - t-0123456789ab.ipynb"
+    with pytest.raises(InvalidInput, match="not empty"):
+        fetch_to(ResultSource(data), _task(), tmp_path / "empty")  # type: ignore[arg-type]

@@ -91,6 +91,34 @@ class Lab:
         return self.log_path.read_text(errors="replace")[-20_000:]
 
 
+def lab_environment(ui_tmp: Path, settings_dir: Path) -> dict[str, str]:
+    """The environment of a JupyterLab for these tests: private HiveMind config, settings and
+    workspaces, no news prompt, and this checkout's build of the panel."""
+    # no "get Jupyter news?" prompt over the panel: JupyterLab must not try to go online here
+    notification = settings_dir / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True, exist_ok=True)
+    notification.write_text('{"fetchNews": "false"}')
+    env = {
+        **os.environ,
+        "HIVEMIND_CONFIG_DIR": str(ui_tmp / "hivemind-config"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings_dir),
+        "JUPYTERLAB_WORKSPACES_DIR": str(ui_tmp / "lab-workspaces"),
+    }
+    # Serve this checkout's build of the panel (when it has one), not whichever build the
+    # environment's share/jupyter/labextensions links to: JUPYTER_PATH comes first on the path.
+    build = REPO / "hivemind_jupyter" / "labextension"
+    if (build / "package.json").is_file():
+        extensions = ui_tmp / "jupyter-path" / "labextensions"
+        extensions.mkdir(parents=True, exist_ok=True)
+        link = extensions / "hivemind-jupyter"
+        if not link.is_symlink():
+            link.symlink_to(build, target_is_directory=True)
+        env["JUPYTER_PATH"] = os.pathsep.join(
+            p for p in (str(extensions.parent), os.environ.get("JUPYTER_PATH", "")) if p
+        )
+    return env
+
+
 @pytest.fixture(scope="module")
 def ui_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ui")
@@ -169,33 +197,16 @@ def lab(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[Lab]:
         )
     )
     (root / "analysis" / "main.ipynb").write_text(notebook("x = 1", "print(x + 1)"))
+    (root / "with-secret").mkdir()
+    (root / "with-secret" / "main.ipynb").write_text(notebook("x = 1", "print(x)"))
+    (root / "with-secret" / ".env").write_text("API_KEY=not-for-the-pool\n")
     (root / "two").mkdir()
     (root / "two" / "a.ipynb").write_text(notebook("x = 1"))
     (root / "two" / "b.ipynb").write_text(notebook("x = 2"))
     token = secrets.token_hex(16)
     port = free_port()
     settings_dir = ui_tmp / "lab-settings"
-    # no "get Jupyter news?" prompt over the panel: JupyterLab must not try to go online here
-    notification = settings_dir / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True)
-    notification.write_text('{"fetchNews": "false"}')
-    env = {
-        **os.environ,
-        "HIVEMIND_CONFIG_DIR": str(ui_tmp / "hivemind-config"),
-        "HIVEMIND_POOL": ui_pool.address,
-        "JUPYTERLAB_SETTINGS_DIR": str(settings_dir),
-        "JUPYTERLAB_WORKSPACES_DIR": str(ui_tmp / "lab-workspaces"),
-    }
-    # Serve this checkout's build of the panel (when it has one), not whichever build the
-    # environment's share/jupyter/labextensions links to: JUPYTER_PATH comes first on the path.
-    build = REPO / "hivemind_jupyter" / "labextension"
-    if (build / "package.json").is_file():
-        extensions = ui_tmp / "jupyter-path" / "labextensions"
-        extensions.mkdir(parents=True)
-        (extensions / "hivemind-jupyter").symlink_to(build, target_is_directory=True)
-        env["JUPYTER_PATH"] = os.pathsep.join(
-            p for p in (str(extensions.parent), os.environ.get("JUPYTER_PATH", "")) if p
-        )
+    env = {**lab_environment(ui_tmp, settings_dir), "HIVEMIND_POOL": ui_pool.address}
     log_path = ui_tmp / "jupyterlab.log"
     command = [
         sys.executable,

@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # The committed screenshots are refreshed only on request, so a test run leaves the tree clean:
 #   HIVEMIND_UPDATE_SCREENSHOTS=1 .venv/bin/pytest tests/ui -k screenshots
 UPDATE_SCREENSHOTS = bool(os.environ.get("HIVEMIND_UPDATE_SCREENSHOTS"))
+CURRENT_TAB = "#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current"
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +160,12 @@ def test_submit_from_file_browser_runs_live_to_success(
 
 
 def test_open_result(panel: PanelPage) -> None:
+    task_id = panel.page.locator(DETAIL).get_attribute("data-task-id")
     panel.page.click(f"{SIDEBAR} .jp-HiveMind-openResult")
-    tab = panel.page.locator("#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current")
+    tab = panel.page.locator(CURRENT_TAB)
     panel.page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
-    assert tab.inner_text().strip().endswith(".ipynb")
+    # the executed notebook is named after its task (not after the notebook it ran)
+    assert tab.inner_text().strip() == f"hello - {task_id}.ipynb"
     # the executed notebook holds the outputs of the run
     panel.page.wait_for_selector(".jp-NotebookPanel .jp-OutputArea-output:has-text('hi 3')", timeout=30_000)
     # the panel lists the output files, and they are in the workspace
@@ -278,6 +281,30 @@ def test_a_task_that_ends_out_of_view_is_announced(panel: PanelPage, lab: Lab) -
     panel.wait_detail_state("SUCCEEDED")
 
 
+def test_two_result_tabs_are_told_apart(panel: PanelPage) -> None:
+    """A second result of hello.ipynb opens as a tab of its own name, beside the first one's."""
+    task_id = panel.page.locator(DETAIL).get_attribute("data-task-id")  # "told apart", just ended
+    panel.page.click(f"{SIDEBAR} .jp-HiveMind-openResult")
+    panel.page.locator(CURRENT_TAB, has_text=f"told apart - {task_id}.ipynb").wait_for(timeout=60_000)
+    tabs = panel.page.locator("#jp-main-dock-panel .lm-TabBar-tab").all_inner_texts()
+    results = [title.strip() for title in tabs if " - t-" in title]
+    assert len(results) == 2 and len(set(results)) == 2, tabs
+
+
+def test_a_folder_with_a_secret_says_what_was_left_out(panel: PanelPage) -> None:
+    panel.run_from_file_browser("with-secret", {})
+    toast = panel.page.locator(".Toastify__toast", has_text="HiveMind sent with-secret, but left out")
+    toast.wait_for(timeout=30_000)
+    assert ".env" in toast.inner_text()
+    toast.get_by_role("button", name="Details").click()
+    details = panel.page.locator(".jp-Dialog")
+    details.wait_for()
+    assert "To send one on purpose, add !NAME to .hivemindignore" in details.inner_text()
+    details.locator(".jp-Dialog-button").last.click()
+    details.wait_for(state="detached")
+    panel.wait_detail_state("SUCCEEDED")
+
+
 def test_a_cell_task_is_named_after_its_notebook_and_shows_its_code(
     panel: PanelPage, lab: Lab, tmp_path: Path
 ) -> None:
@@ -303,6 +330,17 @@ def test_a_cell_task_is_named_after_its_notebook_and_shows_its_code(
                         "import time\nfor step in range(8):\n"
                         "    print('step', step, flush=True)\n    time.sleep(0.5)",
                     },
+                    *(
+                        {
+                            "cell_type": "code",
+                            "execution_count": None,
+                            "id": name,
+                            "metadata": {},
+                            "outputs": [],
+                            "source": source,
+                        }
+                        for name, source in CHECK_CELLS.items()
+                    ),
                 ],
                 "metadata": {
                     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -342,10 +380,70 @@ def test_a_cell_task_is_named_after_its_notebook_and_shows_its_code(
     row.wait_for()
     # the list says when it was sent, the detail shows the start of the cell's code
     assert re.search(r"\d\d:\d\d", row.locator(".jp-HiveMind-submitted").inner_text())
+    task_id = row.get_attribute("data-task-id")
     row.locator("button").click()
     preview = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-codePreview")
     preview.wait_for()
     assert preview.inner_text().startswith("print('from a cell')\nimport time\n")
+    # a plain cell (no output files, no failure, no --save) writes no results folder
+    cell = notebook.locator(".jp-Cell").nth(1)
+    cell.locator(".jp-OutputArea-output", has_text="SUCCEEDED").wait_for(timeout=60_000)
+    assert "files in" not in cell.inner_text()
+    assert not list(lab.root.rglob(f"*{task_id}*")), "a plain cell wrote its result beside the notebook"
+
+
+# Cells of cells.ipynb for the checks below, run one at a time in the open notebook (one kernel).
+CHECK_CELLS = {
+    "help": "%%hivemind --help",
+    "nofit": "%%hivemind --memory 512M --gpus 4\nprint('never runs')",
+    "interrupt": "%%hivemind --memory 512M\nimport time\nprint('started', flush=True)\ntime.sleep(300)",
+}
+
+
+def _run_check_cell(panel: PanelPage, name: str) -> Any:
+    """Runs one of CHECK_CELLS in the open cells.ipynb; its cell."""
+    notebook = panel.page.locator(".jp-NotebookPanel:visible").first
+    cell = notebook.locator(".jp-Cell").nth(2 + list(CHECK_CELLS).index(name))
+    cell.locator(".jp-InputArea-prompt").click()
+    panel.page.keyboard.press("Control+Enter")
+    return cell
+
+
+def _wait_cell_done(cell: Any) -> None:
+    prompt = cell.locator(".jp-InputArea-prompt")
+    cell.page.wait_for_function(
+        "el => /\\[\\d+\\]/.test(el.innerText)", arg=prompt.element_handle(), timeout=120_000
+    )
+
+
+def test_cell_help_is_shown_once(panel: PanelPage) -> None:
+    cell = _run_check_cell(panel, "help")
+    _wait_cell_done(cell)
+    text = cell.locator(".jp-OutputArea").inner_text()
+    assert text.count("usage: %%hivemind") == 1 and text.count("show this help") == 1, text
+    assert "UsageError" not in text and "Traceback" not in text, text
+
+
+def test_a_cell_no_worker_fits_ends_at_once_with_the_reason(panel: PanelPage) -> None:
+    cell = _run_check_cell(panel, "nofit")
+    reason = cell.locator(".jp-OutputArea-output", has_text="no connected worker could run this")
+    reason.wait_for(timeout=60_000)
+    _wait_cell_done(cell)
+    text = cell.locator(".jp-OutputArea").inner_text()
+    assert "--wait-for-fit" in text and "GPU" in text and "was cancelled" in text, text
+    assert "never runs" not in text and "Traceback" not in text, text
+
+
+def test_interrupting_a_running_cell_says_one_line(panel: PanelPage) -> None:
+    cell = _run_check_cell(panel, "interrupt")
+    cell.locator(".jp-OutputArea-output", has_text="started").wait_for(timeout=120_000)
+    notebook = panel.page.locator(".jp-NotebookPanel:visible").first
+    notebook.locator('.jp-Toolbar-item[data-jp-item-name="interrupt"]').click()
+    cell.locator(".jp-OutputArea-output", has_text="Cancelled on the pool after").wait_for(timeout=60_000)
+    _wait_cell_done(cell)
+    text = cell.locator(".jp-OutputArea").inner_text()
+    assert len([line for line in text.splitlines() if "ancel" in line]) == 1, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
 
 
 def _set_theme(lab: Lab, theme: str) -> None:
@@ -369,6 +467,9 @@ def test_screenshots(panel: PanelPage, lab: Lab, theme: str, tmp_path: Path) -> 
     )
     panel.show_view("tasks")
     panel.back_to_list()
+    # the first result in front: what "Open executed notebook" showed, outputs and all
+    panel.page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="hello - t-").click()
+    panel.page.wait_for_selector(".jp-NotebookPanel:visible .jp-OutputArea-output:has-text('hi 3')")
     panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").first.wait_for()
     panel.screenshot(str(shots / f"panel-tasks-{theme}.png"))
     panel.page.locator(f"{SIDEBAR} .jp-HiveMind-taskRow").last.locator("button").click()

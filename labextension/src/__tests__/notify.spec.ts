@@ -1,4 +1,4 @@
-import { endNotice, endedNow, notebookInView } from '../notify';
+import { endNotice, endedNow, notebookInView, submitNotice } from '../notify';
 import { ITask } from '../types';
 
 describe('endedNow', () => {
@@ -48,5 +48,14 @@ describe('notebookInView', () => {
     expect(notebookInView(sent, 'hello.ipynb', 'hello.ipynb')).toBe(true);
     expect(notebookInView(sent, 'hello.ipynb', 'a/hello.ipynb')).toBe(false);
     expect(notebookInView(sent, undefined, 'hello.ipynb')).toBe(false);
+  });
+});
+
+describe('submitNotice', () => {
+  it('says what the packer left out, and nothing when it left nothing out', () => {
+    const notice = 'left out as secrets: .env. To send one on purpose, add !NAME to .hivemindignore.';
+    expect(submitNotice('project', { id: 't', notice })).toBe(`HiveMind sent project, but ${notice}`);
+    expect(submitNotice('project', { id: 't', notice: '' })).toBeNull();
+    expect(submitNotice('project', { id: 't' })).toBeNull();
   });
 });

@@ -18,6 +18,7 @@ from hivemind_nodepool.client.submission import TaskRequest, package_path, parse
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol import commandline
 from hivemind_nodepool.protocol.bundle import (
+    Unpacked,
     describe_renames,
     extract_new_folder,
     left_out_notice,
@@ -25,6 +26,7 @@ from hivemind_nodepool.protocol.bundle import (
 )
 from hivemind_nodepool.protocol.errors import HiveMindError, InvalidInput
 from hivemind_nodepool.protocol.jsonify import to_dict
+from hivemind_nodepool.protocol.result_notebook import name_result_notebook
 from hivemind_nodepool.protocol.states import state_name
 from hivemind_nodepool.protocol.units import format_size
 
@@ -184,10 +186,22 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     target = Path(args.to)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InvalidInput(f"{target} exists and is not empty; choose a new folder with --to")
+    notebook: str | None = None
+
+    def name_notebook(folder: Path, unpacked: Unpacked) -> None:
+        nonlocal notebook
+        # the executed notebook named after the task, so two fetched results open as different tabs
+        entry = task.manifest.entry_notebook
+        entry = {**unpacked.renamed, **worker_renames(folder)}.get(entry, entry)
+        notebook = name_result_notebook(folder, entry, task.manifest.name, task.id)
+
     with _client() as client, tempfile.TemporaryDirectory(prefix="hivemind-fetch-") as tmp:
+        task = client.get_task(args.task_id)
         archive = client.fetch_result(args.task_id, Path(tmp) / "result.zip")
-        unpacked = extract_new_folder(archive, target)
+        unpacked = extract_new_folder(archive, target, prepare=name_notebook)
     print(f"result of {args.task_id} unpacked into {target} ({format_size(unpacked.bytes_written)})")
+    if notebook:
+        print(f"executed notebook: {target / notebook}")
     renamed = {**unpacked.renamed, **worker_renames(target)}
     if renamed:
         print(
