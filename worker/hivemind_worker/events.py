@@ -267,3 +267,16 @@ class EventStream:
             self._lock.notify_all()
         self._thread.join(timeout=1.0)
         return delivered
+
+
+class EnvironmentReport:
+    """An environment build's steps as "environment" phase events, and its notices."""
+
+    def __init__(self, events: EventStream) -> None:
+        self.events = events
+
+    def step(self, text: str) -> None:
+        self.events.phase("environment", step=text)
+
+    def notice(self, text: str) -> None:
+        self.events.notice(text)

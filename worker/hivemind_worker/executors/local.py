@@ -15,13 +15,13 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
 import psutil
 
-from ..environments import LocalEnvironments
+from ..env_local import LocalEnvironments
 from ..image import RUNNER
 from ..lease import LEASE_FILE
 from .base import (
@@ -111,14 +111,17 @@ class LocalExecutor(Executor):
     name = "local"
     isolated = False
 
-    def __init__(self, state_dir: Path, env_cache_size: int = 20 * 1024**3) -> None:
-        self.environments = LocalEnvironments(state_dir / "venvs", env_cache_size)
-        log.warning(WARNING)
+    def __init__(self, state_dir: Path, environments: LocalEnvironments | None = None) -> None:
+        if environments is None:
+            from ..env_admin import LOCAL_FOLDER, index_settings
+            from ..settings import WorkerSettings
 
-    def environment_for(
-        self, requirements: bytes | None, on_notice: Callable[[str], None]
-    ) -> AbstractContextManager[str]:
-        return self.environments.use(requirements, on_notice)
+            settings = WorkerSettings(state_dir=state_dir)
+            environments = LocalEnvironments(
+                state_dir / LOCAL_FOLDER, settings.env_cache_size, index_settings(settings)
+            )
+        self.environments = environments
+        log.warning(WARNING)
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
         lease_file = str(spec.lease_dir / LEASE_FILE) if spec.lease_dir is not None else None
