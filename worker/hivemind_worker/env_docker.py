@@ -1,7 +1,11 @@
 """The Docker executor's environments: an image per lock, the runtime image plus a layer with the
-packages in /opt/hivemind/env (first on the runtime's PYTHONPATH).
+packages installed into the runtime's own venv, where tasks' python3 finds them.
 
-The layer is made by running uv in a build container and committing it. uv's binary comes from the
+The layer is made by running uv in a build container and committing it. Installing into the
+runtime's venv (not a separate prefix) lets uv see the runtime's packages (papermill, ipykernel and
+theirs), which a lock leaves out: its resolution keeps them and checks every pin's Requires-Python.
+The build runs as root inside the container, without capabilities, since the venv is root's; the
+committed image runs tasks as the runtime's user again. uv's binary comes from the
 worker's own `uv` package, bind-mounted read-only, so the runtime image needs no installer. The
 machine's package cache is bind-mounted as UV_CACHE_DIR; the admin's wheelhouse (--find-links) and
 the bundle's wheels are mounted read-only. uv's settings reach it through a file the build script
@@ -13,22 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from .environment_request import LOCK, EnvironmentRequest
+from .environment_request import EnvironmentRequest
 from .environments import BUILD_TIMEOUT, Base, BuildReport, EnvironmentCache
 from .errors import EnvironmentBuildError
 from .uv import INSTALL_MARK, IndexSettings, StepParser, build_failure, install_args, uv_binary
 
 log = logging.getLogger(__name__)
 
-BUILD_USER = (1000, 1000)  # the runtime image's user, who owns /opt/hivemind/env
-PREFIX = "/opt/hivemind/env"
+BUILD_USER = (0, 0)  # owns the runtime's venv; no capabilities, so only what root owns is writable
 RUNTIME_PYTHON = "/opt/hivemind/venv/bin/python"  # the runtime's interpreter (runtime/Dockerfile)
 UV = "/hivemind/bin/uv"
 CACHE = "/hivemind/uv-cache"
@@ -38,15 +40,10 @@ CA = "/hivemind/ca.pem"
 
 
 def shared_cache_usable(cache_dir: Path) -> bool:
-    """Whether a build container's user can write the machine's cache. Running as root the worker
-    hands the folder to that user; otherwise only a worker that is that user can share it."""
+    """Whether a build container's user (root without capabilities: it writes only what root owns)
+    can write the machine's cache: where the worker runs as root. Elsewhere builds keep their own."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    owner = cache_dir.stat().st_uid
-    if os.geteuid() == 0 and owner != BUILD_USER[0]:
-        os.chown(cache_dir, *BUILD_USER)
-        cache_dir.chmod(0o755)
-        return True
-    return owner == BUILD_USER[0]
+    return cache_dir.stat().st_uid == BUILD_USER[0]
 
 
 class DockerEnvironments(EnvironmentCache):
@@ -153,8 +150,8 @@ class DockerEnvironments(EnvironmentCache):
         args = install_args(
             RUNTIME_PYTHON,
             f"{REQ}/requirements.txt",
-            prefix=PREFIX,
-            exact=request.kind == LOCK,
+            prefix=None,
+            exact=False,
             find_links=links,
         )
         command = " ".join([UV, *args])
@@ -179,9 +176,9 @@ class DockerEnvironments(EnvironmentCache):
         cache = shared_cache_usable(self.index.cache_dir)
         if not cache:
             log.warning(
-                "the package cache %s is not writable by the build's user (uid %d): builds do not share it",
+                "the package cache %s is not root's, so environment builds (root in their container) "
+                "cannot share it: each downloads what it needs",
                 self.index.cache_dir,
-                BUILD_USER[0],
             )
         with tempfile.TemporaryDirectory(prefix="hivemind-env-") as tmp:
             folder = Path(tmp)

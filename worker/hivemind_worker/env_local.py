@@ -15,7 +15,16 @@ from pathlib import Path
 from .environment_request import LOCK, EnvironmentRequest
 from .environments import BUILD_TIMEOUT, Base, BuildReport, EnvironmentCache
 from .errors import EnvironmentBuildError
-from .uv import INSTALL_MARK, StepParser, build_failure, install_args, tree_size, uv_binary
+from .uv import (
+    INSTALL_MARK,
+    StepParser,
+    build_failure,
+    install_args,
+    no_build_for,
+    python_incompatibilities,
+    tree_size,
+    uv_binary,
+)
 
 
 def _site_packages() -> list[str]:
@@ -134,6 +143,28 @@ class LocalEnvironments(EnvironmentCache):
         if code != 0:
             raise EnvironmentBuildError(
                 build_failure(output, self.index, base.python, request.python_version, code)
+            )
+        if args.count("--no-deps"):
+            self._check_python(folder, request, base, env)
+
+    def _check_python(
+        self, folder: Path, request: EnvironmentRequest, base: Base, env: dict[str, str]
+    ) -> None:
+        """Installed without resolving, a package's Requires-Python went unchecked: check it now."""
+        checked = subprocess.run(
+            [str(uv_binary()), "pip", "check", "--python", str(folder / "bin" / "python")],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+            timeout=120,
+        )
+        bad = python_incompatibilities(checked.stdout + checked.stderr)
+        if bad:
+            pins = {r.name: r.pinned_version or "" for r in request.requirements}
+            name, spec = bad[0]
+            raise EnvironmentBuildError(
+                no_build_for(name, pins.get(name, ""), base.python, request.python_version, spec)
             )
 
     def remove(self, key: str, ref: str) -> None:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hivemind_nodepool.protocol.environment import python_minor
+
 from .errors import EnvironmentBuildError
 from .redaction import Redactor
 
@@ -87,8 +89,9 @@ class IndexSettings:
 def install_args(
     python: str, requirements: str, *, prefix: str | None, exact: bool, find_links: list[str]
 ) -> list[str]:
-    """`uv pip install` of a requirements file; exact: a lock, installed as pinned without
-    resolving dependencies (the lock is the closure; the runtime provides the rest)."""
+    """`uv pip install` of a requirements file; exact: installed as pinned without resolving
+    dependencies (a lock is the closure, and the worker's own packages provide the rest where uv
+    cannot see them; `uv pip check` then finds a Python they do not support)."""
     args = ["pip", "install", "--python", python, "--color", "never", "-r", requirements]
     if prefix:
         args += ["--prefix", prefix]
@@ -157,6 +160,23 @@ def _where(index: IndexSettings) -> str:
     return "on the index" + (" or in the wheelhouse" if index.find_links else "")
 
 
+def no_build_for(name: str, version: str, python: str, kernel_python: str, spec: str = "") -> str:
+    """A package with no build for the worker's Python, naming both Pythons when they differ."""
+    kernel = ""
+    if kernel_python and python_minor(kernel_python) != python:
+        kernel = f"; your kernel runs Python {python_minor(kernel_python)}"
+    needs = f" (it requires Python {spec})" if spec else ""
+    return f"{name} {version} has no build for Python {python}, which this worker runs{needs}{kernel}"
+
+
+_CHECK_PYTHON = re.compile(r"The package `(?P<name>[^`]+)` requires Python (?P<spec>[^\s,]+), but")
+
+
+def python_incompatibilities(check_output: str) -> list[tuple[str, str]]:
+    """(package, Python it requires) for each line of `uv pip check` about the Python version."""
+    return [(m["name"], m["spec"]) for m in _CHECK_PYTHON.finditer(check_output)]
+
+
 def failure_reason(output: str, index: IndexSettings, python: str, kernel_python: str = "") -> str:
     """One line naming the package that broke the build, from uv's output."""
     if match := _NO_VERSION.search(output):
@@ -164,12 +184,7 @@ def failure_reason(output: str, index: IndexSettings, python: str, kernel_python
     if match := _NOT_FOUND.search(output):
         return f"{match['name']} is not {_where(index)}"
     if match := _NEEDS_PYTHON.search(output):
-        kernel = f"; your kernel runs Python {kernel_python}" if kernel_python else ""
-        needs = f" (it requires Python {match['spec']})" if match["spec"] else ""
-        return (
-            f"{match['name']} {match['version']} has no build for Python {python}, "
-            f"which this worker runs{needs}{kernel}"
-        )
+        return no_build_for(match["name"], match["version"], python, kernel_python, match["spec"])
     if match := _HASH.search(output):
         return f"the hash of {match['name']} {match['version']} does not match the one in the lock"
     if match := _FAILED.search(output):
