@@ -196,7 +196,7 @@ class EnvironmentCache(ABC):
         seconds = time.monotonic() - started
         report.step(f"ready in {seconds:.1f} s")
         report.notice(
-            f"environment built on {self.worker_name}, ready in {seconds:.1f} s; later tasks reuse it"
+            f"new environment built on {self.worker_name}, ready in {seconds:.1f} s; later tasks reuse it"
         )
         self._record(key, ref, size, request=request, base=base, seconds=seconds)
         return ref
