@@ -139,8 +139,11 @@ def test_a_lock_runs_and_a_second_identical_task_builds_nothing(pool, env_worker
     stats = wait_for(reported, 30, "the heartbeat to report one build and one hit")
     assert stats.environments == 1 and stats.size_bytes > 0
     # The environment image keeps no build settings: the index URL's credentials stay out of it.
-    image = json.loads(subprocess.run(["docker", "image", "inspect", str(built[0]["ref"])],
-                                      capture_output=True, text=True, check=True).stdout)[0]
+    image = json.loads(
+        subprocess.run(
+            ["docker", "image", "inspect", str(built[0]["ref"])], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]
     assert SECRET not in json.dumps(image["Config"])
 
 
@@ -188,7 +191,7 @@ def test_another_python_is_said_and_a_pin_without_a_build_for_it_fails(pool, env
     task = submit(alice, bundle(notebook("1")), environment=environment(python="3.99.1", require_python=True))
     waiting = wait_for(lambda: alice.get_task(task.id).pending_reason, 30, "a pending reason")
     assert waiting == f"needs Python 3.99; no online worker runs it (they run {ours})", waiting
-    alice.cancel(task.id)
+    alice.cancel_task(task.id)
 
 
 def test_env_none_runs_bare(pool, env_worker: EnvWorker) -> None:
@@ -222,7 +225,10 @@ def test_bad_input_fails_clearly_and_leaves_the_cache_as_it_was(
         ({LOCK_PATH: lock("hmdemo/alpha==1.0")}, "is a path or URL, not a package name"),
         ({LOCK_PATH: lock(*(f"hmdemo-p{i}==1.0" for i in range(5000)))}, "more than 2000 packages"),
         (
-            {LOCK_PATH: lock("hmdemo-fake==1.0"), f"{WHEELS_DIR}/hmdemo_fake-1.0-py3-none-any.whl": b"not a zip"},
+            {
+                LOCK_PATH: lock("hmdemo-fake==1.0"),
+                f"{WHEELS_DIR}/hmdemo_fake-1.0-py3-none-any.whl": b"not a zip",
+            },
             "is not a wheel: it is not a zip archive",
         ),
     ]
@@ -273,10 +279,12 @@ def test_an_allow_listed_image_runs_and_another_waits(pool, runtime_image: None,
         final, events = run(alice, "print('in the image')", {}, environment(mode="image", image=allowed))
         assert final.state == pb.SUCCEEDED, final.error
         assert "in the image" in stdout_of(events)
-        task = submit(alice, bundle(notebook("1")), environment=environment(mode="image", image="lab/other:1"))
+        task = submit(
+            alice, bundle(notebook("1")), environment=environment(mode="image", image="lab/other:1")
+        )
         waiting = wait_for(lambda: alice.get_task(task.id).pending_reason, 30, "a pending reason")
         assert waiting.startswith("needs image lab/other:1; no online worker allow-lists it"), waiting
-        alice.cancel(task.id)
+        alice.cancel_task(task.id)
     finally:
         worker.process.stop()
         remove_task_containers(worker.process.worker_id)
