@@ -5,8 +5,11 @@ The layer is made by running uv in a build container and committing it. Installi
 runtime's venv (not a separate prefix) lets uv see the runtime's packages (papermill, ipykernel and
 theirs), which a lock leaves out: its resolution keeps them and checks every pin's Requires-Python.
 The build runs as root inside the container, without capabilities, since the venv is root's; the
-committed image runs tasks as the runtime's user again. uv's binary comes from the
-worker's own `uv` package, bind-mounted read-only, so the runtime image needs no installer. The
+committed image runs tasks as the runtime's user again. A lock that adds packages to a built one is
+built on that environment's image: uv installs only what it adds, and the commit stores only that.
+
+uv's binary comes from the worker's own `uv` package, bind-mounted read-only, so the runtime image
+needs no installer. The
 machine's package cache is bind-mounted as UV_CACHE_DIR; the admin's wheelhouse (--find-links) and
 the bundle's wheels are mounted read-only. uv's settings reach it through a file the build script
 sources, not the container's environment, which the commit would keep in the image (and an index
@@ -180,11 +183,14 @@ class DockerEnvironments(EnvironmentCache):
                 "cannot share it: each downloads what it needs",
                 self.index.cache_dir,
             )
+        parent = self.closest(request, base)
+        if parent is not None:
+            report.step(f"adding to {parent}")
         with tempfile.TemporaryDirectory(prefix="hivemind-env-") as tmp:
             folder = Path(tmp)
             self._script(folder, request, cache)
             container = self.client.containers.create(
-                base.ref,
+                parent or base.ref,
                 command=["/bin/sh", f"{REQ}/build.sh"],
                 user="{}:{}".format(*BUILD_USER),
                 network_mode=network,
@@ -201,7 +207,7 @@ class DockerEnvironments(EnvironmentCache):
             finally:
                 container.remove(force=True)
         image = self.client.images.get(self.tag(key))
-        runtime = self.client.images.get(base.ref)
+        runtime = self.client.images.get(parent or base.ref)  # what this layer adds to
         return self.tag(key), max(int(image.attrs.get("Size", 0)) - int(runtime.attrs.get("Size", 0)), 0)
 
     def _run(self, container: Any, request: EnvironmentRequest, base: Base, report: BuildReport) -> None:

@@ -272,6 +272,8 @@ class EnvironmentCache(ABC):
                     packages=len(request.requirements) + len(request.wheels),
                     mode=request.kind,
                     python=base.python,
+                    base=base.identity,
+                    pins=sorted(r.line for r in request.requirements) if not request.wheels else [],
                     build_seconds=round(seconds, 2),
                 )
             entry["last_used"] = time.time()
@@ -302,6 +304,21 @@ class EnvironmentCache(ABC):
 
     def entries(self) -> dict[str, dict[str, Any]]:
         return self._load("index.json")
+
+    def closest(self, request: EnvironmentRequest, base: Base) -> str | None:
+        """A built environment on the same base whose pins are all in this lock, the one with the
+        most: a new environment built on it installs (and stores) only what it adds."""
+        if request.kind != LOCK:
+            return None
+        wanted = {r.line for r in request.requirements}
+        best: tuple[int, str] | None = None
+        for key, entry in self.entries().items():
+            pins = set(entry.get("pins") or ())
+            if entry.get("base") != base.identity or not pins or not pins <= wanted:
+                continue
+            if (best is None or len(pins) > best[0]) and self.exists(key) is not None:
+                best = (len(pins), str(entry["ref"]))
+        return best[1] if best is not None else None
 
     def known_failures(self) -> dict[str, dict[str, Any]]:
         return self._load("failures.json")
