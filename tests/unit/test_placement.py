@@ -303,3 +303,54 @@ async def test_an_assignment_is_sent_to_its_worker(parts: Pool) -> None:
     assert w.outbox is not None
     message = w.outbox.get_nowait()
     assert message is not None and message.assignment.task_id == task and message.assignment.attempt == 1
+
+
+# -- Python versions and images ------------------------------------------------------------------
+
+
+def _runs(entry, pythons: tuple[str, ...] = (), images: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    entry.facts.python_versions.extend(pythons)
+    entry.facts.images.extend(images)
+    return entry
+
+
+def test_a_required_python_goes_only_where_it_runs_and_otherwise_is_preferred() -> None:
+    from hivemind_nodepool.pool.scheduler import Runtime
+
+    old = _runs(worker("w-old", cpus=8), ("3.11",))
+    new = _runs(worker("w-new", cpus=2), ("3.12",))
+    fleet = [old, new]
+    want = Amount(1, GiB)
+    assert pick_worker(want, {}, fleet) is old  # more free CPUs
+    assert pick_worker(want, {}, fleet, runtime=Runtime("3.12")) is new  # preferred
+    assert pick_worker(want, {}, fleet, runtime=Runtime("3.13")) is old  # none has it: any
+    assert pick_worker(want, {}, fleet, runtime=Runtime("3.13", required=True)) is None
+    assert explain(want, {}, fleet, runtime=Runtime("3.13", required=True)) == (
+        "needs Python 3.13; no online worker runs it (they run 3.11, 3.12)"
+    )
+
+
+def test_an_image_goes_only_to_workers_that_allow_list_it() -> None:
+    from hivemind_nodepool.pool.scheduler import Runtime
+
+    plain = worker("w-plain", cpus=8)
+    lab = _runs(worker("w-lab", cpus=2), ("3.11",), ("lab/x:1",))
+    want = Amount(1, GiB)
+    assert pick_worker(want, {}, [plain, lab], runtime=Runtime(image="lab/x:1")) is lab
+    assert pick_worker(want, {}, [plain, lab], runtime=Runtime(image="lab/y:1")) is None
+    assert explain(want, {}, [plain, lab], runtime=Runtime(image="lab/y:1")).startswith(
+        "needs image lab/y:1; no online worker allow-lists it"
+    )
+    from hivemind_nodepool.protocol.placement import fits_no_worker
+
+    assert fits_no_worker(explain(want, {}, [plain], runtime=Runtime("3.13", required=True)))
+
+
+def test_the_runtime_is_read_from_the_manifest() -> None:
+    from hivemind_nodepool.pool.scheduler import Runtime
+
+    assert Runtime.of(pb.Manifest()) == Runtime()
+    env = pb.Environment(mode="auto", python_version="3.12.4", require_python=True)
+    assert Runtime.of(pb.Manifest(environment=env)) == Runtime("3.12", True, "")
+    env = pb.Environment(mode="image", image="lab/x:1", python_version="3.11.2")
+    assert Runtime.of(pb.Manifest(environment=env)) == Runtime("3.11", False, "lab/x:1")

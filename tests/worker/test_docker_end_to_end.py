@@ -30,12 +30,16 @@ from .helpers import (
 def forget_environment(requirements: bytes, tmp_path: Path) -> None:
     import docker
 
-    from hivemind_worker.environments import DockerEnvironments
+    from hivemind_nodepool.protocol.environment import check_requirements
+    from hivemind_worker.env_docker import DockerEnvironments
+    from hivemind_worker.environment_request import REQUIREMENTS, EnvironmentRequest
     from hivemind_worker.image import runtime_tag
+    from hivemind_worker.uv import IndexSettings
 
     client = docker.from_env()
-    envs = DockerEnvironments(client, runtime_tag(), tmp_path / "envs", 0)
-    envs.remove("", envs.tag(envs.key_for(requirements)))
+    envs = DockerEnvironments(client, {"": runtime_tag()}, tmp_path / "envs", 0, IndexSettings(tmp_path))
+    request = EnvironmentRequest(REQUIREMENTS, requirements, tuple(check_requirements(requirements)))
+    envs.remove("", envs.tag(envs.key_for(request, envs.bases()[""])))
     client.close()
 
 

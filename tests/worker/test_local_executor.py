@@ -4,14 +4,21 @@ It does not isolate the task; these tests only check what it promises."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+from harness.wheels import demo_wheelhouse
 from harness.worker import WorkerProcess
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_worker.environments import LocalEnvironments
+from hivemind_nodepool.protocol.environment import check_requirements
+from hivemind_worker.env_local import LocalEnvironments
+from hivemind_worker.environment_request import LOCK, EnvironmentRequest
+from hivemind_worker.environments import QuietReport
+from hivemind_worker.uv import IndexSettings
 
 from .helpers import bundle, notebook, result_files, stdout_of, submit, user, wait_for, wait_state
 
@@ -81,17 +88,20 @@ def test_local_memory_limit(pool, local_worker: WorkerProcess) -> None:
 
 
 def test_venv_per_requirements_is_built_once_and_evicted_lru(tmp_path: Path) -> None:
-    """Two users of the same requirements at once build one venv; past the size limit the least
-    recently used venv that nobody holds is removed."""
-    envs = LocalEnvironments(tmp_path / "venvs", size_limit=1)
-    first = b"psutil\n"  # already in the worker's packages: no download needed
-    second = b"psutil  # another environment\n"
+    """Two users of the same lock at once build one venv; past the size limit the least recently
+    used venv that nobody holds is removed."""
+    index = IndexSettings(
+        tmp_path / "uv-cache", find_links=demo_wheelhouse(tmp_path / "wheels"), offline=True
+    )
+    envs = LocalEnvironments(tmp_path / "venvs", 1, index)
+    first = _lock(b"hmdemo-alpha==1.0\n")
+    second = _lock(b"hmdemo-alpha==1.1\n")
     refs: list[str] = []
     barrier = threading.Barrier(2)
 
     def use() -> None:
         barrier.wait()
-        with envs.use(first) as ref:
+        with envs.use(first, QuietReport()) as ref:
             refs.append(ref)
 
     threads = [threading.Thread(target=use) for _ in range(2)]
@@ -101,12 +111,24 @@ def test_venv_per_requirements_is_built_once_and_evicted_lru(tmp_path: Path) -> 
         thread.join()
     assert envs.builds == 1 and refs[0] == refs[1]
     assert Path(refs[0]).exists()
-    with envs.use(second) as other:
+    with envs.use(second, QuietReport()) as other:
         assert other != refs[0]
         assert Path(other).exists()
+        shown = subprocess.run(
+            [other, "-c", "import hmdemo_alpha, papermill; print(hmdemo_alpha.__version__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert shown.strip() == "1.1"  # the lock's package, beside the worker's own (papermill)
     assert envs.builds == 2
     assert not Path(refs[0]).exists(), "the least recently used venv was not evicted"
-    assert list(envs.entries()) == [envs.key_for(second)]
+    base = envs.bases()[f"{sys.version_info[0]}.{sys.version_info[1]}"]
+    assert list(envs.entries()) == [envs.key_for(second, base)]
+
+
+def _lock(text: bytes) -> EnvironmentRequest:
+    return EnvironmentRequest(LOCK, text=text, requirements=tuple(check_requirements(text)))
 
 
 def test_broken_requirements_fail_with_pips_reason(pool, local_worker: WorkerProcess) -> None:
@@ -114,7 +136,8 @@ def test_broken_requirements_fail_with_pips_reason(pool, local_worker: WorkerPro
     data = bundle(notebook("1"), {"requirements.txt": b"--definitely-not-an-option\n"})
     final = wait_state(alice, submit(alice, data).id, timeout=120)
     assert final.state == pb.FAILED
-    assert "environment could not be built" in final.error and "pip exit" in final.error
+    assert "environment could not be built" in final.error
+    assert "--definitely-not-an-option is not allowed" in final.error, final.error
 
 
 @pytest.mark.parametrize("entry", ["missing.ipynb", "../outside.ipynb"])

@@ -17,7 +17,6 @@ a retry. When the pool has rerun the task elsewhere meanwhile, it refuses that r
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -46,8 +45,9 @@ from hivemind_nodepool.protocol.errors import (
 
 from .bundles import BundleCache
 from .disk import AUTO, DiskExceeded, DiskWatch, TaskDisk, exceeded_message, human, is_space_error
+from .environment_request import requested_environment
 from .errors import EnvironmentBuildError, Fenced, NoTaskNetwork, WorkerError
-from .events import EventStream
+from .events import EnvironmentReport, EventStream
 from .executors.base import Executor, Outcome, RunOutcome, RunSpec, Stopper
 from .lease import Lease
 from .results import DEFAULT_OUTPUTS, build_result, read_regular
@@ -309,12 +309,11 @@ class Attempt:
         if read_regular(task_dir / entry, self.config.limits.max_unpacked_bytes) is None:
             raise WorkerError(f"the entry notebook {entry} is not in the bundle")
         parameters = _parameters(manifest)
-        requirements = read_regular(task_dir / "requirements.txt", 1024 * 1024)
+        wanted = requested_environment(manifest, task_dir)
         if self.stopper.stopped:
             return self._stopped(header), None
 
-        on_phase = functools.partial(self.events.phase, phases.ENVIRONMENT)
-        with self.executor.environment_for(requirements, self.events.notice, on_phase) as environment:
+        with self.executor.environment_for(wanted, EnvironmentReport(self.events)) as environment:
             if self.stopper.stopped:
                 return self._stopped(header), None
             if self.lease is not None and self.lease.bound:

@@ -4,6 +4,7 @@ hivemind-worker run --pool HOST:PORT --join-token-file FILE|- [--executor docker
     (or HIVEMIND_WORKER_JOIN_TOKEN=T; --join-token T works too, but shows the token in `ps`)
 hivemind-worker image build [--bootstrap] [--network host] [--ca-bundle FILE] [--if-missing]
 hivemind-worker doctor [--pool HOST:PORT]
+hivemind-worker env list [--json] | env prune [KEY ...] [--older-than DURATION]
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from hivemind_nodepool.protocol import commandline
+from hivemind_nodepool.protocol.environment import check_python_version, python_minor
 from hivemind_nodepool.protocol.errors import InvalidInput
+from hivemind_nodepool.protocol.units import parse_duration
 
 from .settings import SCHEMA, WorkerSettings, load_settings
 
@@ -87,6 +90,55 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(settings)
 
 
+def check_python(text: str) -> str:
+    """'3.12' from '3.12' or '3.12.1'; InvalidInput otherwise."""
+    return python_minor(check_python_version(text))
+
+
+def cmd_env_list(args: argparse.Namespace) -> int:
+    from .env_admin import list_environments
+
+    return list_environments(_settings_from(args), args.json)
+
+
+def cmd_env_prune(args: argparse.Namespace) -> int:
+    from .env_admin import prune_environments
+
+    older = parse_duration(args.older_than) if args.older_than else None
+    return prune_environments(_settings_from(args), list(args.keys), older)
+
+
+def _add_env_commands(commands: Any) -> None:
+    env = commands.add_parser(
+        "env",
+        help="the task environments this worker built",
+        description="The task environments in this worker's state dir (give the same --state-dir, "
+        "--executor and --config as `run`).",
+    )
+    env_commands = env.add_subparsers(dest="env_command", metavar="COMMAND", required=True)
+    listed = env_commands.add_parser(
+        "list",
+        help="each environment: key, size, last use, what it holds; failed ones too",
+        description="List the environments and the builds that failed (which fail at once until pruned).",
+    )
+    _add_common(listed)
+    listed.add_argument("--json", action="store_true", help="print JSON")
+    listed.set_defaults(func=cmd_env_list)
+    prune = env_commands.add_parser(
+        "prune",
+        help="remove environments no task uses, and forget failed builds",
+        description="Remove environments no running task uses (all of them, those whose key starts "
+        "with KEY, or those unused for --older-than), and forget failed builds the same way, so "
+        "they are tried again.",
+    )
+    _add_common(prune)
+    prune.add_argument(
+        "keys", nargs="*", metavar="KEY", help="a key or the start of one, as `env list` shows"
+    )
+    prune.add_argument("--older-than", metavar="DURATION", help="only those unused this long, e.g. 7d")
+    prune.set_defaults(func=cmd_env_prune)
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     from .image import BuildOptions, build_runtime
 
@@ -98,6 +150,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         ca_bundle=Path(args.ca_bundle) if args.ca_bundle else None,
         if_missing=args.if_missing,
         mirror=args.mirror,
+        python=check_python(args.python) if args.python else "",
     )
     build_runtime(options)
     return 0
@@ -163,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--network", help="network mode of the build steps, e.g. host")
     build.add_argument("--ca-bundle", help="an extra CA bundle pip should trust during the build")
     build.add_argument("--if-missing", action="store_true", help="do nothing when the image exists")
+    build.add_argument(
+        "--python",
+        metavar="X.Y",
+        help="a runtime for another Python minor version, tagged hivemind-runtime:<version>-pyX.Y "
+        "(base: --base-image, else python:X.Y-slim; --bootstrap gives only Debian's 3.11)",
+    )
     build.set_defaults(func=cmd_image_build)
     check = image_commands.add_parser(
         "check",
@@ -172,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--tag", help="the image tag (default: hivemind-runtime:<version>)")
     check.set_defaults(func=cmd_image_check)
+    _add_env_commands(commands)
     return parser
 
 

@@ -90,27 +90,35 @@ class Daemon:
     # -- setting up -----------------------------------------------------------------------------
 
     def _make_executor(self) -> Executor:
+        from .env_admin import open_cache
+
         s = self.settings
+        if not s.name:
+            s.name = socket.gethostname()  # what "environment cached on <worker>" names
         if s.executor == "local":
+            from .env_local import LocalEnvironments
             from .executors.local import LocalExecutor
 
-            return LocalExecutor(self.state_dir, env_cache_size=s.env_cache_size)
+            local = open_cache(s)
+            assert isinstance(local, LocalEnvironments)
+            return LocalExecutor(self.state_dir, local)
+        from .env_docker import DockerEnvironments
         from .executors.docker import DockerExecutor
-        from .image import docker_client, image_id
+        from .image import docker_client, image_id, runtime_images
 
         client = docker_client()
         image_id(client, s.image)  # fails early, saying how to build it
+        runtimes = runtime_images(client, s.image, self.state_dir)
+        log.info("runtime images: %s", ", ".join(f"Python {v}: {t}" for v, t in runtimes.items()))
+        environments = open_cache(s, client, runtimes)
+        assert isinstance(environments, DockerEnvironments)
         return DockerExecutor(
             client,
-            s.image,
-            self.state_dir,
+            environments,
             worker_id=self.worker_id,
             pids_limit=s.pids_limit,
             tmpfs_size=s.tmpfs_size,
             default_memory=s.default_memory,
-            env_cache_size=s.env_cache_size,
-            build_network=s.build_network,
-            build_ca_bundle=s.build_ca_bundle,
             task_network=s.task_network,
         )
 
@@ -121,7 +129,11 @@ class Daemon:
         cap.disk_bytes = self.config.task_disk  # per task: the pool places no bigger request here
         if s.executor == "docker" and not found.nvidia_runtime:
             cap.gpus = 0  # containers cannot be given GPUs without the NVIDIA runtime
-        return machine.to_proto(found, s.executor, s.labels, cap)
+        facts = machine.to_proto(found, s.executor, s.labels, cap)
+        if self.executor is not None:
+            facts.python_versions.extend(self.executor.python_versions())
+            facts.images.extend(self.executor.images())
+        return facts
 
     def _set_task_disk(self) -> None:
         s = self.settings
@@ -201,6 +213,7 @@ class Daemon:
         try:
             self._join()
             self.executor = self._make_executor()
+            self.proto_facts = self._facts()  # now with the executor's Pythons and images
             if hasattr(self.executor, "worker_id"):
                 self.executor.worker_id = self.worker_id
             reaped = self.executor.reap_leftovers(keep=set())
@@ -310,6 +323,7 @@ class Daemon:
                         load=load,
                         draining=self._draining.is_set(),
                         seq=self.lease.stamp(),
+                        env_cache=self._env_stats(),
                     )
                 )
             )
@@ -319,6 +333,16 @@ class Daemon:
                 )
                 call.cancel()
                 return
+
+    def _env_stats(self) -> pb.EnvironmentCacheStats | None:
+        executor = self.executor
+        if executor is None:
+            return None
+        try:
+            return executor.environments.stats()
+        except Exception as exc:  # never worth a missed heartbeat
+            log.debug("environment stats: %s", exc)
+            return None
 
     def _handle(self, message: pb.PoolMessage) -> None:
         kind = message.WhichOneof("body")

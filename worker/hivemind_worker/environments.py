@@ -1,10 +1,17 @@
-"""Task environments, one per requirements.txt: built once, shared, evicted least recently used.
+"""Task environments, one per lock: built once, shared, evicted least recently used, failures kept.
 
-A key is sha256 of the requirements and of what they are installed on (the runtime image's id, or
-the worker's Python), so a new runtime image gets new environments. Two tasks asking for the same
-key at once build it once: a lock per key in this process, and a file lock for other workers on
-the same machine. An index file in the state dir remembers sizes and last use; past the size limit
-the least recently used environments that no running task holds are removed.
+A key is sha256 of what the environment holds (the lock or requirements text, the bundle's wheels)
+and of what it is installed on (the runtime image's id, or the worker's Python), so a new runtime
+image gets new environments. Two tasks asking for the same key at once build it once: a lock per
+key in this process, and a file lock for other workers on the same machine. An index file in the
+state dir remembers sizes, last use and what each holds; past the size limit the least recently
+used environments that no running task holds are removed.
+
+A build that failed is remembered with its message (failures.json): the same key fails at once,
+without building, until `hivemind-worker env prune` forgets it, the runtime image changes (a new
+key) or the admin changes where packages come from (the index fingerprint).
+
+The builders (env_docker.py, env_local.py) install with uv from one package cache per machine.
 """
 
 from __future__ import annotations
@@ -14,173 +21,388 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.files import atomic_write
 
+from .environment_request import IMAGE, LOCK, NONE, EnvironmentRequest
 from .errors import EnvironmentBuildError
+from .uv import IndexSettings, tree_size
 
 log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT = 1800.0
-MAX_REQUIREMENTS_BYTES = 1024 * 1024
-Notice = Callable[[str], None]
-# Reports the environment phase: cached=True (reused) or False (built), and step="..." as a build
-# moves on (EventStream.phase("environment", ...) in an attempt).
-PhaseReport = Callable[..., None]
 
 
-def _tail(text: str, lines: int = 20) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+class BuildReport(Protocol):
+    """Where a build says what it does: steps (the live view's phase line) and notices."""
+
+    def step(self, text: str) -> None: ...
+
+    def reused(self) -> None: ...
+
+    def notice(self, text: str) -> None: ...
+
+
+class QuietReport:
+    """A report nobody reads (benchmarks, tests of the cache alone)."""
+
+    def step(self, text: str) -> None:
+        log.debug("environment: %s", text)
+
+    def reused(self) -> None:
+        log.debug("environment: reused")
+
+    def notice(self, text: str) -> None:
+        log.debug("environment: %s", text)
+
+
+@dataclass(frozen=True)
+class Base:
+    """What environments are installed on: a runtime image, or the worker's Python."""
+
+    ref: str  # an image tag, or an interpreter's path
+    identity: str  # the image's id, or the interpreter and its version
+    python: str  # its minor version, e.g. "3.11"
 
 
 class EnvironmentCache(ABC):
     """Build-once, reference-counted, LRU-evicted environments under state_dir."""
 
-    def __init__(self, state_dir: Path, size_limit: int) -> None:
+    kind = ""
+
+    def __init__(self, state_dir: Path, size_limit: int, index: IndexSettings, worker_name: str = "") -> None:
         self.root = state_dir
         self.root.mkdir(parents=True, exist_ok=True)
         self.size_limit = size_limit
+        self.index = index
+        self.worker_name = worker_name or "this worker"
         self._guard = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._in_use: dict[str, int] = {}
-        self.builds = 0  # how many environments this process built (the benchmark reads it)
+        self.builds = 0  # environments this process built
+        self.hits = 0  # tasks whose environment was built already
+        self.failures = 0  # builds that failed, and remembered failures met again
+        self._package_cache_size = -1
+        self._measuring = False
 
     # -- what a kind of environment provides ----------------------------------------------------
 
     @abstractmethod
-    def base_identity(self) -> str:
-        """What the environments are installed on; part of every key."""
-
-    @abstractmethod
-    def default_ref(self) -> str:
-        """The environment of a task without requirements."""
+    def bases(self) -> dict[str, Base]:
+        """What environments can be installed on, by Python minor version; the first is the default."""
 
     @abstractmethod
     def exists(self, key: str) -> str | None:
         """The environment's reference when it is built, else None."""
 
     @abstractmethod
-    def build(self, key: str, requirements: bytes) -> tuple[str, int]:
+    def build(
+        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport
+    ) -> tuple[str, int]:
         """Build it; (reference, size in bytes). Raises EnvironmentBuildError."""
 
     @abstractmethod
     def remove(self, key: str, ref: str) -> None:
         """Delete it (ignore one that is already gone)."""
 
-    # -- the cache ------------------------------------------------------------------------------
+    @abstractmethod
+    def image_ref(self, request: EnvironmentRequest) -> str:
+        """The environment of mode "image", or EnvironmentBuildError."""
 
-    def key_for(self, requirements: bytes) -> str:
+    def python_versions(self) -> list[str]:
+        return list(self.bases())
+
+    # -- choosing what to install on ------------------------------------------------------------
+
+    def base_for(self, request: EnvironmentRequest, report: BuildReport) -> Base:
+        """The runtime of the task's Python when there is one; else the default, saying so."""
+        bases = self.bases()
+        wanted = request.python_minor
+        if wanted in bases:
+            return bases[wanted]
+        default = next(iter(bases.values()))
+        if not wanted:
+            return default
+        have = ", ".join(bases)
+        if request.require_python:
+            raise EnvironmentBuildError(
+                f"the task requires Python {wanted}; this worker runs {have} "
+                f"(its admin adds one with `hivemind-worker image build --python {wanted}`)"
+            )
+        same = ": the same pins are resolved for " + default.python if request.kind == LOCK else ""
+        report.notice(f"this worker runs Python {default.python}, your kernel {wanted}{same}")
+        return default
+
+    def key_for(self, request: EnvironmentRequest, base: Base) -> str:
         digest = hashlib.sha256()
-        digest.update(b"hivemind-environment-v1\0")
-        digest.update(self.base_identity().encode())
-        digest.update(b"\0")
-        digest.update(requirements.replace(b"\r\n", b"\n").strip())
+        digest.update(b"hivemind-environment-v2\0")
+        digest.update(base.identity.encode() + b"\0" + request.kind.encode() + b"\0")
+        digest.update(request.text.replace(b"\r\n", b"\n").strip())
+        for wheel in sorted(request.wheels, key=lambda w: w.sha256):
+            digest.update(b"\0" + wheel.sha256.encode())
         return digest.hexdigest()
 
+    # -- the cache ------------------------------------------------------------------------------
+
     @contextmanager
-    def use(
-        self,
-        requirements: bytes | None,
-        notice: Notice = lambda _: None,
-        on_phase: PhaseReport | None = None,
-    ) -> Iterator[str]:
-        """The environment for these requirements, built if needed, held while the block runs;
-        on_phase hears whether it is reused or built (and a build's steps)."""
-        if requirements is None or not requirements.strip():
-            yield self.default_ref()
+    def use(self, request: EnvironmentRequest, report: BuildReport) -> Iterator[str]:
+        """The environment for the request, built if needed, held while the block runs."""
+        if request.kind == IMAGE:
+            yield self.image_ref(request)
             return
-        if len(requirements) > MAX_REQUIREMENTS_BYTES:
-            raise EnvironmentBuildError("requirements.txt is larger than 1 MiB")
-        key = self.key_for(requirements)
-        on_phase = on_phase or (lambda **_: None)
+        base = self.base_for(request, report)
+        if request.kind == NONE:
+            yield base.ref
+            return
+        key = self.key_for(request, base)
         with self._guard:
             lock = self._key_locks.setdefault(key, threading.Lock())
             self._in_use[key] = self._in_use.get(key, 0) + 1
         try:
-            with lock, self._file_lock(key):
-                ref = self.exists(key)
-                if ref is None:
-                    on_phase(cached=False, step="installing requirements.txt")
-                    notice(
-                        f"installing requirements.txt into a new environment ({key[:12]}); "
-                        "later tasks with the same requirements reuse it"
-                    )
-                    started = time.monotonic()
-                    ref, size = self.build(key, requirements)
-                    self.builds += 1
-                    notice(f"environment {key[:12]} ready in {time.monotonic() - started:.1f}s")
-                    self._record(key, ref, size)
-                else:
-                    on_phase(cached=True)
-                    self._record(key, ref, None)
-            self.evict()
-            yield ref
+            with self._holding(key):  # from before the build: a prune elsewhere never takes it
+                with lock, self._file_lock(key):
+                    ref = self._get_or_build(key, request, base, report)
+                self.evict()
+                yield ref
         finally:
             with self._guard:
                 self._in_use[key] -= 1
                 if not self._in_use[key]:
                     del self._in_use[key]
 
-    @contextmanager
-    def _file_lock(self, key: str) -> Iterator[None]:
+    def _get_or_build(self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport) -> str:
+        ref = self.exists(key)
+        if ref is not None:
+            self.hits += 1
+            self._record(key, ref, None)
+            report.reused()
+            report.notice(f"environment cached on {self.worker_name}")
+            return ref
+        self._refuse_known_failure(key)
+        report.step("resolving")
+        started = time.monotonic()
+        try:
+            ref, size = self.build(key, request, base, report)
+        except EnvironmentBuildError as exc:
+            self.failures += 1
+            self._remember_failure(key, request, str(exc))
+            raise
+        finally:
+            self._package_cache_size = -1
+        self.builds += 1
+        seconds = time.monotonic() - started
+        report.step(f"ready in {seconds:.1f} s")
+        report.notice(
+            f"new environment built on {self.worker_name}, ready in {seconds:.1f} s; later tasks reuse it"
+        )
+        self._record(key, ref, size, request=request, base=base, seconds=seconds)
+        return ref
+
+    def _lock_file(self, name: str) -> Path:
         locks = self.root / "locks"
         locks.mkdir(exist_ok=True)
-        with open(locks / f"{key}.lock", "w") as handle:
+        return locks / f"{name}.lock"
+
+    @contextmanager
+    def _file_lock(self, key: str) -> Iterator[None]:
+        with open(self._lock_file(key), "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _index_path(self) -> Path:
-        return self.root / "index.json"
+    @contextmanager
+    def _holding(self, key: str) -> Iterator[None]:
+        """A shared lock while a task uses the environment: `env prune` in another process skips it."""
+        with open(self._lock_file(f"{key}.use"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _load_index(self) -> dict[str, dict[str, Any]]:
+    def _unused(self, key: str) -> bool:
+        """No task of any worker process holds it (checked without waiting)."""
+        if key in self._in_use:
+            return False
+        with open(self._lock_file(f"{key}.use"), "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return True
+
+    # -- the index and the failures -------------------------------------------------------------
+
+    def _load(self, name: str) -> dict[str, dict[str, Any]]:
         try:
-            data = json.loads(self._index_path().read_text())
+            data = json.loads((self.root / name).read_text())
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
 
-    def _save_index(self, index: dict[str, dict[str, Any]]) -> None:
-        atomic_write(self._index_path(), json.dumps(index, indent=1))  # 0600: the state folder is private
+    def _save(self, name: str, data: dict[str, dict[str, Any]]) -> None:
+        atomic_write(self.root / name, json.dumps(data, indent=1))  # 0600: the state folder is private
 
-    def _record(self, key: str, ref: str, size: int | None) -> None:
+    def _record(
+        self,
+        key: str,
+        ref: str,
+        size: int | None,
+        *,
+        request: EnvironmentRequest | None = None,
+        base: Base | None = None,
+        seconds: float = 0.0,
+    ) -> None:
         with self._guard, self._file_lock("index"):
-            index = self._load_index()
-            entry = index.setdefault(key, {"ref": ref, "size": 0})
+            index = self._load("index.json")
+            entry = index.setdefault(key, {"ref": ref, "size": 0, "built_at": time.time()})
             entry["ref"] = ref
+            entry["kind"] = self.kind
             if size is not None:
                 entry["size"] = size
+            if request is not None and base is not None:
+                entry.update(
+                    summary=request.describe(),
+                    packages=len(request.requirements) + len(request.wheels),
+                    mode=request.kind,
+                    python=base.python,
+                    base=base.identity,
+                    pins=sorted(r.line for r in request.requirements) if not request.wheels else [],
+                    build_seconds=round(seconds, 2),
+                )
             entry["last_used"] = time.time()
-            self._save_index(index)
+            self._save("index.json", index)
+
+    def _refuse_known_failure(self, key: str) -> None:
+        known = self._load("failures.json").get(key)
+        if known is None or known.get("index") != self.index.fingerprint():
+            return
+        self.failures += 1
+        raise EnvironmentBuildError(
+            f"{known.get('message', 'it failed')}\n(this environment failed to build on "
+            f"{self.worker_name} before and is not tried again until `hivemind-worker env prune "
+            f"{key[:12]}`, a new runtime image or new index settings)"
+        )
+
+    def _remember_failure(self, key: str, request: EnvironmentRequest, message: str) -> None:
+        with self._guard, self._file_lock("index"):
+            failures = self._load("failures.json")
+            failures[key] = {
+                "message": message[:4000],
+                "at": time.time(),
+                "index": self.index.fingerprint(),
+                "summary": request.describe(),
+                "kind": self.kind,
+            }
+            self._save("failures.json", failures)
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        return self._load_index()
+        return self._load("index.json")
+
+    def closest(self, request: EnvironmentRequest, base: Base) -> str | None:
+        """A built environment on the same base whose pins are all in this lock, the one with the
+        most: a new environment built on it installs (and stores) only what it adds."""
+        if request.kind != LOCK:
+            return None
+        wanted = {r.line for r in request.requirements}
+        best: tuple[int, str] | None = None
+        for key, entry in self.entries().items():
+            pins = set(entry.get("pins") or ())
+            if entry.get("base") != base.identity or not pins or not pins <= wanted:
+                continue
+            if (best is None or len(pins) > best[0]) and self.exists(key) is not None:
+                best = (len(pins), str(entry["ref"]))
+        return best[1] if best is not None else None
+
+    def known_failures(self) -> dict[str, dict[str, Any]]:
+        return self._load("failures.json")
+
+    # -- reports and housekeeping ---------------------------------------------------------------
+
+    def package_cache_size(self) -> int:
+        """The shared package cache's size, measured again after each build or prune on a thread
+        of its own (a large cache takes a while to walk, and heartbeats ask for it)."""
+        with self._guard:
+            stale = self._package_cache_size < 0 and not self._measuring
+            self._measuring = self._measuring or stale
+        if stale:
+            threading.Thread(target=self._measure, name="package-cache-size", daemon=True).start()
+        return max(self._package_cache_size, 0)
+
+    def _measure(self) -> None:
+        try:
+            self._package_cache_size = tree_size(self.index.cache_dir)
+        finally:
+            self._measuring = False
+
+    def stats(self) -> pb.EnvironmentCacheStats:
+        """What the heartbeats report."""
+        entries = self.entries()
+        size = sum(int(entry.get("size", 0)) for entry in entries.values())
+        return pb.EnvironmentCacheStats(
+            environments=len(entries),
+            size_bytes=size + self.package_cache_size(),
+            hits=self.hits,
+            builds=self.builds,
+            failures=self.failures,
+        )
+
+    def prune(self, keys: list[str] | None = None, older_than: float | None = None) -> list[str]:
+        """Remove environments no task uses, and forget failures: those whose key starts with one of
+        `keys`, or last used more than `older_than` seconds ago, or (neither given) all of them.
+        Returns the removed keys."""
+        now = time.time()
+
+        def chosen(key: str, entry: dict[str, Any], when: str) -> bool:
+            if keys:
+                return any(key.startswith(prefix) for prefix in keys)
+            return older_than is None or now - float(entry.get(when, 0)) > older_than
+
+        removed: list[str] = []
+        with self._guard, self._file_lock("index"):
+            index = self._load("index.json")
+            for key, entry in list(index.items()):
+                if not chosen(key, entry, "last_used") or not self._unused(key):
+                    continue
+                try:
+                    self.remove(key, str(entry.get("ref", "")))
+                except Exception as exc:  # e.g. a container of another worker uses the image
+                    log.warning("could not remove environment %s: %s", key[:12], exc)
+                    continue
+                del index[key]
+                removed.append(key)
+            self._save("index.json", index)
+            failures = self._load("failures.json")
+            for key, entry in list(failures.items()):
+                if chosen(key, entry, "at"):
+                    del failures[key]
+                    removed.append(key)
+            self._save("failures.json", failures)
+        self._package_cache_size = -1
+        return removed
 
     def evict(self) -> list[str]:
         """Remove least recently used environments until the total fits; returns removed keys."""
         removed: list[str] = []
         with self._guard, self._file_lock("index"):
-            index = self._load_index()
+            index = self._load("index.json")
             total = sum(int(entry.get("size", 0)) for entry in index.values())
             for key, entry in sorted(index.items(), key=lambda item: item[1].get("last_used", 0)):
                 if total <= self.size_limit:
                     break
-                if key in self._in_use:
+                if not self._unused(key):
                     continue
                 log.info(
                     "evicting environment %s (%d bytes, least recently used)", key[:12], entry.get("size", 0)
@@ -193,213 +415,17 @@ class EnvironmentCache(ABC):
                 total -= int(entry.get("size", 0))
                 del index[key]
                 removed.append(key)
-            self._save_index(index)
+            self._save("index.json", index)
         return removed
 
 
-class DockerEnvironments(EnvironmentCache):
-    """An image per requirements: the runtime image plus a layer with the packages in
-    /opt/hivemind/env, made by running pip in a build container and committing it."""
-
-    REPOSITORY = "hivemind-env"
-
-    def __init__(
-        self,
-        client: Any,
-        base_tag: str,
-        state_dir: Path,
-        size_limit: int,
-        *,
-        network: str | None = None,
-        ca_bundle: Path | None = None,
-    ) -> None:
-        super().__init__(state_dir, size_limit)
-        self.client = client
-        self.base_tag = base_tag
-        self.network = network
-        self.ca_bundle = ca_bundle
-        self._base_id: str | None = None
-
-    def base_identity(self) -> str:
-        if self._base_id is None:
-            from .image import image_id
-
-            self._base_id = image_id(self.client, self.base_tag)
-        return self._base_id
-
-    def default_ref(self) -> str:
-        return self.base_tag
-
-    def tag(self, key: str) -> str:
-        return f"{self.REPOSITORY}:{key[:24]}"
-
-    def exists(self, key: str) -> str | None:
-        import docker.errors
-
-        try:
-            image = self.client.images.get(self.tag(key))
-        except docker.errors.ImageNotFound:
-            return None
-        return self.tag(key) if image.labels.get("org.hivemind.env") == key else None
-
-    def build(self, key: str, requirements: bytes) -> tuple[str, int]:
-        from .image import default_build_network, default_ca_bundle
-
-        network = self.network if self.network is not None else default_build_network(self.client)
-        ca_bundle = self.ca_bundle if self.ca_bundle is not None else default_ca_bundle()
-        with tempfile.TemporaryDirectory(prefix="hivemind-req-") as tmp:
-            folder = Path(tmp)
-            folder.chmod(0o755)
-            (folder / "requirements.txt").write_bytes(requirements)
-            (folder / "requirements.txt").chmod(0o644)
-            from docker.types import Mount
-
-            # Mounts, not `volumes=`: the SDK would also declare those paths as image volumes,
-            # and the commit below would carry the declarations into the environment image.
-            mounts = [Mount("/hivemind/req", str(folder), type="bind", read_only=True)]
-            command = [
-                "pip",
-                "install",
-                "--no-cache-dir",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--prefix",
-                "/opt/hivemind/env",
-                "-r",
-                "/hivemind/req/requirements.txt",
-            ]
-            if ca_bundle and str(ca_bundle) != "none":
-                mounts.append(
-                    Mount("/hivemind/ca.pem", str(Path(ca_bundle).resolve()), type="bind", read_only=True)
-                )
-                command[2:2] = ["--cert", "/hivemind/ca.pem"]
-            container = self.client.containers.create(
-                self.base_tag,
-                command=command,
-                user="1000:1000",
-                network_mode=network,
-                mounts=mounts,
-                tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},  # noqa: S108 (in the container)
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                pids_limit=1024,
-                labels={"org.hivemind.role": "env-build", "org.hivemind.env": key},
-            )
-            try:
-                container.start()
-                try:
-                    status = container.wait(timeout=BUILD_TIMEOUT)
-                except Exception:
-                    raise EnvironmentBuildError(
-                        f"installing requirements.txt took longer than {BUILD_TIMEOUT:.0f}s"
-                    ) from None
-                output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
-                if status.get("StatusCode") != 0:
-                    raise EnvironmentBuildError(
-                        f"installing requirements.txt failed (pip exit {status.get('StatusCode')}):\n"
-                        + _tail(output)
-                    )
-                tag = self.tag(key)
-                repository, _, version = tag.partition(":")
-                container.commit(
-                    repository=repository,
-                    tag=version,
-                    changes=[
-                        'CMD ["python3"]',
-                        "USER 1000:1000",
-                        "WORKDIR /task",
-                        f"LABEL org.hivemind.role=env org.hivemind.env={key}",
-                    ],
-                )
-            finally:
-                container.remove(force=True)
-        image = self.client.images.get(tag)
-        base = self.client.images.get(self.base_tag)
-        return tag, max(int(image.attrs.get("Size", 0)) - int(base.attrs.get("Size", 0)), 0)
-
-    def remove(self, key: str, ref: str) -> None:
-        import docker.errors
-
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            self.client.images.remove(ref or self.tag(key), noprune=False)
-
-
-def _site_packages() -> list[str]:
-    """The worker's own package folders, so a task venv sees papermill and ipykernel."""
-    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    return sorted(p for p in paths if os.path.isdir(p))
-
-
-class LocalEnvironments(EnvironmentCache):
-    """A venv per requirements, layered on the worker's own packages through a .pth file, so only
-    what the requirements add is installed. No isolation: see executors/local.py."""
-
-    def base_identity(self) -> str:
-        return f"{sys.executable}|{sys.version}"
-
-    def default_ref(self) -> str:
-        return sys.executable
-
-    def _folder(self, key: str) -> Path:
-        return self.root / "venvs" / key[:24]
-
-    def exists(self, key: str) -> str | None:
-        python = self._folder(key) / "bin" / "python"
-        return str(python) if (self._folder(key) / ".complete").exists() and python.exists() else None
-
-    def build(self, key: str, requirements: bytes) -> tuple[str, int]:
-        folder = self._folder(key)
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [sys.executable, "-m", "venv", "--without-pip", str(folder)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise EnvironmentBuildError(f"creating a venv failed:\n{_tail(result.stderr)}")
-        python = folder / "bin" / "python"
-        where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-        purelib = subprocess.run(
-            [str(python), "-c", where], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        Path(purelib, "_hivemind_worker_base.pth").write_text("\n".join(_site_packages()) + "\n")
-        requirements_file = folder / "requirements.txt"
-        requirements_file.write_bytes(requirements)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
-        try:
-            result = subprocess.run(
-                [
-                    str(python),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "-r",
-                    str(requirements_file),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=BUILD_TIMEOUT,
-                env=env,
-            )
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise EnvironmentBuildError(
-                f"installing requirements.txt took longer than {BUILD_TIMEOUT:.0f}s"
-            ) from None
-        if result.returncode != 0:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise EnvironmentBuildError(
-                f"installing requirements.txt failed (pip exit {result.returncode}):\n"
-                + _tail(result.stdout + result.stderr)
-            )
-        (folder / ".complete").touch()
-        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
-        return str(python), size
-
-    def remove(self, key: str, ref: str) -> None:
-        shutil.rmtree(self._folder(key), ignore_errors=True)
+def listing(cache: EnvironmentCache) -> list[dict[str, Any]]:
+    """Every environment and remembered failure, for `hivemind-worker env list`."""
+    rows: list[dict[str, Any]] = []
+    for key, entry in cache.entries().items():
+        rows.append({"key": key, "failed": False, **entry})
+    for key, entry in cache.known_failures().items():
+        rows.append({"key": key, "failed": True, "last_used": entry.get("at", 0), **entry})
+    with contextlib.suppress(TypeError):
+        rows.sort(key=lambda row: -float(row.get("last_used", 0)))
+    return rows

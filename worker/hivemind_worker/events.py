@@ -18,6 +18,7 @@ from typing import Any
 
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
+from hivemind_nodepool.protocol import phases
 from hivemind_nodepool.protocol.errors import Conflict, DiskFull, HiveMindError, NotFound, PoolUnavailable
 
 log = logging.getLogger(__name__)
@@ -267,3 +268,19 @@ class EventStream:
             self._lock.notify_all()
         self._thread.join(timeout=1.0)
         return delivered
+
+
+class EnvironmentReport:
+    """An environment build's steps as "environment" phase events, and its notices."""
+
+    def __init__(self, events: EventStream) -> None:
+        self.events = events
+
+    def step(self, text: str) -> None:
+        self.events.phase(phases.ENVIRONMENT, cached=False, step=text)
+
+    def reused(self) -> None:
+        self.events.phase(phases.ENVIRONMENT, cached=True)
+
+    def notice(self, text: str) -> None:
+        self.events.notice(text)

@@ -38,9 +38,57 @@ BUILD_STAGE_LABEL = "org.hivemind.stage=runtime-build"
 _PIP_PROGRESS = ("Collecting ", "Installing collected packages", "Successfully installed")
 
 
-def runtime_tag(version: str = __version__) -> str:
-    """The runtime image's tag for this version of the project, e.g. hivemind-runtime:0.1.0."""
-    return f"{RUNTIME_REPOSITORY}:{version}"
+BOOTSTRAP_PYTHON = "3.11"  # bookworm's python3
+DEFAULT_PYTHON = "3.12"  # the Dockerfile's default base, python:3.12-slim
+
+
+def runtime_tag(version: str = __version__, python: str = "") -> str:
+    """The runtime image's tag for this version of the project, e.g. hivemind-runtime:0.1.0, or
+    hivemind-runtime:0.1.0-py3.12 for a runtime of another Python built with --python."""
+    return f"{RUNTIME_REPOSITORY}:{version}" + (f"-py{python}" if python else "")
+
+
+def image_python(client: docker.DockerClient, tag: str, known: dict[str, str] | None = None) -> str:
+    """The Python minor version of an image's python3, e.g. "3.11" (asked once per image id:
+    `known` maps ids to versions and is updated)."""
+    ident = image_id(client, tag)
+    if known is not None and ident in known:
+        return str(known[ident])
+    output = client.containers.run(
+        tag,
+        ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        remove=True,
+        network_mode="none",
+        user="1000:1000",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+    )
+    version = str(output.decode()).strip()
+    if known is not None:
+        known[ident] = version
+    return version
+
+
+def runtime_images(client: docker.DockerClient, default_tag: str, state_dir: Path) -> dict[str, str]:
+    """The runtime images this worker runs tasks with, by Python minor version: the default
+    (--image) first, then those `image build --python` tagged for this version of the project."""
+    import json
+
+    remembered = state_dir / "runtime-pythons.json"
+    try:
+        known = json.loads(remembered.read_text())
+    except (OSError, ValueError):
+        known = {}
+    found = {image_python(client, default_tag, known): default_tag}
+    prefix = runtime_tag() + "-py"
+    for image in client.images.list(name=RUNTIME_REPOSITORY):
+        for tag in image.tags:
+            if tag.startswith(prefix):
+                found.setdefault(image_python(client, tag, known), tag)
+    from hivemind_nodepool.protocol.files import atomic_write
+
+    atomic_write(remembered, json.dumps(known))
+    return found
 
 
 @dataclass
@@ -52,9 +100,27 @@ class BuildOptions:
     ca_bundle: Path | None = None  # an extra CA bundle for pip; None: the host's (Path("none"): no)
     if_missing: bool = False  # do nothing when the tag already exists
     mirror: str | None = None  # debootstrap's mirror; None: debootstrap's default
+    python: str = ""  # another Python minor version than the base's default (--python)
 
     def resolved_tag(self) -> str:
-        return self.tag or runtime_tag()
+        return self.tag or runtime_tag(python=self.python)
+
+    def resolved_base(self) -> str:
+        """The base image: the admin's, else bootstrapped bookworm (--bootstrap), else the official
+        slim image of the Python asked for. WorkerError where that Python cannot be had."""
+        if self.bootstrap and not self.base_image and self.python not in ("", BOOTSTRAP_PYTHON):
+            raise WorkerError(
+                f"--bootstrap builds on Debian {BOOTSTRAP_SUITE}, whose python3 is {BOOTSTRAP_PYTHON}, "
+                f"not {self.python}. Name a base image that has Python {self.python} with "
+                f"--base-image (e.g. python:{self.python}-slim from your registry, or one imported "
+                f"with `docker import`). Without a registry or such an image no other Python can be "
+                "had offline."
+            )
+        if self.base_image:
+            return self.base_image
+        if self.bootstrap:
+            return BOOTSTRAP_TAG
+        return f"python:{self.python}-slim" if self.python else ""
 
 
 def docker_client() -> docker.DockerClient:
@@ -214,11 +280,9 @@ def build_runtime(
     if options.if_missing and image_exists(client, tag):
         say(f"{tag} is already built")
         return tag
-    base = options.base_image
-    if options.bootstrap:
-        base = base or BOOTSTRAP_TAG
-        if not image_exists(client, base):
-            bootstrap_base(client, base, options.mirror, say)
+    base = options.resolved_base()
+    if options.bootstrap and not image_exists(client, base):
+        bootstrap_base(client, base, options.mirror, say)
     build_args = {"HIVEMIND_VERSION": __version__}
     if base:
         build_args["BASE_IMAGE"] = base
@@ -262,6 +326,13 @@ def build_runtime(
         finally:
             if remove_build_stage(client):
                 say("removed the build stage's intermediate image")
+    if options.python:
+        got = image_python(client, tag)
+        if got != options.python:
+            raise WorkerError(
+                f"{tag} was built, but its python3 is {got}, not {options.python}: name a base image "
+                f"with Python {options.python} (--base-image)"
+            )
     say(f"built {tag}")
     return tag
 

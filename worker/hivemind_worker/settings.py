@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemind_nodepool.client.submission import parse_labels
+from hivemind_nodepool.protocol.environment import check_image
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.layered_settings import (
     BOOL,
@@ -18,10 +19,13 @@ from hivemind_nodepool.protocol.layered_settings import (
     INT,
     PATH,
     SIZE,
+    TEXT_LIST,
     Kind,
     SettingsSchema,
     setting,
 )
+
+from .redaction import redact_url
 
 
 def default_state_dir() -> Path:
@@ -30,6 +34,14 @@ def default_state_dir() -> Path:
         return Path("/var/lib/hivemind-worker")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "hivemind-worker"
+
+
+def default_uv_cache() -> Path:
+    """The package cache every environment build on this machine shares (uv locks it itself)."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/hivemind/uv")
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hivemind" / "uv"
 
 
 def default_image() -> str:
@@ -143,6 +155,38 @@ class WorkerSettings:
     build_ca_bundle: Path | None = setting(
         None, kind=PATH, help="an extra CA bundle mounted into environment builds"
     )
+    index_url: str = setting(
+        "",
+        metavar="URL",
+        help="the package index environments are built from (a lab's index or mirror); credentials "
+        "in it (`https://user:secret@host/simple`) never reach logs, events or `ps`",
+        shown_default="the index the machine's pip and uv use",
+    )
+    extra_index_url: list[str] = setting(
+        kind=TEXT_LIST, default_factory=list, metavar="URL", help="more indexes, after --index-url"
+    )
+    find_links: Path | None = setting(
+        None,
+        kind=PATH,
+        help="a folder of wheels (a wheelhouse) environments may install from; mounted read-only into builds",
+    )
+    offline: bool = setting(
+        False,
+        kind=BOOL,
+        help="build environments from the package cache and --find-links only (air-gapped labs)",
+    )
+    uv_cache: Path = setting(
+        kind=PATH,
+        default_factory=default_uv_cache,
+        help="the package cache shared by every environment build and every worker on this machine",
+        shown_default="`/var/cache/hivemind/uv` (root), `~/.cache/hivemind/uv`",
+    )
+    allow_image: list[str] = setting(
+        kind=TEXT_LIST,
+        default_factory=list,
+        metavar="IMAGE",
+        help="an image tasks may ask for with --image (it must be on this machine's Docker engine)",
+    )
     keep_attempts: bool = setting(False, kind=BOOL, help="keep attempt folders after upload (for debugging)")
     task_network: str = setting(
         "bridge",
@@ -170,6 +214,18 @@ class WorkerSettings:
         for key in self.labels:
             if not key or "=" in key or "," in key:
                 raise InvalidInput(f"bad label name {key!r}")
+        self._validate_environments()
+
+    def _validate_environments(self) -> None:
+        for url in [self.index_url, *self.extra_index_url]:
+            if url and not url.startswith(("http://", "https://", "file://")):
+                raise InvalidInput(
+                    f"--index-url and --extra-index-url take http(s) URLs, not {redact_url(url)!r}"
+                )
+        if self.find_links is not None and not self.find_links.is_dir():
+            raise InvalidInput(f"--find-links {self.find_links}: not a folder of wheels")
+        for image in self.allow_image:
+            check_image(image)
 
 
 SCHEMA = SettingsSchema(WorkerSettings, table="worker", env_prefix="HIVEMIND_WORKER_")

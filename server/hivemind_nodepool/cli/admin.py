@@ -508,6 +508,15 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
                         "last_heartbeat_at": w.last_heartbeat_at,
                         "revoked_at": w.revoked_at,
                         "running_count": w.running_count,
+                        "python_versions": list(w.facts.python_versions),
+                        "images": list(w.facts.images),
+                        "env_cache": {
+                            "environments": w.env_cache.environments,
+                            "size_bytes": w.env_cache.size_bytes,
+                            "hits": w.env_cache.hits,
+                            "builds": w.env_cache.builds,
+                            "failures": w.env_cache.failures,
+                        },
                     }
                     for w in workers
                 ],
@@ -518,14 +527,27 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
     if not workers:
         print("no workers have joined")
         return 0
-    print(f"{'ID':<16} {'NAME':<20} {'STATE':<9} {'JOIN TOKEN':<12} {'JOINED':<14} {'HEARTBEAT':<14} TASKS")
+    print(
+        f"{'ID':<16} {'NAME':<20} {'STATE':<9} {'JOIN TOKEN':<12} {'JOINED':<14} {'HEARTBEAT':<14} "
+        f"{'TASKS':<5} {'PYTHON':<9} ENVIRONMENTS"
+    )
     for w in workers:
         state = pb.WorkerState.Name(w.state).removeprefix("WORKER_").lower()
         print(
             f"{w.id:<16} {w.name[:20]:<20} {state:<9} {w.join_token_id:<12} "
-            f"{_when(w.registered_at):<14} {_when(w.last_heartbeat_at):<14} {w.running_count}"
+            f"{_when(w.registered_at):<14} {_when(w.last_heartbeat_at):<14} {w.running_count:<5} "
+            f"{','.join(w.facts.python_versions) or '-':<9} {env_cache_line(w.env_cache)}"
         )
     return 0
+
+
+def env_cache_line(stats: pb.EnvironmentCacheStats) -> str:
+    """'3 (1.2 GiB), 80% hits' from a worker's cache stats; '-' before its first report."""
+    asked = stats.hits + stats.builds + stats.failures
+    if not asked and not stats.environments:
+        return "-"
+    rate = f", {100 * stats.hits / asked:.0f}% hits" if asked else ""
+    return f"{stats.environments} ({format_size(stats.size_bytes)}){rate}"
 
 
 def cmd_worker_revoke(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ class WorkerEntry:
     reported: set[AttemptKey] = field(default_factory=set)  # what the worker says it runs
     zombies: set[AttemptKey] = field(default_factory=set)  # ended here, still running there
     left_draining: bool = False  # its stream closed while it was draining (see liveness)
+    env_cache: pb.EnvironmentCacheStats | None = None  # from its last heartbeat that had them
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, state: int | None = None) -> WorkerEntry:
@@ -121,6 +122,15 @@ class WorkerEntry:
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.facts.labels)
+
+    @property
+    def pythons(self) -> tuple[str, ...]:
+        """The Python minor versions it runs tasks with (none said: unknown, an older worker)."""
+        return tuple(self.facts.python_versions)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        return tuple(self.facts.images)
 
     def reconcile(self, running: set[AttemptKey]) -> list[AttemptKey]:
         """Take the worker's list of running attempts; free ended ones it has stopped; return the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import sqlite3
 import time
@@ -106,6 +107,18 @@ def validate_facts(facts: pb.MachineFacts) -> None:
     _check_capacity(facts.capacity)
     _check_text(facts.version, "the version", 100)
     _check_text(facts.platform, "the platform", 200)
+    _check_runtimes(facts)
+
+
+def _check_runtimes(facts: pb.MachineFacts) -> None:
+    """The Python versions and images a worker offers (what placement matches tasks against)."""
+    if len(facts.python_versions) > 32 or len(facts.images) > 256:
+        raise InvalidInput("too many Python versions or images")
+    for version in facts.python_versions:
+        if not re.match(r"^3\.\d{1,2}$", version):
+            raise InvalidInput(f"{version[:20]!r} is not a Python minor version such as 3.11")
+    for image in facts.images:
+        _check_text(image, "an image name", 255)
 
 
 class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
@@ -327,6 +340,8 @@ class WorkerGatewayService(pb_grpc.WorkerGatewayServicer):
                 if message.WhichOneof("body") != "heartbeat":
                     continue  # a second Hello is ignored
                 beat = message.heartbeat
+                if beat.HasField("env_cache"):
+                    entry.env_cache = beat.env_cache
                 entry.last_seen = time.monotonic()
                 entry.last_heartbeat_at = time.time()
                 if entry.state in (pb.WORKER_LOST, pb.WORKER_REVOKED):

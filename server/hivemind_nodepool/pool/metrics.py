@@ -52,6 +52,24 @@ class PoolMetrics:
             "1 while the pool's disk is full: new tasks, results and live events are refused",
             registry=self.registry,
         )
+        self.env_cache_bytes = Gauge(
+            "hivemind_worker_env_cache_bytes",
+            "A worker's task environments and package cache, from its last heartbeat",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.env_cache_hit_ratio = Gauge(
+            "hivemind_worker_env_cache_hit_ratio",
+            "Of a worker's tasks that needed packages, the share whose environment was built already",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.env_builds = Gauge(
+            "hivemind_worker_env_builds",
+            "Environments a worker built since it started, by outcome",
+            ["worker", "outcome"],
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -64,6 +82,17 @@ class PoolMetrics:
                 self.tasks.labels(pb.TaskState.Name(value)).set(by_state.get(value, 0))
         self.queue_depth.set(by_state.get(pb.QUEUED, 0))
         self.workers_up.set(workers_up)
+
+    def set_env_caches(self, caches: dict[str, pb.EnvironmentCacheStats]) -> None:
+        """Each connected worker's environment cache, by worker name; others' series go."""
+        for gauge in (self.env_cache_bytes, self.env_cache_hit_ratio, self.env_builds):
+            gauge.clear()
+        for name, stats in caches.items():
+            self.env_cache_bytes.labels(name).set(stats.size_bytes)
+            asked = stats.hits + stats.builds + stats.failures
+            self.env_cache_hit_ratio.labels(name).set(stats.hits / asked if asked else 0.0)
+            self.env_builds.labels(name, "built").set(stats.builds)
+            self.env_builds.labels(name, "failed").set(stats.failures)
 
     def serve(self, listen: str) -> str:
         """Start the HTTP endpoint; returns HOST:PORT actually bound (port 0 picks one)."""

@@ -16,20 +16,59 @@ import logging
 import sqlite3
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass
 
 from hivemind_nodepool.pool.fleet import Amount, Fleet, WorkerEntry
 from hivemind_nodepool.pool.lifecycle import TaskBook, amount_of
 from hivemind_nodepool.pool.loops import repeat
 from hivemind_nodepool.pool.metrics import PoolMetrics
 from hivemind_nodepool.proto import nodepool_pb2 as pb
-from hivemind_nodepool.protocol.placement import LARGEST, LARGEST_DISK, NO_LABELLED_WORKER, NO_SINGLE_WORKER
+from hivemind_nodepool.protocol.environment import python_minor
+from hivemind_nodepool.protocol.placement import (
+    LARGEST,
+    LARGEST_DISK,
+    NO_IMAGE_WORKER,
+    NO_LABELLED_WORKER,
+    NO_PYTHON_WORKER,
+    NO_SINGLE_WORKER,
+)
 from hivemind_nodepool.protocol.states import ON_WORKER_STATES
 from hivemind_nodepool.protocol.units import format_size
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[float, int, int, int, tuple[tuple[str, str], ...]]
-FleetView = tuple[tuple[str, int, bool, Amount, int, tuple[tuple[str, str], ...]], ...]
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a task needs of a worker's runtimes: its Python (only where `required`, else preferred)
+    and, in mode "image", an image the worker allow-lists."""
+
+    python: str = ""  # a minor version, e.g. "3.12"
+    required: bool = False
+    image: str = ""
+
+    @classmethod
+    def of(cls, manifest: pb.Manifest) -> Runtime:
+        if not manifest.HasField("environment"):
+            return cls()
+        env = manifest.environment
+        python = python_minor(env.python_version) if env.python_version else ""
+        return cls(python, env.require_python and bool(python), env.image if env.mode == "image" else "")
+
+    def fits(self, worker: WorkerEntry) -> bool:
+        if self.image and self.image not in worker.images:
+            return False
+        return not self.required or self.python in worker.pythons
+
+    def preferred(self, worker: WorkerEntry) -> bool:
+        return not self.python or self.python in worker.pythons
+
+
+NO_RUNTIME = Runtime()
+Signature = tuple[float, int, int, int, tuple[tuple[str, str], ...], Runtime]
+FleetView = tuple[
+    tuple[str, int, bool, Amount, int, tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]], ...
+]
 
 
 def fleet_view(workers: list[WorkerEntry], planned: dict[str, Amount] | None = None) -> FleetView:
@@ -44,6 +83,8 @@ def fleet_view(workers: list[WorkerEntry], planned: dict[str, Amount] | None = N
             w.free - planned.get(w.worker_id, Amount()),
             w.task_disk,
             tuple(sorted(w.facts.labels.items())),
+            w.pythons,
+            w.images,
         )
         for w in workers
     )
@@ -71,7 +112,25 @@ def disk_fits(disk: int, worker: WorkerEntry) -> bool:
     return disk <= 0 or worker.task_disk <= 0 or disk <= worker.task_disk
 
 
-def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry], disk: int = 0) -> str:
+def _runtime_reason(runtime: Runtime, workers: list[WorkerEntry]) -> str:
+    """Why none of these workers has the task's image or required Python ('' when some has)."""
+    if runtime.image and not any(runtime.image in w.images for w in workers):
+        return f"needs image {runtime.image}; {NO_IMAGE_WORKER} (its admin adds it with --allow-image)"
+    if runtime.required and not any(runtime.fits(w) for w in workers):
+        have = sorted({v for w in workers for v in w.pythons})
+        runs = f" (they run {', '.join(have)})" if have else ""
+        return f"needs Python {runtime.python}; {NO_PYTHON_WORKER}{runs}"
+    return ""
+
+
+def explain(
+    want: Amount,
+    labels: dict[str, str],
+    workers: list[WorkerEntry],
+    *,
+    disk: int = 0,
+    runtime: Runtime = NO_RUNTIME,
+) -> str:
     """Why a task cannot be placed right now, one clause per blocking resource."""
     online = [w for w in workers if w.connected and w.state == pb.WORKER_ONLINE]
     if not online:
@@ -81,6 +140,10 @@ def explain(want: Amount, labels: dict[str, str], workers: list[WorkerEntry], di
     if not matching:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
         return f"needs labels {wanted}; {NO_LABELLED_WORKER}"
+    reason = _runtime_reason(runtime, matching)
+    if reason:
+        return reason
+    matching = [w for w in matching if runtime.fits(w)]
     reasons = []
     most_cpus = max(w.capacity.cpus for w in matching)
     most_memory = max(w.capacity.memory for w in matching)
@@ -115,19 +178,24 @@ def pick_worker(
     labels: dict[str, str],
     workers: list[WorkerEntry],
     planned: dict[str, Amount] | None = None,
+    *,
     disk: int = 0,
+    runtime: Runtime = NO_RUNTIME,
 ) -> WorkerEntry | None:
-    """A fitting worker: keep GPU machines for GPU work, then spread by the most free CPUs.
-    `planned` is what the current pass already gave each worker (not yet in its allocations)."""
+    """A fitting worker: keep GPU machines for GPU work, then prefer those that run the task's
+    Python, then spread by the most free CPUs. `planned` is what the current pass already gave
+    each worker (not yet in its allocations)."""
     planned = planned or {}
-    best: tuple[tuple[int, float, str], WorkerEntry] | None = None
+    best: tuple[tuple[int, bool, float, str], WorkerEntry] | None = None
     for w in workers:
         if not w.schedulable or not labels_match(labels, w.labels) or not disk_fits(disk, w):
+            continue
+        if not runtime.fits(w):
             continue
         free = w.free - planned.get(w.worker_id, Amount())
         if not free.covers(want):
             continue
-        key = (w.capacity.gpus if want.gpus == 0 else 0, -free.cpus, w.worker_id)
+        key = (w.capacity.gpus if want.gpus == 0 else 0, not runtime.preferred(w), -free.cpus, w.worker_id)
         if best is None or key < best[0]:
             best = (key, w)
     return best[1] if best is not None else None
@@ -140,17 +208,17 @@ class Scheduler:
         self.metrics = metrics
         self.interval = interval
         self.cycles = 0
-        self._wish_cache: dict[str, tuple[dict[str, str], int]] = {}  # task id -> labels, disk
+        self._wish_cache: dict[str, tuple[dict[str, str], int, Runtime]] = {}  # id -> labels, disk, runtime
         self._last_view: FleetView | None = None  # the workers as the last completed pass saw them
         self._failed: dict[Signature, str] = {}  # that pass's reasons, by request signature
         self._metrics_at = 0.0  # when the gauges were last refreshed (monotonic)
 
-    def _wishes(self, row: sqlite3.Row) -> tuple[dict[str, str], int]:
-        """The task's labels and disk, from its manifest (parsed once)."""
+    def _wishes(self, row: sqlite3.Row) -> tuple[dict[str, str], int, Runtime]:
+        """The task's labels, disk and runtime, from its manifest (parsed once)."""
         wishes = self._wish_cache.get(row["id"])
         if wishes is None:
             manifest = pb.Manifest.FromString(row["manifest"]) if row["manifest"] else pb.Manifest()
-            wishes = dict(manifest.labels), max(manifest.resources.disk_bytes, 0)
+            wishes = dict(manifest.labels), max(manifest.resources.disk_bytes, 0), Runtime.of(manifest)
             self._wish_cache[row["id"]] = wishes
         return wishes
 
@@ -206,17 +274,24 @@ class Scheduler:
             if not by_owner[owner]:
                 del by_owner[owner]
             want = amount_of(row)
-            labels, disk = self._wishes(row)
-            signature: Signature = (want.cpus, want.memory, want.gpus, disk, tuple(sorted(labels.items())))
+            labels, disk, runtime = self._wishes(row)
+            signature: Signature = (
+                want.cpus,
+                want.memory,
+                want.gpus,
+                disk,
+                tuple(sorted(labels.items())),
+                runtime,
+            )
             reason = failed.get(signature)
             if reason is None:
-                worker = pick_worker(want, labels, workers, planned, disk=disk)
+                worker = pick_worker(want, labels, workers, planned, disk=disk, runtime=runtime)
                 if worker is not None:
                     placements.append((row, worker))
                     planned[worker.worker_id] = planned.get(worker.worker_id, Amount()) + want
                     share[owner] = share.get(owner, 0.0) + dominant_share(want, total)
                     continue
-                reason = explain(want, labels, workers, disk=disk)
+                reason = explain(want, labels, workers, disk=disk, runtime=runtime)
                 failed[signature] = reason
             if row["pending_reason"] != reason:
                 reasons.append((row, reason))
@@ -229,6 +304,13 @@ class Scheduler:
     def update_metrics(self) -> None:
         up = sum(1 for w in self.fleet.workers.values() if w.connected and w.state != pb.WORKER_LOST)
         self.metrics.set_counts(self.book.store.count_by_state(), up)
+        self.metrics.set_env_caches(
+            {
+                w.name: w.env_cache
+                for w in self.fleet.workers.values()
+                if w.connected and w.env_cache is not None
+            }
+        )
 
     async def _round(self) -> None:
         started = time.perf_counter()

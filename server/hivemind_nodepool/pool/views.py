@@ -93,4 +93,5 @@ def worker(
         registered_at=row["registered_at"],
         join_token_id=row["join_token_id"] if admin else "",
         revoked_at=row["revoked_at"],
+        env_cache=entry.env_cache,
     )

@@ -51,6 +51,7 @@ class Kind:
     metavar: str
     read: Callable[[Any], Any]
     show: Callable[[Any], str] = str
+    repeated: bool = False  # a list: its flag may be given more than once
 
 
 def _read_text(value: Any) -> str:
@@ -100,6 +101,17 @@ def _read_path(value: Any) -> Path | None:
     return Path(str(value)).expanduser() if str(value) else None
 
 
+def _read_list(value: Any) -> list[str]:
+    """A TOML list, the values of a repeated flag, or text separated by spaces (an environment
+    variable): each item once, in order."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split()
+    return list(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
+
+def _show_list(value: list[str]) -> str:
+    return " ".join(value)
+
+
 def show_size(size: int) -> str:
     """'2G' for 2 GiB: the largest unit that divides it, as people type it."""
     for unit, power in (("T", 4), ("G", 3), ("M", 2), ("K", 1)):
@@ -127,6 +139,7 @@ BOOL = Kind("bool", "", _read_bool, _show_bool)
 SIZE = Kind("size", "SIZE", _read_size, show_size)
 DURATION = Kind("duration", "DURATION", _read_duration, show_duration)
 PATH = Kind("path", "PATH", _read_path)
+TEXT_LIST = Kind("list", "TEXT", _read_list, _show_list, repeated=True)
 
 
 # -- the declaration --------------------------------------------------------------------------
@@ -228,6 +241,14 @@ class SettingsSchema(Generic[S]):
             text = text.replace("%", "%%").replace("`", "")
             if s.spec.kind is BOOL:
                 parser.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            elif s.spec.kind.repeated:
+                parser.add_argument(
+                    s.flag,
+                    action="append",
+                    metavar=s.spec.metavar or s.spec.kind.metavar,
+                    default=None,
+                    help=text + " (repeat the flag for more than one)",
+                )
             else:
                 parser.add_argument(
                     s.flag,

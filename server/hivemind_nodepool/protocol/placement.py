@@ -9,8 +9,10 @@ LARGEST_DISK = (
 )
 NO_SINGLE_WORKER = "no single worker has all of"  # every resource fits somewhere, never all at once
 NO_LABELLED_WORKER = "no online worker has them"  # "needs labels site=lab2; no online worker has them"
+NO_PYTHON_WORKER = "no online worker runs it"  # "needs Python 3.12; no online worker runs it (...)"
+NO_IMAGE_WORKER = "no online worker allow-lists it"  # "needs image lab/x:1; no online worker ..."
 
-_NEVER = (LARGEST, LARGEST_DISK, NO_SINGLE_WORKER, NO_LABELLED_WORKER)
+_NEVER = (LARGEST, LARGEST_DISK, NO_SINGLE_WORKER, NO_LABELLED_WORKER, NO_PYTHON_WORKER, NO_IMAGE_WORKER)
 
 
 def fits_no_worker(reason: str) -> bool:

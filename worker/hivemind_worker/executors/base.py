@@ -9,6 +9,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.phases import RUNNER_PHASES
+
+from ..environment_request import EnvironmentRequest
+from ..environments import BuildReport, EnvironmentCache
 
 log = logging.getLogger(__name__)
 
@@ -268,16 +272,22 @@ class Executor(ABC):
     name: str = ""
     isolated: bool = True
 
-    @abstractmethod
+    environments: EnvironmentCache
+
     def environment_for(
-        self,
-        requirements: bytes | None,
-        on_notice: Callable[[str], None],
-        on_phase: Callable[..., None] | None = None,
-    ) -> Any:
+        self, request: EnvironmentRequest, report: BuildReport
+    ) -> AbstractContextManager[str]:
         """A context manager yielding the environment string for RunSpec.environment; it builds
-        the environment the first time and keeps it in use while the context is open. on_phase
-        hears the environment phase's details (cached, step) when there are requirements."""
+        the environment the first time and keeps it in use while the context is open."""
+        return self.environments.use(request, report)
+
+    def python_versions(self) -> list[str]:
+        """The Python minor versions this executor runs tasks with, the default first."""
+        return self.environments.python_versions()
+
+    def images(self) -> list[str]:
+        """The images tasks may ask for (mode "image")."""
+        return []
 
     @abstractmethod
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:

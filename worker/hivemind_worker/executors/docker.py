@@ -18,9 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -29,7 +27,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 
 from hivemind_nodepool.protocol.phases import CONTAINER
 
-from ..environments import DockerEnvironments
+from ..env_docker import DockerEnvironments
 from ..errors import NoTaskNetwork
 from ..image import RUNNER
 from ..lease import LEASE_FILE
@@ -111,46 +109,30 @@ def nvidia_runtime_available(client: docker.DockerClient) -> bool:
 class DockerExecutor(Executor):
     name = "docker"
     isolated = True
+    environments: DockerEnvironments
 
     def __init__(
         self,
         client: docker.DockerClient,
-        image: str,
-        state_dir: Path,
+        environments: DockerEnvironments,
         *,
         worker_id: str = "",
         pids_limit: int = 512,
         tmpfs_size: int = 0,
         default_memory: int = 2 * 1024**3,
-        env_cache_size: int = 20 * 1024**3,
-        build_network: str | None = None,
-        build_ca_bundle: Path | None = None,
         task_network: str = "bridge",
     ) -> None:
         self.client = client
         self.task_network = task_network
-        self.image = image
         self.worker_id = worker_id
         self.pids_limit = pids_limit
         self.tmpfs_size = tmpfs_size
         self.default_memory = default_memory
         self.gpu_runtime = nvidia_runtime_available(client)
-        self.environments = DockerEnvironments(
-            client,
-            image,
-            state_dir / "environments",
-            env_cache_size,
-            network=build_network,
-            ca_bundle=build_ca_bundle,
-        )
+        self.environments = environments
 
-    def environment_for(
-        self,
-        requirements: bytes | None,
-        on_notice: Callable[[str], None],
-        on_phase: Callable[..., None] | None = None,
-    ) -> AbstractContextManager[str]:
-        return self.environments.use(requirements, on_notice, on_phase)
+    def images(self) -> list[str]:
+        return list(self.environments.allowed_images)
 
     def check_network(self) -> None:
         """The task network must exist: engines started with --bridge=none have no "bridge", and a

@@ -15,7 +15,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +23,7 @@ import psutil
 
 from hivemind_nodepool.protocol.phases import CONTAINER
 
-from ..environments import LocalEnvironments
+from ..env_local import LocalEnvironments
 from ..image import RUNNER
 from ..lease import LEASE_FILE
 from .base import (
@@ -114,17 +114,17 @@ class LocalExecutor(Executor):
     name = "local"
     isolated = False
 
-    def __init__(self, state_dir: Path, env_cache_size: int = 20 * 1024**3) -> None:
-        self.environments = LocalEnvironments(state_dir / "venvs", env_cache_size)
-        log.warning(WARNING)
+    def __init__(self, state_dir: Path, environments: LocalEnvironments | None = None) -> None:
+        if environments is None:
+            from ..env_admin import LOCAL_FOLDER, index_settings
+            from ..settings import WorkerSettings
 
-    def environment_for(
-        self,
-        requirements: bytes | None,
-        on_notice: Callable[[str], None],
-        on_phase: Callable[..., None] | None = None,
-    ) -> AbstractContextManager[str]:
-        return self.environments.use(requirements, on_notice, on_phase)
+            settings = WorkerSettings(state_dir=state_dir)
+            environments = LocalEnvironments(
+                state_dir / LOCAL_FOLDER, settings.env_cache_size, index_settings(settings)
+            )
+        self.environments = environments
+        log.warning(WARNING)
 
     def run(self, spec: RunSpec, on_event: EventSink, stopper: Stopper) -> RunOutcome:
         on_event(phase_event(CONTAINER, sandbox="process"))
