@@ -74,6 +74,7 @@ class Installed:
     requires: tuple[str, ...]
     modules: tuple[str, ...]  # the top-level modules it provides
     direct_url: DirectUrl | None = None
+    location: Path | None = None  # its metadata folder
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ def read_distribution(dist: importlib.metadata.Distribution) -> Installed:
         requires=tuple(dist.requires or ()),
         modules=_modules(dist),
         direct_url=_direct_url(dist),
+        location=Path(str(path)).resolve() if (path := getattr(dist, "_path", None)) else None,
     )
 
 
@@ -232,12 +234,26 @@ def scan(paths: Iterable[str] | None = None) -> InstalledIndex:
         except (ValueError, OSError, UnicodeDecodeError) as exc:
             index.broken.append(_broken(dist, str(exc)))
             continue
-        if installed.key in index.by_key:
+        earlier = index.by_key.get(installed.key)
+        if earlier is not None and not _replaces(installed, earlier):
             continue  # shadowed by one earlier on sys.path
         index.by_key[installed.key] = installed
         for module in installed.modules:
-            index.by_module.setdefault(module, []).append(installed.key)
+            keys = index.by_module.setdefault(module, [])
+            if installed.key not in keys:
+                keys.append(installed.key)
     return index
+
+
+def _replaces(later: Installed, earlier: Installed) -> bool:
+    """A build leaves metadata (`*.egg-info`) in the source folder of an editable install; when
+    that folder is on sys.path first (a notebook at the project's root), the installed
+    distribution, which says where it came from, is still the one that counts."""
+    source = later.direct_url.local_path() if later.direct_url else None
+    where = earlier.location
+    if source is None or where is None or earlier.direct_url is not None:
+        return False
+    return source.resolve() in where.parents
 
 
 def _fingerprint() -> tuple[tuple[str, int], ...]:
