@@ -11,6 +11,7 @@ import {
   IResult,
   ISession,
   ISubmitRequest,
+  ISubmitted,
   ITask,
   ITaskPage,
   IWorker
@@ -73,8 +74,8 @@ export class HiveMindApi {
     return this.request<ITask>(`tasks/${encodeURIComponent(id)}`);
   }
 
-  submit(request: ISubmitRequest): Promise<ITask> {
-    return this.request<ITask>('tasks', { method: 'POST', body: JSON.stringify(request) });
+  submit(request: ISubmitRequest): Promise<ISubmitted> {
+    return this.request<ISubmitted>('tasks', { method: 'POST', body: JSON.stringify(request) });
   }
 
   cancel(id: string): Promise<ITask> {

@@ -170,7 +170,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       try {
         const task = await model.api.submit(request);
         Notification.dismiss(pending);
-        Notification.success(`${path} is queued on HiveMind.`, { autoClose: 4000 });
+        const environment = (task.notices ?? []).join(' ');
+        Notification.success(`${path} is queued on HiveMind.${environment ? ` ${environment}` : ''}`, {
+          autoClose: environment ? 8000 : 4000
+        });
         app.shell.activateById(panel.id);
         model.sources.set(task.id, path);
         await model.adopt(task);
