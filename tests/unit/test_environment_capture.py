@@ -130,6 +130,7 @@ def test_the_runtime_the_stdlib_and_the_bundles_own_modules_are_left_out(site: P
     assert lock_of(captured) == ["hm-delta==4.0.0"]
     own = capture(EnvironmentChoice(), Sources(code=["import hm_delta"], names=["hm_delta/__init__.py"]))
     assert lock_of(own) == [] and own.environment.summary == "no packages beyond the runtime"
+    assert own.notices == []  # nothing to say about a cell that needs only the runtime
 
 
 def test_modules_found_only_in_record_map_too(site: Path) -> None:

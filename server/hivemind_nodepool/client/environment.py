@@ -247,7 +247,8 @@ def _locked(
         ),
         entries={LOCK_PATH: text.encode(), **_wheel_entries(lock.built, max_bytes)},
     )
-    captured.notices.append(f"environment: {summary}")
+    if lock.pins:  # a cell that needs nothing beyond the runtime gets no line
+        captured.notices.append(f"environment: {summary}")
     if lock.unmapped:
         captured.notices.append(
             f"no installed package provides {', '.join(lock.unmapped)}: left out of the environment "
