@@ -290,9 +290,8 @@ def test_a_cells_bundle_carries_its_environment(tmp_path: Path):
     from hivemind_nodepool.client.submission import TaskRequest
 
     numpy = pytest.importorskip("numpy")
-    manifest, packed = pack_cell(
-        "import numpy as np\nimport torch\n", TaskRequest(), tmp_path / "b.zip", environment=EnvironmentChoice()
-    )
+    code = "import numpy as np\nimport torch\n"
+    manifest, packed = pack_cell(code, TaskRequest(), tmp_path / "b.zip", environment=EnvironmentChoice())
     with zipfile.ZipFile(packed.path) as bundle:
         assert f"numpy=={numpy.__version__}" in bundle.read(".hivemind/environment.lock").decode()
     assert manifest.environment.mode == "auto" and manifest.environment.summary.startswith("numpy ")

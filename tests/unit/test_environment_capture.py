@@ -35,9 +35,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     hm-alpha -> hm-beta -> hm-gamma[fast] -> hm-delta; hm-alpha also needs tornado (the runtime's)."""
     folder = tmp_path / "site-packages"
     folder.mkdir()
-    add_distribution(
-        folder, "hm-alpha", "1.2.0", modules=["hm_alpha"], requires=["hm-beta>=2", "tornado>=6"]
-    )
+    add_distribution(folder, "hm-alpha", "1.2.0", modules=["hm_alpha"], requires=["hm-beta>=2", "tornado>=6"])
     add_distribution(
         folder,
         "hm-beta",

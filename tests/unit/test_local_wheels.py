@@ -87,7 +87,9 @@ def test_wheels_over_the_bundle_limit_are_refused(editable: Path) -> None:
     assert "over the bundle limit" in str(caught.value) and "hm_local-0.3.0" in str(caught.value)
 
 
-def test_an_install_from_a_folder_that_is_gone_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_install_from_a_folder_that_is_gone_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     site = tmp_path / "site-packages"
     add_distribution(
         site,
