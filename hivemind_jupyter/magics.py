@@ -24,6 +24,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import TraitError
 
+from hivemind_nodepool.client.environment import EnvironmentChoice
 from hivemind_nodepool.client.submission import TaskRequest, parse_assignment, parse_labels
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import left_out_notice
@@ -34,7 +35,8 @@ from hivemind_nodepool.protocol.units import format_duration, format_size, parse
 from .config import HiveMind
 from .errors import PoolProblem
 from .handle import TaskHandle
-from .packaging import cell_task_name, check_identifier, pack_cell
+from .live_view import notice_bundle
+from .packaging import cell_task_name, check_identifier, pack_cell, read_requirements
 from .pool import PoolConnector
 
 
@@ -66,7 +68,19 @@ def cell_parser() -> _Parser:
         help="the worker must carry these labels",
     )
     parser.add_argument("--dir", help="send this folder's files with the cell")
-    parser.add_argument("--requirements", metavar="FILE", help="a requirements.txt for the environment")
+    parser.add_argument(
+        "--env",
+        metavar="MODE",
+        help="the packages: auto (what the cell imports, pinned as installed in this kernel; the "
+        "default), freeze (every package of this kernel), none (the bare runtime), requirements, image",
+    )
+    parser.add_argument(
+        "--requirements", metavar="FILE", help="install this requirements file instead (--env requirements)"
+    )
+    parser.add_argument(
+        "--image", metavar="NAME", help="run in this image, one the worker's admin allow-listed (--env image)"
+    )
+    parser.add_argument("--python", metavar="X.Y", help="run only on a worker with this Python version")
     parser.add_argument(
         "-p",
         "--param",
@@ -164,6 +178,11 @@ class CellOptions:
         self.requirements = Path(args.requirements).expanduser() if args.requirements else None
         if self.requirements is not None and not self.requirements.is_file():
             raise UsageError(f"%%hivemind --requirements: {args.requirements} is not a file")
+        try:
+            text = read_requirements(self.requirements) if self.requirements is not None else None
+            self.environment = EnvironmentChoice.from_options(args.env, text, args.image, args.python)
+        except InvalidInput as exc:
+            raise UsageError(f"%%hivemind: {exc}") from None
         self.no_wait = bool(args.no_wait)
         self.save = bool(args.save) or settings.save_results
         self.wait_for_fit = bool(args.wait_for_fit) or settings.wait_for_fit
@@ -243,6 +262,16 @@ class HiveMindMagics(Magics):
         count = _running_count(self.shell) or getattr(self.shell, "execution_count", None)
         return cell_task_name(session if isinstance(session, str) else None, count)
 
+    def _notice(self, text: str) -> None:
+        """HiveMind's own line in the cell (what environment the cell gets): a quiet output in a
+        kernel with a frontend, a prefixed line elsewhere."""
+        if getattr(self.shell, "kernel", None) is not None:
+            from IPython.display import publish_display_data
+
+            publish_display_data(data=notice_bundle(text), metadata={})
+        else:
+            print(f"[hivemind] {text}", flush=True)
+
     def _submit(self, cell: str, options: CellOptions) -> TaskHandle:
         if not options.request.name:
             options.request = replace(options.request, name=self._cell_name())
@@ -255,9 +284,9 @@ class HiveMindMagics(Magics):
                     options.request,
                     workdir / "bundle.zip",
                     folder=options.folder,
-                    requirements=options.requirements,
                     push=options.push_values,
                     max_bytes=self.settings.max_bundle_bytes,
+                    environment=options.environment,
                 )
             except InvalidInput as exc:
                 raise UsageError(f"%%hivemind: {exc}") from None
@@ -269,6 +298,8 @@ class HiveMindMagics(Magics):
                 task = client.submit(manifest, packed.path)
             except HiveMindError as exc:
                 raise PoolProblem(str(exc)) from None
+            for line in packed.notices:  # what the cell runs with: said once it is on its way
+                self._notice(line)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         count = _running_count(self.shell)

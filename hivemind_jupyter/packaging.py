@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hivemind_nodepool.client.environment import EnvironmentChoice, Sources, capture
 from hivemind_nodepool.client.submission import DEFAULT_MAX_BUNDLE_BYTES, TaskRequest, package_path
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, LeftOut, PackedBundle, pack, scan_folder
@@ -146,9 +147,12 @@ def pack_cell(
     requirements: Path | None = None,
     push: Mapping[str, Any] | None = None,
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+    environment: EnvironmentChoice | None = None,
 ) -> tuple[pb.Manifest, PackedBundle]:
     """A cell (plus an optional folder) as a bundle at destination, and its manifest; the folder's
-    secrets are left out and named in the bundle's `left_out`."""
+    secrets are left out and named in the bundle's `left_out`. With an `environment` choice the
+    cell's environment is captured into the manifest and the bundle, and the lines that say what
+    it is are the bundle's `notices`."""
     files, left_out = _folder_files(folder)
     taken = {name for name, _ in files}
     entry = CELL_ENTRY
@@ -160,12 +164,26 @@ def pack_cell(
     manifest = spec_manifest(replace(request, name=request.name or "cell"), entry)
     manifest.code_preview = code_preview(code)
     notebook = cell_notebook(code, dict(request.parameters or {}), sorted(push_values))
-    extra = {entry: json.dumps(notebook, indent=1).encode(), MANIFEST_NAME: to_json(manifest).encode()}
+    extra = {entry: json.dumps(notebook, indent=1).encode()}
     extra.update(pickle_pushed(push_values))
     if requirements is not None:
         extra["requirements.txt"] = read_requirements(requirements)
+    notices: list[str] = []
+    if environment is not None:
+        sources = Sources(
+            code=[code],
+            files=files,
+            names=[name for name, _ in files] + list(extra),
+            values=list(push_values.values()),
+        )
+        captured = capture(environment, sources, request.gpus, max_bytes)
+        manifest.environment.CopyFrom(captured.environment)
+        extra.update(captured.entries)
+        notices = captured.notices
+    extra[MANIFEST_NAME] = to_json(manifest).encode()
     packed = pack(destination, files, extra, max_bytes=max_bytes)
     packed.left_out = left_out
+    packed.notices = notices
     return manifest, packed
 
 
@@ -177,10 +195,12 @@ def pack_path(
     entry: str | None = None,
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
     requirements: str | None = None,
+    environment: EnvironmentChoice | None = None,
 ) -> tuple[pb.Manifest, PackedBundle]:
     """A notebook (sent with its folder) or a folder (with its entry notebook), as `hivemind submit`
     packages it; the entry must be a notebook inside the folder. `requirements` (pip lines, as
-    typed in the panel's dialog) becomes the bundle's requirements.txt."""
+    typed in the panel's dialog) becomes the bundle's requirements.txt; `environment` is captured
+    or taken as chosen (its lines to show are the bundle's `notices`)."""
     if entry is not None and not target.is_dir():
         raise InvalidInput("give `entry` only with a folder")
     placeholder = target.name if target.is_file() else "entry.ipynb"
@@ -199,6 +219,7 @@ def pack_path(
         max_bytes=max_bytes,
         how_to_choose='the "entry" field',
         extra=extra,
+        environment=environment,
     )
     validate(manifest)
     return manifest, packed

@@ -21,6 +21,7 @@ from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.jsonify import to_dict
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
+from ..environment_choice import notebook_environment
 from ..errors import ApiError
 from ..packaging import pack_path
 from ..results import fetch_into, public_files
@@ -41,6 +42,9 @@ SUBMIT_FIELDS = {
     "labels",
     "retries",
     "requirements",
+    "environment",
+    "image",
+    "python",
 }
 MAX_EVENTS = 10_000
 MAX_PATH = 4096
@@ -195,9 +199,10 @@ class TasksHandler(TaskBase):
         )
 
     def _package_and_submit(
-        self, target: Path, request: TaskRequest, entry: str | None, requirements: str | None = None
-    ) -> tuple[pb.Task, list[LeftOut]]:
+        self, target: Path, request: TaskRequest, entry: str | None, body: dict[str, Any]
+    ) -> tuple[pb.Task, list[LeftOut], list[str]]:
         client = self.connector.client()  # fail fast (401) before packaging a big folder
+        choice, notices = notebook_environment(body, target, entry, self.kernel_spec_manager)
         workdir = Path(tempfile.mkdtemp(prefix="hivemind-submit-"))
         try:
             manifest, packed = pack_path(
@@ -206,9 +211,9 @@ class TasksHandler(TaskBase):
                 workdir,
                 entry=entry,
                 max_bytes=self.hivemind.max_bundle_bytes,
-                requirements=requirements,
+                environment=choice,
             )
-            return client.submit(manifest, packed.path), packed.left_out
+            return client.submit(manifest, packed.path), packed.left_out, notices + packed.notices
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -224,12 +229,13 @@ class TasksHandler(TaskBase):
             return self.resolve_path(path), self._request(body), _string(body, "entry")
 
         target, request, entry = await self.blocking(prepare)
-        requirements = _string(body, "requirements")
-        task, left_out = await self.blocking(self._package_and_submit, target, request, entry, requirements)
-        # The Task, plus what the packer left out as secrets and the one line that says so.
+        task, left_out, notices = await self.blocking(self._package_and_submit, target, request, entry, body)
+        # The Task, plus what the packer left out as secrets and the one line that says so, and
+        # the lines about its environment (what was captured, what could not be).
         answer = to_dict(task, every_field=True)
         answer["left_out"] = [item.name for item in left_out]
         answer["notice"] = left_out_notice(left_out)
+        answer["notices"] = notices
         self.reply(answer, status=201)
 
 

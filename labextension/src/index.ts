@@ -170,7 +170,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       try {
         const task = await model.api.submit(request);
         Notification.dismiss(pending);
-        Notification.success(`${path} is queued on HiveMind.`, { autoClose: 4000 });
+        const environment = (task.notices ?? []).join(' ');
+        Notification.success(`${path} is queued on HiveMind.${environment ? ` ${environment}` : ''}`, {
+          autoClose: environment ? 8000 : 4000
+        });
         const notice = submitNotice(path, task);
         if (notice) {
           // stays until read: it says what the task will not find (toasts are cut; "Details" is whole)

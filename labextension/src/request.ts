@@ -20,6 +20,9 @@ export interface ISubmitForm {
   timeout: string;
   parameters: string;
   requirements: string;
+  /** '' (the notebook's kernel decides), or auto, freeze, none, requirements, image */
+  environment: string;
+  image: string;
   /** The notebook's own parameters, as read from its `parameters` cell: only changes are sent. */
   notebookParameters: string;
 }
@@ -27,6 +30,8 @@ export interface ISubmitForm {
 const SIZE = /^\d+(\.\d+)?\s*([kmgt]i?b?|b)?$/i;
 const DURATION = /^(\d+(\.\d+)?\s*(s|m|h|d)\s*)+$|^\d+$/i;
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const IMAGE = /^[a-z0-9][a-z0-9._/:@-]{0,254}$/;
+export const ENVIRONMENTS = ['', 'auto', 'freeze', 'requirements', 'image', 'none'];
 
 /** Reads `name=value` lines; values are JSON when they parse as JSON, text otherwise. */
 export function parseParameters(text: string): { [key: string]: unknown } {
@@ -163,9 +168,31 @@ export function buildRequest(path: string, isFolder: boolean, form: ISubmitForm)
   if (Object.keys(parameters).length) {
     request.parameters = parameters;
   }
+  addEnvironment(request, form);
+  return request;
+}
+
+/** The Environment choice, with the requirements or image it needs. */
+function addEnvironment(request: ISubmitRequest, form: ISubmitForm): void {
+  const environment = form.environment.trim();
+  if (!ENVIRONMENTS.includes(environment)) {
+    throw new Error(`Unknown environment "${environment}".`);
+  }
   const requirements = form.requirements.trim();
-  if (requirements) {
+  const image = form.image.trim();
+  if (environment === 'requirements' && !requirements) {
+    throw new Error('Type the requirements to install, one per line (e.g. pandas==2.2.2).');
+  }
+  if (environment === 'image') {
+    if (!IMAGE.test(image)) {
+      throw new Error("Name the image to run in (one the worker's admin allows), e.g. lab/analysis:2024.");
+    }
+    request.image = image;
+  }
+  if (environment) {
+    request.environment = environment;
+  }
+  if (requirements && (environment === '' || environment === 'requirements')) {
     request.requirements = requirements;
   }
-  return request;
 }

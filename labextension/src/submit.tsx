@@ -7,6 +7,15 @@ import * as React from 'react';
 import { ISubmitDefaults, ISubmitForm, buildRequest } from './request';
 import { ISubmitRequest } from './types';
 
+const ENVIRONMENT_HINTS: { [mode: string]: string } = {
+  '': "The kernel's packages when its kernel is this server's Python; else the folder's requirements.txt.",
+  auto: "The packages the notebook imports, at the versions installed in this server's Python.",
+  freeze: "Every package of this server's Python (slower to build the first time).",
+  requirements: 'Only the lines below; unpinned names get the versions the worker finds.',
+  image: "The image's own packages.",
+  none: 'Only what the runtime has (papermill, ipykernel).'
+};
+
 class SubmitBody extends ReactWidget implements Dialog.IBodyWidget<ISubmitForm> {
   constructor(
     private form: ISubmitForm,
@@ -43,11 +52,13 @@ function SubmitFields(props: {
   onChange: (form: ISubmitForm) => void;
 }): JSX.Element {
   const [form, setForm] = React.useState(props.initial);
-  const set = (key: keyof ISubmitForm) => (e: React.ChangeEvent<HTMLInputElement | HTMLTextAreaElement>) => {
-    const next = { ...form, [key]: e.target.value };
-    setForm(next);
-    props.onChange(next);
-  };
+  const set =
+    (key: keyof ISubmitForm) =>
+    (e: React.ChangeEvent<HTMLInputElement | HTMLTextAreaElement | HTMLSelectElement>) => {
+      const next = { ...form, [key]: e.target.value };
+      setForm(next);
+      props.onChange(next);
+    };
   const field = (key: keyof ISubmitForm, label: string, hint: string, extra: object = {}) => (
     <label className="jp-HiveMind-field">
       <span>{label}</span>
@@ -97,6 +108,25 @@ function SubmitFields(props: {
         </small>
       </label>
       <label className="jp-HiveMind-field">
+        <span>Environment</span>
+        <select
+          className="jp-mod-styled"
+          name="environment"
+          value={form.environment}
+          onChange={set('environment')}
+        >
+          <option value="">From the notebook&apos;s kernel</option>
+          <option value="auto">What it imports, pinned as installed here</option>
+          <option value="freeze">Every package installed here</option>
+          <option value="requirements">The requirements below</option>
+          <option value="image">An image</option>
+          <option value="none">None: the bare runtime</option>
+        </select>
+        <small>{ENVIRONMENT_HINTS[form.environment] ?? ''}</small>
+      </label>
+      {form.environment === 'image' &&
+        field('image', 'Image', "An image the worker's admin allows, e.g. lab/analysis:2024.")}
+      <label className="jp-HiveMind-field">
         <span>Requirements</span>
         <textarea
           className="jp-mod-styled"
@@ -106,7 +136,7 @@ function SubmitFields(props: {
           placeholder={'pandas==2.2.2\nscikit-learn'}
           onChange={set('requirements')}
         />
-        <small>pip lines installed before it runs; empty: the folder's requirements.txt, if any.</small>
+        <small>pip lines installed before it runs (with &quot;The requirements below&quot;).</small>
       </label>
     </div>
   );
@@ -131,6 +161,8 @@ export async function askSubmit(
     timeout: defaults.timeout,
     parameters: ownParameters,
     requirements: '',
+    environment: '',
+    image: '',
     notebookParameters: ownParameters
   };
   let error = '';

@@ -185,6 +185,18 @@ export interface ISubmitRequest {
   labels?: { [key: string]: string };
   /** pip requirement lines, sent as the bundle's requirements.txt */
   requirements?: string;
+  /** auto, freeze, none, requirements or image; absent: the notebook's kernel decides */
+  environment?: string;
+  /** with environment "image": an image the worker's admin allow-listed */
+  image?: string;
+  /** run only where this Python version is available, e.g. "3.12" */
+  python?: string;
+}
+
+/** What POST /hivemind/api/tasks answers: the task, and lines about its environment. */
+export interface ISubmitted extends ITask {
+  notices?: string[];
+  notice?: string;
 }
 
 /** Messages the server pushes on the /hivemind/api/stream WebSocket. */

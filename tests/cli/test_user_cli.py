@@ -243,6 +243,12 @@ def test_cancel_a_queued_task(pool: PoolProcess, signed_in: Path, tmp_path: Path
         (["submit", "{folder}", "--cpus", "0"], "more than 0"),
         (["submit", "{folder}", "--timeout", "soon"], "not a duration"),
         (["submit", "{folder}", "--label", "nolabel"], "KEY=VALUE"),
+        (["submit", "{folder}", "--env", "conda"], "--env must be auto, none, freeze, requirements or image"),
+        (["submit", "{folder}", "--env", "image"], "--env image needs the image's name: --image NAME"),
+        (["submit", "{folder}", "--image", "Bad Image"], "is not an image name"),
+        (["submit", "{folder}", "--python", "3.x"], "--python: '3.x' is not a Python version"),
+        (["submit", "{folder}", "--requirements", "{folder}/bad-requirements.txt"], "-e is not allowed"),
+        (["submit", "{folder}", "--requirements", "{folder}/none.txt"], "does not exist"),
         (["logs", "t-does-not-exist"], "t-does-not-exist"),
         (["cancel", "t-does-not-exist"], "t-does-not-exist"),
     ],
@@ -250,9 +256,42 @@ def test_cancel_a_queued_task(pool: PoolProcess, signed_in: Path, tmp_path: Path
 def test_bad_input_gets_a_clear_error(signed_in: Path, tmp_path: Path, args: list[str], message: str) -> None:
     folder = tmp_path / "proj"
     notebook(folder, "print(1)")
+    (folder / "bad-requirements.txt").write_text("-e ./mine\n")
     result = hivemind(signed_in, *[a.format(folder=folder) for a in args])
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_submit_sends_the_environment_it_was_given(signed_in: Path, tmp_path: Path) -> None:
+    """--env auto captures from this Python; a folder's requirements.txt is the default when it has
+    one; --env none, --image and --python are recorded in the task's manifest."""
+    import numpy
+
+    def manifest_of(*args: str) -> tuple[dict, str]:
+        result = hivemind(signed_in, "submit", *args, "--gpus", "0", "--memory", "256M")
+        assert result.returncode == 0, result.stderr
+        shown = hivemind(signed_in, "show", result.stdout.strip(), "--json")
+        return json.loads(shown.stdout)["manifest"], result.stderr
+
+    job = notebook(tmp_path / "auto", "import numpy\nimport torch\nprint(numpy.__version__)")
+    manifest, said = manifest_of(str(job))
+    environment = manifest["environment"]
+    assert environment["mode"] == "auto" and environment["summary"].startswith(f"numpy {numpy.__version__}")
+    assert f"hivemind: environment: numpy {numpy.__version__}" in said
+    assert "this notebook imports torch but asks for no GPU: add --gpus 1" in said
+    (tmp_path / "auto" / "requirements.txt").write_text("numpy==1.26.4\n")
+    manifest, said = manifest_of(str(job))
+    assert manifest["environment"]["mode"] == "requirements" and "requirements.txt: 1 package" in said
+    manifest, _ = manifest_of(str(job), "--env", "auto", "--python", "3.12")
+    assert manifest["environment"]["mode"] == "auto" and manifest["environment"]["python_version"] == "3.12"
+    assert manifest["environment"]["require_python"] is True
+    manifest, _ = manifest_of(str(job), "--env", "none")
+    assert manifest["environment"]["mode"] == "none"
+    manifest, _ = manifest_of(str(job), "--image", "lab/analysis:2024")
+    assert (manifest["environment"]["mode"], manifest["environment"]["image"]) == (
+        "image",
+        "lab/analysis:2024",
+    )
 
 
 def test_every_command_has_help(tmp_path: Path) -> None:

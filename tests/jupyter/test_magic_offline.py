@@ -224,3 +224,76 @@ def test_wait_for_fit_is_an_option_and_a_setting() -> None:
     assert not CellOptions("", HiveMind(), {}).wait_for_fit
     assert CellOptions("--wait-for-fit", HiveMind(), {}).wait_for_fit
     assert CellOptions("", HiveMind(wait_for_fit=True), {}).wait_for_fit
+
+
+def _requirements(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "requirements.txt"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--env conda", "--env must be auto, none, freeze, requirements or image, not 'conda'"),
+        ("--env requirements", "--env requirements needs the file: --requirements FILE"),
+        ("--env image", "--env image needs the image's name: --image NAME"),
+        ("--env none --requirements {reqs}", "--env none and --requirements contradict each other"),
+        ("--image 'Not An Image'", "is not an image name"),
+        ("--image lab/x --requirements {reqs}", "not both"),
+        ("--python 2.7.x", "--python: '2.7.x' is not a Python version"),
+        ("--python three", "is not a Python version"),
+    ],
+)
+def test_bad_environment_options_are_usage_errors(tmp_path: Path, line: str, message: str):
+    reqs = _requirements(tmp_path, "numpy==2.1.0\n")
+    with pytest.raises(UsageError) as caught:
+        CellOptions(line.format(reqs=reqs), HiveMind(), {})
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-e ./mine\n", "-e is not allowed"),
+        ("numpy\n-r other.txt\n", "requirements line 2: -r is not allowed"),
+        ("--index-url https://mirror.example/simple\n", "--index-url is not allowed"),
+        ("numpy==2.1.0 --hash=sha256:0123abc\n", "the sha256 hash is 7 hex digits long"),
+        ("".join(f"package{i}==1.0\n" for i in range(5000)), "more than 2000 packages"),
+        ("../outside/pkg\n", "is a path or URL"),
+        ("evil/pkg==1.0\n", "is a path or URL"),
+        ("numpy\nnumpy==2.0\n", "numpy is already required on line 1"),
+    ],
+)
+def test_a_bad_requirements_file_is_refused_before_upload(tmp_path: Path, text: str, message: str):
+    with pytest.raises(UsageError) as caught:
+        CellOptions(f"--requirements {_requirements(tmp_path, text)}", HiveMind(), {})
+    assert message in str(caught.value)
+
+
+def test_environment_options_are_parsed(tmp_path: Path):
+    assert CellOptions("", HiveMind(), {}).environment.mode == "auto"
+    assert CellOptions("--env freeze --python 3.12", HiveMind(), {}).environment.python == "3.12"
+    assert CellOptions("--env none", HiveMind(), {}).environment.mode == "none"
+    image = CellOptions("--image lab/analysis:2024", HiveMind(), {}).environment
+    assert (image.mode, image.image) == ("image", "lab/analysis:2024")
+    reqs = _requirements(tmp_path, "numpy==2.1.0\n")
+    chosen = CellOptions(f"--requirements {reqs}", HiveMind(), {})
+    assert chosen.environment.mode == "requirements" and chosen.environment.requirements == b"numpy==2.1.0\n"
+
+
+def test_a_cells_bundle_carries_its_environment(tmp_path: Path):
+    import zipfile
+
+    from hivemind_jupyter.packaging import pack_cell
+    from hivemind_nodepool.client.environment import EnvironmentChoice
+    from hivemind_nodepool.client.submission import TaskRequest
+
+    numpy = pytest.importorskip("numpy")
+    code = "import numpy as np\nimport torch\n"
+    manifest, packed = pack_cell(code, TaskRequest(), tmp_path / "b.zip", environment=EnvironmentChoice())
+    with zipfile.ZipFile(packed.path) as bundle:
+        assert f"numpy=={numpy.__version__}" in bundle.read(".hivemind/environment.lock").decode()
+    assert manifest.environment.mode == "auto" and manifest.environment.summary.startswith("numpy ")
+    assert packed.notices[0] == f"environment: {manifest.environment.summary}"
+    assert "this cell imports torch but asks for no GPU: add --gpus 1 to run it on a GPU" in packed.notices

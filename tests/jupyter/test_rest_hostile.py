@@ -105,6 +105,10 @@ SUBMIT_FIELDS = [
     "timeout",
     "labels",
     "retries",
+    "requirements",
+    "environment",
+    "image",
+    "python",
 ]
 TASK_IDS = ["..", "%2e%2e", "a" * 200, "t\x00", "é", " ", "t-" + "9" * 100, "t%2F..%2Fx", "-", "."]
 
@@ -186,6 +190,53 @@ def test_hostile_submit_bodies_never_reach_a_500(api, signed_in, project: Path):
         status, answer = api("POST", "tasks", body=raw)
         assert_clean(status, answer, raw[:40])
         assert 400 <= status < 500, (raw[:40], status, answer)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"environment": "conda"}, "environment must be auto, none, freeze, requirements or image"),
+        ({"environment": "image"}, "environment image needs the image's name"),
+        ({"environment": "requirements"}, "environment requirements needs the file"),
+        ({"environment": "none", "image": "lab/x"}, "environment none and image contradict"),
+        ({"image": "Not An Image"}, "is not an image name"),
+        ({"image": "lab/x", "requirements": "numpy"}, "not both"),
+        ({"python": "3.x"}, "python: '3.x' is not a Python version"),
+        ({"python": "3" * 2000}, "python is longer than 1024 characters"),
+        ({"requirements": "-e ./mine"}, "-e is not allowed"),
+        ({"requirements": "numpy\n-r more.txt"}, "-r is not allowed"),
+        ({"requirements": "--index-url https://mirror.example/simple"}, "--index-url is not allowed"),
+        ({"requirements": "numpy --hash=sha256:00ff"}, "hash is 4 hex digits long"),
+        ({"requirements": "evil/pkg==1"}, "is a path or URL"),
+        ({"requirements": "\n".join(f"p{i}==1" for i in range(5000))}, "more than 2000 packages"),
+    ],
+)
+def test_bad_environment_fields_are_400s_that_say_why(api, signed_in, project: Path, fields, message):
+    status, answer = api("POST", "tasks", body={"path": "nb.ipynb", "memory": "256M", **fields})
+    assert status == 400 and message in answer["error"], answer
+
+
+def test_the_environment_follows_the_notebooks_kernel(api, signed_in, project: Path):
+    status, task = api("POST", "tasks", body={"path": "nb.ipynb", "memory": "256M"})
+    assert status == 201, task  # the python3 kernelspec runs this server's Python: captured here
+    assert task["manifest"]["environment"]["mode"] == "auto"
+    assert task["manifest"]["environment"]["summary"] == "no packages beyond the runtime"
+    assert task["notices"] == []  # `x = 1` needs nothing: no line about it
+    other = {**NOTEBOOK, "metadata": {"kernelspec": {"name": "lab-conda-env", "display_name": "conda"}}}
+    (project / "other").mkdir()
+    (project / "other" / "nb.ipynb").write_text(json.dumps(other))
+    status, task = api("POST", "tasks", body={"path": "other/nb.ipynb", "memory": "256M"})
+    assert status == 201 and task["manifest"]["environment"]["mode"] == "none", task
+    assert "not this server's Python and its folder has no requirements.txt" in task["notices"][0]
+    (project / "other" / "requirements.txt").write_text("numpy==2.1.0\n")
+    status, task = api("POST", "tasks", body={"path": "other/nb.ipynb", "memory": "256M"})
+    assert status == 201 and task["manifest"]["environment"]["mode"] == "requirements", task
+    assert "its packages come from the folder's requirements.txt" in task["notices"][0]
+    status, task = api(
+        "POST", "tasks", body={"path": "other/nb.ipynb", "environment": "freeze", "python": "3.12"}
+    )
+    assert status == 201 and task["manifest"]["environment"]["mode"] == "freeze", task
+    assert task["manifest"]["environment"]["python_version"] == "3.12"
 
 
 def test_hostile_session_bodies_never_reach_a_500(api, signed_in):

@@ -9,6 +9,8 @@ const FORM: ISubmitForm = {
   timeout: '',
   parameters: '',
   requirements: '',
+  environment: '',
+  image: '',
   notebookParameters: ''
 };
 
@@ -50,5 +52,31 @@ describe('buildRequest', () => {
     expect(request.requirements).toBe('pandas\nnumpy==2.0');
     expect(request.timeout).toBeUndefined();
     expect(buildRequest('a.ipynb', false, FORM).requirements).toBeUndefined();
+  });
+  it('sends the environment chosen, with what it needs', () => {
+    expect(buildRequest('a.ipynb', false, FORM).environment).toBeUndefined();
+    expect(buildRequest('a.ipynb', false, { ...FORM, environment: 'freeze' }).environment).toBe('freeze');
+    const image = buildRequest('a.ipynb', false, { ...FORM, environment: 'image', image: ' lab/x:1 ' });
+    expect([image.environment, image.image]).toEqual(['image', 'lab/x:1']);
+    const none = buildRequest('a.ipynb', false, { ...FORM, environment: 'none', requirements: 'pandas' });
+    expect(none.requirements).toBeUndefined();
+    const typed = buildRequest('a.ipynb', false, {
+      ...FORM,
+      environment: 'requirements',
+      requirements: 'pandas'
+    });
+    expect(typed.requirements).toBe('pandas');
+  });
+  it('refuses an environment without what it needs', () => {
+    expect(() => buildRequest('a.ipynb', false, { ...FORM, environment: 'image' })).toThrow('Name the image');
+    expect(() =>
+      buildRequest('a.ipynb', false, { ...FORM, environment: 'image', image: 'Bad Name' })
+    ).toThrow('Name the image');
+    expect(() => buildRequest('a.ipynb', false, { ...FORM, environment: 'requirements' })).toThrow(
+      'Type the requirements'
+    );
+    expect(() => buildRequest('a.ipynb', false, { ...FORM, environment: 'conda' })).toThrow(
+      'Unknown environment'
+    );
   });
 });

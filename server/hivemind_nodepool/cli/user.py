@@ -13,8 +13,16 @@ from pathlib import Path
 
 from hivemind_nodepool.cli.output import print_event, print_task, print_tasks, print_workers
 from hivemind_nodepool.client import credentials
+from hivemind_nodepool.client.environment import EnvironmentChoice
 from hivemind_nodepool.client.pool_client import PoolClient
-from hivemind_nodepool.client.submission import TaskRequest, package_path, parse_assignment, parse_labels
+from hivemind_nodepool.client.submission import (
+    TaskRequest,
+    folder_requirements,
+    package_path,
+    parse_assignment,
+    parse_labels,
+    read_requirements,
+)
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol import commandline
 from hivemind_nodepool.protocol.bundle import (
@@ -103,15 +111,29 @@ def _follow(client: PoolClient, task_id: str, after: int = 0) -> pb.Task:
     return client.get_task(task_id)
 
 
+def _environment(args: argparse.Namespace) -> EnvironmentChoice:
+    """--env, --requirements, --image, --python; with none of the first three, the folder's own
+    requirements.txt when it has one, else the packages captured from this Python (--env auto)."""
+    requirements = read_requirements(args.requirements) if args.requirements else None
+    if args.env is None and requirements is None and args.image is None:
+        requirements = folder_requirements(args.path)
+    return EnvironmentChoice.from_options(args.env, requirements, args.image, args.python)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     request = _request(args)
+    environment = _environment(args)
     with tempfile.TemporaryDirectory(prefix="hivemind-submit-") as workdir:
-        manifest, packed = package_path(args.path, request, entry=args.entry, workdir=workdir)
+        manifest, packed = package_path(
+            args.path, request, entry=args.entry, workdir=workdir, environment=environment
+        )
         print(
             f"packaged {packed.files} files ({format_size(packed.unpacked_bytes)}, "
             f"{format_size(packed.packed_bytes)} zipped)",
             file=sys.stderr,
         )
+        for line in packed.notices:
+            print(f"hivemind: {line}", file=sys.stderr)
         if packed.left_out:
             print(f"hivemind: {left_out_notice(packed.left_out)}", file=sys.stderr)
         with _client() as client:
@@ -227,6 +249,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_up(args)
 
 
+def _environment_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--env",
+        metavar="MODE",
+        help="the packages: auto (what the notebook imports, pinned as installed in this Python), "
+        "freeze (every package of this Python), none (the bare runtime), requirements, image "
+        "(default: the folder's requirements.txt if it has one, else auto)",
+    )
+    sub.add_argument("--requirements", metavar="FILE", help="install this requirements file instead")
+    sub.add_argument("--image", metavar="NAME", help="run in this image (one the worker's admin allows)")
+    sub.add_argument("--python", metavar="X.Y", help="run only on a worker with this Python version")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hivemind", description="Use a HiveMind pool: sign in, submit notebooks, follow and fetch them."
@@ -277,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--retries", type=int, default=-1, help="retries after a lost worker (default: pool's)")
     sub.add_argument("--priority", type=int, default=0, help="higher runs first among your own tasks")
     sub.add_argument("--name", help="a name to show (default: the notebook's)")
+    _environment_options(sub)
     sub.add_argument(
         "--wait", action="store_true", help="follow the task's output; exit 0 only if it SUCCEEDED"
     )

@@ -15,12 +15,16 @@ from pathlib import Path, PurePosixPath
 
 from google.protobuf import json_format
 
+from hivemind_nodepool.client.environment import EnvironmentChoice, Sources, capture
+from hivemind_nodepool.client.imports import notebook_code
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.bundle import MANIFEST_NAME, PackedBundle, pack, scan_folder
+from hivemind_nodepool.protocol.environment import REQUIREMENTS_PATH
 from hivemind_nodepool.protocol.errors import InvalidInput
 from hivemind_nodepool.protocol.units import parse_duration, parse_size
 
 DEFAULT_MAX_BUNDLE_BYTES = 2 * 1024**3
+MAX_REQUIREMENTS_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -40,6 +44,7 @@ class TaskRequest:
     outputs: tuple[str, ...] = ()
     pull_variables: tuple[str, ...] = ()
     allow_network: bool = False
+    environment: pb.Environment | None = None  # None: unset (the worker's behaviour before locks)
 
     def to_manifest(self, entry_notebook: str) -> pb.Manifest:
         if self.cpus <= 0:
@@ -73,6 +78,7 @@ class TaskRequest:
             pull_variables=list(self.pull_variables),
             priority=self.priority,
             allow_network=self.allow_network,
+            environment=self.environment,
         )
 
 
@@ -124,10 +130,14 @@ def package_path(
     max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
     how_to_choose: str = "--entry NAME",
     extra: Mapping[str, bytes] | None = None,
+    environment: EnvironmentChoice | None = None,
 ) -> tuple[pb.Manifest, PackedBundle]:
     """Package a notebook (with its folder) or a folder into a bundle ZIP in workdir; `extra`
     files (such as a requirements.txt typed in the panel) replace same-named ones of the folder.
-    Secrets are left out (see bundle.scan_folder) and named in the bundle's `left_out`."""
+    Secrets are left out (see bundle.scan_folder) and named in the bundle's `left_out`.
+
+    With an `environment` choice the environment is captured (or taken as chosen) into the
+    manifest and the bundle; the lines to show the person are the bundle's `notices`."""
     source = Path(path).expanduser()
     if source.is_file():
         if source.suffix != ".ipynb":
@@ -138,13 +148,50 @@ def package_path(
     else:
         raise InvalidInput(f"{source} does not exist")
     manifest = request.to_manifest(entry_name)
-    added = {**(extra or {}), MANIFEST_NAME: manifest_json(manifest)}
+    added = dict(extra or {})
     scan = scan_folder(folder)
+    notices: list[str] = []
+    if environment is not None:
+        files = [(name, file) for name, file, _ in scan.files]
+        entry_file = folder / entry_name
+        sources = Sources(
+            code=notebook_code(entry_file.read_bytes()) if entry_file.is_file() else [],
+            files=[(name, file) for name, file in files if name != entry_name],
+            names=[name for name, _ in files] + list(added),
+        )
+        captured = capture(environment, sources, request.gpus, max_bytes, subject="notebook")
+        manifest.environment.CopyFrom(captured.environment)
+        added.update(captured.entries)
+        notices = captured.notices
+    added[MANIFEST_NAME] = manifest_json(manifest)
     files = [(name, file) for name, file, _ in scan.files if name not in added]
     target_dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hivemind-bundle-"))
     packed = pack(target_dir / "bundle.zip", files, added, max_bytes=max_bytes)
     packed.left_out = scan.left_out  # the caller tells the person (left_out_notice)
+    packed.notices = notices
     return manifest, packed
+
+
+def folder_of(path: str | Path) -> Path:
+    """The folder a notebook or folder is sent with."""
+    source = Path(path).expanduser()
+    return source.parent if source.is_file() else source
+
+
+def read_requirements(path: str | Path) -> bytes:
+    """A requirements file's bytes (checked later, with the other options)."""
+    found = Path(path).expanduser()
+    if not found.is_file():
+        raise InvalidInput(f"the requirements file {found} does not exist")
+    if found.stat().st_size > MAX_REQUIREMENTS_BYTES:
+        raise InvalidInput(f"the requirements file {found} is larger than 1 MiB")
+    return found.read_bytes()
+
+
+def folder_requirements(path: str | Path) -> bytes | None:
+    """The requirements.txt of the folder a notebook or folder is sent with, if it has one."""
+    found = folder_of(path) / REQUIREMENTS_PATH
+    return read_requirements(found) if found.is_file() else None
 
 
 def parse_assignment(text: str, what: str = "parameter") -> tuple[str, object]:

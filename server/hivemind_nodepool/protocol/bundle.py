@@ -116,6 +116,7 @@ class PackedBundle:
     names: list[str] = field(default_factory=list)
     left_out: list[LeftOut] = field(default_factory=list)  # secrets the packer did not send
     renamed: dict[str, str] = field(default_factory=dict)  # name on disk -> name stored
+    notices: list[str] = field(default_factory=list)  # lines for the person (the environment captured)
 
 
 @dataclass(frozen=True)
