@@ -127,9 +127,9 @@ def _module_hint(module: str) -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             requirement = distributions[0]
         return [
-            f"`{module}` is installed here but not where the task ran: put `{requirement}` in a "
-            "requirements.txt and add `--requirements requirements.txt` (the worker builds that "
-            "environment once and reuses it)."
+            f"`{module}` is installed here ({requirement}) but not where the task ran: with "
+            "`--env auto` (the default) the cell takes your kernel's packages; with "
+            f"`--requirements FILE`, add `{requirement}` to that file."
         ]
     if spec.submodule_search_locations:  # a package: the folder that holds it
         folder = Path(next(iter(spec.submodule_search_locations))).parent

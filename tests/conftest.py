@@ -14,7 +14,7 @@ import uuid
 import psutil
 import pytest
 
-pytest_plugins = ["harness.fixtures", "harness.worker_fixtures"]
+pytest_plugins = ["harness.fixtures", "harness.worker_fixtures", "harness.env_worker"]
 
 IN_CI = bool(os.environ.get("CI"))
 

@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 
 import pytest
+from harness.fake_site import add_distribution
 
 from hivemind_nodepool.client import distributions
 from hivemind_nodepool.client.environment import (
@@ -25,8 +26,6 @@ from hivemind_nodepool.client.imports import (
 )
 from hivemind_nodepool.protocol.environment import LOCK_PATH, check_requirements
 from hivemind_nodepool.protocol.errors import InvalidInput
-
-from .fake_site import add_distribution
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from harness.fake_site import add_distribution, local_project
 
 from hivemind_jupyter.packaging import pack_cell
 from hivemind_nodepool.client.environment import EnvironmentChoice, Sources, capture
@@ -15,8 +16,6 @@ from hivemind_nodepool.client.submission import TaskRequest
 from hivemind_nodepool.protocol.bundle import MANIFEST_NAME
 from hivemind_nodepool.protocol.environment import LOCK_PATH, WHEELS_DIR, check_requirements
 from hivemind_nodepool.protocol.errors import InvalidInput
-
-from .fake_site import add_distribution, local_project
 
 WHEEL = f"{WHEELS_DIR}/hm_local-0.3.0-py3-none-any.whl"
 
