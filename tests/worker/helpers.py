@@ -20,8 +20,9 @@ from hivemind_nodepool.protocol.states import TERMINAL_STATES
 GiB = 1024**3
 MiB = 1024**2
 USER, PASSWORD = "alice", "alice-password-1"
-# A small pure-Python package that the runtime image does not carry.
-EXTRA_PACKAGE = "tomli-w==1.0.0"
+# A package the runtime image does not carry, from the test wheelhouse (tests/harness/wheels.py):
+# the workers that install it run with --find-links and --offline (harness/env_worker.py).
+EXTRA_PACKAGE = "hmdemo-delta==1.0"
 
 
 def notebook(*cells: str, parameters: str | None = None) -> bytes:

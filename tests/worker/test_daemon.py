@@ -194,16 +194,21 @@ def test_doctor_reports_what_to_fix(pool, tmp_path: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_two_tasks_with_the_same_new_requirements_build_once(pool, docker_engine, tmp_path: Path) -> None:
+def test_two_tasks_with_the_same_new_requirements_build_once(pool, runtime_image, tmp_path: Path) -> None:
+    from harness.env_worker import EnvWorker
+
     from .helpers import EXTRA_PACKAGE
 
     alice = user(pool)
-    worker = WorkerProcess(pool, executor="docker", name="builder").start()
+    builder = EnvWorker(pool, tmp_path)
+    worker = builder.process.start()
     try:
         # A comment makes a requirements file nobody built before, so this run builds it.
         requirements = f"{EXTRA_PACKAGE}  # {os.urandom(6).hex()}\n".encode()
         data = bundle(
-            notebook("import tomli_w\nprint(tomli_w.dumps({'a': 1}))"), {"requirements.txt": requirements}
+            notebook("import hmdemo_delta\nprint(hmdemo_delta.__version__)"),
+            {"requirements.txt": requirements},
+            {"requirements.txt": requirements},
         )
         tasks = [submit(alice, data, cpus=0.5), submit(alice, data, cpus=0.5)]
         finals = [wait_state(alice, t.id, timeout=300) for t in tasks]
@@ -218,8 +223,4 @@ def test_two_tasks_with_the_same_new_requirements_build_once(pool, docker_engine
     finally:
         worker.stop()
         remove_task_containers(worker.worker_id)
-        subprocess.run(
-            ["docker", "image", "prune", "-f", "--filter", "label=org.hivemind.role=env"],
-            capture_output=True,
-            check=False,
-        )
+        builder.env_cli("prune")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
-from harness.worker import WorkerProcess
+from harness.env_worker import EnvWorker
 
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
@@ -26,43 +27,26 @@ from .helpers import (
     wait_state,
 )
 
-
-def forget_environment(requirements: bytes, tmp_path: Path) -> None:
-    import docker
-
-    from hivemind_nodepool.protocol.environment import check_requirements
-    from hivemind_worker.env_docker import DockerEnvironments
-    from hivemind_worker.environment_request import REQUIREMENTS, EnvironmentRequest
-    from hivemind_worker.image import runtime_tag
-    from hivemind_worker.uv import IndexSettings
-
-    client = docker.from_env()
-    envs = DockerEnvironments(client, {"": runtime_tag()}, tmp_path / "envs", 0, IndexSettings(tmp_path))
-    request = EnvironmentRequest(REQUIREMENTS, requirements, tuple(check_requirements(requirements)))
-    envs.remove("", envs.tag(envs.key_for(request, envs.bases()[""])))
-    client.close()
-
-
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CELLS = (
-    "import time, tomli_w\nfor i in range(4):\n    print('tick', i, flush=True)\n    time.sleep(0.4)\n",
+    "import time, hmdemo_delta\nfor i in range(4):\n    print('tick', i, flush=True)\n    time.sleep(0.4)\n",
     "from IPython.display import HTML, display\n"
     "display(HTML('<b>bold</b>'))\n"
     "import os\n"
     "os.makedirs('outputs', exist_ok=True)\n"
-    "open('outputs/answer.toml', 'w').write(tomli_w.dumps({'answer': factor * 21}))\n"
+    "open('outputs/answer.toml', 'w').write(f'answer = {factor * 21}\\n')\n"
     "answer = factor * 21\n"
     "answer",
 )
 
 
 def test_parameters_requirements_live_output_and_image_reuse(
-    pool, docker_worker: WorkerProcess, tmp_path: Path
+    pool, env_worker: EnvWorker, tmp_path: Path
 ) -> None:
     alice = user(pool)
-    requirements = f"{EXTRA_PACKAGE}\n".encode()
-    forget_environment(requirements, tmp_path)  # so this run builds it, and the next reuses it
+    # A comment no earlier run wrote: this run builds the environment, and the next reuses it.
+    requirements = f"{EXTRA_PACKAGE}  # {os.urandom(6).hex()}\n".encode()
     data = bundle(notebook(*CELLS, parameters="factor = 1"), {"requirements.txt": requirements})
     task = submit(alice, data, parameters={"factor": 2}, pull_variables=["answer"], timeout=600)
 
@@ -72,7 +56,7 @@ def test_parameters_requirements_live_output_and_image_reuse(
     events = [e for _, e in seen]
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), "gaps or duplicates"
     final = wait_state(alice, task.id)
-    assert final.state == pb.SUCCEEDED, (final.error, final.traceback, docker_worker.log()[-3000:])
+    assert final.state == pb.SUCCEEDED, (final.error, final.traceback, env_worker.process.log()[-3000:])
 
     # Output arrived while the notebook ran: the ticks are spread out in time, before the end.
     ticks = [(at, e) for at, e in seen if e.kind == pb.TaskEvent.STDOUT and "tick" in e.text]
@@ -96,7 +80,7 @@ def test_parameters_requirements_live_output_and_image_reuse(
         "uploading",
     ]
     built = phase_details_of(events, "environment")
-    assert built[0]["cached"] is False and built[0]["step"] == "installing requirements.txt"
+    assert built[0]["cached"] is False and built[0]["step"] == "resolving"  # the first build step
 
     files = result_files(alice, task.id, tmp_path)
     assert files["outputs/answer.toml"] == b"answer = 42\n"
