@@ -208,7 +208,6 @@ def test_two_tasks_with_the_same_new_requirements_build_once(pool, runtime_image
         data = bundle(
             notebook("import hmdemo_delta\nprint(hmdemo_delta.__version__)"),
             {"requirements.txt": requirements},
-            {"requirements.txt": requirements},
         )
         tasks = [submit(alice, data, cpus=0.5), submit(alice, data, cpus=0.5)]
         finals = [wait_state(alice, t.id, timeout=300) for t in tasks]
