@@ -356,14 +356,15 @@ SAFE_NAMES = "arr,scalar,frame,series,blob,nan,text,nested,pair,objects"
 def test_pulled_values_come_back_in_forms_that_cannot_run_code(signed_in, local_worker, shell):
     """numpy arrays as .npy, pandas values as Parquet, JSON, bytes: loaded without pickle. A
     tuple or an object array has only a pickle form: refused with how to opt in, and loaded with
-    --pull-pickle."""
+    --pull-pickle. `--env none`: the local worker's own Python has numpy, pandas and pyarrow, so
+    no environment is built (tests use no package index)."""
     import math
 
     import numpy as np
     import pandas as pd
 
     with capture_output() as captured:
-        result = shell.run_cell(f"%%hivemind --pull {SAFE_NAMES} --memory 1G\n{SAFE_FORMS_CELL}")
+        result = shell.run_cell(f"%%hivemind --pull {SAFE_NAMES} --memory 1G --env none\n{SAFE_FORMS_CELL}")
     assert result.error_in_exec is None, captured.stdout + captured.stderr
     ns = shell.user_ns
     assert ns["arr"].dtype == np.int32 and ns["arr"].tolist() == np.arange(12).reshape(3, 4).tolist()
@@ -382,7 +383,7 @@ def test_pulled_values_come_back_in_forms_that_cannot_run_code(signed_in, local_
 
     with capture_output() as captured:
         result = shell.run_cell(
-            f"%%hivemind --pull pair,objects --pull-pickle --memory 1G\n{SAFE_FORMS_CELL}"
+            f"%%hivemind --pull pair,objects --pull-pickle --memory 1G --env none\n{SAFE_FORMS_CELL}"
         )
     assert result.error_in_exec is None, captured.stderr
     assert ns["pair"] == (1, 2) and ns["objects"][0] == {"a": 1}
@@ -392,7 +393,7 @@ def test_a_frame_without_pyarrow_in_the_task_is_refused_clearly(signed_in, local
     cell = "import sys\nimport pandas as pd\nsys.modules['pyarrow'] = None  # as if not installed\n"
     cell += "frame = pd.DataFrame({'a': [1]})\n"
     with capture_output() as captured:
-        result = shell.run_cell(f"%%hivemind --pull frame --memory 1G\n{cell}")
+        result = shell.run_cell(f"%%hivemind --pull frame --memory 1G --env none\n{cell}")
     assert result.error_in_exec is None, captured.stderr
     assert "frame" not in shell.user_ns
     # a HiveMind notice: a prefixed stdout line in a terminal, not stderr
