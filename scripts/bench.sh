@@ -18,3 +18,5 @@ echo "==> benchmarks/bench_worker.py"
 .venv/bin/python benchmarks/bench_worker.py
 echo "==> benchmarks/bench_jupyter.py"
 .venv/bin/python benchmarks/bench_jupyter.py
+echo "==> benchmarks/bench_environments.py"
+.venv/bin/python benchmarks/bench_environments.py
