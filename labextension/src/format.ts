@@ -2,7 +2,7 @@
  * How numbers, times and states are written in the panel.
  */
 import { TaskState, isTerminal } from './states';
-import { IResources, ITask, WorkerState, toNumber } from './types';
+import { IEnvironmentCacheStats, IResources, ITask, WorkerState, toNumber } from './types';
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 
@@ -75,6 +75,33 @@ export function formatResources(resources: IResources | undefined): string {
   parts.push(memory ? formatBytes(memory) : '– mem');
   if (gpus) {
     parts.push(`${gpus} GPU`);
+  }
+  return parts.join(' · ');
+}
+
+/** ["3.11", "3.12"] -> "Python 3.11, 3.12"; '' when the worker reports none. */
+export function formatPythons(versions: string[] | undefined): string {
+  const known = (versions ?? []).filter(Boolean);
+  return known.length ? `Python ${known.join(', ')}` : '';
+}
+
+/**
+ * A worker's environment cache: "3 environments · 1.2 GiB · 80% hits"; '' before its first
+ * report. The hit rate counts builds and failed builds as misses, as `worker list` does.
+ */
+export function formatEnvCache(stats: IEnvironmentCacheStats | undefined): string {
+  if (!stats) {
+    return '';
+  }
+  const environments = stats.environments ?? 0;
+  const hits = toNumber(stats.hits);
+  const asked = hits + toNumber(stats.builds) + toNumber(stats.failures);
+  const parts = [
+    `${environments} ${environments === 1 ? 'environment' : 'environments'}`,
+    formatBytes(stats.size_bytes)
+  ];
+  if (asked > 0) {
+    parts.push(`${Math.round((100 * hits) / asked)}% hits`);
   }
   return parts.join(' · ');
 }

@@ -12,6 +12,7 @@ import { DisposableDelegate, IDisposable } from '@lumino/disposable';
 
 import { HiveMindApi } from './api';
 import { hivemindIcon } from './icons';
+import { KernellessPaths } from './kernelless';
 import { HiveMindModel, describe } from './model';
 import { endNotice, notebookInView, submitNotice } from './notify';
 import { HiveMindPanel } from './panel';
@@ -20,9 +21,6 @@ import { askSubmit } from './submit';
 import { ITask } from './types';
 
 const PLUGIN_ID = 'hivemind-jupyter:plugin';
-
-/** Result notebooks the panel is opening: they open without starting a kernel. */
-const noKernelPaths = new Set<string>();
 
 export namespace CommandIDs {
   export const open = 'hivemind:open';
@@ -65,7 +63,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null
   ) => {
     const model = new HiveMindModel(new HiveMindApi());
-    // results open without a kernel: the notebook toolbar's kernel picker starts one on request
+    // results open without a kernel, after a reload too: the toolbar's kernel picker starts one
+    const noKernelPaths = new KernellessPaths(browserStorage(), app.serviceManager.serverSettings.baseUrl);
     const openPath = (path: string) => {
       if (path.endsWith('.ipynb')) {
         noKernelPaths.add(path);
@@ -285,17 +284,21 @@ class RunButtonExtension implements DocumentRegistry.IWidgetExtension<NotebookPa
   constructor(
     private readonly app: JupyterFrontEnd,
     private readonly submit: (path: string, isFolder: boolean) => Promise<void>,
-    private readonly noKernel: Set<string>
+    private readonly noKernel: KernellessPaths
   ) {}
 
   createNew(panel: NotebookPanel, context: DocumentRegistry.IContext<INotebookModel>): IDisposable {
-    if (this.noKernel.delete(context.path)) {
-      // created before the context loads, so the session starts with this preference
+    const path = context.path;
+    if (this.noKernel.has(path)) {
+      // created before the context loads, so the session starts with this preference; the same
+      // for the tab the layout restorer re-opens after a reload
       panel.sessionContext.kernelPreference = {
         ...panel.sessionContext.kernelPreference,
         shouldStart: false,
         autoStartDefault: false
       };
+      // closed by the user (a page reload disposes nothing): opened again later, it is a notebook
+      panel.disposed.connect(() => this.noKernel.delete(path));
     }
     const button = new ToolbarButton({
       className: 'jp-HiveMind-toolbarRun',
@@ -316,6 +319,15 @@ class RunButtonExtension implements DocumentRegistry.IWidgetExtension<NotebookPa
     panel.toolbar.insertItem(10, 'hivemind-run', button);
     void this.app;
     return new DisposableDelegate(() => button.dispose());
+  }
+}
+
+/** The browser's local storage, or null where the page may not use it. */
+function browserStorage(): Storage | null {
+  try {
+    return window.localStorage;
+  } catch {
+    return null;
   }
 }
 

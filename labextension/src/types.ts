@@ -109,6 +109,19 @@ export interface IMachineFacts {
   version?: string;
   platform?: string;
   capacity?: IResources;
+  /** Python minor versions it runs tasks with, e.g. "3.11". */
+  python_versions?: string[];
+  /** Runtime images it has. */
+  images?: string[];
+}
+
+/** A worker's cache of task environments, from its last heartbeat. */
+export interface IEnvironmentCacheStats {
+  environments?: number;
+  size_bytes?: Int64;
+  hits?: Int64;
+  builds?: Int64;
+  failures?: Int64;
 }
 
 export interface IWorker {
@@ -126,6 +139,8 @@ export interface IWorker {
   registered_at?: number;
   join_token_id?: string;
   revoked_at?: number;
+  /** Left out until the worker's first heartbeat that reports it. */
+  env_cache?: IEnvironmentCacheStats;
 }
 
 export interface IPoolStatus {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -134,6 +135,18 @@ def test_submit_follow_fetch_retry(api, signed_in, local_worker, jp_root_dir: Pa
 
     status, workers = api("GET", "workers")
     assert status == 200 and workers["workers"][0]["name"] == "local-worker"
+    # what the panel's pool view shows of it: the Pythons it runs (the local executor: its own)
+    # and its environment cache, as its heartbeats report it
+    facts = workers["workers"][0]["facts"]
+    assert facts["python_versions"] == [f"{sys.version_info.major}.{sys.version_info.minor}"], facts
+    assert isinstance(facts["images"], list)
+    cache = workers["workers"][0].get("env_cache")
+    deadline = time.monotonic() + 30
+    while cache is None and time.monotonic() < deadline:  # a heartbeat after the tasks ran
+        time.sleep(0.5)
+        cache = api("GET", "workers")[1]["workers"][0].get("env_cache")
+    assert cache is not None, "the worker's environment cache never reached the REST view"
+    assert set(cache) == {"environments", "size_bytes", "hits", "builds", "failures"}, cache
     status, pool_status = api("GET", "pool")
     assert status == 200 and pool_status["workers_online"] == 1
 

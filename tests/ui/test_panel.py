@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,6 +260,15 @@ def test_pool_view_shows_the_worker(panel: PanelPage) -> None:
     assert re.search(r"CPU\s+\S+ free of 2", text), text
     assert "Memory" in text and "free of 4 GiB" in text, text
     assert "running task" in text and "heartbeat" in text, text
+    # the Python it runs tasks with (the local executor's: the worker's own) and its environment
+    # cache, from the pool's REST view of the worker
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert card.locator(".jp-HiveMind-workerPython").inner_text() == f"Python {python}"
+    cache = card.locator(".jp-HiveMind-workerEnvCache")
+    cache.wait_for()  # from the worker's next heartbeat, where the pool view came before it
+    assert re.fullmatch(r"\d+ environments? · [\d.]+ [KMGT]?i?B( · \d+% hits)?", cache.inner_text()), (
+        cache.inner_text()
+    )
     # every meter's bar has the same width, whatever the length of its numbers
     widths = {
         round(box["width"])
@@ -496,6 +506,31 @@ def test_restored_after_reload(panel: PanelPage) -> None:
     # ILayoutRestorer: the panel that was open comes back open, on the view it showed
     panel.page.wait_for_selector(SIDEBAR, state="visible", timeout=60_000)
     assert panel.page.locator("#filebrowser").is_hidden()
+
+
+def test_a_restored_result_stays_without_a_kernel(panel: PanelPage, lab: Lab) -> None:
+    """A result tab that the layout restorer brings back after a reload opens as it first did."""
+    result_tab = "#jp-main-dock-panel .lm-TabBar-tab"
+    panel.page.locator(result_tab, has_text="hello - t-").wait_for()  # open since test_open_result
+    panel.open_lab()
+    panel.page.locator(result_tab, has_text="hello - t-").click()
+    panel.page.wait_for_selector(".jp-NotebookPanel:visible .jp-OutputArea-output:has-text('hi 3')")
+    # once its session has settled (where a kernel would have started by now), it has none
+    path, kernel = panel.page.evaluate(
+        """async () => {
+            const widget = [...window.jupyterapp.shell.widgets('main')].find(w =>
+                w.title.label.startsWith('hello - t-'));
+            await widget.context.ready;
+            await widget.sessionContext.ready;
+            return [widget.context.path, widget.sessionContext.session?.kernel?.name ?? null];
+        }"""
+    )
+    assert kernel is None, kernel
+    kernel_name = panel.page.locator(".jp-NotebookPanel:visible .jp-KernelName").first
+    assert kernel_name.inner_text().strip() == "No Kernel"
+    status, sessions = lab.api("GET", "/api/sessions")
+    assert status == 200 and isinstance(sessions, list), sessions
+    assert [s for s in sessions if s["path"] == path] == [], sessions
 
 
 def _task_count(panel: PanelPage) -> int:

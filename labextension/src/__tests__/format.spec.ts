@@ -7,6 +7,8 @@ import {
   formatAgo,
   formatBytes,
   formatDuration,
+  formatEnvCache,
+  formatPythons,
   formatResources,
   formatTime,
   startedAt,
@@ -183,5 +185,49 @@ describe('toNumber', () => {
     expect(toNumber(undefined)).toBe(0);
     expect(toNumber('')).toBe(0);
     expect(toNumber('x')).toBe(0);
+  });
+});
+
+describe('formatPythons', () => {
+  it('lists the minor versions a worker runs', () => {
+    expect(formatPythons(['3.11', '3.12'])).toBe('Python 3.11, 3.12');
+    expect(formatPythons(['3.12'])).toBe('Python 3.12');
+  });
+
+  it('is empty for a worker that reports none (an older worker)', () => {
+    expect(formatPythons(undefined)).toBe('');
+    expect(formatPythons([])).toBe('');
+    expect(formatPythons([''])).toBe('');
+  });
+});
+
+describe('formatEnvCache', () => {
+  it('shows how many environments, their size and the hit rate', () => {
+    expect(
+      formatEnvCache({
+        environments: 3,
+        size_bytes: String(1.5 * 1024 ** 3),
+        hits: '8',
+        builds: '2',
+        failures: '0'
+      })
+    ).toBe('3 environments · 1.5 GiB · 80% hits');
+  });
+
+  it('counts failed builds as misses and rounds the rate', () => {
+    expect(formatEnvCache({ environments: 1, size_bytes: 2048, hits: 1, builds: 1, failures: 1 })).toBe(
+      '1 environment · 2 KiB · 33% hits'
+    );
+  });
+
+  it('leaves the rate out before any task asked for an environment', () => {
+    // every_field leaves int64 zeros as "0" strings; environments may be left out at 0
+    expect(formatEnvCache({ size_bytes: '0', hits: '0', builds: '0', failures: '0' })).toBe(
+      '0 environments · 0 B'
+    );
+  });
+
+  it('is empty until the worker reports its cache', () => {
+    expect(formatEnvCache(undefined)).toBe('');
   });
 });

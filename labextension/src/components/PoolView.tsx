@@ -1,6 +1,6 @@
 import * as React from 'react';
 
-import { WORKER_LABELS, formatAgo, formatBytes } from '../format';
+import { WORKER_LABELS, formatAgo, formatBytes, formatEnvCache, formatPythons } from '../format';
 import { HiveMindModel } from '../model';
 import { IWorker, toNumber } from '../types';
 import { Message, onListKeyDown, useTicker } from './common';
@@ -43,6 +43,8 @@ function WorkerCard(props: { worker: IWorker; now: number }): JSX.Element {
   const running = worker.running_count ?? (worker.running_task_ids ?? []).length;
   const gpuNames = (worker.facts?.gpus ?? []).map(g => g.name).filter(Boolean);
   const count = (n: number) => String(Math.round(n * 100) / 100);
+  const pythons = formatPythons(worker.facts?.python_versions);
+  const envCache = formatEnvCache(worker.env_cache);
   return (
     <li className="jp-HiveMind-workerCard" data-worker-id={worker.id} data-state={state} tabIndex={0}>
       <div className="jp-HiveMind-rowTop">
@@ -62,6 +64,23 @@ function WorkerCard(props: { worker: IWorker; now: number }): JSX.Element {
         <Meter label="GPU" used={allocated.gpus ?? 0} total={capacity.gpus ?? 0} format={count} />
       )}
       {gpuNames.length > 0 && <div className="jp-HiveMind-dim">{gpuNames.join(', ')}</div>}
+      {(pythons || envCache) && (
+        <div className="jp-HiveMind-dim jp-HiveMind-workerEnvs">
+          {pythons && (
+            <span className="jp-HiveMind-workerPython" title="Python versions tasks can ask for">
+              {pythons}
+            </span>
+          )}
+          {envCache && (
+            <span
+              className="jp-HiveMind-workerEnvCache"
+              title="Task environments kept on the worker: how many, their size, how often one was reused"
+            >
+              {envCache}
+            </span>
+          )}
+        </div>
+      )}
       <div className="jp-HiveMind-rowBottom">
         <span className="jp-HiveMind-running">
           {running} running {running === 1 ? 'task' : 'tasks'}
