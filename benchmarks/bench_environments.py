@@ -188,6 +188,7 @@ def main() -> int:
         out.write(f"  cold builder / pip                         {cold / pip:7.2f}x  (target <= 0.2x)\n")
         if args.cold_only:
             print(out.getvalue(), end="")
+            envs.close()
             envs.prune()
             return 0
         incremental = builder_seconds(envs, plus)
@@ -200,6 +201,7 @@ def main() -> int:
         out.write(f"  cell with no packages (median)             {plain:7.2f}\n")
         out.write(f"  warm / no packages                         {cached / plain:7.2f}x  (target <= 1.2x)\n")
         print(out.getvalue(), end="")
+        envs.close()
         envs.prune()
         return 0
     finally:

@@ -137,7 +137,7 @@ def test_a_cancel_stops_the_build_and_a_task_waiting_for_it_builds_it_afresh(
         assert "versions 1.0 2.0" in stdout_of(list(alice.watch(second.id, follow=False)))
         rows = worker.environments()
         assert [row["failed"] for row in rows] == [False], rows
-        assert build_containers(worker.cache) == []
+        wait_for(lambda: build_containers(worker.cache) == [], 60, "the build container to be removed")
         assert alice.get_task(first.id).state == pb.CANCELLED
     finally:
         held_index.release.set()

@@ -76,6 +76,7 @@ class DockerEnvironments(EnvironmentCache):
         self.ca_bundle = ca_bundle
         self._bases: dict[str, Base] | None = None
         self.last_build: StepClock | None = None  # where the last build's time went
+        self._removals: list[threading.Thread] = []
 
     def bases(self) -> dict[str, Base]:
         if self._bases is None:
@@ -208,12 +209,13 @@ class DockerEnvironments(EnvironmentCache):
             clock.lap("container create")
             try:
                 output = self._run(container, request, base, report, stop)
-                clock.lap("container run (uv)")
+                clock.lap("container start and uv")
                 self._commit(container, key)
                 clock.lap("docker commit")
-            finally:
-                container.remove(force=True)
-                clock.lap("container remove")
+            except BaseException:
+                container.remove(force=True)  # before the task ends: a stopped build leaves nothing
+                raise
+        self._remove_later(container)  # deleting its files takes a while, and nobody waits for it
         image = self.client.images.get(self.tag(key))
         runtime = self.client.images.get(parent or base.ref)  # what this layer adds to
         clock.lap("image inspect")
@@ -272,9 +274,28 @@ class DockerEnvironments(EnvironmentCache):
         status: dict[str, Any] = container.wait(timeout=max(deadline - time.monotonic(), 1.0))
         return status
 
+    def _remove_later(self, container: Any) -> None:
+        def remove() -> None:
+            try:
+                container.remove(force=True)
+            except Exception as exc:
+                log.warning("could not remove the build container %s: %s", container.id[:12], exc)
+
+        thread = threading.Thread(target=remove, name="env-build-remove", daemon=True)
+        thread.start()
+        with self._guard:
+            self._removals = [t for t in self._removals if t.is_alive()] + [thread]
+
+    def close(self) -> None:
+        with self._guard:
+            removals = list(self._removals)
+        for thread in removals:
+            thread.join(timeout=30)
+
     def _commit(self, container: Any, key: str) -> None:
         repository, _, version = self.tag(key).partition(":")
         container.commit(
+            pause=False,  # it has exited: nothing to pause
             repository=repository,
             tag=version,
             changes=[

@@ -140,6 +140,9 @@ class EnvironmentCache(ABC):
     def python_versions(self) -> list[str]:
         return list(self.bases())
 
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Finish cleanup left to run after builds (the worker is stopping)."""
+
     # -- choosing what to install on ------------------------------------------------------------
 
     def base_for(self, request: EnvironmentRequest, report: BuildReport) -> Base:

@@ -309,5 +309,6 @@ class Executor(ABC):
         keep; returns their names."""
         return []
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release what the executor holds."""
+    def close(self) -> None:
+        """Release what the executor holds: its environments finish their cleanup."""
+        self.environments.close()
