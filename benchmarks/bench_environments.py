@@ -10,9 +10,13 @@
    for, against the same cell needing no packages (mode none), so what differs is the
    environment and not the cell's imports. Target: <= 1.2x.
 
+The cold build prints where its time went: the builder's steps as it timed them (container create,
+container start and uv, docker commit, image inspect) and, inside the run, uv's own figures (resolve,
+download and unpack into the cache, install into the environment).
+
 This benchmark uses the machine's package index (tests never do).
 
-    .venv/bin/python benchmarks/bench_environments.py [--repeat 5]
+    .venv/bin/python benchmarks/bench_environments.py [--repeat 5] [--cold-only]
 """
 
 from __future__ import annotations
