@@ -10,9 +10,13 @@
    for, against the same cell needing no packages (mode none), so what differs is the
    environment and not the cell's imports. Target: <= 1.2x.
 
+The cold build prints where its time went: the builder's steps as it timed them (container create,
+container start and uv, docker commit, image inspect) and, inside the run, uv's own figures (resolve,
+download and unpack into the cache, install into the environment).
+
 This benchmark uses the machine's package index (tests never do).
 
-    .venv/bin/python benchmarks/bench_environments.py [--repeat 5]
+    .venv/bin/python benchmarks/bench_environments.py [--repeat 5] [--cold-only]
 """
 
 from __future__ import annotations
@@ -93,6 +97,14 @@ def builder_seconds(envs: DockerEnvironments, text: str) -> float:
     return time.perf_counter() - began
 
 
+def breakdown(envs: DockerEnvironments) -> str:
+    """Where the last build's time went: the builder's steps, and uv's own figures inside the run."""
+    clock = envs.last_build
+    if clock is None:
+        return ""
+    return "".join(f"      {step:<38} {seconds:7.2f}\n" for step, seconds in clock.seconds.items())
+
+
 def pip_seconds(text: str, work: Path) -> float:
     venv = work / "pip-venv"
     shutil.rmtree(venv, ignore_errors=True)
@@ -157,6 +169,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--cold-only", action="store_true", help="only the cold build against pip")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hivemind-bench-env-"))
     client = docker_client()
@@ -169,15 +182,21 @@ def main() -> int:
             client, runtime_images(client, runtime_tag(), work), work / "envs", 100 * 1024**3, index
         )
         cold = builder_seconds(envs, base)
+        cold_steps = breakdown(envs)
         pip = pip_seconds(base, work)
-        incremental = builder_seconds(envs, plus)
-        cached, plain = warm_cells(work, base, args.repeat)
         packages = len(check_requirements(base))
         out = io.StringIO()
         out.write(f"environments: {', '.join(kernel_pins())} ({packages} pinned packages), seconds\n")
-        out.write(f"  cold: worker's builder (uv), empty cache   {cold:7.2f}\n")
+        out.write(f"  cold: worker's builder (uv), empty cache   {cold:7.2f}\n{cold_steps}")
         out.write(f"  cold: pip install into a fresh venv        {pip:7.2f}\n")
         out.write(f"  cold builder / pip                         {cold / pip:7.2f}x  (target <= 0.2x)\n")
+        if args.cold_only:
+            print(out.getvalue(), end="")
+            envs.close()
+            envs.prune()
+            return 0
+        incremental = builder_seconds(envs, plus)
+        cached, plain = warm_cells(work, base, args.repeat)
         out.write(f"  incremental (+{EXTRA}), warm cache {incremental:7.2f}\n")
         out.write(
             f"  incremental / cold                         {incremental / cold:7.2f}x  (target <= 0.15x)\n"
@@ -186,6 +205,7 @@ def main() -> int:
         out.write(f"  cell with no packages (median)             {plain:7.2f}\n")
         out.write(f"  warm / no packages                         {cached / plain:7.2f}x  (target <= 1.2x)\n")
         print(out.getvalue(), end="")
+        envs.close()
         envs.prune()
         return 0
     finally:

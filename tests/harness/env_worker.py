@@ -24,7 +24,9 @@ class EnvWorker:
     """A Docker worker with its own package cache, the test wheelhouse, --offline, and an index URL
     with credentials that nothing may show."""
 
-    def __init__(self, pool: PoolProcess, tmp: Path, *extra: str, offline: bool = True) -> None:
+    def __init__(
+        self, pool: PoolProcess, tmp: Path, *extra: str, offline: bool = True, index_url: str = ""
+    ) -> None:
         self.wheelhouse = demo_wheelhouse(tmp / "wheelhouse")
         self.cache = tmp / "uv-cache"
         self.args = [
@@ -33,7 +35,7 @@ class EnvWorker:
             "--uv-cache",
             str(self.cache),
             "--index-url",
-            f"http://bob:{SECRET}@127.0.0.1:9/simple",
+            index_url or f"http://bob:{SECRET}@127.0.0.1:9/simple",
             *(["--offline"] if offline else []),
             *extra,
         ]

@@ -46,7 +46,7 @@ from hivemind_nodepool.protocol.errors import (
 from .bundles import BundleCache
 from .disk import AUTO, DiskExceeded, DiskWatch, TaskDisk, exceeded_message, human, is_space_error
 from .environment_request import requested_environment
-from .errors import EnvironmentBuildError, Fenced, NoTaskNetwork, WorkerError
+from .errors import BuildStopped, EnvironmentBuildError, Fenced, NoTaskNetwork, WorkerError
 from .events import EnvironmentReport, EventStream
 from .executors.base import Executor, Outcome, RunOutcome, RunSpec, Stopper
 from .lease import Lease
@@ -313,7 +313,13 @@ class Attempt:
         if self.stopper.stopped:
             return self._stopped(header), None
 
-        with self.executor.environment_for(wanted, EnvironmentReport(self.events)) as environment:
+        with contextlib.ExitStack() as held:
+            try:  # a cancel during the build ends it: the task ends CANCELLED, nothing is kept
+                environment = held.enter_context(
+                    self.executor.environment_for(wanted, EnvironmentReport(self.events), self.stopper)
+                )
+            except BuildStopped:
+                return self._stopped(header), None
             if self.stopper.stopped:
                 return self._stopped(header), None
             if self.lease is not None and self.lease.bound:

@@ -23,13 +23,14 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from .environment_request import EnvironmentRequest
-from .environments import BUILD_TIMEOUT, Base, BuildReport, EnvironmentCache
-from .errors import EnvironmentBuildError
-from .uv import INSTALL_MARK, IndexSettings, StepParser, build_failure, install_args, uv_binary
+from .environments import BUILD_TIMEOUT, STOP_POLL, Base, BuildReport, EnvironmentCache, StepClock
+from .errors import BuildStopped, EnvironmentBuildError
+from .uv import INSTALL_MARK, IndexSettings, StepParser, build_failure, install_args, uv_binary, uv_durations
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class DockerEnvironments(EnvironmentCache):
         self.network = network
         self.ca_bundle = ca_bundle
         self._bases: dict[str, Base] | None = None
+        self.last_build: StepClock | None = None  # where the last build's time went
+        self._removals: list[threading.Thread] = []
 
     def bases(self) -> dict[str, Base]:
         if self._bases is None:
@@ -171,7 +174,7 @@ class DockerEnvironments(EnvironmentCache):
         folder.chmod(0o755)
 
     def build(
-        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport
+        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport, stop: threading.Event
     ) -> tuple[str, int]:
         from .image import default_build_network
 
@@ -183,12 +186,14 @@ class DockerEnvironments(EnvironmentCache):
                 "cannot share it: each downloads what it needs",
                 self.index.cache_dir,
             )
+        clock = StepClock()
         parent = self.closest(request, base)
         if parent is not None:
             report.step(f"adding to {parent}")
         with tempfile.TemporaryDirectory(prefix="hivemind-env-") as tmp:
             folder = Path(tmp)
             self._script(folder, request, cache)
+            clock.lap("prepare")
             container = self.client.containers.create(
                 parent or base.ref,
                 command=["/bin/sh", f"{REQ}/build.sh"],
@@ -201,16 +206,32 @@ class DockerEnvironments(EnvironmentCache):
                 pids_limit=1024,
                 labels={"org.hivemind.role": "env-build", "org.hivemind.env": key},
             )
+            clock.lap("container create")
             try:
-                self._run(container, request, base, report)
+                output = self._run(container, request, base, report, stop)
+                clock.lap("container start and uv")
                 self._commit(container, key)
-            finally:
-                container.remove(force=True)
+                clock.lap("docker commit")
+            except BaseException:
+                container.remove(force=True)  # before the task ends: a stopped build leaves nothing
+                raise
+        self._remove_later(container)  # deleting its files takes a while, and nobody waits for it
         image = self.client.images.get(self.tag(key))
         runtime = self.client.images.get(parent or base.ref)  # what this layer adds to
+        clock.lap("image inspect")
+        clock.seconds.update(uv_durations(output))
+        self.last_build = clock
+        log.debug("environment %s built: %s", key[:12], clock.text())
         return self.tag(key), max(int(image.attrs.get("Size", 0)) - int(runtime.attrs.get("Size", 0)), 0)
 
-    def _run(self, container: Any, request: EnvironmentRequest, base: Base, report: BuildReport) -> None:
+    def _run(
+        self,
+        container: Any,
+        request: EnvironmentRequest,
+        base: Base,
+        report: BuildReport,
+        stop: threading.Event,
+    ) -> str:
         parser = StepParser(report.step)
         output: list[str] = []
 
@@ -229,24 +250,52 @@ class DockerEnvironments(EnvironmentCache):
         reader = threading.Thread(target=read, name="env-build-log", daemon=True)
         container.start()
         reader.start()
-        try:
-            status = container.wait(timeout=BUILD_TIMEOUT)
-        except Exception:
-            with contextlib.suppress(Exception):
-                container.kill()
-            raise EnvironmentBuildError(
-                f"building the environment took longer than {BUILD_TIMEOUT:.0f}s"
-            ) from None
-        reader.join(timeout=10)
+        status = self._wait(container, reader, stop)
         code = int(status.get("StatusCode", 1))
         if code != 0:
             raise EnvironmentBuildError(
                 build_failure("".join(output), self.index, base.python, request.python_version, code)
             )
+        return "".join(output)
+
+    @staticmethod
+    def _wait(container: Any, reader: threading.Thread, stop: threading.Event) -> dict[str, Any]:
+        """The build container's exit status, once its output ends; killed when stop is set
+        (BuildStopped) or past the build timeout (EnvironmentBuildError). The caller removes it."""
+        deadline = time.monotonic() + BUILD_TIMEOUT
+        while reader.is_alive() and not stop.is_set() and time.monotonic() < deadline:
+            stop.wait(STOP_POLL)
+        if reader.is_alive():
+            with contextlib.suppress(Exception):
+                container.kill()
+            if stop.is_set():
+                raise BuildStopped("the task was stopped while its environment was being built")
+            raise EnvironmentBuildError(f"building the environment took longer than {BUILD_TIMEOUT:.0f}s")
+        status: dict[str, Any] = container.wait(timeout=max(deadline - time.monotonic(), 1.0))
+        return status
+
+    def _remove_later(self, container: Any) -> None:
+        def remove() -> None:
+            try:
+                container.remove(force=True)
+            except Exception as exc:
+                log.warning("could not remove the build container %s: %s", container.id[:12], exc)
+
+        thread = threading.Thread(target=remove, name="env-build-remove", daemon=True)
+        thread.start()
+        with self._guard:
+            self._removals = [t for t in self._removals if t.is_alive()] + [thread]
+
+    def close(self) -> None:
+        with self._guard:
+            removals = list(self._removals)
+        for thread in removals:
+            thread.join(timeout=30)
 
     def _commit(self, container: Any, key: str) -> None:
         repository, _, version = self.tag(key).partition(":")
         container.commit(
+            pause=False,  # it has exited: nothing to pause
             repository=repository,
             tag=version,
             changes=[

@@ -10,11 +10,12 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 from .environment_request import LOCK, EnvironmentRequest
-from .environments import BUILD_TIMEOUT, Base, BuildReport, EnvironmentCache
-from .errors import EnvironmentBuildError
+from .environments import BUILD_TIMEOUT, STOP_POLL, Base, BuildReport, EnvironmentCache
+from .errors import BuildStopped, EnvironmentBuildError
 from .uv import (
     INSTALL_MARK,
     StepParser,
@@ -34,10 +35,14 @@ def _site_packages() -> list[str]:
 
 
 def run_streaming(
-    command: list[str], env: dict[str, str], on_line: StepParser, timeout: float = BUILD_TIMEOUT
+    command: list[str],
+    env: dict[str, str],
+    on_line: StepParser,
+    stop: threading.Event | None = None,
+    timeout: float = BUILD_TIMEOUT,
 ) -> tuple[int, str]:
     """Run a command, each output line to on_line; (exit code, the whole output). Past the timeout
-    it is killed and the code is -9."""
+    it is killed and the code is -9; once stop is set it is killed and BuildStopped raised."""
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
@@ -47,17 +52,32 @@ def run_streaming(
         text=True,
         errors="replace",
     )
-    timer = threading.Timer(timeout, process.kill)
-    timer.start()
+    stop = stop if stop is not None else threading.Event()
+    ended = threading.Event()
+    deadline = time.monotonic() + timeout
+
+    def watch() -> None:  # the output loop blocks on a read: the kill comes from here
+        while not ended.is_set():
+            if stop.wait(STOP_POLL) or time.monotonic() > deadline:
+                process.kill()  # a process that has ended already is not signalled
+                return
+
+    watcher = threading.Thread(target=watch, name="env-build-stop", daemon=True)
+    watcher.start()
     lines: list[str] = []
     try:
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
             on_line.feed(line)
-        return process.wait(), "".join(lines)
+        code = process.wait()
     finally:
-        timer.cancel()
+        ended.set()
+        if process.stdout is not None:
+            process.stdout.close()
+    if stop.is_set():
+        raise BuildStopped("the task was stopped while its environment was being built")
+    return code, "".join(lines)
 
 
 class LocalEnvironments(EnvironmentCache):
@@ -86,7 +106,7 @@ class LocalEnvironments(EnvironmentCache):
         return env
 
     def build(
-        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport
+        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport, stop: threading.Event
     ) -> tuple[str, int]:
         folder = self._folder(key)
         shutil.rmtree(folder, ignore_errors=True)
@@ -111,7 +131,7 @@ class LocalEnvironments(EnvironmentCache):
                 [str(python), "-c", where], capture_output=True, text=True, check=True
             ).stdout.strip()
             Path(purelib, "_hivemind_worker_base.pth").write_text("\n".join(_site_packages()) + "\n")
-            self._install(folder, request, base, report, env)
+            self._install(folder, request, base, report, env, stop=stop)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -119,7 +139,14 @@ class LocalEnvironments(EnvironmentCache):
         return str(python), tree_size(folder)
 
     def _install(
-        self, folder: Path, request: EnvironmentRequest, base: Base, report: BuildReport, env: dict[str, str]
+        self,
+        folder: Path,
+        request: EnvironmentRequest,
+        base: Base,
+        report: BuildReport,
+        env: dict[str, str],
+        *,
+        stop: threading.Event,
     ) -> None:
         requirements = folder / "hivemind-requirements.txt"
         requirements.write_bytes(request.text)
@@ -135,10 +162,10 @@ class LocalEnvironments(EnvironmentCache):
         )
         uv = str(uv_binary())
         parser = StepParser(report.step)
-        code, output = run_streaming([uv, *args, "--dry-run"], env, parser)
+        code, output = run_streaming([uv, *args, "--dry-run"], env, parser, stop)
         if code == 0:
             parser.feed(INSTALL_MARK)
-            code, more = run_streaming([uv, *args], env, parser)
+            code, more = run_streaming([uv, *args], env, parser, stop)
             output += more
         if code != 0:
             raise EnvironmentBuildError(

@@ -34,12 +34,13 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.files import atomic_write
 
 from .environment_request import IMAGE, LOCK, NONE, EnvironmentRequest
-from .errors import EnvironmentBuildError
+from .errors import BuildStopped, EnvironmentBuildError
 from .uv import IndexSettings, tree_size
 
 log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT = 1800.0
+STOP_POLL = 0.2  # how often a build, or a wait for another task's build, looks at its stop event
 
 
 class BuildReport(Protocol):
@@ -63,6 +64,23 @@ class QuietReport:
 
     def notice(self, text: str) -> None:
         log.debug("environment: %s", text)
+
+
+class StepClock:
+    """How long each step of a build took, for the debug log and the benchmark's breakdown."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """The time since the last lap (or the start) went to step."""
+        now = time.perf_counter()
+        self.seconds[step] = self.seconds.get(step, 0.0) + now - self._last
+        self._last = now
+
+    def text(self) -> str:
+        return ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self.seconds.items())
 
 
 @dataclass(frozen=True)
@@ -106,9 +124,10 @@ class EnvironmentCache(ABC):
 
     @abstractmethod
     def build(
-        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport
+        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport, stop: threading.Event
     ) -> tuple[str, int]:
-        """Build it; (reference, size in bytes). Raises EnvironmentBuildError."""
+        """Build it; (reference, size in bytes). Raises EnvironmentBuildError; once stop is set it
+        ends the build within a poll or two, leaves nothing behind and raises BuildStopped."""
 
     @abstractmethod
     def remove(self, key: str, ref: str) -> None:
@@ -120,6 +139,9 @@ class EnvironmentCache(ABC):
 
     def python_versions(self) -> list[str]:
         return list(self.bases())
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Finish cleanup left to run after builds (the worker is stopping)."""
 
     # -- choosing what to install on ------------------------------------------------------------
 
@@ -154,8 +176,11 @@ class EnvironmentCache(ABC):
     # -- the cache ------------------------------------------------------------------------------
 
     @contextmanager
-    def use(self, request: EnvironmentRequest, report: BuildReport) -> Iterator[str]:
-        """The environment for the request, built if needed, held while the block runs."""
+    def use(
+        self, request: EnvironmentRequest, report: BuildReport, stop: threading.Event | None = None
+    ) -> Iterator[str]:
+        """The environment for the request, built if needed, held while the block runs. Once stop
+        is set, a build (or a wait for another task's build of it) ends with BuildStopped."""
         if request.kind == IMAGE:
             yield self.image_ref(request)
             return
@@ -164,13 +189,14 @@ class EnvironmentCache(ABC):
             yield base.ref
             return
         key = self.key_for(request, base)
+        stop = stop if stop is not None else threading.Event()
         with self._guard:
             lock = self._key_locks.setdefault(key, threading.Lock())
             self._in_use[key] = self._in_use.get(key, 0) + 1
         try:
             with self._holding(key):  # from before the build: a prune elsewhere never takes it
-                with lock, self._file_lock(key):
-                    ref = self._get_or_build(key, request, base, report)
+                with _acquired(lock, stop), self._file_lock(key, stop):
+                    ref = self._get_or_build(key, request, base, report, stop)
                 self.evict()
                 yield ref
         finally:
@@ -179,7 +205,9 @@ class EnvironmentCache(ABC):
                 if not self._in_use[key]:
                     del self._in_use[key]
 
-    def _get_or_build(self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport) -> str:
+    def _get_or_build(
+        self, key: str, request: EnvironmentRequest, base: Base, report: BuildReport, stop: threading.Event
+    ) -> str:
         ref = self.exists(key)
         if ref is not None:
             self.hits += 1
@@ -191,7 +219,10 @@ class EnvironmentCache(ABC):
         report.step("resolving")
         started = time.monotonic()
         try:
-            ref, size = self.build(key, request, base, report)
+            ref, size = self.build(key, request, base, report, stop)
+        except BuildStopped:
+            log.info("the build of environment %s was stopped; nothing of it is kept", key[:12])
+            raise
         except EnvironmentBuildError as exc:
             self.failures += 1
             self._remember_failure(key, request, str(exc))
@@ -213,9 +244,18 @@ class EnvironmentCache(ABC):
         return locks / f"{name}.lock"
 
     @contextmanager
-    def _file_lock(self, key: str) -> Iterator[None]:
+    def _file_lock(self, key: str, stop: threading.Event | None = None) -> Iterator[None]:
         with open(self._lock_file(key), "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            if stop is None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            else:  # another worker process may be building it: wait, but not past a stop
+                while True:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if stop.wait(STOP_POLL):
+                            raise BuildStopped("stopped while another worker built the environment") from None
             try:
                 yield
             finally:
@@ -417,6 +457,20 @@ class EnvironmentCache(ABC):
                 removed.append(key)
             self._save("index.json", index)
         return removed
+
+
+@contextmanager
+def _acquired(lock: threading.Lock, stop: threading.Event) -> Iterator[None]:
+    """The key's lock, waited for while another task builds the environment, until stop is set."""
+    while not lock.acquire(timeout=STOP_POLL):
+        if stop.is_set():
+            raise BuildStopped("stopped while another task built the environment")
+    try:
+        if stop.is_set():
+            raise BuildStopped("stopped before the environment was built")
+        yield
+    finally:
+        lock.release()
 
 
 def listing(cache: EnvironmentCache) -> list[dict[str, Any]]:

@@ -19,3 +19,8 @@ class NoTaskNetwork(WorkerError):
 
 class Fenced(WorkerError):
     """The pool refused a report: another attempt owns the task now."""
+
+
+class BuildStopped(WorkerError):
+    """The task was stopped (cancel, timeout, drain) while its environment was being built or
+    waited for: the build was ended, and nothing of it is kept or remembered as a failure."""

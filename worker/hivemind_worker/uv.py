@@ -141,6 +141,26 @@ class StepParser:
             self.say(text)
 
 
+_SUMMARY = re.compile(r"^(?P<what>Resolved|Prepared|Installed) \d+ packages? in (?P<n>[\d.]+)(?P<unit>ms|s)$")
+_SUMMARY_STEPS = {
+    "Resolved": "uv: resolve",
+    "Prepared": "uv: download and unpack",
+    "Installed": "uv: install",
+}
+
+
+def uv_durations(output: str) -> dict[str, float]:
+    """Seconds uv says each of its steps took, from its summary lines (a dry run's resolve and the
+    install's resolve add up)."""
+    seconds: dict[str, float] = {}
+    for line in output.splitlines():
+        if match := _SUMMARY.match(line.strip()):
+            step = _SUMMARY_STEPS[match["what"]]
+            value = float(match["n"]) / (1000 if match["unit"] == "ms" else 1)
+            seconds[step] = seconds.get(step, 0.0) + value
+    return seconds
+
+
 _NO_VERSION = re.compile(r"there is no version of (?P<name>[A-Za-z0-9._-]+)==(?P<version>[^\s,]+)")
 _NOT_FOUND = re.compile(
     r"Because (?P<name>[A-Za-z0-9._-]+) was not found in the (?P<where>package registry|provided "

@@ -275,11 +275,13 @@ class Executor(ABC):
     environments: EnvironmentCache
 
     def environment_for(
-        self, request: EnvironmentRequest, report: BuildReport
+        self, request: EnvironmentRequest, report: BuildReport, stopper: Stopper | None = None
     ) -> AbstractContextManager[str]:
         """A context manager yielding the environment string for RunSpec.environment; it builds
-        the environment the first time and keeps it in use while the context is open."""
-        return self.environments.use(request, report)
+        the environment the first time and keeps it in use while the context is open. When the
+        stopper fires during the build (or the wait for another task's build) the build container
+        or process is killed within a fraction of a second and BuildStopped is raised."""
+        return self.environments.use(request, report, stopper.event if stopper is not None else None)
 
     def python_versions(self) -> list[str]:
         """The Python minor versions this executor runs tasks with, the default first."""
@@ -307,5 +309,6 @@ class Executor(ABC):
         keep; returns their names."""
         return []
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release what the executor holds."""
+    def close(self) -> None:
+        """Release what the executor holds: its environments finish their cleanup."""
+        self.environments.close()
