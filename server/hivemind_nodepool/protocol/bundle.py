@@ -392,6 +392,13 @@ class _Placer:
             return rel
         raise BundleError(f"no name for folder {part!r} could be created here")
 
+    def folders(self, parts: Iterable[str]) -> str:
+        """The local folder for a path of stored folder names, each created when new."""
+        parent = ""
+        for part in parts:
+            parent = self.folder(parent, part)
+        return parent
+
     def open_file(self, parent: str, part: str) -> tuple[str, int]:
         """(local relative name, fd) of a new file for `part` inside the local folder `parent`."""
         local = self._local(part)
@@ -458,18 +465,13 @@ def extract(
         for info in archive.infolist():
             clean = _clean_name(info.filename, limits)
             if info.is_dir():
-                parent = ""
-                for part in clean.split("/"):
-                    parent = placer.folder(parent, part)
+                parent = placer.folders(clean.split("/"))
                 if parent != clean:
                     result.renamed[clean + "/"] = parent + "/"
         for info in entries:
             clean = _clean_name(info.filename, limits)
             *folders, leaf = clean.split("/")
-            parent = ""
-            for part in folders:
-                parent = placer.folder(parent, part)
-            local, fd = placer.open_file(parent, leaf)
+            local, fd = placer.open_file(placer.folders(folders), leaf)
             if local != clean:
                 result.renamed[clean] = local
             with os.fdopen(fd, "wb") as sink:
