@@ -66,6 +66,26 @@ function SubmitFields(props: {
       <small>{hint}</small>
     </label>
   );
+  const textArea = (
+    key: keyof ISubmitForm,
+    label: string,
+    rows: number,
+    placeholder: string,
+    hint: string
+  ) => (
+    <label className="jp-HiveMind-field">
+      <span>{label}</span>
+      <textarea
+        className="jp-mod-styled"
+        name={key}
+        rows={rows}
+        value={form[key]}
+        placeholder={placeholder}
+        onChange={set(key)}
+      />
+      <small>{hint}</small>
+    </label>
+  );
   return (
     <div className="jp-HiveMind-submitForm">
       <p>
@@ -91,22 +111,15 @@ function SubmitFields(props: {
         {field('gpus', 'GPUs', 'whole GPUs', { inputMode: 'numeric' })}
       </div>
       {field('timeout', 'Timeout', 'e.g. 30m or 2h; empty: the pool default.')}
-      <label className="jp-HiveMind-field">
-        <span>Parameters</span>
-        <textarea
-          className="jp-mod-styled"
-          name="parameters"
-          rows={3}
-          value={form.parameters}
-          placeholder={'alpha=0.5\nname="run 1"'}
-          onChange={set('parameters')}
-        />
-        <small>
-          {form.notebookParameters
-            ? "The notebook's parameters cell, editable: changed lines are sent (papermill)."
-            : "One name=value per line, set in the notebook's parameters cell (papermill)."}
-        </small>
-      </label>
+      {textArea(
+        'parameters',
+        'Parameters',
+        3,
+        'alpha=0.5\nname="run 1"',
+        form.notebookParameters
+          ? "The notebook's parameters cell, editable: changed lines are sent (papermill)."
+          : "One name=value per line, set in the notebook's parameters cell (papermill)."
+      )}
       <label className="jp-HiveMind-field">
         <span>Environment</span>
         <select
@@ -126,18 +139,13 @@ function SubmitFields(props: {
       </label>
       {form.environment === 'image' &&
         field('image', 'Image', "An image the worker's admin allows, e.g. lab/analysis:2024.")}
-      <label className="jp-HiveMind-field">
-        <span>Requirements</span>
-        <textarea
-          className="jp-mod-styled"
-          name="requirements"
-          rows={2}
-          value={form.requirements}
-          placeholder={'pandas==2.2.2\nscikit-learn'}
-          onChange={set('requirements')}
-        />
-        <small>pip lines installed before it runs (with &quot;The requirements below&quot;).</small>
-      </label>
+      {textArea(
+        'requirements',
+        'Requirements',
+        2,
+        'pandas==2.2.2\nscikit-learn',
+        'pip lines installed before it runs (with "The requirements below").'
+      )}
     </div>
   );
 }
