@@ -10,6 +10,7 @@ from collections.abc import Callable
 from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 
+ALICE_PASSWORD = "alice-password-1"  # the user of tests/nodepool/conftest.py's `alice`
 NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
 GiB = 1024**3
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,6 @@ from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import Conflict, InvalidInput, NotFound
 
 from .helpers import submit, wait_for
-
-PASSWORD = "alice-password-1"
-
-
-@pytest.fixture
-def alice(pool: PoolProcess) -> Iterator[PoolClient]:
-    pool.add_user("alice", PASSWORD)
-    client = pool.login("alice", PASSWORD)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def worker(pool: PoolProcess) -> Iterator[FakeWorker]:
-    fake = FakeWorker(pool.address, pool.join_token(), name="runner").connect()
-    yield fake
-    fake.close()
 
 
 def _cancelled_while_running(alice: PoolClient, worker: FakeWorker) -> tuple[pb.Task, pb.Assignment]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,7 @@ from hivemind_nodepool.client import PoolClient
 from hivemind_nodepool.proto import nodepool_pb2 as pb
 from hivemind_nodepool.protocol.errors import Conflict, InvalidInput, ResultRefused
 
-from .helpers import submit
-
-PASSWORD = "alice-password-1"
-NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
-
-
-@pytest.fixture
-def alice(pool: PoolProcess) -> Iterator[PoolClient]:
-    pool.add_user("alice", PASSWORD)
-    client = pool.login("alice", PASSWORD)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def worker(pool: PoolProcess) -> Iterator[FakeWorker]:
-    fake = FakeWorker(pool.address, pool.join_token(), name="runner").connect()
-    yield fake
-    fake.close()
+from .helpers import ALICE_PASSWORD, NOTEBOOK, submit
 
 
 def _result(path: Path, entries: dict[str, bytes]) -> Path:
@@ -113,8 +94,8 @@ def test_a_refused_result_of_a_failed_task_keeps_the_failure(
 
 def test_a_result_over_the_pools_limit_is_refused_for_good(tmp_path: Path) -> None:
     with PoolProcess(tmp_path / "pool", extra_args=["--max-result-size", "1M"]) as pool:
-        pool.add_user("alice", PASSWORD)
-        alice = pool.login("alice", PASSWORD)
+        pool.add_user("alice", ALICE_PASSWORD)
+        alice = pool.login("alice", ALICE_PASSWORD)
         worker = FakeWorker(pool.address, pool.join_token(), name="runner").connect()
         try:
             assignment = _running(alice, worker)
