@@ -248,8 +248,7 @@ export class HiveMindModel implements IDisposable {
     try {
       const task = await this.api.getTask(taskId);
       if (this.selectedId === taskId) {
-        this._upsert(task, false);
-        this._detail = task;
+        this._detail = this._takeAnswer(task, false);
       }
     } catch (error) {
       if (this.selectedId === taskId) {
@@ -295,7 +294,7 @@ export class HiveMindModel implements IDisposable {
 
   /** Adds a task the user just submitted and selects it. */
   async adopt(task: ITask): Promise<void> {
-    this._upsert(task, true);
+    this._takeAnswer(task, true);
     this.view = 'tasks';
     await this.select(task.id);
   }
@@ -482,13 +481,8 @@ export class HiveMindModel implements IDisposable {
     try {
       const task = await this.api.getTask(taskId);
       if (this.selectedId === taskId) {
-        const current = this._byId.get(taskId) ?? this._detail;
-        // a stream update newer than this answer wins
-        if (!current || (current.updated_at ?? 0) <= (task.updated_at ?? 0)) {
-          this._upsert(task, false);
-          this._detail = task;
-          this._emit();
-        }
+        this._detail = this._takeAnswer(task, false);
+        this._emit();
       }
     } catch {
       // the next state change tries again; the detail keeps what it has
@@ -503,6 +497,19 @@ export class HiveMindModel implements IDisposable {
         this._lastState.set(task.id, task.state);
       }
     }
+  }
+
+  /**
+   * A task read by request (submission, detail, action). The stream may have brought a newer copy
+   * while the request was on its way (a waiting reason pushed right after the submission): the
+   * newer one wins, with the answer's timeline. Returns the copy kept.
+   */
+  private _takeAnswer(task: ITask, insertNew: boolean): ITask {
+    const current = this._byId.get(task.id) ?? (this._detail?.id === task.id ? this._detail : undefined);
+    const kept =
+      current && (current.updated_at ?? 0) > (task.updated_at ?? 0) ? withTimeline(current, task) : task;
+    this._upsert(kept, insertNew);
+    return kept;
   }
 
   private _upsert(task: ITask, insertNew: boolean): void {
@@ -529,8 +536,8 @@ export class HiveMindModel implements IDisposable {
     this.actionError = '';
     this._emit();
     try {
-      const task = await call();
-      this._upsert(task, true);
+      const answer = await call();
+      const task = this._takeAnswer(answer, true);
       if (this.selectedId === task.id) {
         this._detail = task;
       }

@@ -137,6 +137,8 @@ def test_a_pending_reason_is_pushed(pool: PoolProcess, users) -> None:
         task = submit(users["alice"], cpus=8)
         waiting = feed.until(lambda m: _is_task(task.id)(m) and m.task.pending_reason != "")[-1].task
         assert "8" in waiting.pending_reason and waiting.state == pb.QUEUED
+        # the reason is a change: a client holding the submission's answer sees which copy is newer
+        assert waiting.updated_at > task.updated_at
     finally:
         worker.close()
         feed.close()

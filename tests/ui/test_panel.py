@@ -102,14 +102,16 @@ def test_submit_from_file_browser_runs_live_to_success(
     panel.page.evaluate("window.__hmSameDocument = true")
     panel.record()
     panel.run_from_file_browser("hello.ipynb", {"cpus": "1", "memory": "512M", "parameters": 'greeting="hi"'})
-    panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-detail[data-task-id]")
-    panel.wait_detail_state("QUEUED")
-    # while it waits, the panel says why (pushed from the pool within a scheduling cycle)
-    reason = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-pending")
-    reason.wait_for()
-    assert "Waiting:" in reason.inner_text() and "busy" in reason.inner_text().lower()
-    admin.cancel_task(blocker.id)
-    admin.close()
+    try:
+        panel.page.wait_for_selector(f"{SIDEBAR} .jp-HiveMind-detail[data-task-id]")
+        panel.wait_detail_state("QUEUED")
+        # while it waits, the panel says why (pushed from the pool within a scheduling cycle)
+        reason = panel.page.locator(f"{SIDEBAR} .jp-HiveMind-pending")
+        reason.wait_for()
+        assert "Waiting:" in reason.inner_text() and "busy" in reason.inner_text().lower()
+    finally:  # the module's later tests need the worker free, whatever happened here
+        admin.cancel_task(blocker.id)
+        admin.close()
     panel.wait_detail_state("SUCCEEDED")
     seen = panel.states_seen()
     assert seen[0] == "QUEUED", seen
@@ -183,6 +185,8 @@ def test_open_result(panel: PanelPage) -> None:
 def test_cancel_a_long_task_from_the_notebook_toolbar(panel: PanelPage) -> None:
     panel.open_file_browser()
     panel.file_item("slow.ipynb").dblclick()
+    # the result tab of the test before is a notebook with the same button: wait for this one's
+    panel.page.locator(CURRENT_TAB, has_text="slow.ipynb").wait_for(timeout=60_000)
     button = panel.page.locator(".jp-NotebookPanel:visible .jp-HiveMind-toolbarRun").first
     button.wait_for(timeout=60_000)
     button.click()
@@ -362,6 +366,7 @@ def test_a_cell_task_is_named_after_its_notebook_and_shows_its_code(
     )
     panel.open_file_browser()
     panel.file_item("cells.ipynb").dblclick()
+    panel.page.locator(CURRENT_TAB, has_text="cells.ipynb").wait_for(timeout=60_000)
     notebook = panel.page.locator(".jp-NotebookPanel:visible").first
     notebook.locator(".jp-KernelName", has_text="Python 3").wait_for(timeout=60_000)
     notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)

@@ -12,7 +12,7 @@ import {
   withTimeline
 } from '../model';
 import { ALL_STATES, TERMINAL_STATES, UNFINISHED_STATES } from '../states';
-import { ITaskEvent } from '../types';
+import { ITask, ITaskEvent } from '../types';
 import { FakeWebSocket, deferred, fakeApi, installFakeWebSocket, page, settle, task } from './fakes';
 
 describe('filters', () => {
@@ -234,6 +234,27 @@ describe('HiveMindModel', () => {
       push({ type: 'task', task: task('t9', { state: 'FAILED' }) });
       expect(model.tasks.map(t => t.id)).toEqual(['t2']);
       expect(model.total).toBe(1);
+    });
+
+    it('keeps a waiting reason pushed while the task was being read', async () => {
+      await signedInWith();
+      const answer = deferred<ITask>();
+      fake.api.getTask.mockReturnValueOnce(answer.promise);
+      const selecting = model.select('t1');
+      push({ type: 'task', task: task('t1', { pending_reason: 'every worker is busy', updated_at: 1005 }) });
+      const timeline = [{ state: 'QUEUED' as const, at: 1000 }];
+      answer.resolve(task('t1', { timeline }));
+      await selecting;
+      expect(model.selected?.pending_reason).toBe('every worker is busy');
+      expect(model.selected?.timeline).toEqual(timeline);
+      expect(model.tasks[0].pending_reason).toBe('every worker is busy');
+    });
+
+    it('keeps a pushed copy newer than the answer to a submission', async () => {
+      await signedInWith();
+      push({ type: 'task', task: task('t3', { pending_reason: 'every worker is busy', updated_at: 1005 }) });
+      await model.adopt(task('t3'));
+      expect(model.tasks[0].pending_reason).toBe('every worker is busy');
     });
 
     it('ignores task messages without an id', async () => {

@@ -212,9 +212,12 @@ class TaskBook:
                     (row["id"], attempt, worker.worker_id, time.time()),
                 )
                 done.append(True)
+            # A new reason is a change of the task: updated_at moves, so a client holding an older
+            # copy (the answer to its submission) can tell which of the two is newer.
+            now = time.time()
             db.executemany(
-                "UPDATE tasks SET pending_reason = ? WHERE id = ? AND state = ?",
-                [(reason, row["id"], pb.QUEUED) for row, reason in reasons],
+                "UPDATE tasks SET pending_reason = ?, updated_at = ? WHERE id = ? AND state = ?",
+                [(reason, now, row["id"], pb.QUEUED) for row, reason in reasons],
             )
             return done
 
