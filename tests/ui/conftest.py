@@ -7,6 +7,7 @@ one person using the panel. Each piece is stopped at the end even when a test fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +22,9 @@ from pathlib import Path
 
 import pytest
 from harness.pool import PoolProcess
+
+from hivemind_nodepool.protocol.errors import HiveMindError
+from hivemind_nodepool.protocol.states import UNFINISHED_STATES
 
 REPO = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "ada", "ada-password-1"
@@ -169,12 +173,22 @@ def ui_worker(ui_pool: PoolProcess, ui_tmp: Path) -> Iterator[subprocess.Popen[b
         yield proc
     finally:
         if proc.poll() is None:
+            _cancel_unfinished(ui_pool)  # an idle worker stops at once and unmounts its task disks
             proc.terminate()
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _cancel_unfinished(pool: PoolProcess) -> None:
+    """Cancel what the module's tests left running: the worker's drain then ends as soon as their
+    sandboxes are gone, well before the fixture's kill (which would leave a task disk mounted)."""
+    with pool.admin() as admin:
+        for task in list(admin.iter_tasks(states=UNFINISHED_STATES, all_users=True)):
+            with contextlib.suppress(HiveMindError):  # it may have ended meanwhile
+                admin.cancel_task(task.id)
 
 
 @pytest.fixture(scope="module")
