@@ -8,6 +8,7 @@ the wheelhouse also has, beside a newer hmdemo_alpha 1.1: an unpinned install wo
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,54 @@ def test_env_none_runs_on_the_bare_runtime(
     assert result.error_in_exec is not None and "ModuleNotFoundError" in shown, shown
     assert "hmdemo-alpha==1.0" in shown and "--env auto" in shown, shown  # the hint says what to do
     assert env_worker.environments() == []
+
+
+FROZEN_CELL = (
+    "%%hivemind --memory 512M --env freeze\n"
+    "import importlib\n"  # by name only: no import statement that --env auto would see
+    "found = [importlib.import_module(name) for name in ('hmdemo_alpha', 'hmdemo_beta', 'hmdemo_delta')]\n"
+    "print('frozen versions', *(module.__version__ for module in found))\n"
+)
+
+
+def frozen_site(root: Path) -> Path:
+    """A site with only what the wheelhouse has: hmdemo-alpha 1.0 (1.1 is newer there), hmdemo-beta
+    2.0, hmdemo-delta 1.0, plus pip and papermill, which freeze leaves out (an installer, and the
+    runtime's own). Freezing the test venv itself would pin pytest and the rest, which no offline
+    wheelhouse here has."""
+    site = root / "frozen-site"
+    add_distribution(site, "hmdemo-alpha", "1.0", modules=["hmdemo_alpha"])
+    add_distribution(site, "hmdemo-beta", "2.0", modules=["hmdemo_beta"], requires=["hmdemo_alpha>=1.0"])
+    add_distribution(site, "hmdemo-delta", "1.0", modules=["hmdemo_delta"])
+    add_distribution(site, "pip", "0.0.1", modules=["hmdemo_fake_pip"])
+    add_distribution(site, "papermill", "0.0.1", modules=["hmdemo_fake_papermill"])
+    return site
+
+
+def kernel_path(site: Path) -> list[str]:
+    """The kernel's sys.path with no site-packages but `site`: the standard library, the site, and
+    the project's source folders (no distribution metadata in them)."""
+    standard = [entry for entry in sys.path if entry.startswith(sys.base_prefix) and "-packages" not in entry]
+    sources = [
+        entry
+        for entry in sys.path
+        if entry and entry not in standard and "-packages" not in entry
+        if not list(Path(entry).glob("*.dist-info"))
+    ]
+    return [*standard, str(site), *sources]
+
+
+def test_env_freeze_pins_every_distribution_of_the_kernel(
+    signed_in, env_worker: EnvWorker, shell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(shell, "%%hivemind --memory 512M --env none\nprint('warm')\n")  # the magic's own imports, first
+    with monkeypatch.context() as patched:  # only for the frozen cell: later imports need the venv
+        patched.setattr(sys, "path", kernel_path(frozen_site(tmp_path)))
+        importlib.invalidate_caches()
+        shown = run(shell, FROZEN_CELL)
+    importlib.invalidate_caches()
+    assert "frozen versions 1.0 2.0 1.0" in shown, shown  # the kernel's alpha, not the newer 1.1
+    assert "environment: 3 packages of the kernel (freeze)" in shown, shown
+    built = [row for row in env_worker.environments() if not row["failed"]]
+    assert len(built) == 1 and built[0]["packages"] == 3, built
+    assert sorted(built[0]["pins"]) == ["hmdemo-alpha==1.0", "hmdemo-beta==2.0", "hmdemo-delta==1.0"], built

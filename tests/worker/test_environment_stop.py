@@ -146,6 +146,38 @@ def test_a_cancel_stops_the_build_and_a_task_waiting_for_it_builds_it_afresh(
         worker.env_cli("prune")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_build_that_outlasts_the_tasks_timeout_ends_it_timed_out(
+    pool, runtime_image: None, held_index: _HeldIndex, tmp_path: Path
+) -> None:
+    """The task's --timeout covers its build: with the index silent the build cannot end, so only
+    the timeout can stop it; the task ends TIMED_OUT naming the build and what to do, its build
+    container goes, and nothing is remembered as failed."""
+    port = held_index.server_address[1]
+    worker = EnvWorker(pool, tmp_path, offline=False, index_url=f"http://127.0.0.1:{port}/simple")
+    worker.process.start()
+    try:
+        alice = user(pool)
+        lock = f"hmdemo-alpha==1.0\n# test {os.urandom(6).hex()}\n".encode()
+        data = bundle(notebook("print('never')"), {LOCK_PATH: lock})
+        task = submit(alice, data, max_retries=0, timeout=3, environment=environment())
+        final = wait_state(alice, task.id, timeout=120)
+        assert final.state == pb.TIMED_OUT, (pb.TaskState.Name(final.state), final.error)
+        assert "timeout (3s) ran out while its environment was being built" in final.error, final.error
+        for advice in ("--timeout", "fewer packages", "pre-built image"):
+            assert advice in final.error, final.error
+        assert held_index.requests and held_index.answered == 0, "the build was not waiting on the index"
+        assert "never" not in stdout_of(list(alice.watch(task.id, follow=False)))
+        wait_for(lambda: build_containers(worker.cache) == [], 60, "the build container to go")
+        assert not [row for row in worker.environments() if row["failed"]], "remembered as failed"
+    finally:
+        held_index.release.set()
+        worker.process.stop()
+        remove_task_containers(worker.process.worker_id)
+        worker.env_cli("prune")
+
+
 def test_a_stop_ends_a_local_build_and_a_wait_for_it(held_index: _HeldIndex, tmp_path: Path) -> None:
     """The local executor's builder: the uv process is killed, its half-made venv removed, nothing
     remembered; a second user waiting on the same key's lock stops too when told, and a later use

@@ -43,6 +43,7 @@ from hivemind_nodepool.protocol.errors import (
     ResultRefused,
 )
 
+from .build_deadline import BUILD_TIMEOUT_KIND, build_deadline
 from .bundles import BundleCache
 from .disk import AUTO, DiskExceeded, DiskWatch, TaskDisk, exceeded_message, human, is_space_error
 from .environment_request import requested_environment
@@ -313,11 +314,14 @@ class Attempt:
         if self.stopper.stopped:
             return self._stopped(header), None
 
+        timeout = self._timeout()
+        started_at = time.monotonic()  # the timeout covers the build and the run
         with contextlib.ExitStack() as held:
-            try:  # a cancel during the build ends it: the task ends CANCELLED, nothing is kept
-                environment = held.enter_context(
-                    self.executor.environment_for(wanted, EnvironmentReport(self.events), self.stopper)
-                )
+            try:  # a cancel (or the timeout) during the build ends it; nothing of it is kept
+                with build_deadline(self.stopper, timeout, timeout):
+                    environment = held.enter_context(
+                        self.executor.environment_for(wanted, EnvironmentReport(self.events), self.stopper)
+                    )
             except BuildStopped:
                 return self._stopped(header), None
             if self.stopper.stopped:
@@ -337,9 +341,8 @@ class Attempt:
                 cpus=resources.cpus,
                 memory_bytes=resources.memory_bytes or self.config.default_memory,
                 gpus=resources.gpus,
-                timeout=float(manifest.timeout_seconds)
-                if manifest.timeout_seconds > 0
-                else self.config.default_timeout,
+                timeout=timeout,
+                started_at=started_at,
                 allow_network=self.assignment.allow_network,
                 labels={"org.hivemind.task": self.task_id, "org.hivemind.attempt": str(self.number)},
                 max_output_chars=notebook_output_chars(self.config.max_result_bytes),
@@ -433,8 +436,16 @@ class Attempt:
     def _download(self, partial: Path) -> None:
         self.client.fetch_bundle(self.task_id, self.number, partial)
 
+    def _timeout(self) -> float:
+        seconds = self.assignment.manifest.timeout_seconds
+        return float(seconds) if seconds > 0 else self.config.default_timeout
+
     def _stopped(self, header: pb.ResultHeader) -> pb.ResultHeader:
-        """Cancelled, or handed back (requeue) when the worker drains or its lease lapsed."""
+        """Cancelled, or handed back (requeue) when the worker drains or its lease lapsed, or timed
+        out while the environment was built."""
+        if self.stopper.kind == BUILD_TIMEOUT_KIND:
+            header.outcome, header.error = pb.TIMED_OUT, self.stopper.reason
+            return header
         header.outcome = Outcome.STOPPED.task_state
         header.error = self.stopper.reason
         header.requeue = self.stopper.kind in (REQUEUE, LEASE)

@@ -76,7 +76,8 @@ class RunSpec:
     cpus: float = 0.0
     memory_bytes: int = 0
     gpus: int = 0
-    timeout: float = 0.0
+    timeout: float = 0.0  # the task's whole timeout, build and run together (0: none)
+    started_at: float | None = None  # time.monotonic() when the timeout began: before the build
     allow_network: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     tmp_dir: Path | None = None  # the task's /tmp (TMPDIR), on its disk; None: the executor's own
@@ -197,12 +198,14 @@ def outcome_from_end(end: RunnerEvent | None, exit_code: int | None) -> RunOutco
 
 class StopCheck:
     """Whether a run must end now, and the outcome that says why: the stopper fired (cancel,
-    requeue) or the task ran past its timeout, counted from when this check is made."""
+    requeue) or the task ran past its timeout, counted from spec.started_at (the attempt starts it
+    before the environment is built: the timeout covers build and run) or else from now."""
 
     def __init__(self, spec: RunSpec, stopper: Stopper) -> None:
         self.spec = spec
         self.stopper = stopper
-        self.deadline = time.monotonic() + spec.timeout if spec.timeout > 0 else None
+        started = spec.started_at if spec.started_at is not None else time.monotonic()
+        self.deadline = started + spec.timeout if spec.timeout > 0 else None
 
     def wait(self, seconds: float) -> Outcome | None:
         """STOPPED or TIMED_OUT when the run must end, else None after waiting up to seconds."""
